@@ -1,0 +1,86 @@
+"""One default S-MEME round on the toy model: wall time, where it goes, entropy gain per second.
+
+    SMEME_THREADS=1 python bench/bench_round.py [--run DIR] [--lam 0.1]
+
+Pre-trains the toy preset into a temporary folder unless --run names a toy run. For each
+solver (Adjoint Matching, student-teacher) it runs one round with ExploreConfig defaults,
+then reports solver seconds, metrics seconds, k-NN entropy gain, sparse share against the
+closed form, and for Adjoint Matching the split sampling / adjoint / regression.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from smeme.threads import configure
+
+
+def one_round(src: Path, solver: str, lam: float) -> dict:
+    from smeme.explore import ExploreConfig, run_rounds
+    from smeme.solvers import adjoint_matching as am_mod
+    from smeme.store import Run
+
+    import smeme.explore as explore
+
+    work = Path(tempfile.mkdtemp(prefix="bench_round_")) / "run"
+    shutil.copytree(src, work)
+    run = Run.open(work)
+    timings = {}
+    real = explore.adjoint_matching
+
+    def timed(*a, **k):  # keep the solver's phase timings
+        cfg = a[3]
+        out = real(*a, **k)
+        timings.update(cfg.timings)
+        return out
+
+    explore.adjoint_matching = timed
+    try:
+        cfg = ExploreConfig(lam=lam, solver=solver, metrics_logp=False)
+        t0 = time.perf_counter()
+        run_rounds(run, 1, cfg)
+        wall = time.perf_counter() - t0
+    finally:
+        explore.adjoint_matching = real
+    m0, m1 = run.metrics()[0], run.metrics()[1]
+    gain = m1["entropy_knn"] - m0["entropy_knn"]
+    out = {"solver": solver, "lam": lam, "round_wall_s": round(wall, 2), "solver_s": m1["solver_seconds"],
+           "metrics_s": m1.get("seconds"), "entropy_gain_knn": round(gain, 4),
+           "entropy_gain_closed_form": m1.get("closed_form", {}).get("entropy_gain"),
+           "gain_per_solver_s": round(gain / m1["solver_seconds"], 5),
+           "sparse_share": m1.get("sparse_share"), "sparse_share_closed_form": m1.get("sparse_share_closed_form"),
+           "sparse_share_round0": m0.get("sparse_share"), "on_support": m1.get("on_support"),
+           "phases_s": {k: round(v, 2) for k, v in timings.items()}}
+    shutil.rmtree(work.parent, ignore_errors=True)
+    del am_mod
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", help="an existing toy run (default: pre-train one)")
+    ap.add_argument("--lam", type=float, default=0.1)
+    args = ap.parse_args()
+    configure()
+    print(f"torch threads: {torch.get_num_threads()}")
+    if args.run:
+        src = Path(args.run)
+    else:
+        from smeme.pipeline import pretrain_run
+
+        src = Path(tempfile.mkdtemp(prefix="bench_toy_")) / "toy"
+        t0 = time.perf_counter()
+        pretrain_run(src, "toy")
+        print(f"pre-trained the toy preset in {time.perf_counter() - t0:.1f} s")
+    for solver in ("adjoint", "student-teacher"):
+        print(json.dumps(one_round(src, solver, args.lam)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""S-MEME outer loop (paper Algorithm 1): rounds of linear fine-tuning with the entropy reward.
+
+pi_0 = the pre-trained model; for k = 1..K fine-tune pi_{k-1} with the reward
+r_k(x) = -lam_k log p_{k-1}(x), whose gradient needs no density:
+    grad r_k(x) = -lam_k s_{k-1}(x, t_r)                  (reward='previous', the paper's)
+or, using p_{k-1} ~ p_0^{prod_{i<k}(1 - lam_i)} (exact if every round reached its tilt),
+    grad r_k(x) = -lam_k prod_{i<k}(1 - lam_i) s_0(x, t_r)  (reward='pretrained').
+lam schedule: 'constant' lam_k = lam, or 'decreasing' lam_k = lam / k^lam_power with
+0.5 < lam_power <= 1, so sum lam_k = inf and sum lam_k^2 < inf (Robbins-Monro, paper s.6).
+t_r = 0.01 rather than 0.001: with lam = 0.3 the reward score at 0.001 diverged (DESIGN.md).
+
+Each finished round is checked (finite weights, on-support share not down by more than
+max_validity_drop against the previous round) and saved at once with its metrics; a
+rejected round raises ExploreError and leaves the previous round as the latest.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .models.base import NoisePredictor, score
+from .solvers import (AdjointMatchingConfig, SolverDivergedError, SolverError, StudentTeacherConfig,
+                      adjoint_matching, student_teacher)
+
+IterationCallback = Callable[[int, int, int, float], None]  # (round, iteration, total, loss)
+RoundCallback = Callable[[int, dict], None]  # (round, metrics)
+SOLVERS = ("adjoint", "student-teacher")
+
+
+class ExploreError(ValueError):
+    """Bad explore input, or a rejected round (one clear sentence)."""
+
+
+@dataclass
+class ExploreConfig:
+    lam: float = 0.1  # lambda = 1/alpha of the mirror-descent step
+    lam_schedule: str = "constant"  # 'constant' | 'decreasing' (lam / k^lam_power)
+    lam_power: float = 0.6
+    solver: str = "adjoint"  # 'adjoint' | 'student-teacher'
+    iterations: int = 25  # solver iterations per round (the budget)
+    trajectories: int = 256
+    steps: int = 50
+    adam_steps: int = 8
+    lr: float = 2e-3
+    t_r: float = 0.01  # time at which the previous round's score gives the reward gradient
+    reward: str = "previous"  # 'previous' (paper) | 'pretrained' (see module docstring)
+    seed: int = 0
+    allow_lam_one: bool = False
+    max_validity_drop: float = 0.20  # reject a round whose on-support share drops more than this
+    metrics_n: int = 4096
+    metrics_logp: bool = True  # PF-ODE cross-entropy and surprise (the slow metrics)
+    solver_options: dict = field(default_factory=dict)  # any other AdjointMatching/StudentTeacher setting
+
+    def __post_init__(self):
+        lam = self.lam
+        if not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            raise ExploreError(f"lambda must be a number in (0, 1), got {lam!r}.")
+        if lam == 1 and not self.allow_lam_one:
+            raise ExploreError("lambda = 1 (Theorem 5.2's one-step case) needs a compact support; "
+                               "allow it explicitly with allow_lam_one.")
+        if not (0 < lam < 1 or lam == 1):
+            raise ExploreError(f"lambda must lie in (0, 1), got {lam}.")
+        if self.lam_schedule not in ("constant", "decreasing"):
+            raise ExploreError(f"The lambda schedule must be 'constant' or 'decreasing', got {self.lam_schedule!r}.")
+        if self.lam_schedule == "decreasing" and not 0.5 < self.lam_power <= 1:
+            raise ExploreError(f"lam_power must lie in (0.5, 1] (Robbins-Monro), got {self.lam_power}.")
+        if self.solver not in SOLVERS:
+            raise ExploreError(f"The solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}.")
+        if not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ExploreError(f"The budget must be at least 1 solver iteration per round, got {self.iterations}.")
+        if self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1 or not self.lr > 0:
+            raise ExploreError("Explore needs trajectories >= 2, steps >= 2, adam_steps >= 1 and lr > 0.")
+        if not 0 < self.t_r < 1:
+            raise ExploreError(f"t_r must lie in (0, 1), got {self.t_r}.")
+        if self.reward not in ("previous", "pretrained"):
+            raise ExploreError(f"The reward must be 'previous' or 'pretrained', got {self.reward!r}.")
+        if not 0 <= self.max_validity_drop <= 1:
+            raise ExploreError(f"max_validity_drop must lie in [0, 1], got {self.max_validity_drop}.")
+
+    def lam_at(self, k: int) -> float:
+        """lambda of round k >= 1."""
+        if self.lam_schedule == "constant":
+            return float(self.lam)
+        return float(self.lam) / k ** self.lam_power  # sum = inf, sum of squares < inf
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExploreConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ExploreError(f"Unknown explore setting(s) {unknown}; allowed: {sorted(names)}.")
+        return cls(**d)
+
+    def solver_config(self, round_index: int):
+        seed = self.seed * 10_007 + round_index
+        common = dict(iterations=self.iterations, steps=self.steps, adam_steps=self.adam_steps, seed=seed)
+        try:
+            if self.solver == "adjoint":
+                return AdjointMatchingConfig.from_dict({**common, "trajectories": self.trajectories, "lr": self.lr,
+                                                        **self.solver_options})
+            return StudentTeacherConfig.from_dict({**common, **self.solver_options})
+        except (SolverError, TypeError) as exc:
+            raise ExploreError(f"Bad solver setting: {exc}") from None
+
+
+def _frozen(model: NoisePredictor) -> NoisePredictor:
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def prepare_models(prev: NoisePredictor):
+    """(model_ft, model_base, sampling_model) for one round: a trainable copy of the previous
+    round, the frozen previous round, and the sampler (default: model_ft)."""
+    model_ft = copy.deepcopy(prev).train()
+    for p in model_ft.parameters():
+        p.requires_grad_(True)
+    return model_ft, _frozen(prev), None
+
+
+def _lam_history(run, config: ExploreConfig, k: int) -> list[float]:
+    """lambdas of rounds 1..k: saved ones from earlier rounds' metrics, then the schedule."""
+    saved = run.metrics()
+    return [float(saved.get(i, {}).get("lam", config.lam_at(i))) for i in range(1, k)] + [config.lam_at(k)]
+
+
+def _finite(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _valid_fn(run):
+    def valid(x):
+        z = x.detach().to(torch.float64).cpu().numpy().reshape(len(x), -1)
+        raw = run.domain.from_features(run.standardizer.inverse(z))
+        return torch.as_tensor(np.asarray(run.domain.on_support(raw), dtype=bool))
+    return valid
+
+
+def _metrics(run, model, k, config, lam_history):
+    from .metrics import round_metrics
+
+    return round_metrics(run, model, k, n=config.metrics_n, logp=config.metrics_logp, lam_history=lam_history)
+
+
+def run_rounds(run, rounds: int, config: ExploreConfig | None = None,
+               on_iteration: IterationCallback | None = None, on_round: RoundCallback | None = None,
+               cancel=None, prepare: Callable | None = None) -> list[int]:
+    """Run `rounds` S-MEME rounds after run.latest_round; returns the round numbers saved.
+
+    Stops cleanly between solver iterations when cancel.is_set() (the unfinished round is
+    dropped). Raises ExploreError for bad input or a rejected round (earlier rounds stay).
+    `prepare(prev) -> (model_ft, model_base, sampling_model)` overrides prepare_models
+    (e.g. a LoRA adapter on an image model).
+    """
+    config = config or ExploreConfig()
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ExploreError(f"The number of rounds must be at least 1, got {rounds}.")
+    try:
+        done_rounds = run.rounds()
+    except Exception as exc:  # noqa: BLE001 - a store error names the problem
+        raise ExploreError(f"Cannot read the run: {exc}") from None
+    if 0 not in done_rounds:
+        raise ExploreError("The run has no pre-trained round 0; pre-train it first.")
+    prepare = prepare or prepare_models
+    saved: list[int] = []
+    with run.lock():
+        start = run.latest_round
+        prev = run.load_model(start)
+        pre = _frozen(run.load_model(0)) if config.reward == "pretrained" else None
+        prev_metrics = run.metrics().get(start)
+        for k in range(start + 1, start + rounds + 1):
+            if cancel is not None and cancel.is_set():
+                break
+            lam_history = _lam_history(run, config, k)
+            lam = lam_history[-1]
+            model_ft, model_base, sampling_model = prepare(prev)
+            if config.reward == "pretrained":  # grad r_k = -lam_k prod_{i<k}(1 - lam_i) s_0(x, t_r)
+                scale, reward_model = lam * float(np.prod([1 - v for v in lam_history[:-1]])), pre
+            else:  # grad r_k = -lam_k s_{k-1}(x, t_r)
+                scale, reward_model = lam, model_base
+
+            def reward_grad(x, m=reward_model, c=scale):
+                return -c * score(m, x, torch.full((x.shape[0],), config.t_r, dtype=x.dtype, device=x.device))
+
+            solver_cfg = config.solver_config(k)
+            cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
+            t0 = time.perf_counter()
+            try:
+                if config.solver == "adjoint":
+                    losses = adjoint_matching(model_ft, model_base, reward_grad, solver_cfg,
+                                              sampling_model=sampling_model, on_iteration=cb, cancel=cancel)
+                else:
+                    losses = student_teacher(model_ft, model_base, reward_grad, solver_cfg,
+                                             on_iteration=cb, cancel=cancel, valid_fn=_valid_fn(run))
+            except SolverDivergedError as exc:
+                raise ExploreError(f"Round {k} was rejected: {str(exc).rstrip('.')}; "
+                                   f"round {k - 1} stays the latest.") from None
+            solve_s = time.perf_counter() - t0
+            if cancel is not None and cancel.is_set() and len(losses) < solver_cfg.iterations:
+                break  # stopped mid-round: keep the finished rounds only
+            if not _finite(model_ft) or not all(math.isfinite(v) for v in losses):
+                raise ExploreError(f"Round {k} was rejected: its loss or weights became NaN/inf; "
+                                   f"round {k - 1} stays the latest.")
+            model_ft.eval()
+            metrics = _metrics(run, model_ft, k, config, lam_history)
+            if prev_metrics is None or prev_metrics.get("on_support") is None:
+                prev_metrics = _metrics(run, prev, k - 1, dataclass_replace(config, metrics_logp=False),
+                                        lam_history[:-1])
+            new_on, old_on = metrics.get("on_support"), prev_metrics.get("on_support")
+            if new_on is None or (old_on is not None and new_on < old_on - config.max_validity_drop):
+                raise ExploreError(
+                    f"Round {k} was rejected: its on-support share fell from {_pct(old_on)} to {_pct(new_on)} "
+                    f"(more than {config.max_validity_drop * 100:.0f} points); round {k - 1} stays the latest.")
+            metrics.update({"lam": lam, "lam_history": lam_history, "solver": config.solver,
+                            "reward": config.reward, "t_r": config.t_r, "iterations": len(losses),
+                            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                            "solver_seconds": round(solve_s, 3), "explore": config.to_dict()})
+            run.save_round(k, model_ft, metrics)
+            saved.append(k)
+            if on_round is not None:
+                on_round(k, metrics)
+            prev, prev_metrics = model_ft, metrics
+    return saved
+
+
+def dataclass_replace(config: ExploreConfig, **changes) -> ExploreConfig:
+    return ExploreConfig(**{**config.to_dict(), **changes})
+
+
+def _pct(v) -> str:
+    return "unknown" if v is None else f"{100 * v:.1f}%"

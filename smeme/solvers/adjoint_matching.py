@@ -1,0 +1,224 @@
+"""Adjoint Matching (Domingo-Enrich et al. 2024; S-MEME paper Algorithm 2), DESIGN.md s.2.
+
+One iteration:
+1. m trajectories x_0 (pure noise) -> x_M with the memoryless DDPM sampler, no grad.
+2. Lean adjoint of the COST -r, backward with the FROZEN base's mean step:
+   a_M = -grad r(x_M);  a_i = (d mean_base(x_i) / d x_i)^T a_{i+1}
+       = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1}.
+3. Control of step i -> j (= i + 1): u_i = (mean_ft - mean_base) / std_i
+       = -sqrt(ab_j (1 - ab_i/ab_j) / (ab_i (1 - ab_j))) (eps_ft - eps_base),
+   regressed onto -std_i a_j: loss = sum_i |u_i + std_i a_j|^2 (step i -> j moves x_j,
+   so it pairs with the adjoint at j). Deterministic steps (std = 0) are left out.
+4. Several Adam steps on the same trajectories, each with its own subsample of steps,
+   gradient-norm clipping, and trajectories whose loss is an outlier (above
+   `outlier_factor` x an EMA of the `outlier_quantile` of per-trajectory losses) dropped.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+from ..models.base import NoisePredictor, expand_like
+from ..sampling import FixedNoise, ddpm_coefficients, sample_ddpm, time_grid
+from .base import (CancelFlag, IterationFn, RewardGrad, SolverDivergedError, SolverError,
+                   check_finite_params, is_cancelled, model_dtype_device, trainable_parameters)
+
+
+@dataclass
+class AdjointMatchingConfig:
+    iterations: int = 20  # solver iterations (fresh trajectories each)
+    trajectories: int = 256  # m
+    steps: int = 50  # DDPM steps of each trajectory
+    grid_power: float = 1.5  # time grid t = (i/steps)^power, as the sampler's default
+    adam_steps: int = 8  # Adam steps per iteration on the same trajectories
+    lr: float = 2e-3
+    batch_trajectories: int | None = None  # trajectories per Adam step (None: all m)
+    loss_steps: int | None = 10  # time steps per Adam step in the loss (None: all)
+    late_fraction: float = 0.5  # share of loss_steps always taken from the last (near-data) steps
+    clip_grad_norm: float | None = 1.0  # max global gradient norm (None: off)
+    outlier_quantile: float = 0.99
+    outlier_factor: float = 3.0  # drop trajectories with loss > factor * EMA(quantile)
+    outlier_ema: float = 0.9
+    seed: int = 0
+    pairing: str = "next"  # 'next': u_i with a_{i+1} (correct); 'current': a_i (official code; under-tilts)
+    weight_power: float = 0.0  # per-step loss weight std_i^-power (0: SOC weighting; 2: score units)
+    timings: dict = field(default_factory=dict, repr=False, compare=False)  # filled: seconds per phase
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise SolverError(f"Adjoint Matching needs at least 1 iteration, got {self.iterations}.")
+        if self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1:
+            raise SolverError("Adjoint Matching needs trajectories >= 2, steps >= 2 and adam_steps >= 1.")
+        if not self.lr > 0:
+            raise SolverError(f"The learning rate must be positive, got {self.lr}.")
+        if self.loss_steps is not None and self.loss_steps < 1:
+            raise SolverError(f"loss_steps must be at least 1 (or None for all), got {self.loss_steps}.")
+        if not 0 <= self.late_fraction <= 1:
+            raise SolverError(f"late_fraction must lie in [0, 1], got {self.late_fraction}.")
+        if not 0 < self.outlier_quantile <= 1 or not 0 <= self.outlier_ema < 1:
+            raise SolverError("outlier_quantile must lie in (0, 1] and outlier_ema in [0, 1).")
+        if self.pairing not in ("next", "current"):
+            raise SolverError(f"pairing must be 'next' or 'current', got {self.pairing!r}.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("timings")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdjointMatchingConfig":
+        names = {f.name for f in fields(cls)} - {"timings"}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise SolverError(f"Unknown Adjoint Matching setting(s) {unknown}; allowed: {sorted(names)}.")
+        return cls(**d)
+
+
+def step_coefficients(schedule, grid: Tensor):
+    """Per step i -> i+1: c_x, c_eps, std and the control factor
+    sqrt(ab_j (1 - ab_i/ab_j) / (ab_i (1 - ab_j))) = c_eps / std (0 where std = 0)."""
+    ab = schedule.ab(grid)
+    c_x, c_eps, std = ddpm_coefficients(ab[:-1], ab[1:])
+    factor = torch.where(std > 0, c_eps / std.clamp(min=torch.finfo(std.dtype).tiny), torch.zeros_like(std))
+    return c_x, c_eps, std, factor
+
+
+def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_last: Tensor,
+                 c_x: Tensor, c_eps: Tensor, need_first: bool):
+    """Backward pass a_i = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1} (no graph kept).
+
+    Returns adjoints (M+1, m, ...) and eps_base at every step (M, m, ...). The VJP of
+    step 0 is only needed for a_0 (pairing 'current'); otherwise eps_base there is
+    evaluated without a graph.
+    """
+    M, n = states.shape[0] - 1, states.shape[1]
+    adj = torch.empty_like(states)
+    eps_base = torch.empty_like(states[:-1])
+    adj[M] = a = a_last
+    for i in range(M - 1, -1, -1):
+        t_i = grid[i].expand(n)
+        if i == 0 and not need_first:
+            with torch.no_grad():
+                eps_base[0] = model_base(states[0], t_i)
+            adj[0] = float("nan")
+            break
+        x = states[i].detach().requires_grad_(True)
+        with torch.enable_grad():
+            eps = model_base(x, t_i)
+            (vjp,) = torch.autograd.grad(eps, x, grad_outputs=a)
+        a = (c_x[i] * a - c_eps[i] * vjp).detach()  # a_i = (d mean_i / d x_i)^T a_{i+1}
+        adj[i] = a
+        eps_base[i] = eps.detach()
+    return adj, eps_base
+
+
+def choose_steps(stochastic: Tensor, k: int | None, late_fraction: float, g: torch.Generator) -> Tensor:
+    """A subsample of k stochastic step indices: the last round(k * late_fraction) (near
+    the data) always, the rest uniformly without replacement from the earlier ones."""
+    n = stochastic.numel()
+    if k is None or k >= n:
+        return stochastic
+    n_late = min(int(round(k * late_fraction)), k)
+    late, early = stochastic[n - n_late:], stochastic[: n - n_late]
+    pick = early[torch.randperm(early.numel(), generator=g)[: k - n_late]]
+    return torch.cat([pick.sort().values, late])
+
+
+def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, reward_grad: RewardGrad,
+                     config: AdjointMatchingConfig | None = None, sampling_model: NoisePredictor | None = None,
+                     on_iteration: IterationFn | None = None, cancel: CancelFlag | None = None) -> list[float]:
+    """Fine-tune `model_ft` in place towards p_base(x) exp(r(x)); returns the loss per iteration
+    (the first Adam step's loss on that iteration's fresh trajectories).
+
+    Only parameters with requires_grad change. `sampling_model` (default model_ft) draws the
+    trajectories; `model_base` is frozen and gives the adjoint VJPs and eps_base.
+    Raises SolverDivergedError when the adjoint, the loss or the weights become NaN/inf.
+    Stops between iterations when `cancel.is_set()`.
+    """
+    cfg = config or AdjointMatchingConfig()
+    params = trainable_parameters(model_ft)
+    sampler = sampling_model if sampling_model is not None else model_ft
+    dtype, device = model_dtype_device(model_ft)
+    shape = tuple(model_ft.sample_shape)
+    if tuple(model_base.sample_shape) != shape:
+        raise SolverError(f"The base model's sample shape {model_base.sample_shape} differs from {shape}.")
+    grid = time_grid(cfg.steps, power=cfg.grid_power, device=device, dtype=dtype)
+    c_x, c_eps, std, factor = (v.to(dtype) for v in step_coefficients(model_base.schedule, grid))
+    stochastic = torch.nonzero(std > 0).flatten().cpu()
+    weight = torch.where(std > 0, std.clamp(min=1e-12) ** -cfg.weight_power, torch.zeros_like(std))
+    if stochastic.numel() == 0:
+        raise SolverError("The time grid has no stochastic step: nothing for the control to act on.")
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    losses: list[float] = []
+    ema_q: float | None = None
+    timings = cfg.timings
+    for key in ("sampling", "adjoint", "regression"):
+        timings.setdefault(key, 0.0)
+    m = cfg.trajectories
+    view = lambda v: v.reshape(-1, 1, *([1] * len(shape)))  # noqa: E731  (per-step scalars vs (K, B, ...))
+    for it in range(cfg.iterations):
+        if is_cancelled(cancel):
+            break
+        # 1. trajectories (no grad), fresh noise per iteration from the seed
+        t0 = time.perf_counter()
+        noise = FixedNoise.from_seed(cfg.seed * 1_000_003 + it, m, shape, cfg.steps, dtype=dtype, device=device)
+        with torch.no_grad():
+            _, states = sample_ddpm(sampler, noise, grid=grid, return_trajectory=True)
+        # 2. lean adjoint from a_M = -grad r(x_M)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            a_last = -reward_grad(states[-1]).to(dtype)
+        if a_last.shape != states[-1].shape or not torch.isfinite(a_last).all():
+            raise SolverDivergedError(f"The reward gradient is NaN/inf or of the wrong shape at iteration {it + 1}.")
+        adj, eps_base = lean_adjoint(model_base, states, grid, a_last, c_x, c_eps, cfg.pairing == "current")
+        if not torch.isfinite(adj[1:]).all():
+            raise SolverDivergedError(f"The adjoint became NaN/inf at iteration {it + 1}.")
+        # 3-4. regression of u_i onto -std_i a_j, several Adam steps
+        t2 = time.perf_counter()
+        target_adj = adj[1:] if cfg.pairing == "next" else adj[:-1]  # a_j (j = i + 1) or a_i
+        first_loss = None
+        for _ in range(cfg.adam_steps):
+            sel = choose_steps(stochastic, cfg.loss_steps, cfg.late_fraction, g).to(device)
+            if cfg.batch_trajectories is not None and cfg.batch_trajectories < m:
+                rows = torch.randperm(m, generator=g)[: cfg.batch_trajectories].to(device)
+            else:
+                rows = torch.arange(m, device=device)
+            x = states[sel][:, rows]  # (K, B, ...)
+            K, B = x.shape[:2]
+            t = grid[sel].repeat_interleave(B)
+            eps_ft = model_ft(x.reshape(K * B, *shape), t).reshape(x.shape)
+            u = -view(factor[sel]) * (eps_ft - eps_base[sel][:, rows])  # control of step i -> j
+            residual = u + view(std[sel]) * target_adj[sel][:, rows]  # u_i + std_i a_j
+            per_step = residual.pow(2).reshape(K, B, -1).sum(-1) * view(weight[sel])[..., 0]  # (K, B)
+            per_traj = per_step.sum(0)  # (B,)
+            if not torch.isfinite(per_traj).all():
+                raise SolverDivergedError(f"The Adjoint Matching loss became NaN/inf at iteration {it + 1}.")
+            q = float(torch.quantile(per_traj.detach().float(), cfg.outlier_quantile))
+            ema_q = q if ema_q is None else cfg.outlier_ema * ema_q + (1 - cfg.outlier_ema) * q
+            keep = per_traj.detach() <= cfg.outlier_factor * ema_q  # drop outlier trajectories
+            if not keep.any():
+                keep = torch.ones_like(keep)
+            loss = per_traj[keep].sum() / (keep.sum() * K)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+                if not math.isfinite(float(norm)):
+                    raise SolverDivergedError(f"The gradient became NaN/inf at iteration {it + 1}.")
+            opt.step()
+            if first_loss is None:
+                first_loss = float(loss.detach())
+        check_finite_params(params, f"at iteration {it + 1}")
+        t3 = time.perf_counter()
+        timings["sampling"] += t1 - t0
+        timings["adjoint"] += t2 - t1
+        timings["regression"] += t3 - t2
+        losses.append(first_loss)
+        if on_iteration is not None:
+            on_iteration(it + 1, cfg.iterations, first_loss)
+    return losses

@@ -1,0 +1,151 @@
+"""S-MEME rounds (smeme.explore): bad input, rejection, cancel, and the closed forms.
+
+Pre-trained runs are built once per session with the pipeline's real presets (toy:
+~20 s, triangles: ~10 s) and copied into each test's folder. Tests marked `slow` check
+the quantitative claims of issue 3 and take minutes; the rest take seconds.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from smeme.explore import ExploreConfig, ExploreError, run_rounds
+from smeme.store import Run
+
+# mechanics only: the tiny preset is not accurate, so validity is not judged here
+FAST = dict(iterations=3, trajectories=64, steps=20, adam_steps=2, metrics_n=512, metrics_logp=False,
+            max_validity_drop=1.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_src(tmp_path_factory):
+    from smeme.pipeline import pretrain_run
+
+    folder = tmp_path_factory.mktemp("explore") / "tiny_toy"
+    pretrain_run(folder, "toy", preset="tiny", steps=100)
+    return folder
+
+
+@pytest.fixture
+def tiny_run(tiny_run_src, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run_src, dst)
+    return Run.open(dst)
+
+
+# -- bad input ------------------------------------------------------------------------------
+@pytest.mark.parametrize("lam", [0.0, -0.1, 1.5, float("nan"), 1.0])
+def test_lambda_outside_unit_interval_is_refused(lam):
+    with pytest.raises(ExploreError, match="lambda"):
+        ExploreConfig(lam=lam)
+
+
+def test_lambda_one_needs_the_flag():
+    assert ExploreConfig(lam=1.0, allow_lam_one=True).lam == 1.0
+
+
+@pytest.mark.parametrize("kw, word", [(dict(iterations=0), "budget"), (dict(solver="sgd"), "solver"),
+                                      (dict(lam_schedule="cosine"), "schedule"),
+                                      (dict(lam_schedule="decreasing", lam_power=0.4), "lam_power"),
+                                      (dict(t_r=0.0), "t_r")])
+def test_bad_settings_are_refused(kw, word):
+    with pytest.raises(ExploreError, match=word):
+        ExploreConfig(**kw)
+
+
+def test_bad_solver_option_is_one_sentence(tiny_run):
+    with pytest.raises(ExploreError, match="Bad solver setting"):
+        run_rounds(tiny_run, 1, ExploreConfig(**FAST, solver_options={"warp": 9}))
+
+
+@pytest.mark.parametrize("rounds", [0, -1])
+def test_rounds_below_one_are_refused(tiny_run, rounds):
+    with pytest.raises(ExploreError, match="rounds"):
+        run_rounds(tiny_run, rounds, ExploreConfig(**FAST))
+
+
+def test_run_without_round_zero_is_refused(tiny_run):
+    tiny_run.round_path(0).rename(tiny_run.folder / "moved.safetensors")
+    (tiny_run.folder / "round_1.safetensors").write_bytes(b"")  # Run.open would refuse; a live run object may not
+    with pytest.raises(ExploreError, match="round 0"):
+        run_rounds(tiny_run, 1, ExploreConfig(**FAST))
+
+
+# -- rounds, rejection, cancel -------------------------------------------------------------
+def test_rounds_are_saved_with_metrics_and_continue(tiny_run):
+    seen = []
+    done = run_rounds(tiny_run, 2, ExploreConfig(**FAST), on_iteration=lambda *a: seen.append(a))
+    assert done == [1, 2] and tiny_run.rounds() == [0, 1, 2]
+    assert seen[0][:3] == (1, 1, 3) and seen[-1][:3] == (2, 3, 3)
+    m = Run.open(tiny_run.folder).metrics()
+    assert m[2]["lam_history"] == [0.1, 0.1] and "on_support" in m[2] and "sparse_share_closed_form" in m[2]
+    assert run_rounds(tiny_run, 1, ExploreConfig(**FAST)) == [3]
+
+
+def test_decreasing_schedule_is_robbins_monro():
+    cfg = ExploreConfig(lam=0.3, lam_schedule="decreasing")
+    lams = np.array([cfg.lam_at(k) for k in range(1, 10_001)])
+    assert lams[0] == 0.3 and np.all(np.diff(lams) < 0)
+    assert lams.sum() > 50 * (lams ** 2).sum() / 10  # sum grows without bound, squares converge (p = 0.6)
+
+
+def test_nan_round_is_rejected_and_previous_stays_latest(tiny_run, monkeypatch):
+    import smeme.explore as explore
+
+    run_rounds(tiny_run, 1, ExploreConfig(**FAST))
+    real = explore.score
+    monkeypatch.setattr(explore, "score", lambda m, x, t: real(m, x, t) * float("nan"))
+    with pytest.raises(ExploreError, match=r"Round 2 was rejected.*NaN.*round 1 stays the latest"):
+        run_rounds(tiny_run, 1, ExploreConfig(**FAST))
+    assert Run.open(tiny_run.folder).latest_round == 1
+
+
+def test_nan_weights_are_rejected(tiny_run, monkeypatch):
+    import smeme.explore as explore
+
+    def poisoned(model_ft, *a, **k):
+        with torch.no_grad():
+            next(model_ft.parameters()).fill_(float("inf"))
+        return [0.1]
+
+    monkeypatch.setattr(explore, "adjoint_matching", poisoned)
+    with pytest.raises(ExploreError, match="NaN/inf.*round 0 stays"):
+        run_rounds(tiny_run, 1, ExploreConfig(**FAST))
+    assert tiny_run.rounds() == [0]
+
+
+def test_collapsed_validity_is_rejected(tiny_run, monkeypatch):
+    import smeme.explore as explore
+
+    def scatter(model_ft, *a, **k):  # a finite round that throws every sample off the support
+        with torch.no_grad():
+            last = [m for m in model_ft.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.bias.fill_(-25.0)
+        return [0.1]
+
+    monkeypatch.setattr(explore, "adjoint_matching", scatter)
+    with pytest.raises(ExploreError, match="on-support share fell"):
+        run_rounds(tiny_run, 1, ExploreConfig(**{**FAST, "max_validity_drop": 0.2}))
+    assert tiny_run.rounds() == [0]
+
+
+def test_cancel_mid_round_keeps_finished_rounds(tiny_run):
+    stop = threading.Event()
+
+    def on_iteration(k, i, total, loss):
+        if k == 2 and i == 1:
+            stop.set()
+
+    done = run_rounds(tiny_run, 3, ExploreConfig(**FAST), on_iteration=on_iteration, cancel=stop)
+    assert done == [1] and Run.open(tiny_run.folder).rounds() == [0, 1]
+
+
+def test_student_teacher_round_runs(tiny_run):
+    done = run_rounds(tiny_run, 1, ExploreConfig(**{**FAST, "solver": "student-teacher"},
+                                                 solver_options={"samples": 512, "batch_size": 128}))
+    assert done == [1]
+    assert Run.open(tiny_run.folder).metrics()[1]["solver"] == "student-teacher"
