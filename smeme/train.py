@@ -100,7 +100,7 @@ def train_model(model: NoisePredictor, data: Tensor, cfg: TrainConfig,
         raise ValueError("Cannot train on an empty data set.")
     g = torch.Generator().manual_seed(int(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
     losses: list[float] = []
     start = time.perf_counter()
@@ -111,8 +111,7 @@ def train_model(model: NoisePredictor, data: Tensor, cfg: TrainConfig,
         if cancel is not None and cancel.is_set():
             cancelled = True
             break
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg)
+        opt.param_groups[0]["lr"] = cfg.lr * lr_factor(step, cfg)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
         x0 = data[idx]
         t = sample_times(cfg.batch_size, cfg, g).to(data.dtype)

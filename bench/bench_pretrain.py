@@ -1,0 +1,55 @@
+"""Pre-training time and quality per preset (medians of several runs).
+
+    SMEME_THREADS=1 python bench/bench_pretrain.py [--datasets triangles toy] [--repeats 3]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+from smeme.data import make_dataset  # noqa: E402
+from smeme.presets import PRESETS  # noqa: E402
+from smeme.sampling import sample  # noqa: E402
+from smeme.threads import configure  # noqa: E402
+from smeme.train import pretrain  # noqa: E402
+
+
+def quality(name, ds, model, st):
+    z = sample(model, 8192, steps=100, seed=11).double().numpy()
+    raw = ds.domain.from_features(st.inverse(z))
+    if name == "triangles":
+        from smeme.data.triangles import is_valid, sort_sides
+        return {"valid": float(is_valid(sort_sides(raw)).mean()), "on_support": float(ds.domain.on_support(raw).mean())}
+    region = ds.domain.categories(raw)["region"]
+    return {"dense": float((region == "dense").mean()), "on_support": float((region != "off").mean())}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="+", default=["triangles", "toy"])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    threads = configure()
+    print(f"# {' '.join(sys.argv)}  (threads={threads}, load={os.getloadavg()[0]:.2f})")
+    for name in args.datasets:
+        ds = make_dataset(name)
+        p = PRESETS[name]
+        times, quals = [], []
+        for r in range(args.repeats):
+            tc = p.train.__class__(**{**p.train.to_dict(), "seed": r})
+            t0 = time.perf_counter()
+            model, st, _ = pretrain(ds, tc, p.model)
+            times.append(time.perf_counter() - t0)
+            quals.append(quality(name, ds, model, st))
+        qual = {k: f"{min(q[k] for q in quals):.4f}..{max(q[k] for q in quals):.4f}" for k in quals[0]}
+        print(f"{name:10s} model={p.model} steps={p.train.steps} batch={p.train.batch_size} "
+              f"median={statistics.median(times):.2f}s runs={[round(t, 2) for t in times]} quality={qual}"
+              f" load={os.getloadavg()[0]:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""`python -m smeme` / `smeme`: pretrain, explore, sample, logp, report, grid (DESIGN.md section 4).
+
+Errors: one sentence on standard error and a non-zero exit status (2 bad input, 1 failure,
+130 interrupted), never a traceback. Output files are written atomically, so a failed
+command leaves every existing file as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class CliError(Exception):
+    """Bad command-line input (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        command = " ".join(self.prog.split()[1:])  # prog is 'smeme' or 'smeme <command>'
+        hint = f"python -m smeme {command} --help" if command else "python -m smeme --help"
+        raise CliError(f"{message[0].upper()}{message[1:]} (see '{hint}').")
+
+
+# -- progress on stderr ------------------------------------------------------------------
+class Bar:
+    """A one-line text progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, enabled: bool | None = None):
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int, loss: float | None = None) -> None:
+        now = time.monotonic()
+        if not self.enabled or (done < total and now - self._last < 0.1):
+            return
+        self._last = now
+        width = 30
+        filled = int(width * done / max(total, 1))
+        tail = f" loss {loss:.4f}" if loss is not None else ""
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{tail}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+# -- small helpers ---------------------------------------------------------------------------
+def _write_text_atomic(path: str, text: str) -> None:
+    from .store import atomic_write_bytes
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"Cannot write '{path}': the folder {folder} does not exist.")
+    atomic_write_bytes(path, text.encode())
+
+
+def _frame_csv(columns, values, extra: dict | None = None) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(values, columns=list(columns))
+    for name, col in (extra or {}).items():
+        frame[name] = col
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, float_format="%.9g")
+    return buf.getvalue()
+
+
+def read_points(path: str, columns: list[str]):
+    """The run's columns of a points CSV as a float array; one clear sentence if unusable."""
+    import numpy as np
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise CliError(f"The points file '{path}' does not exist.")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CliError(f"Cannot read '{path}' as CSV ({str(exc).strip().splitlines()[0]}).") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CliError(f"'{path}' lacks the run's column(s) {', '.join(missing)} (it has: {', '.join(map(str, frame.columns))}).")
+    if len(frame) == 0:
+        raise CliError(f"'{path}' holds no rows.")
+    for c in columns:
+        values = pd.to_numeric(frame[c], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise CliError(f"Row {row + 2} of '{path}' has a non-numeric or non-finite value in column '{c}': {frame[c].iloc[row]!r}.")
+        frame[c] = values
+    return frame, frame[columns].to_numpy(dtype=np.float64)
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+_HEADLINE = ("on_support", "entropy_knn", "entropy_knn_on_support", "cross_entropy_pfode", "surprise_pre")
+
+
+def _format_metrics(metrics: dict) -> str:
+    """The headline numbers of a round, plus each category's shares, on one line."""
+    parts = [f"{key}={metrics[key]:.4g}" for key in _HEADLINE
+             if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)]
+    for category, shares in (metrics.get("shares") or {}).items():
+        if isinstance(shares, dict):
+            inner = ",".join(f"{name}:{v['share']:.3f}" for name, v in shares.items()
+                             if isinstance(v, dict) and isinstance(v.get("share"), (int, float)))
+            if inner:
+                parts.append(f"{category}=[{inner}]")
+    closed = metrics.get("closed_form") or {}
+    if isinstance(closed.get("sparse_share"), (int, float)):
+        parts.append(f"closed_form_sparse={closed['sparse_share']:.3f}")
+    return " ".join(parts)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_pretrain(args) -> int:
+    from .pipeline import pretrain_run
+
+    params = {}
+    for item in args.data_param or []:
+        if "=" not in item:
+            raise CliError(f"--data-param needs KEY=VALUE, got '{item}'.")
+        key, value = item.split("=", 1)
+        params[key] = _parse_value(value)
+    if args.dataset == "csv":
+        if not args.csv:
+            raise CliError("The csv data set needs --csv PATH.")
+        params["path"] = args.csv
+    elif args.csv:
+        raise CliError(f"--csv only applies to --dataset csv, not {args.dataset}.")
+    run = pretrain_run(args.run, args.dataset, dataset_params=params, n=args.n, steps=args.steps,
+                       seed=args.seed, progress=Bar("pretrain", None if not args.quiet else False),
+                       force=args.force, preset=args.preset)
+    metrics = run.metrics().get(0, {})
+    train = metrics.get("train", {})
+    print(f"round 0 saved in {run.folder}: trained {train.get('steps')} steps in {train.get('seconds')} s "
+          f"(final loss {train.get('final_loss', float('nan')):.4f}) {_format_metrics(metrics)}".rstrip())
+    return 0
+
+
+def cmd_explore(args) -> int:
+    import dataclasses
+
+    from .explore import ExploreConfig, run_rounds
+    from .store import Run
+
+    run = Run.open(args.run)
+    names = {f.name for f in dataclasses.fields(ExploreConfig)}
+    wanted = {"lam": args.lam, "solver": args.solver, "seed": args.seed, "lam_schedule": args.lam_schedule,
+              "allow_lam_one": args.allow_lam_one or None, "iterations": args.iterations}
+    kwargs = {}
+    for key, value in wanted.items():
+        if value is None:
+            continue
+        if key not in names:
+            raise CliError(f"This smeme's explore has no setting '{key}'.")
+        kwargs[key] = value
+    config = ExploreConfig(**kwargs)
+
+    def on_round(k, metrics):
+        print(f"round {k}: {_format_metrics(metrics)}", flush=True)
+
+    bar = Bar("explore", None if not args.quiet else False)
+
+    def on_iteration(k, i, total, loss):
+        bar.label = f"round {k}"
+        bar(i, total, loss)
+
+    with run.lock():
+        run_rounds(run, args.rounds, config, on_iteration=on_iteration, on_round=on_round)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .pipeline import sample_run
+    from .store import Run
+
+    run = Run.open(args.run)
+    raw = sample_run(run, args.round, args.n, seed=args.seed, steps=args.steps,
+                     progress=Bar("sample", None if not args.quiet else False))
+    raw = raw.reshape(len(raw), -1)
+    _write_text_atomic(args.out, _frame_csv(run.domain.columns, raw))
+    return 0
+
+
+def cmd_logp(args) -> int:
+    from .pipeline import logp_run
+    from .store import Run
+
+    run = Run.open(args.run)
+    frame, raw = read_points(args.points, list(run.domain.columns))
+    logp = logp_run(run, args.round, raw)
+    frame["logp"] = logp
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, float_format="%.9g")
+    _write_text_atomic(args.out, buf.getvalue())
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .store import Run
+
+    run = Run.open(args.run)
+    metrics = run.metrics()
+    report = {"run": os.fspath(run.folder), "dataset": run.config["dataset"].get("name"),
+              "rounds": {str(k): metrics.get(k, {}) for k in run.rounds()}}
+    print(json.dumps(report, indent=2, allow_nan=False))
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from .grid import save_grid
+    from .store import Run
+
+    try:
+        rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
+    except ValueError:
+        raise CliError(f"--rounds needs comma-separated round numbers like 0,1,2, got '{args.rounds}'.") from None
+    run = Run.open(args.run)
+    save_grid(run, rounds, args.n, args.seed, args.out)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--threads", type=_positive_int, default=argparse.SUPPRESS,
+                        help="torch threads (default: $SMEME_THREADS or 1, the measured best)")
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
+    parser = _Parser(prog="smeme", description="S-MEME: score-based maximum entropy manifold exploration.",
+                     parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("pretrain", parents=[common], help="train a diffusion model on a data set (round 0)")
+    p.add_argument("--dataset", required=True, choices=["toy", "triangles", "digits", "csv"])
+    p.add_argument("--csv", help="the CSV file for --dataset csv")
+    p.add_argument("--steps", type=_positive_int, help="training steps (default: the data set's preset)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--n", type=_positive_int, help="data set size (default: the data set's own)")
+    p.add_argument("--preset", help="model/training preset (default: the data set's; 'tiny' for quick tests)")
+    p.add_argument("--data-param", action="append", metavar="KEY=VALUE", help="data set parameter, repeatable")
+    p.add_argument("--run", required=True, help="run folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing run in --run (only once the new one is saved)")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("explore", parents=[common], help="S-MEME rounds, continuing from the last finished round")
+    p.add_argument("--run", required=True)
+    p.add_argument("--rounds", required=True, type=_positive_int)
+    p.add_argument("--lam", type=float)
+    p.add_argument("--solver", choices=["adjoint", "student-teacher"])
+    p.add_argument("--seed", type=_nonneg_int)
+    p.add_argument("--iterations", type=_positive_int, help="solver iterations per round")
+    p.add_argument("--lam-schedule", choices=["constant", "decreasing"])
+    p.add_argument("--allow-lam-one", action="store_true", help="allow lambda = 1 (Theorem 5.2's one-step case)")
+    p.set_defaults(func=cmd_explore)
+
+    p = sub.add_parser("sample", parents=[common], help="samples in the data's own columns and units")
+    p.add_argument("--run", required=True)
+    p.add_argument("--round", type=_nonneg_int, help="round (default: the latest)")
+    p.add_argument("--n", required=True, type=_positive_int)
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--steps", type=_positive_int, default=100, help="DDPM steps")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("logp", parents=[common], help="the model's log-density of points, in the data's units")
+    p.add_argument("--run", required=True)
+    p.add_argument("--round", type=_nonneg_int, help="round (default: the latest)")
+    p.add_argument("--points", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_logp)
+
+    p = sub.add_parser("report", parents=[common], help="JSON of the per-round metrics")
+    p.add_argument("--run", required=True)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("grid", parents=[common], help="image grid of samples per round (image runs)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--rounds", required=True, help="comma-separated rounds, e.g. 0,1,2")
+    p.add_argument("--n", type=_positive_int, default=8)
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_grid)
+    return parser
+
+
+def _sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def main(argv=None) -> int:
+    def fail(code: int, message: str) -> int:
+        sys.stderr.write(f"smeme: error: {message}\n")
+        return code
+
+    try:
+        args = build_parser().parse_args(argv)
+        args.threads = getattr(args, "threads", None)
+        args.quiet = getattr(args, "quiet", False)
+    except CliError as exc:
+        return fail(EXIT_BAD_INPUT, _sentence(exc))
+    from .store import RunLockedError, StoreError
+    from .threads import configure
+
+    try:
+        configure(args.threads)
+        return args.func(args)
+    except BrokenPipeError:  # e.g. `smeme report ... | head`: the reader left; say nothing
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return fail(EXIT_INTERRUPTED, "Interrupted; everything saved before the interruption is kept.")
+    except RunLockedError as exc:
+        return fail(EXIT_FAILURE, _sentence(exc))
+    except (CliError, StoreError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        return fail(EXIT_BAD_INPUT, _sentence(exc))  # DataError is a ValueError
+    except Exception as exc:
+        if type(exc).__name__ == "ExploreError":
+            return fail(EXIT_BAD_INPUT, _sentence(exc))
+        return fail(EXIT_FAILURE, f"{type(exc).__name__}: {_sentence(exc)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

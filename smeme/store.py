@@ -1,0 +1,395 @@
+"""Runs on disk (DESIGN.md section 5).
+
+A run is a folder:
+    config.json            everything needed to rebuild the run (schema-versioned)
+    round_<k>.safetensors  model weights after round k (0 = pre-trained)
+    metrics.json           {"schema_version", "rounds": {"<k>": {...}}}
+    cache/<key>.npy        cached arrays, keyed by what produced them
+    .lock                  writers hold an exclusive flock on it
+
+Every write goes to a temporary file in the same folder and is renamed into place
+(os.replace), so a crash never leaves a half-written file. Loading checks the config,
+the weights file and its shapes, and raises StoreError naming the file and the problem.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .data.base import Standardizer
+
+# torch is imported where weights are handled, so commands that fail on their input
+# (a bad CSV, an existing run folder) answer before paying for torch's import.
+
+SCHEMA_VERSION = 1
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"
+CACHE_DIR = "cache"
+REQUIRED_SECTIONS = ("dataset", "model", "schedule", "standardizer")
+_ROUND_RE = re.compile(r"^round_(\d+)\.safetensors$")
+
+
+class StoreError(Exception):
+    """A run folder or one of its files is missing, damaged, foreign or inconsistent."""
+
+
+class RunLockedError(StoreError):
+    """Another process is writing to the run."""
+
+
+# -- atomic writes --------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    """Call write(file_object) on a temp file next to `path`, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; runs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    data = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode()
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _jsonable(obj):
+    """Metrics as strict JSON: numpy scalars/arrays to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.generic,)):
+        obj = obj.item()
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # a torch tensor
+        return _jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+# -- locking ----------------------------------------------------------------------------
+_held: dict[str, list] = {}  # realpath -> [fd, depth]; the lock is re-entrant per process
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Exclusive, non-blocking flock on folder/.lock; RunLockedError if someone holds it."""
+    key = os.path.realpath(folder)
+    with _held_guard:
+        if key in _held:
+            _held[key][1] += 1
+        else:
+            fd = os.open(os.path.join(key, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunLockedError(
+                    f"The run in {folder} is busy: another smeme process (pid {holder}) is writing "
+                    "to it; wait for it to finish and try again.") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            _held[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        with _held_guard:
+            _held[key][1] -= 1
+            if _held[key][1] == 0:
+                fd = _held.pop(key)[0]
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+
+# -- weights ----------------------------------------------------------------------------
+def _state_of(model) -> dict:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(path: Path, model, metadata: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    meta = {"format": "smeme", **{k: str(v) for k, v in (metadata or {}).items()}}
+    atomic_write_bytes(path, save(_state_of(model), metadata=meta))
+
+
+def load_weights_into(path: Path, model) -> None:
+    """Load a safetensors file into `model`, checking it is readable, ours and the right shape."""
+    import torch
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path.name} is missing from {path.parent}.")
+    try:
+        tensors = load(path.read_bytes())
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise StoreError(f"{path.name} in {path.parent} is damaged: it is not a readable safetensors file "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise StoreError(f"{path.name} in {path.parent} does not hold this run's model: "
+                         f"{len(missing)} expected tensor(s) missing (e.g. {missing[:2]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}).")
+    for name, ref in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise StoreError(f"{path.name} in {path.parent}: tensor '{name}' has shape {tuple(got.shape)} "
+                             f"but the model in config.json needs {tuple(ref.shape)}.")
+        if not torch.isfinite(got).all():
+            raise StoreError(f"{path.name} in {path.parent}: tensor '{name}' holds NaN or infinite values.")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+
+
+# -- the run ----------------------------------------------------------------------------
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise StoreError(f"{folder} is not an smeme run: it has no {CONFIG_FILE}.")
+    try:
+        cfg = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{CONFIG_FILE} in {folder} is damaged: it is not valid JSON ({exc}).") from None
+    if not isinstance(cfg, dict):
+        raise StoreError(f"{CONFIG_FILE} in {folder} is damaged: it does not hold a JSON object.")
+    version = cfg.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{CONFIG_FILE} in {folder} has schema version {version!r}; "
+                         f"this smeme reads version {SCHEMA_VERSION}.")
+    missing = [s for s in REQUIRED_SECTIONS if not isinstance(cfg.get(s), dict)]
+    if missing:
+        raise StoreError(f"{CONFIG_FILE} in {folder} lacks the section(s) {missing}.")
+    if not isinstance(cfg["dataset"].get("domain"), dict):
+        raise StoreError(f"{CONFIG_FILE} in {folder} lacks the data set's domain (dataset.domain).")
+    return cfg
+
+
+def is_run(folder) -> bool:
+    return (Path(folder) / CONFIG_FILE).exists()
+
+
+def check_target(folder, force: bool = False) -> None:
+    """Refuse a folder that would lose data: an existing run (unless force) or a non-run folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise StoreError(f"{folder} exists and is not a folder.")
+    if is_run(folder):
+        if not force:
+            raise StoreError(f"{folder} already holds a run; choose another folder or pass --force to replace it.")
+    elif folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir()):
+        raise StoreError(f"{folder} is not empty and is not an smeme run; choose an empty or new folder.")
+
+
+class Run:
+    def __init__(self, folder: Path, config: dict):
+        self.folder = Path(folder)
+        self.config = config
+        self.standardizer = Standardizer.from_config(config["standardizer"])
+        self._domain = None
+
+    # -- create / open ----------------------------------------------------------------
+    @classmethod
+    def create(cls, folder, config: dict, model, standardizer: Standardizer,
+               metrics: dict | None = None, overwrite: bool = False) -> "Run":
+        """Write config.json and round_0.safetensors for a freshly trained model.
+
+        `config` holds 'dataset' (with 'domain'), 'model' and optionally 'train';
+        the schedule and standardizer are filled in here. An existing run is replaced
+        only with overwrite=True, and then only once the new one is completely written.
+        """
+        folder = Path(folder)
+        check_target(folder, force=overwrite)
+        cfg = dict(config)
+        cfg["schema_version"] = SCHEMA_VERSION
+        cfg["schedule"] = model.schedule.to_config()
+        cfg["standardizer"] = standardizer.to_config()
+        for s in ("dataset", "model"):
+            if not isinstance(cfg.get(s), dict):
+                raise ValueError(f"A run's config needs a '{s}' section (a dict).")
+        if not isinstance(cfg["dataset"].get("domain"), dict):
+            raise ValueError("A run's config needs dataset.domain (the domain's to_config()).")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        replace = is_run(folder)
+        target = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent)) if replace else folder
+        try:
+            target.mkdir(exist_ok=True)
+            with folder_lock(target):
+                atomic_write_json(target / CONFIG_FILE, cfg)
+                save_weights(target / "round_0.safetensors", model, {"round": 0})
+                if metrics is not None:
+                    atomic_write_json(target / METRICS_FILE, {"schema_version": SCHEMA_VERSION,
+                                                              "rounds": {"0": _jsonable(metrics)}})
+        except BaseException:
+            if replace:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+        if replace:  # swap the finished new run in, then drop the old one
+            try:
+                with folder_lock(folder):
+                    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+                    os.rename(folder, old / "run")
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            os.rename(target, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        return cls(folder, cfg)
+
+    @classmethod
+    def open(cls, folder) -> "Run":
+        folder = Path(folder)
+        if not folder.exists():
+            raise StoreError(f"The run folder {folder} does not exist.")
+        if not folder.is_dir():
+            raise StoreError(f"{folder} is not a folder.")
+        cfg = _read_config(folder)
+        try:
+            run = cls(folder, cfg)
+            run.schedule
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{CONFIG_FILE} in {folder} is inconsistent: {exc}.") from None
+        if not run.rounds():
+            raise StoreError(f"The run in {folder} has no saved rounds (round_0.safetensors is missing).")
+        return run
+
+    # -- what the config describes ------------------------------------------------------
+    @property
+    def domain(self):
+        if self._domain is None:
+            from .data import domain_from_config
+
+            try:
+                self._domain = domain_from_config(self.config["dataset"]["domain"])
+            except Exception as exc:
+                raise StoreError(f"{CONFIG_FILE} in {self.folder}: cannot rebuild the data set's domain ({exc}).") from None
+        return self._domain
+
+    @property
+    def schedule(self):
+        from .schedule import schedule_from_config
+
+        return schedule_from_config(self.config["schedule"])
+
+    @property
+    def model_config(self) -> dict:
+        return dict(self.config["model"])
+
+    def new_model(self):
+        from .models.registry import build_model
+
+        try:
+            return build_model(self.model_config, self.schedule)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{CONFIG_FILE} in {self.folder}: cannot build its model ({exc}).") from None
+
+    # -- rounds -------------------------------------------------------------------------
+    def round_path(self, k: int) -> Path:
+        return self.folder / f"round_{int(k)}.safetensors"
+
+    def rounds(self) -> list[int]:
+        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := _ROUND_RE.match(p.name)))
+
+    @property
+    def latest_round(self) -> int:
+        rounds = self.rounds()
+        if not rounds:
+            raise StoreError(f"The run in {self.folder} has no saved rounds.")
+        return rounds[-1]
+
+    def load_model(self, k: int | None = None):
+        k = self.latest_round if k is None else int(k)
+        if k not in self.rounds():
+            raise StoreError(f"The run in {self.folder} has no round {k} (saved rounds: {self.rounds()}).")
+        model = self.new_model()
+        load_weights_into(self.round_path(k), model)
+        return model.eval()
+
+    def save_round(self, k: int, model, metrics: dict | None = None) -> None:
+        """Save round k's weights (and its metrics); refuses to overwrite a finished round."""
+        k = int(k)
+        with self.lock():
+            if self.round_path(k).exists():
+                raise StoreError(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
+            save_weights(self.round_path(k), model, {"round": k})
+            if metrics is not None:
+                self.set_metrics(k, metrics)
+
+    # -- metrics ------------------------------------------------------------------------
+    def metrics(self) -> dict[int, dict]:
+        path = self.folder / METRICS_FILE
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            return {int(k): v for k, v in data["rounds"].items()}
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{METRICS_FILE} in {self.folder} is damaged ({exc}).") from None
+
+    def set_metrics(self, k: int, metrics: dict) -> None:
+        with self.lock():
+            data = self.metrics()
+            data[int(k)] = _jsonable(metrics)
+            atomic_write_json(self.folder / METRICS_FILE, {
+                "schema_version": SCHEMA_VERSION,
+                "rounds": {str(r): data[r] for r in sorted(data)}})
+
+    # -- cached arrays ------------------------------------------------------------------
+    def cache_path(self, key: str) -> Path:
+        """Where the array keyed by `key` (what produced it) lives; long keys are hashed."""
+        safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(key)).strip("._") or "array"
+        if len(safe) > 100 or safe != str(key):
+            safe = f"{safe[:60]}-{hashlib.sha256(str(key).encode()).hexdigest()[:16]}"
+        return self.folder / CACHE_DIR / f"{safe}.npy"
+
+    def save_array(self, key: str, arr) -> Path:
+        path = self.cache_path(key)
+        path.parent.mkdir(exist_ok=True)
+        arr = np.asarray(arr)
+        _atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+        return path
+
+    def load_array(self, key: str):
+        """The cached array, or None when absent or unreadable (caches are recomputed)."""
+        path = self.cache_path(key)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+
+    # -- locking --------------------------------------------------------------------------
+    def lock(self):
+        """Context manager: exclusive writer lock on the run (RunLockedError if held elsewhere)."""
+        return folder_lock(self.folder)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.folder)!r}, rounds={self.rounds()})"

@@ -1,0 +1,171 @@
+"""The command line, end to end in subprocesses: `python -m smeme ...`."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smeme(*args, cwd=None):
+    env = {**os.environ, "SMEME_THREADS": "1", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "smeme", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+def assert_clean_failure(proc, code=2, match=None):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and lines[0].startswith("smeme: error: ")
+    if match:
+        assert match.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "toy"
+    proc = smeme("pretrain", "--dataset", "toy", "--preset", "tiny", "--n", 2000, "--run", folder)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return folder
+
+
+@pytest.fixture
+def run_copy(base_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(base_run, dst)
+    return dst
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_pretrain_sample_report(base_run, tmp_path):
+    assert (base_run / "round_0.safetensors").exists() and (base_run / "config.json").exists()
+    out = tmp_path / "s.csv"
+    proc = smeme("sample", "--run", base_run, "--n", 64, "--seed", 3, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["x", "y"] and len(frame) == 64
+    assert np.isfinite(frame.to_numpy()).all()
+    again = tmp_path / "s2.csv"
+    smeme("sample", "--run", base_run, "--round", 0, "--n", 64, "--seed", 3, "--out", again)
+    assert out.read_bytes() == again.read_bytes()  # fixed noise: same seed, same samples
+
+    proc = smeme("report", "--run", base_run)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert list(report["rounds"]) == ["0"] and report["dataset"] == "toy"
+
+
+def test_logp_adds_column(base_run, tmp_path):
+    pytest.importorskip("smeme.density")
+    pts = tmp_path / "p.csv"
+    pd.DataFrame({"id": [1, 2, 3], "x": [-0.75, 0.75, 3.0], "y": [0.0, 0.0, 3.0]}).to_csv(pts, index=False)
+    out = tmp_path / "o.csv"
+    proc = smeme("logp", "--run", base_run, "--points", pts, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["id", "x", "y", "logp"]
+    assert np.isfinite(frame["logp"]).all() and frame["logp"][0] > frame["logp"][2]
+
+
+def _bad_csvs(tmp_path):
+    rng = np.random.default_rng(0)
+    good = pd.DataFrame(rng.normal(size=(200, 2)), columns=["u", "v"])
+    cases = {}
+    text = good.astype(object)
+    text.iloc[17, 1] = "hello"
+    cases["text"] = text
+    nan = good.copy()
+    nan.iloc[5, 0] = np.nan
+    cases["nan"] = nan
+    inf = good.copy()
+    inf.iloc[9, 1] = np.inf
+    cases["inf"] = inf
+    cases["one column"] = good[["u"]]
+    cases["few rows"] = good.iloc[:20]
+    cases["65 columns"] = pd.DataFrame(rng.normal(size=(200, 65)), columns=[f"c{i}" for i in range(65)])
+    paths = {}
+    for name, frame in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.csv"
+        frame.to_csv(path, index=False)
+        paths[name] = path
+    return paths
+
+
+def test_bad_csv_inputs(tmp_path):
+    for name, path in _bad_csvs(tmp_path).items():
+        target = tmp_path / f"run_{path.stem}"
+        proc = smeme("pretrain", "--dataset", "csv", "--csv", path, "--preset", "tiny", "--run", target)
+        assert_clean_failure(proc)
+        assert not target.exists(), name
+
+
+def test_damaged_and_foreign_weights(run_copy, tmp_path):
+    out = tmp_path / "keep.csv"
+    out.write_text("precious\n")
+    weights = run_copy / "round_0.safetensors"
+    original = weights.read_bytes()
+
+    weights.write_bytes(original[: len(original) // 3])
+    assert_clean_failure(smeme("sample", "--run", run_copy, "--n", 4, "--out", out), match="damaged")
+    weights.write_bytes(os.urandom(256))
+    assert_clean_failure(smeme("sample", "--run", run_copy, "--n", 4, "--out", out), match="damaged")
+
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"encoder.weight": torch.zeros(2, 2)}, str(weights))
+    assert_clean_failure(smeme("sample", "--run", run_copy, "--n", 4, "--out", out), match="does not hold")
+    assert out.read_text() == "precious\n"
+
+
+def test_shape_mismatch(run_copy, tmp_path):
+    cfg = json.loads((run_copy / "config.json").read_text())
+    cfg["model"]["width"] = 48
+    (run_copy / "config.json").write_text(json.dumps(cfg))
+    assert_clean_failure(smeme("sample", "--run", run_copy, "--n", 4, "--out", tmp_path / "o.csv"), match="shape")
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_missing_run_and_bad_arguments(tmp_path):
+    assert_clean_failure(smeme("sample", "--run", tmp_path / "nope", "--n", 4, "--out", tmp_path / "o.csv"),
+                         match="does not exist")
+    assert_clean_failure(smeme("report", "--run", tmp_path), match="no config.json")
+    assert_clean_failure(smeme("sample", "--run", tmp_path, "--n", "many", "--out", "o.csv"))
+    assert_clean_failure(smeme("pretrain", "--dataset", "csv", "--run", tmp_path / "r"), match="--csv")
+
+
+def test_failed_commands_leave_files_untouched(run_copy, tmp_path):
+    before = snapshot(run_copy)
+    # pretrain into an existing run refuses (before any training) ...
+    assert_clean_failure(smeme("pretrain", "--dataset", "toy", "--preset", "tiny", "--run", run_copy),
+                         match="already holds a run")
+    # ... and a bad round number or bad points file leaves the output alone.
+    out = tmp_path / "o.csv"
+    out.write_text("keep\n")
+    assert_clean_failure(smeme("sample", "--run", run_copy, "--round", 7, "--n", 4, "--out", out), match="round 7")
+    pts = tmp_path / "p.csv"
+    pts.write_text("x,z\n1,2\n")
+    assert_clean_failure(smeme("logp", "--run", run_copy, "--points", pts, "--out", out), match="column")
+    assert out.read_text() == "keep\n"
+    assert snapshot(run_copy) == before
+
+
+def test_explore_one_round_and_refusals(run_copy):
+    pytest.importorskip("smeme.explore")
+    proc = smeme("explore", "--run", run_copy, "--rounds", 1, "--iterations", 2, "--lam", 0.1)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("round 1: ")
+    assert (run_copy / "round_1.safetensors").exists()
+    before = snapshot(run_copy)
+    assert_clean_failure(smeme("explore", "--run", run_copy, "--rounds", 1, "--lam", 1), match="allow")
+    assert snapshot(run_copy) == before
