@@ -24,10 +24,6 @@ class VPSchedule:
         # ab(t) = exp(-int_0^t beta(s) ds)
         return torch.exp(-(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t))
 
-    def timestep(self, t: Tensor) -> Tensor:
-        """Conditioning value passed to networks (continuous t scaled to [0, 1000])."""
-        return t * 1000.0
-
     def to_config(self) -> dict:
         return {"kind": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max}
 

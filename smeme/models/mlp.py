@@ -17,13 +17,17 @@ class MLPConfig:
     width: int = 128
     depth: int = 3
     time_dim: int = 32
+    # t in [0, 1] is scaled to [0, time_scale] before the sinusoidal features. 1000 (the
+    # DDPM convention) made trained nets wiggle in t with period ~0.006, which costs the
+    # PF-ODE log-density ~0.01 nats at 32 steps; 100 keeps edges sharp without that.
+    time_scale: float = 100.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
-    # Transformer-style features sin/cos(t * 10000^(-k/half)), t already scaled to ~[0, 1000]
+    # Transformer-style features sin/cos(t * 10000^(-k/half)) of a scaled time t
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
     args = t[:, None] * freqs[None, :]
@@ -49,6 +53,8 @@ class MLPNoisePredictor(NoisePredictor):
         nn.init.zeros_(out.bias)
         self.net = nn.Sequential(*layers, out)
 
+    def time_embedding(self, t: Tensor, dtype) -> Tensor:
+        return sinusoidal_embedding((t * self.config.time_scale).to(dtype), self.config.time_dim)
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        emb = sinusoidal_embedding(self.schedule.timestep(t).to(x.dtype), self.config.time_dim)
-        return self.net(torch.cat([x, emb], dim=1))
+        return self.net(torch.cat([x, self.time_embedding(t, x.dtype)], dim=1))

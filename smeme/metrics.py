@@ -1,0 +1,158 @@
+"""Per-round metrics of an S-MEME run, on samples drawn under fixed noise (JSON-ready).
+
+What `round_metrics` reports, all in the data's own units:
+- entropy_knn: Kozachenko-Leonenko k-NN entropy of ALL finite samples (the entropy of
+  the model's distribution, the quantity S-MEME raises); entropy_knn_on_support: the same
+  on the on-support samples only. Leakage off the support raises the first: read it
+  next to `on_support`.
+- cross_entropy_pfode: -mean log p_k(x) of the round's own samples under its PF-ODE
+  density: a CROSS-entropy (>= the entropy when the two disagree), not the entropy.
+- surprise_pre: -mean log p_0(x) of the round's samples under the pre-trained model.
+- on_support: share of samples on the data's support / valid; validity: share not
+  labelled 'invalid' (triangles); shares[category][label] with 95% Wilson intervals.
+- toy: sparse_share, and the closed-form prediction p_k ~ p_pre^g, g = prod_i (1 - lam_i)
+  (DESIGN.md section 3) where the lambdas of rounds 1..k are known.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .density import knn_entropy, log_prob_raw, mc_cross_entropy
+from .sampling import FixedNoise, sample_ddpm
+
+KNN_K = 5
+NOTES = {
+    "entropy_knn": "Kozachenko-Leonenko k-NN entropy (nats) of all finite samples, data units",
+    "cross_entropy_pfode": "-mean log p_k under the PF-ODE density: a cross-entropy, not the entropy",
+    "surprise_pre": "-mean log p_0 (pre-trained model) of this round's samples",
+}
+
+
+def wilson_interval(count: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion count / n ((0, 1) when n = 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = count / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def category_shares(labels) -> dict[str, dict]:
+    """{label: {'share', 'lo', 'hi', 'count'}} over all rows, labels sorted."""
+    labels = np.asarray(labels).astype(str)
+    n = len(labels)
+    out = {}
+    for lab in sorted(set(labels.tolist())):
+        count = int(np.sum(labels == lab))
+        lo, hi = wilson_interval(count, n)
+        out[lab] = {"share": count / n, "lo": lo, "hi": hi, "count": count}
+    return out
+
+
+def _float(v) -> float | None:
+    """A JSON-ready float; None for NaN / inf."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _model_dtype(model) -> torch.dtype:
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float64
+
+
+def round_samples(run, model, n: int = 4096, seed: int = 1234, steps: int = 100) -> np.ndarray:
+    """n DDPM samples under the fixed noise of `seed`, in the data's own units (n rows)."""
+    noise = FixedNoise.from_seed(seed, n, tuple(model.sample_shape), steps, dtype=_model_dtype(model))
+    z = sample_ddpm(model, noise).detach().to(torch.float64).cpu().numpy()
+    return np.asarray(run.domain.from_features(run.standardizer.inverse(z)), dtype=np.float64)
+
+
+def _mean_surprise(model, run, raw: np.ndarray, **kw) -> float | None:
+    """-mean log p(x) over the points with a finite log-density (data units)."""
+    logp = log_prob_raw(model, run.domain, run.standardizer, raw, **kw)
+    logp = logp[np.isfinite(logp)]
+    return _float(mc_cross_entropy(logp)) if logp.size else None
+
+
+def lam_history_from_config(config: dict, k: int) -> list[float] | None:
+    """The lambdas of rounds 1..k from a run config's 'explore' section, if it says them."""
+    explore = (config or {}).get("explore") or {}
+    hist = explore.get("lam_history")
+    if hist is not None and len(hist) >= k:
+        return [float(v) for v in hist[:k]]
+    lam = explore.get("lam")
+    if lam is not None and explore.get("lam_schedule", "constant") == "constant":
+        return [float(lam)] * k
+    return None
+
+
+def toy_closed_form(domain, lam_history: list[float]) -> dict:
+    """Closed form for the two-square toy: p_k ~ p_pre^g with g = prod_i (1 - lam_i).
+
+    Written as one round of rate 1 - g, so the toy's own formulas apply.
+    """
+    g = float(np.prod([1.0 - lam for lam in lam_history])) if lam_history else 1.0
+    entropy = domain.entropy_after(1.0 - g, 1)
+    return {
+        "exponent": g,
+        "sparse_share": _float(domain.sparse_share_after(1.0 - g, 1)),
+        "entropy": _float(entropy),
+        "entropy_gain": _float(entropy - domain.pretrained_entropy()),
+    }
+
+
+def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234, steps: int = 100,
+                  base_model=None, logp: bool = True, lam_history: list[float] | None = None,
+                  density_kw: dict | None = None) -> dict:
+    """Metrics of round `round_index` (see the module docstring), JSON-ready.
+
+    run: run.domain, run.standardizer, run.load_model(0), run.config (CONTRACTS.md).
+    base_model: the pre-trained model (default: `model` itself for round 0, else
+    run.load_model(0)). logp=False skips both PF-ODE quantities (the slow part).
+    lam_history: lambdas of rounds 1..k (default: read from run.config['explore']).
+    A domain with its own `round_metrics` (images) computes them itself.
+    """
+    domain = run.domain
+    if hasattr(domain, "round_metrics"):
+        return domain.round_metrics(run, model, round_index)
+    start = time.perf_counter()
+    raw = round_samples(run, model, n, seed, steps)
+    finite = np.all(np.isfinite(raw.reshape(len(raw), -1)), axis=1)
+    on_support = np.asarray(domain.on_support(raw), dtype=bool)
+    out: dict = {"round": int(round_index), "n": int(n), "seed": int(seed), "steps": int(steps),
+                 "finite": _float(finite.mean()), "on_support": _float(on_support.mean())}
+    out["on_support_ci"] = list(wilson_interval(int(on_support.sum()), len(raw)))
+    out["entropy_knn"] = _float(knn_entropy(raw[finite], k=KNN_K)) if finite.sum() > KNN_K else None
+    out["entropy_knn_on_support"] = (_float(knn_entropy(raw[on_support], k=KNN_K))
+                                     if on_support.sum() > KNN_K else None)
+    if logp:
+        kw = density_kw or {}
+        out["cross_entropy_pfode"] = _mean_surprise(model, run, raw[finite], **kw)
+        if base_model is None:
+            base_model = model if round_index == 0 else run.load_model(0)
+        out["surprise_pre"] = (out["cross_entropy_pfode"] if base_model is model
+                               else _mean_surprise(base_model, run, raw[finite], **kw))
+    shares = {key: category_shares(labels) for key, labels in domain.categories(raw).items()}
+    out["shares"] = shares
+    invalid = [s["invalid"]["share"] for s in shares.values() if "invalid" in s]
+    if invalid:
+        out["validity"] = 1.0 - invalid[0]
+    if "region" in shares:
+        out["sparse_share"] = shares["region"].get("sparse", {"share": 0.0})["share"]
+    if hasattr(domain, "sparse_share_after"):
+        hist = lam_history if lam_history is not None else lam_history_from_config(getattr(run, "config", {}), round_index)
+        if round_index == 0:
+            hist = []
+        if hist is not None:
+            cf = toy_closed_form(domain, hist)
+            out["closed_form"] = cf
+            out["sparse_share_closed_form"] = cf["sparse_share"]
+    out["notes"] = dict(NOTES)
+    out["seconds"] = round(time.perf_counter() - start, 3)
+    return out
