@@ -9,10 +9,9 @@ Choices, measured (bench/bench_density.py; numbers in BENCHMARKS.md):
 - RK4 on the augmented state (x, logdet) on the grid t = t_min + (1 - t_min) u^1.5, u
   uniform (the sampler's power). Against a 400-step solve, mean |error| on a sharp-edged
   2-D mixture: 0.003 nats at 24 steps, 0.001 at 32; uniform t needs > 40 steps.
-  Trained MLPs: their sinusoidal time embedding (t scaled to [0, 1000]) makes eps
-  oscillate in t with period 2 pi / 1000 ~ 0.006 (amplitude ~0.01): coarse grids alias
-  it, and on the toy's support the error is ~0.01 at 32-48 steps, 0.003 at 100. The
-  same model trained with t scaled to [0, 100] converges cleanly: 0.001 at 32 steps.
+  Trained MLPs: with t scaled to [0, 1000] in the time embedding, eps oscillated in t
+  with period ~0.006 and coarse grids aliased it (~0.01 nats at 32 steps on the toy);
+  hence MLPConfig.time_scale = 100, which converges cleanly: 0.001 nats at 32 steps.
 - Exact divergence for D <= 16. MLP noise predictors take a hand-written forward-mode
   path (tangents pushed through the layers, all D of them in one matmul, no autograd);
   other models use D vector-Jacobian products. Above 16, Hutchinson's estimator with
@@ -207,12 +206,6 @@ def log_prob(model: NoisePredictor, x, steps: int = DEFAULT_STEPS, t_min: float 
 
 # -- the data's own units -------------------------------------------------------------------
 
-def _standardizer_log_det(standardizer, feat_shape: tuple[int, ...]) -> float:
-    """-sum log std over one sample's features (std broadcast to the feature shape)."""
-    std = np.broadcast_to(np.asarray(standardizer.std, dtype=np.float64), feat_shape)
-    return float(-np.sum(np.log(std)))
-
-
 def log_prob_raw(model: NoisePredictor, domain, standardizer, raw, **kw) -> np.ndarray:
     """log-density in the data's own units (float64, shape (N,)).
 
@@ -238,7 +231,7 @@ def log_prob_raw(model: NoisePredictor, domain, standardizer, raw, **kw) -> np.n
     if ok.any():
         z = standardizer.forward(feat[ok])
         logp_z = log_prob(model, torch.as_tensor(z), **kw).double().cpu().numpy()
-        res[ok] = logp_z + _standardizer_log_det(standardizer, feat.shape[1:]) + jac[ok]
+        res[ok] = logp_z + standardizer.log_det(feat.shape[1:]) + jac[ok]
     out[finite] = res
     return out
 

@@ -33,10 +33,9 @@ class Standardizer:
     def inverse(self, z: np.ndarray) -> np.ndarray:
         return z * self.std + self.mean
 
-    @property
-    def log_det(self) -> float:
-        """log |d z / d feat| = -sum(log std) (std broadcast to the feature shape)."""
-        return float(-np.sum(np.log(np.broadcast_to(self.std, self.mean.shape))))
+    def log_det(self, feature_shape: tuple[int, ...]) -> float:
+        """log |d z / d feat| = -sum(log std) over one sample's features (std broadcast)."""
+        return float(-np.sum(np.log(np.broadcast_to(np.asarray(self.std, dtype=np.float64), feature_shape))))
 
     def to_config(self) -> dict:
         return {"mean": np.asarray(self.mean).tolist(), "std": np.asarray(self.std).tolist()}
