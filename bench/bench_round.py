@@ -1,17 +1,21 @@
 """One default S-MEME round on the toy model: wall time, where it goes, entropy gain per second.
 
-    SMEME_THREADS=1 python bench/bench_round.py [--run DIR] [--lam 0.1]
+    SMEME_THREADS=1 python bench/bench_round.py [--run DIR] [--lam 0.1] [--repeats 3]
 
 Pre-trains the toy preset into a temporary folder unless --run names a toy run. For each
 solver (Adjoint Matching, student-teacher) it runs one round with ExploreConfig defaults,
 then reports solver seconds, metrics seconds, k-NN entropy gain, sparse share against the
 closed form, and for Adjoint Matching the split sampling / adjoint / regression.
+With --repeats N each solver's round runs N times (same seed: only the timing varies)
+and the medians are printed with the load average before and after.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -66,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", help="an existing toy run (default: pre-train one)")
     ap.add_argument("--lam", type=float, default=0.1)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds per solver; medians are reported")
     args = ap.parse_args()
     configure()
     print(f"torch threads: {torch.get_num_threads()}")
@@ -79,7 +84,19 @@ def main() -> None:
         pretrain_run(src, "toy")
         print(f"pre-trained the toy preset in {time.perf_counter() - t0:.1f} s")
     for solver in ("adjoint", "student-teacher"):
-        print(json.dumps(one_round(src, solver, args.lam)))
+        load0 = os.getloadavg()[0]
+        rows = [one_round(src, solver, args.lam) for _ in range(max(1, args.repeats))]
+        out = dict(rows[-1])
+        for key in ("round_wall_s", "solver_s", "metrics_s"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            out[key] = round(statistics.median(vals), 2) if vals else None
+        out["gain_per_solver_s"] = round(out["entropy_gain_knn"] / out["solver_s"], 5)
+        if rows[-1]["phases_s"]:
+            out["phases_s"] = {k: round(statistics.median(r["phases_s"][k] for r in rows), 2)
+                               for k in rows[-1]["phases_s"]}
+        out["repeats"] = len(rows)
+        out["load_avg_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

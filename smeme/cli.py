@@ -166,7 +166,7 @@ def cmd_explore(args) -> int:
         if key not in names:
             raise CliError(f"This smeme's explore has no setting '{key}'.")
         kwargs[key] = value
-    config = ExploreConfig(**kwargs)
+    config = ExploreConfig(**{**run.domain.explore_defaults(), **kwargs})
 
     def on_round(k, metrics):
         print(f"round {k}: {_format_metrics(metrics)}", flush=True)
@@ -220,15 +220,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from .grid import save_grid
-    from .store import Run
+    from .grid import open_any_run, save_grid
 
     try:
         rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
     except ValueError:
         raise CliError(f"--rounds needs comma-separated round numbers like 0,1,2, got '{args.rounds}'.") from None
-    run = Run.open(args.run)
-    save_grid(run, rounds, args.n, args.seed, args.out)
+    save_grid(open_any_run(args.run), rounds, args.n, args.seed, args.out)
     return 0
 
 
@@ -312,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_grid)
+
+    sub.add_parser("sd-explore", help="S-MEME rounds on a local Stable Diffusion folder "
+                   "(see `smeme sd-explore --help`)")
     return parser
 
 
@@ -325,6 +326,11 @@ def main(argv=None) -> int:
         sys.stderr.write(f"smeme: error: {message}\n")
         return code
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sd-explore"]:  # Stable Diffusion rounds have their own options
+        from .sd_explore import main as sd_main
+
+        return sd_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         args.threads = getattr(args, "threads", None)

@@ -11,7 +11,8 @@ What `round_metrics` reports, all in the data's own units:
 - on_support: share of samples on the data's support / valid; validity: share not
   labelled 'invalid' (triangles); shares[category][label] with 95% Wilson intervals.
 - toy: sparse_share, and the closed-form prediction p_k ~ p_pre^g, g = prod_i (1 - lam_i)
-  (DESIGN.md section 3) where the lambdas of rounds 1..k are known.
+  (DESIGN.md section 3) where the lambdas of rounds 1..k are known, with p_pre the
+  pre-trained model's own two-region split (round 0's `closed_form.pre_sparse_share`).
 """
 from __future__ import annotations
 
@@ -92,19 +93,33 @@ def lam_history_from_config(config: dict, k: int) -> list[float] | None:
     return None
 
 
-def toy_closed_form(domain, lam_history: list[float]) -> dict:
+def toy_closed_form(domain, lam_history: list[float], pre_sparse_share: float | None = None) -> dict:
     """Closed form for the two-square toy: p_k ~ p_pre^g with g = prod_i (1 - lam_i).
 
+    p_pre is the pre-trained MODEL's distribution (the tilt acts on what the base sampler
+    produces, DESIGN.md section 3), taken as uniform on each square with the model's own
+    sparse share (among on-support samples) when it is known, else the data's split.
     Written as one round of rate 1 - g, so the toy's own formulas apply.
     """
+    if pre_sparse_share is not None and 0 < pre_sparse_share < 1:
+        domain = type(domain)(dense_mass=1.0 - pre_sparse_share, side=domain.side, gap=domain.gap)
     g = float(np.prod([1.0 - lam for lam in lam_history])) if lam_history else 1.0
     entropy = domain.entropy_after(1.0 - g, 1)
     return {
         "exponent": g,
+        "pre_sparse_share": _float(1.0 - domain.dense_mass),
         "sparse_share": _float(domain.sparse_share_after(1.0 - g, 1)),
         "entropy": _float(entropy),
         "entropy_gain": _float(entropy - domain.pretrained_entropy()),
     }
+
+
+def _support_sparse_share(shares: dict) -> float | None:
+    """Sparse share among on-support samples (the closed form's two-region mass split)."""
+    region = shares.get("region", {})
+    dense = region.get("dense", {"count": 0})["count"]
+    sparse = region.get("sparse", {"count": 0})["count"]
+    return sparse / (dense + sparse) if dense + sparse else None
 
 
 def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234, steps: int = 100,
@@ -150,7 +165,9 @@ def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234,
         if round_index == 0:
             hist = []
         if hist is not None:
-            cf = toy_closed_form(domain, hist)
+            pre = (_support_sparse_share(shares) if round_index == 0
+                   else (getattr(run, "metrics", dict)() or {}).get(0, {}).get("closed_form", {}).get("pre_sparse_share"))
+            cf = toy_closed_form(domain, hist, pre)
             out["closed_form"] = cf
             out["sparse_share_closed_form"] = cf["sparse_share"]
     out["notes"] = dict(NOTES)

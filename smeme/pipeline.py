@@ -48,7 +48,7 @@ def pretrain_run(folder, dataset: str, dataset_params: dict | None = None, n: in
     config = {
         "dataset": {"name": dataset, "params": _jsonable_params(dataset_params), "n": int(len(ds.raw)),
                     "seed": int(seed), "columns": list(ds.domain.columns),
-                    "domain": ds.domain.to_config()},
+                    "domain": ds.domain.to_config(), "info": _jsonable_params(ds.info)},
         "model": history["model_config"],
         "train": tcfg.to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -155,7 +155,7 @@ def pretrain(dataset: Dataset, train_config: TrainConfig, model_config, run_fold
         raise ValueError(f"Training needs at least two rows of features, got shape {feat.shape}.")
     if not np.all(np.isfinite(feat)):
         raise ValueError("The data set's features contain NaN or infinite values.")
-    standardizer = Standardizer.fit(feat)
+    standardizer = dataset.domain.fit_standardizer(feat)
     data = torch.as_tensor(standardizer.forward(feat), dtype=torch.float32)
     cfg = _model_cfg(model_config)
     if cfg.get("kind", "mlp") == "mlp":

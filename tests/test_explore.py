@@ -51,7 +51,7 @@ def test_lambda_one_needs_the_flag():
 @pytest.mark.parametrize("kw, word", [(dict(iterations=0), "budget"), (dict(solver="sgd"), "solver"),
                                       (dict(lam_schedule="cosine"), "schedule"),
                                       (dict(lam_schedule="decreasing", lam_power=0.4), "lam_power"),
-                                      (dict(t_r=0.0), "t_r")])
+                                      (dict(t_r=0.0), "t_r"), (dict(score_clip=0.0), "score_clip")])
 def test_bad_settings_are_refused(kw, word):
     with pytest.raises(ExploreError, match=word):
         ExploreConfig(**kw)
@@ -60,6 +60,18 @@ def test_bad_settings_are_refused(kw, word):
 def test_bad_solver_option_is_one_sentence(tiny_run):
     with pytest.raises(ExploreError, match="Bad solver setting"):
         run_rounds(tiny_run, 1, ExploreConfig(**FAST, solver_options={"warp": 9}))
+
+
+@pytest.mark.parametrize("opts", [{"outlier_mode": "median"}, {"weight_ema": 1.0}, {"outlier_factor": 0.0}])
+def test_bad_adjoint_options_are_one_sentence(tiny_run, opts):
+    with pytest.raises(ExploreError, match="Bad solver setting"):
+        run_rounds(tiny_run, 1, ExploreConfig(**FAST, solver_options=opts))
+
+
+@pytest.mark.parametrize("opts", [{"outlier_mode": "scale"}, {"outlier_mode": "off", "weight_ema": 0.5}])
+def test_adjoint_outlier_modes_and_weight_average_run(tiny_run, opts):
+    assert run_rounds(tiny_run, 1, ExploreConfig(**FAST, score_clip=3.0, solver_options=opts)) == [1]
+    assert tiny_run.metrics()[1]["explore"]["score_clip"] == 3.0
 
 
 @pytest.mark.parametrize("rounds", [0, -1])

@@ -68,6 +68,14 @@ class Domain:
         """Boolean per row: is the point on the data's support / a valid object."""
         return np.all(np.isfinite(raw), axis=1)
 
+    def fit_standardizer(self, feat: np.ndarray) -> Standardizer:
+        """The standardisation the model trains in (per-feature by default)."""
+        return Standardizer.fit(feat)
+
+    def explore_defaults(self) -> dict:
+        """ExploreConfig settings this kind of data needs instead of the defaults."""
+        return {}
+
     def categories(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         """Named per-row labels (e.g. {'region': ...}); empty when the data has none."""
         return {}

@@ -89,6 +89,24 @@ class DigitsDomain(Domain):
         raw = np.nan_to_num(np.asarray(raw, dtype=np.float64))
         return {"digit": self._probs(raw).argmax(axis=1).astype(str)}
 
+    def fit_standardizer(self, feat: np.ndarray):
+        """The identity: features are already in [-1, 1], and per-pixel standardisation is
+        undefined here (corner pixels are always 0)."""
+        from .base import Standardizer
+
+        return Standardizer(np.zeros(()), np.ones(()))
+
+    def explore_defaults(self) -> dict:
+        from ..sd_explore import digits_explore_defaults
+
+        return digits_explore_defaults()
+
+    def round_metrics(self, run, model, round_index: int, **kw) -> dict:
+        """Image metrics of a round (smeme.image_metrics.digits_round_metrics)."""
+        from ..image_metrics import digits_round_metrics
+
+        return digits_round_metrics(run, model, round_index, **kw)
+
     def to_config(self) -> dict:
         return {"name": "digits", "min_confidence": self.min_confidence}
 

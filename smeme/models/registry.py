@@ -35,7 +35,9 @@ def build_model(model_cfg: dict, schedule: Schedule) -> NoisePredictor:
             raise ValueError(f"Unknown MLP model setting(s) {unknown}; allowed: {sorted(allowed)}.")
         if "dim" not in params:
             raise ValueError("The MLP model configuration has no 'dim'.")
-        return MLPNoisePredictor(MLPConfig(**{k: int(v) for k, v in params.items()}), schedule)
+        types = {name: f.type for name, f in MLPConfig.__dataclass_fields__.items()}
+        return MLPNoisePredictor(MLPConfig(**{k: float(v) if types[k] in (float, "float") else int(v)
+                                              for k, v in params.items()}), schedule)
     if kind in _LAZY:
         module_name, fn_name = _LAZY[kind]
         try:

@@ -11,7 +11,11 @@ One iteration:
    so it pairs with the adjoint at j). Deterministic steps (std = 0) are left out.
 4. Several Adam steps on the same trajectories, each with its own subsample of steps,
    gradient-norm clipping, and trajectories whose loss is an outlier (above
-   `outlier_factor` x an EMA of the `outlier_quantile` of per-trajectory losses) dropped.
+   `outlier_factor` x an EMA of the `outlier_quantile` of per-trajectory losses) dropped
+   (outlier_mode 'drop', the official code's rule), shrunk to the limit ('scale') or kept
+   ('off'). On the two-square toy the useful signal IS in the outliers (trajectories
+   through the region where the flow decides between the squares): 'drop' moved no mass
+   there, so smeme.explore uses 'off'. Optional: Polyak/EMA weight averaging (weight_ema).
 """
 from __future__ import annotations
 
@@ -40,10 +44,13 @@ class AdjointMatchingConfig:
     loss_steps: int | None = 10  # time steps per Adam step in the loss (None: all)
     late_fraction: float = 0.5  # share of loss_steps always taken from the last (near-data) steps
     clip_grad_norm: float | None = 1.0  # max global gradient norm (None: off)
+    outlier_mode: str = "drop"  # 'drop' | 'scale' (shrink an outlier's loss to the threshold) | 'off'
     outlier_quantile: float = 0.99
-    outlier_factor: float = 3.0  # drop trajectories with loss > factor * EMA(quantile)
+    outlier_factor: float = 3.0  # outlier: trajectory loss > factor * EMA(quantile)
     outlier_ema: float = 0.9
     seed: int = 0
+    adjoint_chunk: int | None = 256  # rows per VJP in the backward pass (None: all at once); speed only
+    weight_ema: float | None = None  # Polyak/EMA average of the tuned weights over iterations (None: off)
     pairing: str = "next"  # 'next': u_i with a_{i+1} (correct); 'current': a_i (official code; under-tilts)
     weight_power: float = 0.0  # per-step loss weight std_i^-power (0: SOC weighting; 2: score units)
     timings: dict = field(default_factory=dict, repr=False, compare=False)  # filled: seconds per phase
@@ -61,6 +68,14 @@ class AdjointMatchingConfig:
             raise SolverError(f"late_fraction must lie in [0, 1], got {self.late_fraction}.")
         if not 0 < self.outlier_quantile <= 1 or not 0 <= self.outlier_ema < 1:
             raise SolverError("outlier_quantile must lie in (0, 1] and outlier_ema in [0, 1).")
+        if self.adjoint_chunk is not None and self.adjoint_chunk < 1:
+            raise SolverError(f"adjoint_chunk must be at least 1 (or None), got {self.adjoint_chunk}.")
+        if self.weight_ema is not None and not 0 <= self.weight_ema < 1:
+            raise SolverError(f"weight_ema must lie in [0, 1) (or None), got {self.weight_ema}.")
+        if self.outlier_mode not in ("drop", "scale", "off"):
+            raise SolverError(f"outlier_mode must be 'drop', 'scale' or 'off', got {self.outlier_mode!r}.")
+        if not self.outlier_factor > 0:
+            raise SolverError(f"outlier_factor must be positive, got {self.outlier_factor}.")
         if self.pairing not in ("next", "current"):
             raise SolverError(f"pairing must be 'next' or 'current', got {self.pairing!r}.")
 
@@ -87,8 +102,14 @@ def step_coefficients(schedule, grid: Tensor):
     return c_x, c_eps, std, factor
 
 
+def _row_chunks(n: int, chunk: int | None):
+    if chunk is None or chunk >= n:
+        return [slice(0, n)]
+    return [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+
 def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_last: Tensor,
-                 c_x: Tensor, c_eps: Tensor, need_first: bool):
+                 c_x: Tensor, c_eps: Tensor, need_first: bool, chunk: int | None = None):
     """Backward pass a_i = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1} (no graph kept).
 
     Returns adjoints (M+1, m, ...) and eps_base at every step (M, m, ...). The VJP of
@@ -106,13 +127,15 @@ def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_las
                 eps_base[0] = model_base(states[0], t_i)
             adj[0] = float("nan")
             break
-        x = states[i].detach().requires_grad_(True)
-        with torch.enable_grad():
-            eps = model_base(x, t_i)
-            (vjp,) = torch.autograd.grad(eps, x, grad_outputs=a)
+        vjp = torch.empty_like(a)
+        for rows in _row_chunks(n, chunk):  # small blocks: measured 2x faster for a CPU MLP at 1024 rows
+            x = states[i, rows].detach().requires_grad_(True)
+            with torch.enable_grad():
+                eps = model_base(x, t_i[rows])
+                (vjp[rows],) = torch.autograd.grad(eps, x, grad_outputs=a[rows])
+            eps_base[i, rows] = eps.detach()
         a = (c_x[i] * a - c_eps[i] * vjp).detach()  # a_i = (d mean_i / d x_i)^T a_{i+1}
         adj[i] = a
-        eps_base[i] = eps.detach()
     return adj, eps_base
 
 
@@ -160,6 +183,7 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
     for key in ("sampling", "adjoint", "regression"):
         timings.setdefault(key, 0.0)
     m = cfg.trajectories
+    ema_params = [p.detach().clone() for p in params] if cfg.weight_ema is not None else None
     view = lambda v: v.reshape(-1, 1, *([1] * len(shape)))  # noqa: E731  (per-step scalars vs (K, B, ...))
     for it in range(cfg.iterations):
         if is_cancelled(cancel):
@@ -175,7 +199,8 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             a_last = -reward_grad(states[-1]).to(dtype)
         if a_last.shape != states[-1].shape or not torch.isfinite(a_last).all():
             raise SolverDivergedError(f"The reward gradient is NaN/inf or of the wrong shape at iteration {it + 1}.")
-        adj, eps_base = lean_adjoint(model_base, states, grid, a_last, c_x, c_eps, cfg.pairing == "current")
+        adj, eps_base = lean_adjoint(model_base, states, grid, a_last, c_x, c_eps, cfg.pairing == "current",
+                                     chunk=cfg.adjoint_chunk)
         if not torch.isfinite(adj[1:]).all():
             raise SolverDivergedError(f"The adjoint became NaN/inf at iteration {it + 1}.")
         # 3-4. regression of u_i onto -std_i a_j, several Adam steps
@@ -198,12 +223,20 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             per_traj = per_step.sum(0)  # (B,)
             if not torch.isfinite(per_traj).all():
                 raise SolverDivergedError(f"The Adjoint Matching loss became NaN/inf at iteration {it + 1}.")
-            q = float(torch.quantile(per_traj.detach().float(), cfg.outlier_quantile))
-            ema_q = q if ema_q is None else cfg.outlier_ema * ema_q + (1 - cfg.outlier_ema) * q
-            keep = per_traj.detach() <= cfg.outlier_factor * ema_q  # drop outlier trajectories
-            if not keep.any():
-                keep = torch.ones_like(keep)
-            loss = per_traj[keep].sum() / (keep.sum() * K)
+            if cfg.outlier_mode == "off":
+                loss = per_traj.sum() / (B * K)
+            else:
+                q = float(torch.quantile(per_traj.detach().float(), cfg.outlier_quantile))
+                ema_q = q if ema_q is None else cfg.outlier_ema * ema_q + (1 - cfg.outlier_ema) * q
+                limit = cfg.outlier_factor * ema_q
+                if cfg.outlier_mode == "drop":  # the official code: leave outlier trajectories out
+                    keep = per_traj.detach() <= limit
+                    if not keep.any():
+                        keep = torch.ones_like(keep)
+                    loss = per_traj[keep].sum() / (keep.sum() * K)
+                else:  # 'scale': an outlier keeps its direction, its loss is shrunk to the limit
+                    scale = (limit / per_traj.detach().clamp(min=torch.finfo(per_traj.dtype).tiny)).clamp(max=1.0)
+                    loss = (per_traj * scale).sum() / (B * K)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad_norm is not None:
@@ -214,6 +247,10 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             if first_loss is None:
                 first_loss = float(loss.detach())
         check_finite_params(params, f"at iteration {it + 1}")
+        if ema_params is not None:  # average out the iterate noise of heavy-tailed targets
+            with torch.no_grad():
+                for e, p in zip(ema_params, params):
+                    e.mul_(cfg.weight_ema).add_(p.detach(), alpha=1 - cfg.weight_ema)
         t3 = time.perf_counter()
         timings["sampling"] += t1 - t0
         timings["adjoint"] += t2 - t1
@@ -221,4 +258,8 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
         losses.append(first_loss)
         if on_iteration is not None:
             on_iteration(it + 1, cfg.iterations, first_loss)
+    if ema_params is not None and losses:
+        with torch.no_grad():
+            for e, p in zip(ema_params, params):
+                p.copy_(e)
     return losses

@@ -1,0 +1,266 @@
+"""Images: digits (8x8, fully offline) and Stable Diffusion (a local folder), as grids under
+fixed noise (rows: rounds, columns: samples) with each round's metrics beside them.
+
+Thin: the work is in smeme.models.unet (digits pre-training), smeme.sd_explore (rounds),
+smeme.grid (grids) and smeme.image_metrics; long work runs as background jobs (smeme.jobs).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from smeme import app_backend as ab
+from smeme import jobs
+
+ab.setup()
+st.title("Images: the same noise through every round")
+st.caption("Each row is a round's model, each column one fixed initial noise and noise sequence: "
+           "a column shows how S-MEME moves one sample round after round. Digits run at 8x8 and are "
+           "enlarged for display only.")
+
+kind = st.radio("Model", ["Digits (8x8, offline)", "Stable Diffusion (local folder)"], horizontal=True,
+                key="img_kind")
+
+
+def _digits_runs() -> list[Path]:
+    base = ab.runs_dir()
+    out = []
+    if base.is_dir():
+        for f in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            try:
+                cfg = json.loads((f / "config.json").read_text())
+                if cfg.get("dataset", {}).get("name") == "digits":
+                    out.append(f)
+            except (OSError, ValueError, AttributeError):
+                continue
+    return out
+
+
+def _sd_runs_dir() -> Path:
+    return ab.cache_dir() / "sd_runs"
+
+
+def _metrics_table(metrics: dict, rounds: list[int], keys: list[tuple[str, str]]) -> pd.DataFrame:
+    rows = []
+    for k in rounds:
+        m = metrics.get(k, {})
+        rows.append({"round": k, **{label: m.get(key) for key, label in keys}})
+    return pd.DataFrame(rows).set_index("round")
+
+
+def _grid_controls(rounds: list[int], key: str):
+    c1, c2, c3 = st.columns([3, 1, 1])
+    shown = c1.multiselect("Rounds (rows)", rounds, default=rounds[-4:] if len(rounds) > 4 else rounds,
+                           key=f"{key}_rounds")
+    n = c2.number_input("Samples (columns)", 1, 16, 8, key=f"{key}_n")
+    seed = c3.number_input("Noise seed", 0, 10**6, 0, key=f"{key}_seed")
+    return sorted(shown), int(n), int(seed)
+
+
+# ======================================================================================
+# digits
+if kind.startswith("Digits"):
+    with st.expander("Pre-train a digits model", expanded=not _digits_runs()):
+        st.write("A diffusers UNet2DModel trained on scikit-learn's 8x8 digits (no download). By default "
+                 "digits 5-9 keep only a fraction of their images, so exploration has a visible target: "
+                 "their share should rise round by round.")
+        c1, c2, c3, c4 = st.columns(4)
+        name = c1.text_input("Run name", value=f"digits-{time.strftime('%m%d-%H%M')}")
+        steps = c2.number_input("Training steps", 50, 20000, 600, step=50,
+                                help="600 steps: readable digits in about 3-5 minutes on a 2-core CPU.")
+        frac = c3.slider("Share kept of digits 5-9", 0.05, 1.0, 0.2, 0.05)
+        seed = c4.number_input("Seed", 0, 10**6, 0)
+        if st.button("Pre-train", type="primary"):
+            folder = ab.new_run_folder("digits", name)
+
+            def target(job, folder=folder, steps=int(steps), frac=float(frac), seed=int(seed)):
+                from smeme.pipeline import pretrain_run
+                ab.setup()
+                job.update(0.0, "Building the data set and the classifier...")
+
+                def progress(step, total, loss):
+                    job.update(0.9 * step / max(total, 1), f"Training: step {step}/{total}", loss=loss, step=step)
+
+                params = {} if frac >= 1 else {"rare_fraction": frac}
+                if frac >= 1:
+                    params["balanced"] = True
+                pretrain_run(folder, "digits", dataset_params=params, steps=steps, seed=seed, progress=progress,
+                                    cancel=job.cancel)
+                job.update(1.0, "Done: round 0 saved with its metrics.")
+                return str(folder)
+
+            try:
+                jobs.start(folder, "train", target, label="Pre-training digits")
+                st.session_state["img_digits_run"] = str(folder)
+            except jobs.JobBusy as exc:
+                st.error(str(exc))
+        pending = st.session_state.get("img_digits_run")
+        if pending:
+            ab.job_panel(pending, "train", key="img_train")
+
+    runs = _digits_runs()
+    if not runs:
+        st.info("No digits model yet: pre-train one above.")
+        st.stop()
+    names = [r.name for r in runs]
+    chosen = st.selectbox("Digits run", names, index=0, key="img_digits_pick")
+    folder = runs[names.index(chosen)]
+    try:
+        run = ab.open_run(folder)
+    except Exception as exc:  # noqa: BLE001 - still training or damaged: say which
+        st.warning(f"Cannot open {folder.name} yet: {exc}")
+        st.stop()
+    rounds = run.rounds()
+
+    with st.expander("Run S-MEME rounds", expanded=len(rounds) == 1):
+        c1, c2, c3 = st.columns(3)
+        more = c1.number_input("Rounds to add", 1, 10, 3)
+        lam = c2.number_input("lambda (exploration strength)", 0.01, 0.9, 0.1, step=0.05,
+                              help="Each round fine-tunes towards p_prev^(1 - lambda) (paper: 0.1).")
+        if c3.button("Run rounds", type="primary"):
+            def explore_target(job, folder=folder, more=int(more), lam=float(lam)):
+                from smeme.sd_explore import run_digits_rounds
+                ab.setup()
+                r = ab.open_run(folder)
+                first = r.latest_round
+
+                def on_iteration(k, i, total, loss):
+                    job.update(((k - first - 1) + i / max(total, 1)) / more,
+                               f"Round {k}: solver iteration {i}/{total}", loss=loss)
+
+                def on_round(k, m):
+                    job.log({"round": int(k), "metrics": m})
+
+                return run_digits_rounds(r, more, lam=lam, on_iteration=on_iteration, on_round=on_round,
+                                         cancel=job.cancel)
+
+            try:
+                jobs.start(folder, "explore", explore_target, label=f"S-MEME digits rounds ({int(more)})")
+            except jobs.JobBusy as exc:
+                st.error(str(exc))
+        ab.job_panel(str(folder), "explore", key="img_explore")
+
+    shown, n, seed = _grid_controls(rounds, "img_d")
+    if not shown:
+        st.info("Pick at least one round.")
+        st.stop()
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        from smeme.grid import make_grid
+
+        cache_key = ("img_grid", str(folder), tuple(shown), n, seed, tuple(rounds))
+        img = st.session_state.get(cache_key)
+        if img is None:
+            with st.spinner("Sampling every round under the same noise..."):
+                img = make_grid(run, shown, n=n, seed=seed)
+            st.session_state[cache_key] = img
+        st.image(img, caption=f"Rows: rounds {shown}; columns: {n} samples, noise seed {seed}")
+    with right:
+        metrics = run.metrics()
+        table = _metrics_table(metrics, shown, [
+            ("rare_share", "rare share"), ("confidence", "confidence"), ("valid_share", "valid"),
+            ("frechet_distance", "FD to round 0"), ("diversity", "diversity (Vendi)"),
+            ("entropy_knn", "k-NN entropy")])
+        st.dataframe(table.style.format(precision=3), width="stretch")
+        st.caption("Confidence: the digit classifier's mean top probability (validity proxy); valid: share "
+                   "at or above its threshold. FD: Frechet distance to round 0's samples in the classifier's "
+                   "feature space (round 0's value is the sampling-noise floor). Diversity: Vendi score, the "
+                   "effective number of distinct samples.")
+        hist = {f"round {k}": metrics.get(k, {}).get("class_shares") for k in shown}
+        hist = {k: v for k, v in hist.items() if v}
+        if hist:
+            st.bar_chart(pd.DataFrame(hist, index=[str(d) for d in range(10)]), stack=False,
+                         x_label="predicted digit", y_label="share")
+
+# ======================================================================================
+# Stable Diffusion
+else:
+    from smeme.models.sd import SDError, find_metric_weights, resolve_pipeline_folder
+    from smeme.sd_explore import SDRun, SDRunError, is_sd_run
+
+    st.write("Load any local diffusers Stable Diffusion folder (nothing is downloaded). Rounds tune a LoRA "
+             "adapter with Adjoint Matching; trajectories use classifier-free guidance (w = 8). On a CPU a "
+             "real SD round takes hours: run it on a GPU with `accelerate launch -m smeme.sd_explore ...`.")
+    src = st.text_input("Stable Diffusion folder", key="img_sd_src",
+                        placeholder="/path/to/stable-diffusion-v1-5 (a diffusers pipeline folder)")
+    ok_src = None
+    if src.strip():
+        try:
+            ok_src = resolve_pipeline_folder(src)
+            st.success(f"Found a diffusers pipeline in {ok_src}.")
+        except SDError as exc:
+            st.error(str(exc))
+    weights = find_metric_weights()
+    if weights.missing:
+        st.info("Metrics: " + " ".join(weights.missing) + " Grids are shown without them.")
+
+    if ok_src is not None:
+        with st.expander("Start or continue an SD run", expanded=True):
+            c1, c2, c3 = st.columns([2, 3, 1])
+            name = c1.text_input("Run name", value="sd-creative-architecture")
+            prompt = c2.text_input("Prompt", value="A creative architecture.")
+            more = c3.number_input("Rounds", 1, 10, 3)
+            if st.button("Run rounds", type="primary"):
+                folder = _sd_runs_dir() / name
+                try:
+                    from smeme.models.sd import SDConfig
+                    run = SDRun.create(folder, SDConfig(source=str(ok_src), prompt=prompt))
+                except (SDError, SDRunError) as exc:
+                    st.error(str(exc))
+                else:
+                    def sd_target(job, run=run, more=int(more)):
+                        from smeme.sd_explore import run_sd_rounds
+                        ab.setup()
+
+                        def on_iteration(k, i, total, loss):
+                            job.update(i / max(total, 1), f"Round {k}: iteration {i}/{total}", loss=loss)
+
+                        with run.lock():
+                            return run_sd_rounds(run, more, on_iteration=on_iteration,
+                                                 on_round=lambda k, m: job.log({"round": k, "metrics": m}),
+                                                 cancel=job.cancel)
+
+                    try:
+                        jobs.start(folder, "explore", sd_target, label=f"S-MEME SD rounds ({int(more)})")
+                        st.session_state["img_sd_run"] = str(folder)
+                    except jobs.JobBusy as exc:
+                        st.error(str(exc))
+
+    sd_runs = [p for p in sorted(_sd_runs_dir().glob("*")) if is_sd_run(p)] if _sd_runs_dir().is_dir() else []
+    if not sd_runs:
+        st.info("No Stable Diffusion run yet.")
+        st.stop()
+    names = [p.name for p in sd_runs]
+    pick = st.selectbox("SD run", names, key="img_sd_pick")
+    folder = sd_runs[names.index(pick)]
+    ab.job_panel(str(folder), "explore", key="img_sd_explore")
+    try:
+        run = SDRun.open(folder)
+    except SDRunError as exc:
+        st.error(str(exc))
+        st.stop()
+    shown, n, seed = _grid_controls(run.rounds(), "img_s")
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        if shown and st.button("Draw the grid", help="Samples each round (cached in the run folder)."):
+            from smeme.grid import make_grid
+            try:
+                with st.spinner("Sampling and decoding every round under the same noise..."):
+                    st.session_state[("img_sd_grid", str(folder))] = make_grid(run, shown, n=n, seed=seed)
+            except (SDError, SDRunError, ValueError) as exc:
+                st.error(str(exc))
+        img = st.session_state.get(("img_sd_grid", str(folder)))
+        if img is not None:
+            st.image(img)
+    with right:
+        metrics = run.metrics()
+        st.dataframe(_metrics_table(metrics, run.rounds(), [
+            ("fid", "FID to round 0"), ("inception_cross_entropy", "Inception cross-entropy"),
+            ("clip_score", "CLIP score"), ("seconds", "seconds")]), width="stretch")
+        missing = next((m.get("missing_weights") for m in metrics.values() if m.get("missing_weights")), None)
+        if missing:
+            st.caption("Not computed: " + " ".join(missing))

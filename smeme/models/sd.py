@@ -1,0 +1,468 @@
+"""Stable Diffusion (any local diffusers StableDiffusionPipeline folder) as a NoisePredictor.
+
+Nothing is ever downloaded: a source is either a local folder holding a diffusers pipeline
+(model_index.json + unet/ vae/ text_encoder/ tokenizer/ scheduler/), or the name of a model
+already in the local Hugging Face cache; HF_HUB_OFFLINE=1 is set before loading.
+
+Views over ONE UNet (so memory holds one copy of SD):
+- `SDNoisePredictor` (the tuned model, pi_k): the UNet with a LoRA adapter (peft, on the
+  attention projections to_q/to_k/to_v/to_out.0), conditional eps for a fixed prompt
+  embedding. Only the LoRA weights have requires_grad.
+- `.base_view()` (the frozen pi_{k-1}): the same UNet with the adapter disabled. At the start
+  of every round the previous adapter is merged into the UNet's weights and the adapter is
+  reset to zero (B = 0), so "adapter disabled" is exactly pi_{k-1} and the tuned model
+  starts there (`merge_adapter`).
+- `.cfg_view(w)`: classifier-free guidance eps_u + w (eps_c - eps_u) with the adapter on,
+  used ONLY to draw trajectories (Adjoint Matching's official code found guidance inside
+  the adjoint blows up).
+The views hold the predictor without registering it as a submodule, so freezing a view
+never touches the tuned weights.
+
+Time: continuous t in [0, 1] maps to the scheduler's table index t * (N - 1) through
+`DiscreteSchedule.from_scheduler(pipe.scheduler)`. v-prediction checkpoints are converted
+to eps (eps = sqrt(ab) v + sqrt(1 - ab) x_t).
+
+Metrics weights (optional, local only): an Inception-v3 TorchScript file (the
+`inception-2015-12-05.pt` used by StyleGAN/clean-fid; torch alone loads it) for FID and
+the Gaussian cross-entropy in Inception feature space, and a local CLIP folder
+(transformers CLIPModel + processor) for the CLIP score. `find_metric_weights` says which
+are missing, so pages can show grids alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..schedule import DiscreteSchedule
+from .base import NoisePredictor, expand_like
+
+ADAPTER = "smeme"
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class SDError(ValueError):
+    """A Stable Diffusion source or setting is unusable; the message names it."""
+
+
+# -- finding and loading a pipeline, offline --------------------------------------------
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+
+
+def resolve_pipeline_folder(source) -> Path:
+    """The local folder of a diffusers SD pipeline: `source` itself, or a model in the local
+    HF cache. Raises SDError naming the source when it is missing or not a pipeline."""
+    if source is None or str(source).strip() == "":
+        raise SDError("No Stable Diffusion source given: pass a local diffusers pipeline folder.")
+    src = str(source).strip()
+    path = Path(src).expanduser()
+    if not path.exists():
+        looks_like_repo = src.count("/") == 1 and not src.startswith((".", "/", "~"))
+        if looks_like_repo:
+            _offline()
+            try:
+                from huggingface_hub import snapshot_download
+
+                path = Path(snapshot_download(src, local_files_only=True))
+            except Exception:
+                raise SDError(f"Stable Diffusion source {src!r} is neither a local folder nor a model in the "
+                              "local Hugging Face cache (nothing is downloaded).") from None
+        else:
+            raise SDError(f"The Stable Diffusion folder {src} does not exist.")
+    if not path.is_dir():
+        raise SDError(f"{path} is not a folder; a diffusers Stable Diffusion pipeline folder is needed.")
+    if not (path / "model_index.json").is_file():
+        raise SDError(f"{path} is not a diffusers pipeline folder: it has no model_index.json.")
+    missing = [p for p in PIPELINE_PARTS if not (path / p).is_dir()]
+    if missing:
+        raise SDError(f"{path} is not a complete Stable Diffusion pipeline: it lacks the sub-folder(s) "
+                      f"{', '.join(missing)}.")
+    return path
+
+
+def load_pipeline(source, device=None, dtype=torch.float32):
+    """StableDiffusionPipeline from a local folder (HF_HUB_OFFLINE=1; no safety checker)."""
+    path = resolve_pipeline_folder(source)
+    _offline()
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path), local_files_only=True, dtype=dtype,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    except Exception as exc:  # a folder with model_index.json that diffusers cannot read
+        raise SDError(f"{path} could not be loaded as a Stable Diffusion pipeline "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from None
+    if device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+        part.eval()
+    return pipe
+
+
+# -- the model ---------------------------------------------------------------------------
+@dataclass
+class SDConfig:
+    source: str = ""
+    prompt: str = "A creative architecture."
+    negative_prompt: str = ""
+    resolution: int | None = None  # pixels; None: the UNet's sample_size x the VAE factor
+    guidance: float = 8.0  # CFG scale for drawing trajectories (paper: w = 8)
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_targets: tuple = DEFAULT_TARGETS
+    lora_seed: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        self.lora_targets = tuple(self.lora_targets)
+        if self.lora_rank < 1:
+            raise SDError(f"The LoRA rank must be at least 1, got {self.lora_rank}.")
+        if not self.guidance >= 1:
+            raise SDError(f"The guidance scale must be at least 1, got {self.guidance}.")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise SDError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}.")
+
+    @property
+    def torch_dtype(self):
+        return getattr(torch, self.dtype)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SDConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names - {"kind"})
+        if unknown:
+            raise SDError(f"Unknown Stable Diffusion setting(s) {unknown}; allowed: {sorted(names)}.")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def add_lora(unet, rank: int, alpha: float, targets=DEFAULT_TARGETS, seed: int = 0) -> list[nn.Parameter]:
+    """Attach a LoRA adapter (peft) named ADAPTER to the UNet; returns its parameters.
+
+    B starts at zero (peft's default), so the adapter starts as the identity.
+    """
+    from peft import LoraConfig
+
+    cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha), init_lora_weights=True,
+                     target_modules=list(targets))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        unet.add_adapter(cfg, adapter_name=ADAPTER)
+    unet.requires_grad_(False)
+    params = []
+    for name, p in unet.named_parameters():
+        if "lora_" in name and f".{ADAPTER}." in name:
+            p.requires_grad_(True)
+            params.append(p)
+    if not params:
+        raise SDError(f"No LoRA layer was attached: none of the target modules {list(targets)} exists in the UNet.")
+    return params
+
+
+def _lora_layers(unet):
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in unet.modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
+
+
+@torch.no_grad()
+def merge_adapter(unet) -> None:
+    """Fold the adapter's delta into the UNet's own weights and reset B to zero.
+
+    Afterwards the UNet with the adapter disabled equals the UNet with it enabled, which
+    makes "adapter disabled" the frozen previous round pi_{k-1} of the next round.
+    """
+    for layer in _lora_layers(unet):
+        base = layer.get_base_layer()
+        delta = layer.get_delta_weight(ADAPTER)
+        base.weight.add_(delta.to(base.weight.dtype))
+        nn.init.zeros_(layer.lora_B[ADAPTER].weight)
+
+
+def adapter_state(unet) -> dict[str, Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", torch.float32).contiguous().clone()
+            for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER).items()}
+
+
+def load_adapter_state(unet, state: dict[str, Tensor], where: str = "the adapter file") -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    expected = adapter_state(unet)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise SDError(f"{where} does not match this UNet's LoRA adapter "
+                      f"({len(missing)} missing, {len(extra)} unexpected tensors; check rank and targets).")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise SDError(f"{where}: tensor {k} has shape {tuple(v.shape)}, the adapter needs {tuple(expected[k].shape)}.")
+        if not torch.isfinite(v).all():
+            raise SDError(f"{where}: tensor {k} holds NaN or infinite values.")
+    set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
+
+
+class SDNoisePredictor(NoisePredictor):
+    """Conditional eps of the SD UNet with its LoRA adapter, in latent space (4, h, w)."""
+
+    def __init__(self, pipe, config: SDConfig):
+        super().__init__()
+        self.config = config
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.schedule = DiscreteSchedule.from_scheduler(pipe.scheduler)
+        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise SDError(f"Unsupported prediction type {self.prediction_type!r} (epsilon or v_prediction).")
+        factor = getattr(pipe, "vae_scale_factor", 8)
+        res = config.resolution or int(self.unet.config.sample_size) * factor
+        if res % factor:
+            raise SDError(f"The resolution {res} must be a multiple of the VAE factor {factor}.")
+        self.resolution = int(res)
+        self.sample_shape = (int(self.unet.config.in_channels), res // factor, res // factor)
+        device = self.unet.device
+        with torch.no_grad():
+            cond, uncond = pipe.encode_prompt(config.prompt, device, 1, True,
+                                              negative_prompt=config.negative_prompt or None)
+        self.register_buffer("cond", cond.detach().to(self.unet.dtype), persistent=False)
+        self.register_buffer("uncond", uncond.detach().to(self.unet.dtype), persistent=False)
+        self.lora_params = add_lora(self.unet, config.lora_rank, config.lora_alpha, config.lora_targets,
+                                    config.lora_seed)
+
+    # -- core ----------------------------------------------------------------------------
+    def _eps(self, x: Tensor, t: Tensor, embeds: Tensor) -> Tensor:
+        ts = self.schedule.timestep(t).to(torch.float32)
+        out = self.unet(x.to(self.unet.dtype), ts, encoder_hidden_states=embeds).sample.to(x.dtype)
+        if self.prediction_type == "v_prediction":
+            ab = expand_like(self.schedule.ab(t), x)
+            out = ab.sqrt() * out + (1 - ab).sqrt() * x
+        return out
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self._eps(x, t, self.cond.expand(x.shape[0], -1, -1))
+
+    def guided(self, x: Tensor, t: Tensor, w: float) -> Tensor:
+        n = x.shape[0]
+        both = self._eps(torch.cat([x, x]), torch.cat([t, t]),
+                         torch.cat([self.uncond.expand(n, -1, -1), self.cond.expand(n, -1, -1)]))
+        e_u, e_c = both[:n], both[n:]
+        return e_u + w * (e_c - e_u)
+
+    @contextlib.contextmanager
+    def adapter_disabled(self):
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+            # diffusers re-enables adapters with requires_grad on every LoRA weight; keep ours
+            for p in self.lora_params:
+                p.requires_grad_(True)
+
+    # -- views ---------------------------------------------------------------------------
+    def base_view(self) -> "SDBaseView":
+        return SDBaseView(self)
+
+    def cfg_view(self, w: float | None = None, adapter: bool = True) -> "SDGuidedView":
+        return SDGuidedView(self, self.config.guidance if w is None else float(w), adapter)
+
+    def merge_adapter(self) -> None:
+        merge_adapter(self.unet)
+
+    def adapter_state(self) -> dict[str, Tensor]:
+        return adapter_state(self.unet)
+
+    def load_adapter_state(self, state, where: str = "the adapter file") -> None:
+        load_adapter_state(self.unet, state, where)
+
+    # -- latents <-> images ----------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: Tensor, batch: int = 4) -> np.ndarray:
+        """Latents (n, 4, h, w) -> uint8 images (n, H, W, 3)."""
+        out = []
+        scale = float(self.vae.config.scaling_factor)
+        for i in range(0, latents.shape[0], batch):
+            z = latents[i:i + batch].to(self.vae.device, self.vae.dtype) / scale
+            img = self.vae.decode(z).sample.float().clamp(-1, 1)
+            out.append(((img + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+
+
+class _View(NoisePredictor):
+    def __init__(self, model: SDNoisePredictor):
+        super().__init__()
+        object.__setattr__(self, "_model", model)  # not a submodule: the view owns no weights
+        self.schedule = model.schedule
+        self.sample_shape = model.sample_shape
+
+    @property
+    def model(self) -> SDNoisePredictor:
+        return self._model
+
+
+class SDBaseView(_View):
+    """pi_{k-1}: the conditional eps with the adapter disabled (frozen, no weights of its own)."""
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        with self.model.adapter_disabled():
+            return self.model(x, t)
+
+
+class SDGuidedView(_View):
+    """Classifier-free guidance eps_u + w (eps_c - eps_u); for drawing trajectories only."""
+
+    def __init__(self, model: SDNoisePredictor, w: float, adapter: bool = True):
+        super().__init__(model)
+        self.w = float(w)
+        self.adapter = bool(adapter)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.adapter:
+            return self.model.guided(x, t, self.w)
+        with self.model.adapter_disabled():
+            return self.model.guided(x, t, self.w)
+
+
+def build_sd_model(config: SDConfig, device=None) -> SDNoisePredictor:
+    pipe = load_pipeline(config.source, device=device, dtype=config.torch_dtype)
+    return SDNoisePredictor(pipe, config)
+
+
+def build_from_config(params: dict, schedule=None) -> SDNoisePredictor:
+    """Entry point of smeme.models.registry for kind 'sd' (the schedule comes from the pipeline)."""
+    return build_sd_model(SDConfig.from_dict(dict(params)))
+
+
+# -- metrics weights (optional, local) ------------------------------------------------------
+INCEPTION_ENV = "SMEME_INCEPTION"  # path of inception-2015-12-05.pt (TorchScript)
+CLIP_ENV = "SMEME_CLIP"  # local CLIP folder (transformers), or a model in the local HF cache
+
+
+@dataclass
+class MetricWeights:
+    inception: str | None = None
+    clip: str | None = None
+    missing: list = field(default_factory=list)  # one sentence per missing weight
+
+    @property
+    def any(self) -> bool:
+        return bool(self.inception or self.clip)
+
+
+def find_metric_weights(inception=None, clip=None) -> MetricWeights:
+    """Which metric weights are on disk (arguments, else $SMEME_INCEPTION / $SMEME_CLIP)."""
+    out = MetricWeights()
+    inc = inception or os.environ.get(INCEPTION_ENV)
+    if inc and Path(inc).expanduser().is_file():
+        out.inception = str(Path(inc).expanduser())
+    else:
+        where = f" ({inc} does not exist)" if inc else ""
+        out.missing.append("Inception-v3 weights for FID and the Inception cross-entropy are missing"
+                           f"{where}: give the path of inception-2015-12-05.pt (TorchScript) as "
+                           f"--inception or ${INCEPTION_ENV}.")
+    clp = clip or os.environ.get(CLIP_ENV)
+    if clp:
+        try:
+            out.clip = str(_resolve_clip(clp))
+        except SDError as exc:
+            out.missing.append(f"CLIP weights for the CLIP score are missing: {exc}")
+    else:
+        out.missing.append("CLIP weights for the CLIP score are missing: give a local CLIP folder "
+                           f"(e.g. openai/clip-vit-large-patch14) as --clip or ${CLIP_ENV}.")
+    return out
+
+
+def _resolve_clip(src) -> Path:
+    path = Path(str(src)).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if not path.exists() and str(src).count("/") == 1:
+        _offline()
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(str(src), local_files_only=True))
+        except Exception:
+            pass
+    raise SDError(f"{src} is not a local CLIP model folder (nor in the local Hugging Face cache).")
+
+
+class InceptionFeatures:
+    """2048-d pool features from the TorchScript Inception-v3 (StyleGAN/clean-fid file)."""
+
+    def __init__(self, path: str, device=None):
+        import warnings
+
+        with warnings.catch_warnings():  # the published file is TorchScript; jit.load is deprecated but works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.net = torch.jit.load(path, map_location=device or "cpu").eval()
+        self.device = device or "cpu"
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, batch: int = 16) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch):
+            x = torch.as_tensor(images[i:i + batch]).permute(0, 3, 1, 2).to(self.device, torch.float32)
+            out.append(self.net(x, return_features=True).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
+
+class ClipScorer:
+    """CLIP score = 100 * max(cos(image, text), 0) (as torchmetrics), mean over images."""
+
+    def __init__(self, path: str, device=None):
+        _offline()
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval().to(device or "cpu")
+        self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+        self.device = device or "cpu"
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, prompt: str) -> float:
+        from PIL import Image
+
+        pil = [Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in images]
+        inputs = self.processor(text=[prompt], images=pil, return_tensors="pt", padding=True).to(self.device)
+        img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+        txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        img = getattr(img, "pooler_output", img)
+        txt = getattr(txt, "pooler_output", txt)
+        cos = torch.nn.functional.cosine_similarity(img, txt.expand_as(img), dim=-1)
+        return float((100 * cos.clamp(min=0)).mean())
+
+
+def sd_metrics(images: np.ndarray, reference: np.ndarray | None, prompt: str, weights: MetricWeights,
+               device=None) -> dict:
+    """FID, Inception Gaussian cross-entropy H(N_k, N_0) and CLIP score where weights exist."""
+    from ..image_metrics import fit_gaussian, frechet_distance, gaussian_cross_entropy
+
+    out: dict = {"n": int(len(images)), "fid": None, "inception_cross_entropy": None, "clip_score": None,
+                 "missing_weights": list(weights.missing)}
+    if weights.inception and reference is not None and len(images) >= 2:
+        feat = InceptionFeatures(weights.inception, device)
+        f_k, f_0 = feat(images), feat(reference)
+        mu_k, s_k = fit_gaussian(f_k)
+        mu_0, s_0 = fit_gaussian(f_0)
+        out["fid"] = frechet_distance(mu_k, s_k, mu_0, s_0)
+        out["inception_cross_entropy"] = gaussian_cross_entropy(mu_k, s_k, mu_0, s_0)
+    if weights.clip:
+        out["clip_score"] = ClipScorer(weights.clip, device)(images, prompt)
+    return out

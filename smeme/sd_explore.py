@@ -1,0 +1,536 @@
+"""S-MEME on images: rounds of Adjoint Matching on Stable Diffusion (a LoRA adapter, in latent
+space), and a minimal driver with tuned defaults for the digits UNet (`run_digits_rounds`).
+
+Why a separate driver: an SD run cannot store a full model per round (the UNet alone is
+3.4 GB) and has no data set or standardiser. An SD run folder holds:
+    config.json                {"kind": "sd", "schema_version", "model": SDConfig, "explore": SDExploreConfig}
+    round_<k>.safetensors      k >= 1: round k's LoRA adapter (peft state dict), a delta on
+                               top of rounds 1..k-1 merged into the UNet (round 0 = the
+                               pre-trained pipeline itself, no file)
+    metrics.json               per round: Inception FID / cross-entropy and CLIP score
+                               against round 0 where local weights exist, else which
+                               weights are missing; loss curve; seconds
+    cache/images_*.npy         decoded uint8 samples under fixed noise (grids, metrics)
+Writes are atomic (smeme.store helpers) and a writer holds the folder lock.
+
+Round k (paper Algorithm 1 with Algorithm 2 as the solver, Appendix G scaled to LoRA):
+merge round k-1's adapter into the UNet and reset the adapter to zero, so "adapter
+disabled" is pi_{k-1} (the frozen base for the adjoint and the reward) and the tuned model
+starts there; the reward gradient is lam * (-s_{k-1}(x, t_r)) with the base's
+conditional score; trajectories are drawn with classifier-free guidance (w = 8) from the
+tuned model; guidance stays out of the adjoint.
+
+Defaults (paper Appendix G: 4 trajectories of 60 DDPM steps, 10 Adam steps per
+iteration with batch 8, 20 iterations per round, K = 3, lambda = 0.1, Adam lr 3e-7 for
+the full UNet). Batch 8 = 4 trajectories x 2 time steps per Adam step (loss_steps=2).
+LoRA lr 2e-5, from the paper's 3e-7 by matching the change per Adam step: Adam moves each
+trained weight by ~lr along its gradient's sign. Full fine-tuning moves all fan-in weights
+of a projection coherently, changing its output by ~lr * fan_in * |x| (fan_in 320-1280 in
+SD 1.5). A rank-r LoRA (B = 0 at the start, so only B moves) changes it by dB (A x): A x has
+r entries of size ~|x| / sqrt(3) (peft's uniform init of A), so ~lr * r * |x| / sqrt(3),
+about 4.6 lr |x| at r = 8: 70-280x less per step. Matching the paper therefore needs
+lr ~ 3e-7 x (70..280) = 2e-5..8e-5; we take the low end (S-MEME tilts a distribution by a
+little each round). It is a starting point to check on a GPU (bench/bench_images.py --sd PATH).
+
+Multi-GPU: `accelerate launch -m smeme.sd_explore --pipeline PATH --run DIR --rounds 3`
+(or `torchrun --nproc_per_node N -m smeme.sd_explore -- ...`; checked with 2 CPU processes).
+Each process draws its own trajectories (seed offset by its rank); LoRA gradients are
+averaged across processes after every backward (a post-accumulate hook) so every rank
+takes the same Adam step and the adapters stay identical; rank 0 writes the run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models.base import score
+from .models.sd import (SDConfig, SDError, SDNoisePredictor, build_sd_model, find_metric_weights,
+                        load_adapter_state, sd_metrics)
+from .sampling import FixedNoise, sample_ddpm, time_grid
+
+SCHEMA_VERSION = 1
+KIND = "sd"
+
+
+class SDRunError(ValueError):
+    """An SD run folder or request is unusable; the message names the problem."""
+
+
+@dataclass
+class SDExploreConfig:
+    lam: float = 0.1
+    t_r: float = 0.01
+    iterations: int = 20
+    trajectories: int = 4
+    steps: int = 60
+    adam_steps: int = 10
+    loss_steps: int = 2  # time steps per Adam step: batch = trajectories x loss_steps = 8
+    lr: float = 2e-5
+    clip_grad_norm: float = 1.0
+    seed: int = 0
+    sample_n: int = 8  # images per round for metrics (paper: 3,000; raise on a GPU)
+    sample_steps: int = 60
+    sample_seed: int = 1234
+
+    def __post_init__(self):
+        if not 0 < self.lam < 1:
+            raise SDRunError(f"lambda must lie in (0, 1), got {self.lam}.")
+        if self.iterations < 1 or self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1:
+            raise SDRunError("iterations >= 1, trajectories >= 2, steps >= 2 and adam_steps >= 1 are needed.")
+        if not 0 < self.t_r < 1:
+            raise SDRunError(f"t_r must lie in (0, 1), got {self.t_r}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SDExploreConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise SDRunError(f"Unknown SD exploration setting(s) {unknown}; allowed: {sorted(names)}.")
+        return cls(**d)
+
+
+def is_sd_run(folder) -> bool:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("kind") == KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class SDRun:
+    """An SD run folder (see the module docstring); API parallel to smeme.store.Run."""
+
+    def __init__(self, folder: Path, config: dict):
+        self.folder = Path(folder)
+        self.config = config
+        self.sd_config = SDConfig.from_dict(config["model"])
+        self.explore_config = SDExploreConfig.from_dict(config.get("explore", {}))
+        self._model: SDNoisePredictor | None = None
+        self._merged = 0  # rounds merged into the cached model's UNet
+
+    @classmethod
+    def create(cls, folder, sd_config: SDConfig, explore_config: SDExploreConfig | None = None,
+               overwrite: bool = False) -> "SDRun":
+        from .models.sd import resolve_pipeline_folder
+        from .store import atomic_write_json, folder_lock
+
+        folder = Path(folder)
+        resolve_pipeline_folder(sd_config.source)  # a clear error before anything is written
+        if (folder / "config.json").exists() and not overwrite:
+            if is_sd_run(folder):
+                return cls.open(folder)
+            raise SDRunError(f"{folder} already holds another kind of run; choose another folder.")
+        if folder.exists() and not folder.is_dir():
+            raise SDRunError(f"{folder} exists and is not a folder.")
+        folder.mkdir(parents=True, exist_ok=True)
+        if overwrite and is_sd_run(folder):  # a fresh run: drop the old rounds, metrics and cached images
+            import shutil
+
+            with folder_lock(folder):
+                for p in folder.glob("round_*.safetensors"):
+                    p.unlink()
+                (folder / "metrics.json").unlink(missing_ok=True)
+                shutil.rmtree(folder / "cache", ignore_errors=True)
+        cfg = {"kind": KIND, "schema_version": SCHEMA_VERSION, "model": sd_config.to_dict(),
+               "explore": (explore_config or SDExploreConfig()).to_dict(),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with folder_lock(folder):
+            atomic_write_json(folder / "config.json", cfg)
+        return cls(folder, cfg)
+
+    @classmethod
+    def open(cls, folder) -> "SDRun":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise SDRunError(f"The run folder {folder} does not exist.")
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+        except FileNotFoundError:
+            raise SDRunError(f"{folder} is not an smeme run: it has no config.json.") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SDRunError(f"config.json in {folder} is damaged ({exc}).") from None
+        if not isinstance(cfg, dict) or cfg.get("kind") != KIND:
+            raise SDRunError(f"{folder} is not a Stable Diffusion run (config.json has no kind 'sd').")
+        if cfg.get("schema_version") != SCHEMA_VERSION:
+            raise SDRunError(f"config.json in {folder} has schema version {cfg.get('schema_version')!r}; "
+                             f"this smeme reads {SCHEMA_VERSION}.")
+        try:
+            return cls(folder, cfg)
+        except (TypeError, ValueError) as exc:
+            raise SDRunError(f"config.json in {folder} is inconsistent: {exc}") from None
+
+    # -- rounds ---------------------------------------------------------------------------
+    def round_path(self, k: int) -> Path:
+        return self.folder / f"round_{int(k)}.safetensors"
+
+    def rounds(self) -> list[int]:
+        done = [0]
+        k = 1
+        while self.round_path(k).exists():
+            done.append(k)
+            k += 1
+        return done
+
+    @property
+    def latest_round(self) -> int:
+        return self.rounds()[-1]
+
+    def lock(self):
+        from .store import folder_lock
+
+        return folder_lock(self.folder)
+
+    def metrics(self) -> dict[int, dict]:
+        path = self.folder / "metrics.json"
+        if not path.exists():
+            return {}
+        try:
+            return {int(k): v for k, v in json.loads(path.read_text())["rounds"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SDRunError(f"metrics.json in {self.folder} is damaged ({exc}).") from None
+
+    def set_metrics(self, k: int, metrics: dict) -> None:
+        from .store import _jsonable, atomic_write_json
+
+        with self.lock():
+            data = self.metrics()
+            data[int(k)] = _jsonable(metrics)
+            atomic_write_json(self.folder / "metrics.json", {
+                "schema_version": SCHEMA_VERSION, "rounds": {str(r): data[r] for r in sorted(data)}})
+
+    def save_round(self, k: int, adapter: dict, metrics: dict | None = None) -> None:
+        from safetensors.torch import save
+
+        from .store import atomic_write_bytes
+
+        k = int(k)
+        with self.lock():
+            if self.round_path(k).exists():
+                raise SDRunError(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
+            if k != self.latest_round + 1:
+                raise SDRunError(f"Round {k} cannot follow round {self.latest_round}.")
+            data = save({n: v.contiguous() for n, v in adapter.items()}, metadata={"format": "smeme-sd-lora",
+                                                                                   "round": str(k)})
+            atomic_write_bytes(self.round_path(k), data)
+            if metrics is not None:
+                self.set_metrics(k, metrics)
+
+    def read_adapter(self, k: int) -> dict:
+        from safetensors.torch import load
+
+        path = self.round_path(k)
+        try:
+            return load(path.read_bytes())
+        except FileNotFoundError:
+            raise SDRunError(f"{path.name} is missing from {self.folder}.") from None
+        except Exception as exc:
+            raise SDRunError(f"{path.name} in {self.folder} is damaged or not a safetensors file ({exc}).") from None
+
+    # -- models -----------------------------------------------------------------------------
+    def model_at(self, k: int, device=None) -> SDNoisePredictor:
+        """The SD predictor with rounds 1..k merged into its UNet (the adapter then at zero).
+
+        One pipeline is kept per SDRun object and moved forward through the rounds; asking
+        for an earlier round reloads the pipeline.
+        """
+        k = int(k)
+        if k not in self.rounds():
+            raise SDRunError(f"The run in {self.folder} has no round {k} (saved rounds: {self.rounds()}).")
+        if self._model is None or self._merged > k:
+            self._model = build_sd_model(self.sd_config, device=device)
+            self._merged = 0
+        model = self._model
+        for j in range(self._merged + 1, k + 1):
+            load_adapter_state(model.unet, {n: v.to(model.unet.device) for n, v in self.read_adapter(j).items()},
+                               where=f"{self.round_path(j).name} in {self.folder}")
+            model.merge_adapter()
+            self._merged = j
+        return model
+
+    def load_model(self, k: int | None = None, device=None) -> SDNoisePredictor:
+        return self.model_at(self.latest_round if k is None else k, device)
+
+    # -- samples ------------------------------------------------------------------------------
+    def images(self, k: int, n: int, seed: int, steps: int | None = None, device=None,
+               use_cache: bool = True) -> np.ndarray:
+        """uint8 images (n, H, W, 3) of round k under the fixed noise of `seed` (CFG, w from config)."""
+        steps = int(steps or self.explore_config.sample_steps)
+        key = f"images_round{k}_n{n}_seed{seed}_steps{steps}_w{self.sd_config.guidance:g}"
+        path = self.folder / "cache" / f"{key}.npy"
+        if use_cache and path.exists():
+            try:
+                arr = np.load(path, allow_pickle=False)
+                if arr.shape[0] == n:
+                    return arr
+            except (OSError, ValueError):
+                pass
+        model = self.model_at(k, device)
+        latents = sample_latents(model, n, seed, steps)
+        imgs = model.decode(latents)
+        if use_cache:
+            from .store import _atomic_write
+
+            path.parent.mkdir(exist_ok=True)
+            _atomic_write(path, lambda f: np.save(f, imgs, allow_pickle=False))
+        return imgs
+
+
+@torch.no_grad()
+def sample_latents(model: SDNoisePredictor, n: int, seed: int, steps: int, batch: int = 8) -> torch.Tensor:
+    """CFG (w from the model's config) DDPM latents under FixedNoise.from_seed(seed)."""
+    device, dtype = model.unet.device, torch.float32
+    noise = FixedNoise.from_seed(int(seed), int(n), tuple(model.sample_shape), int(steps), dtype=dtype, device=device)
+    grid = time_grid(int(steps), device=device, dtype=dtype)
+    view = model.cfg_view()
+    outs = [sample_ddpm(view, noise.subset(slice(i, i + batch)), grid=grid) for i in range(0, n, batch)]
+    return torch.cat(outs)
+
+
+# -- multi-process helpers (Accelerate) ---------------------------------------------------------
+def make_accelerator(cpu: bool = False):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=cpu)
+
+
+def _average_grads_across(params, accelerator):
+    """Average LoRA gradients over processes right after each backward (no-op for one)."""
+    if accelerator is None or accelerator.num_processes <= 1:
+        return []
+    import torch.distributed as dist
+
+    world = accelerator.num_processes
+
+    def hook(p):
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(world)
+
+    return [p.register_post_accumulate_grad_hook(hook) for p in params]
+
+
+def round_metrics(run: SDRun, k: int, device=None, inception=None, clip=None) -> dict:
+    cfg = run.explore_config
+    imgs = run.images(k, cfg.sample_n, cfg.sample_seed, device=device)
+    weights = find_metric_weights(inception, clip)
+    ref = run.images(0, cfg.sample_n, cfg.sample_seed, device=device) if weights.inception else None
+    m = sd_metrics(imgs, ref, run.sd_config.prompt, weights, device=device)
+    return m
+
+
+def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None, accelerator=None,
+                  on_iteration=None, on_round=None, cancel=None, inception=None, clip=None,
+                  metrics: bool = True) -> list[int]:
+    """Run `rounds` more S-MEME rounds after run.latest_round; each is saved when it finishes.
+
+    on_iteration(round, iteration, total, loss); on_round(round, metrics). Returns the new
+    round numbers. Raises SDRunError for bad input; a NaN round is not saved.
+    """
+    from .solvers.adjoint_matching import AdjointMatchingConfig, adjoint_matching
+    from .solvers.base import SolverDivergedError
+
+    if int(rounds) < 1:
+        raise SDRunError(f"The number of rounds must be at least 1, got {rounds}.")
+    cfg = config or run.explore_config
+    device = accelerator.device if accelerator is not None else None
+    rank = accelerator.process_index if accelerator is not None else 0
+    is_main = accelerator is None or accelerator.is_main_process
+    done: list[int] = []
+    model = run.model_at(run.latest_round, device)
+    if metrics and is_main and 0 not in run.metrics():
+        run.set_metrics(0, round_metrics(run, 0, device, inception, clip))
+    for _ in range(int(rounds)):
+        if cancel is not None and cancel.is_set():
+            break
+        k = run.latest_round + 1
+        model = run.model_at(k - 1, device)  # rounds 1..k-1 merged; adapter at zero = pi_{k-1}
+        base = model.base_view()
+        lam, t_r = float(cfg.lam), float(cfg.t_r)
+
+        def reward_grad(x, base=base):
+            t = torch.full((x.shape[0],), t_r, dtype=x.dtype, device=x.device)
+            return lam * (-score(base, x, t))  # grad r = -lam * s_{k-1}(x, t_r)
+
+        am = AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
+                                   adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
+                                   clip_grad_norm=cfg.clip_grad_norm,
+                                   seed=cfg.seed * 7919 + k * 104729 + rank)
+        hooks = _average_grads_across(model.lora_params, accelerator)
+        start = time.perf_counter()
+        it_cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
+        try:
+            losses = adjoint_matching(model, base, reward_grad, am, sampling_model=model.cfg_view(),
+                                      on_iteration=it_cb, cancel=cancel)
+        except SolverDivergedError as exc:
+            run._model = None  # the cached UNet holds a broken adapter: reload next time
+            raise SDRunError(f"Round {k} was rejected: {exc}") from None
+        finally:
+            for h in hooks:
+                h.remove()
+        seconds = time.perf_counter() - start
+        if len(losses) < am.iterations:  # cancelled mid-round: nothing saved
+            run._model = None
+            break
+        adapter = model.adapter_state()
+        info = {"loss": losses, "seconds": round(seconds, 2), "timings": dict(am.timings),
+                "lam": lam, "t_r": t_r, "solver": "adjoint_matching", "lora_lr": cfg.lr}
+        if is_main:
+            run.save_round(k, adapter, info)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        # the cached model now holds round k's adapter unmerged: merge it to make it pi_k
+        model.merge_adapter()
+        run._merged = k
+        m = {}
+        if metrics and is_main:
+            m = {**round_metrics(run, k, device, inception, clip), **info}
+            run.set_metrics(k, m)
+        done.append(k)
+        if on_round is not None:
+            on_round(k, m or info)
+    return done
+
+
+# -- digits rounds ------------------------------------------------------------------------------
+# The digits UNet is an ordinary NoisePredictor, so smeme.explore.run_rounds drives it; what
+# digits need is their own defaults (the toy's 256 trajectories x 25 iterations at lr 2e-3
+# would take ~10 minutes a round and overshoot: lr 3e-4 at lambda 0.3 collapsed round 2).
+# Measured (bench/bench_images.py, 2-core CPU under load ~5): ~40-60 s a round, and with
+# lambda = 0.1 over 3 rounds rare share 0.15 -> 0.19 -> 0.24 -> 0.32, Vendi diversity
+# 4.8 -> 5.1 -> 5.4 -> 5.9, confidence 0.98 -> 0.97 -> 0.96 -> 0.93.
+def digits_solver_config(**overrides):
+    """Adjoint Matching defaults for one digits round in <= 60 s on the 2-core CPU."""
+    from .solvers.adjoint_matching import AdjointMatchingConfig
+
+    base = dict(DIGITS_ROUND)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return AdjointMatchingConfig(**base)
+
+
+DIGITS_ROUND = dict(iterations=6, trajectories=64, steps=40, adam_steps=4, lr=1e-4, loss_steps=8,
+                    late_fraction=0.5, clip_grad_norm=1.0)
+DIGITS_LAM = 0.1
+DIGITS_T_R = 0.02
+
+
+def digits_explore_defaults() -> dict:
+    """ExploreConfig settings for digits runs (DigitsDomain.explore_defaults)."""
+    solver = {k: v for k, v in DIGITS_ROUND.items()
+              if k not in ("iterations", "trajectories", "steps", "adam_steps", "lr")}
+    return dict(lam=DIGITS_LAM, t_r=DIGITS_T_R, iterations=DIGITS_ROUND["iterations"],
+                trajectories=DIGITS_ROUND["trajectories"], steps=DIGITS_ROUND["steps"],
+                adam_steps=DIGITS_ROUND["adam_steps"], lr=DIGITS_ROUND["lr"], metrics_logp=False,
+                solver_options=solver)
+
+
+def digits_explore_config(**overrides):
+    """An smeme.explore.ExploreConfig with the digits defaults, for explore.run_rounds."""
+    from .explore import ExploreConfig
+
+    return ExploreConfig(**{**digits_explore_defaults(), **overrides})
+
+
+def run_digits_rounds(run, rounds: int, lam: float = DIGITS_LAM, t_r: float = DIGITS_T_R, seed: int = 0,
+                      solver: dict | None = None, on_iteration=None, on_round=None, cancel=None) -> list[int]:
+    """`rounds` S-MEME rounds on a digits run through smeme.explore.run_rounds, with the
+    digits defaults (DIGITS_ROUND); `solver` overrides ExploreConfig fields or, for other
+    keys, Adjoint Matching settings. Raises explore.ExploreError (a ValueError) for bad
+    input or a rejected round."""
+    from .explore import ExploreConfig, run_rounds
+
+    top = {f for f in ExploreConfig.__dataclass_fields__}
+    over = dict(solver or {})
+    explore_over = {k: v for k, v in over.items() if k in top}
+    solver_opts = {k: v for k, v in DIGITS_ROUND.items()
+                   if k not in ("iterations", "trajectories", "steps", "adam_steps", "lr")}
+    solver_opts.update({k: v for k, v in over.items() if k not in top})
+    cfg = digits_explore_config(lam=lam, t_r=t_r, seed=seed, solver_options=solver_opts, **explore_over)
+    return run_rounds(run, int(rounds), cfg, on_iteration=on_iteration, on_round=on_round, cancel=cancel)
+
+
+# -- command line ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m smeme.sd_explore",
+                                description="S-MEME rounds on a local Stable Diffusion pipeline (LoRA, Adjoint Matching).")
+    p.add_argument("--pipeline", help="local diffusers Stable Diffusion folder (or a model in the local HF cache)")
+    p.add_argument("--run", required=True, help="run folder (created on first use)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--lam", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--trajectories", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--lora-rank", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--sample-n", type=int, default=None, help="images per round for metrics")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--inception", default=None, help="local inception-2015-12-05.pt (TorchScript) for FID")
+    p.add_argument("--clip", default=None, help="local CLIP folder for the CLIP score")
+    p.add_argument("--cpu", action="store_true", help="force CPU even when a GPU is present")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .threads import configure
+
+    configure()
+    try:
+        if args.pipeline and not is_sd_run(args.run):
+            from .models.sd import resolve_pipeline_folder
+
+            resolve_pipeline_folder(args.pipeline)  # every rank fails alike, before any barrier
+        acc = make_accelerator(cpu=args.cpu)
+        if not acc.is_main_process:  # rank 0 creates the run folder; the others open it
+            acc.wait_for_everyone()
+        if is_sd_run(args.run):
+            run = SDRun.open(args.run)
+        else:
+            if not args.pipeline:
+                raise SDRunError(f"{args.run} is not an SD run yet: pass --pipeline with a local SD folder.")
+            sd = {"source": args.pipeline}
+            for key, val in (("prompt", args.prompt), ("resolution", args.resolution),
+                             ("lora_rank", args.lora_rank), ("guidance", args.guidance), ("dtype", args.dtype)):
+                if val is not None:
+                    sd[key] = val
+            if "lora_rank" in sd:
+                sd["lora_alpha"] = float(sd["lora_rank"])
+            ex = {k: v for k, v in (("lam", args.lam), ("lr", args.lr), ("iterations", args.iterations),
+                                    ("trajectories", args.trajectories), ("steps", args.steps),
+                                    ("sample_n", args.sample_n), ("seed", args.seed)) if v is not None}
+            run = SDRun.create(args.run, SDConfig.from_dict(sd), SDExploreConfig.from_dict(ex))
+        if acc.is_main_process:
+            acc.wait_for_everyone()
+
+        def on_round(k, m):
+            if acc.is_main_process:
+                fid = m.get("fid")
+                clip = m.get("clip_score")
+                print(f"round {k}: {m.get('seconds', 0):.1f} s, final loss {m['loss'][-1]:.4g}, "
+                      f"FID {'n/a' if fid is None else f'{fid:.2f}'}, CLIP {'n/a' if clip is None else f'{clip:.2f}'}",
+                      flush=True)
+
+        run_sd_rounds(run, args.rounds, accelerator=acc, on_round=on_round,
+                      inception=args.inception, clip=args.clip)
+    except (SDError, SDRunError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Quantitative claims of issue 3 on real pre-trained models (toy and triangles).
+
+Each data set is pre-trained once per module with its real preset (toy ~20-40 s,
+triangles ~10 s on the 2-core CPU) and copied into each test's folder. Rounds use the
+ExploreConfig defaults except where a test says otherwise, with fixed seeds, so the
+numbers are reproducible; the whole file takes a few minutes.
+
+Closed form (DESIGN.md section 3): p_k ~ p_pre^((1 - lam)^k); metrics.round_metrics
+stores it per round as `closed_form` / `sparse_share_closed_form`.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from smeme.explore import ExploreConfig, run_rounds
+from smeme.store import Run
+
+pytestmark = pytest.mark.slow
+
+METRICS = dict(metrics_n=4096, metrics_logp=False)
+
+
+@pytest.fixture(scope="module")
+def toy_src(tmp_path_factory):
+    from smeme.pipeline import pretrain_run
+
+    folder = tmp_path_factory.mktemp("toy") / "toy"
+    pretrain_run(folder, "toy")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def triangles_src(tmp_path_factory):
+    from smeme.pipeline import pretrain_run
+
+    folder = tmp_path_factory.mktemp("tri") / "triangles"
+    pretrain_run(folder, "triangles")
+    return folder
+
+
+def _copy(src, tmp_path) -> Run:
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return Run.open(dst)
+
+
+def _toy_rounds(src, tmp_path, lam, rounds, **kw):
+    run = _copy(src, tmp_path)
+    run_rounds(run, rounds, ExploreConfig(lam=lam, **{**METRICS, **kw}))
+    return run.metrics()
+
+
+def _within(value, target, rel):
+    return abs(value - target) <= rel * abs(target)
+
+
+# -- toy: sparse share and k-NN entropy gain against p_pre^((1 - lam)^k) ------------------
+# Not met yet (issue 3). The mass moved between the squares is carried by < 1% of the
+# trajectories (those crossing the region where the base flow decides between the squares;
+# their lean adjoint grows ~60x backwards), and random weight changes of 0.02 alone move
+# the sparse share by +-0.02. With the defaults (1024 trajectories, 2 Adam steps, lr 5e-4,
+# no outlier rule) the mass moves the right way, but round 1 under-tilts (lam 0.1: sparse
+# share 0.080 -> 0.088, gain 0.015 vs 0.045) and later rounds over-tilt (round 3: 0.215 vs
+# 0.168, k-NN gain 0.26 vs 0.13; lam 0.3: 0.40 vs 0.32 with 9% off the support).
+# Kept as non-strict xfail so that a fix shows up as XPASS.
+TOY_XFAIL = pytest.mark.xfail(strict=False, reason="toy rounds do not follow the closed form yet (under-tilt, then over-tilt)")
+
+
+@TOY_XFAIL
+@pytest.mark.parametrize("lam, rounds", [(0.1, 3), (0.3, 3)])
+def test_toy_rounds_follow_the_closed_form(toy_src, tmp_path, lam, rounds):
+    m = _toy_rounds(toy_src, tmp_path, lam, rounds)
+    h0 = m[0]["entropy_knn"]
+    for k in range(1, rounds + 1):
+        assert m[k]["on_support"] >= 0.95, f"round {k}: {m[k]['on_support']:.3f} on the support"
+    last = m[rounds]
+    cf = last["closed_form"]
+    assert _within(last["sparse_share"], cf["sparse_share"], 0.25), (last["sparse_share"], cf["sparse_share"])
+    assert _within(last["entropy_knn"] - h0, cf["entropy_gain"], 0.25), (last["entropy_knn"] - h0, cf["entropy_gain"])
+
+
+@TOY_XFAIL
+def test_toy_one_default_round_reaches_the_closed_form_gain(toy_src, tmp_path):
+    m = _toy_rounds(toy_src, tmp_path, 0.1, 1)
+    gain = m[1]["entropy_knn"] - m[0]["entropy_knn"]
+    assert gain >= 0.9 * m[1]["closed_form"]["entropy_gain"], gain
+    assert m[1]["on_support"] >= 0.95
+
+
+def test_student_teacher_raises_the_toy_entropy(toy_src, tmp_path):
+    run = _copy(toy_src, tmp_path)
+    run_rounds(run, 1, ExploreConfig(lam=0.3, solver="student-teacher", **METRICS))
+    m = run.metrics()
+    assert m[1]["solver"] == "student-teacher"
+    assert m[1]["entropy_knn"] > m[0]["entropy_knn"] + 0.01, (m[0]["entropy_knn"], m[1]["entropy_knn"])
+    assert m[1]["on_support"] >= 0.9
+
+
+# -- triangles: >= 4,096 samples per round, validity >= 90%, isosceles and obtuse rise -----
+def test_triangles_rounds_keep_validity_and_raise_isosceles_and_obtuse(triangles_src, tmp_path):
+    run = _copy(triangles_src, tmp_path)
+    rounds = 3
+    run_rounds(run, rounds, ExploreConfig(**METRICS))
+    m = run.metrics()
+
+    def share(k, key, label):
+        return m[k]["shares"][key].get(label, {"share": 0.0})["share"]
+
+    for k in range(rounds + 1):
+        assert m[k]["n"] >= 4096 and m[k]["validity"] >= 0.90, (k, m[k]["validity"])
+    assert share(rounds, "side_type", "isosceles") > share(0, "side_type", "isosceles")
+    assert share(rounds, "angle_type", "obtuse") > share(0, "angle_type", "obtuse")
+    assert m[rounds]["entropy_knn"] > m[0]["entropy_knn"]

@@ -1,0 +1,188 @@
+"""Stable Diffusion path on a tiny pipeline built from configs (random weights, CPU, offline).
+
+The pipeline (tiny UNet2DConditionModel, AutoencoderKL, CLIPTextModel and a CLIPTokenizer
+made from an in-memory vocabulary) is saved with save_pretrained and loaded back from
+its folder through smeme's loader with HF_HUB_OFFLINE=1.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+
+def make_tiny_pipeline(folder, seed: int = 0):
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tok_dir = folder.parent / f"{folder.name}_tokenizer_src"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["."]:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(vocab_file=str(tok_dir / "vocab.json"), merges_file=str(tok_dir / "merges.txt"),
+                              model_max_length=32, pad_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=8, attention_head_dim=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=16)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, clip_sample=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd") / "pipe")
+
+
+def test_missing_and_foreign_folders_get_clear_errors(tmp_path):
+    from smeme.models.sd import SDError, load_pipeline, resolve_pipeline_folder
+
+    with pytest.raises(SDError, match="does not exist"):
+        load_pipeline(tmp_path / "nowhere")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    with pytest.raises(SDError, match="not a diffusers pipeline folder"):
+        resolve_pipeline_folder(tmp_path / "junk")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model_index.json").write_text("{}")
+    with pytest.raises(SDError, match="lacks the sub-folder"):
+        resolve_pipeline_folder(tmp_path / "half")
+    with pytest.raises(SDError, match="local Hugging Face cache"):
+        resolve_pipeline_folder("nobody/no-such-model-xyz")
+
+
+def test_views_share_one_unet_and_start_equal(tiny_sd):
+    from smeme.models.sd import SDConfig, build_sd_model
+
+    m = build_sd_model(SDConfig(source=str(tiny_sd), prompt="a house."))
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    assert m.sample_shape == (4, 8, 8) and m.resolution == 16
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    base, cfg = m.base_view(), m.cfg_view(8.0)
+    assert list(base.parameters()) == [] and list(cfg.parameters()) == []
+    x, t = torch.randn(3, 4, 8, 8), torch.rand(3)
+    with torch.no_grad():
+        # B = 0 at the start: tuned model == base
+        assert torch.allclose(m(x, t), base(x, t), atol=1e-6)
+        lora_b = [p for n, p in m.named_parameters() if "lora_B" in n]
+        for p in lora_b:
+            p.add_(0.05 * torch.randn_like(p))
+        tuned, frozen = m(x, t), base(x, t)
+        assert not torch.allclose(tuned, frozen, atol=1e-4)
+        # merging folds the delta into the UNet: the disabled adapter now equals the tuned model
+        m.merge_adapter()
+        assert torch.allclose(base(x, t), tuned, atol=1e-4)
+        assert torch.allclose(m(x, t), tuned, atol=1e-4)
+    assert all(p.requires_grad for p in m.lora_params)
+
+
+def test_whole_path_load_round_grid(tiny_sd, tmp_path):
+    """load -> one short LoRA round (adapter saved as safetensors) -> grid, on CPU."""
+    from safetensors.torch import load_file
+
+    from smeme.grid import make_grid, save_grid
+    from smeme.sd_explore import SDConfig, SDExploreConfig, SDRun, run_sd_rounds
+
+    ex = SDExploreConfig(iterations=2, trajectories=2, steps=6, adam_steps=2, loss_steps=2, lr=1e-3,
+                         sample_n=3, sample_steps=6)
+    run = SDRun.create(tmp_path / "run", SDConfig(source=str(tiny_sd), prompt="a house."), ex)
+    seen = []
+    new = run_sd_rounds(run, 1, on_iteration=lambda k, i, n, loss: seen.append((k, i, loss)))
+    assert new == [1] and run.rounds() == [0, 1]
+    assert [s[:2] for s in seen] == [(1, 1), (1, 2)] and all(np.isfinite(s[2]) for s in seen)
+    adapter = load_file(str(tmp_path / "run" / "round_1.safetensors"))
+    assert adapter and all("lora" in k for k in adapter)
+    assert any(float(v.abs().max()) > 0 for k, v in adapter.items() if "lora_B" in k)  # it trained
+    metrics = run.metrics()
+    assert set(metrics) == {0, 1}
+    assert metrics[1]["fid"] is None and metrics[1]["missing_weights"]  # no Inception/CLIP here
+    assert len(metrics[1]["loss"]) == 2
+    # reopened run rebuilds round 1 from the folder alone
+    again = SDRun.open(tmp_path / "run")
+    img = make_grid(again, [0, 1], n=3, seed=5)
+    assert img.size[0] > 3 * 16 and img.size[1] >= 2 * 16
+    arr0 = again.images(0, 3, 5, steps=ex.sample_steps, use_cache=False)
+    arr1 = again.images(1, 3, 5, steps=ex.sample_steps, use_cache=False)
+    assert arr0.shape == (3, 16, 16, 3) and arr0.dtype == np.uint8
+    assert not np.array_equal(arr0, arr1)  # the adapter changed the images
+    out = save_grid(str(tmp_path / "run"), [0, 1], 3, 5, tmp_path / "grid.png")
+    assert out.exists() and out.stat().st_size > 0
+    with pytest.raises(ValueError, match="no round"):
+        make_grid(again, [0, 7], n=2, seed=0)
+
+
+def test_missing_metric_weights_are_named(tmp_path):
+    from smeme.models.sd import find_metric_weights
+
+    w = find_metric_weights(inception=str(tmp_path / "nope.pt"), clip=str(tmp_path / "noclip"))
+    assert not w.any
+    text = " ".join(w.missing)
+    assert "Inception" in text and "nope.pt" in text and "CLIP" in text
+
+
+def test_metrics_with_local_weights_tiny_stand_ins(tiny_sd, tmp_path):
+    """The FID / Inception cross-entropy / CLIP plumbing on tiny stand-ins for the real weights:
+    a TorchScript module with Inception's `(x, return_features=True)` call, and a tiny CLIP folder."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
+                              CLIPTokenizer, CLIPVisionConfig)
+
+    from smeme.models.sd import find_metric_weights, sd_metrics
+
+    class FakeInception(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 6)
+
+        def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+            return self.proj(x.mean(dim=(2, 3)) / 255.0)
+
+    torch.manual_seed(0)
+    inc = tmp_path / "inception.pt"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(FakeInception()).save(str(inc))
+    clip_dir = tmp_path / "clip"
+    tok = CLIPTokenizer.from_pretrained(str(tiny_sd / "tokenizer"))
+    cfg = CLIPConfig(text_config=CLIPTextConfig(vocab_size=len(tok) + 8, hidden_size=16, intermediate_size=32,
+                                                num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1).to_dict(),
+                     vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                    num_attention_heads=2, image_size=16, patch_size=8).to_dict(),
+                     projection_dim=8)
+    CLIPModel(cfg).save_pretrained(str(clip_dir))
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+                  tokenizer=tok).save_pretrained(str(clip_dir))
+    w = find_metric_weights(inception=str(inc), clip=str(clip_dir))
+    assert w.inception and w.clip and not w.missing
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + 60, 0, 255).astype(np.uint8)
+    same = sd_metrics(a, a, "a house.", w)
+    moved = sd_metrics(b, a, "a house.", w)
+    assert same["fid"] < 1e-6 and moved["fid"] > same["fid"]
+    assert moved["inception_cross_entropy"] > same["inception_cross_entropy"]
+    assert 0 <= moved["clip_score"] <= 100 and same["missing_weights"] == []
