@@ -66,7 +66,9 @@ def test_round_metrics_toy_round0_json_ready():
     shares = m["shares"]["region"]
     assert abs(sum(s["share"] for s in shares.values()) - 1) < 1e-12
     assert 0.05 < m["sparse_share"] < 0.16
-    assert m["sparse_share_closed_form"] == pytest.approx(0.1)
+    # round 0's closed form is the model's own split over the two squares
+    on = shares["dense"]["count"] + shares["sparse"]["count"]
+    assert m["sparse_share_closed_form"] == pytest.approx(shares["sparse"]["count"] / on)
     assert m["surprise_pre"] == m["cross_entropy_pfode"]  # round 0: same model
     # toy entropy (piecewise uniform, area 1): 0.325 nats; the k-NN estimate is near it
     assert abs(m["entropy_knn"] - ToyDomain().pretrained_entropy()) < 0.25
@@ -80,6 +82,15 @@ def test_round_metrics_closed_form_from_history_and_config():
     m = metrics.round_metrics(run, model, 2, n=256, steps=10, logp=False, lam_history=[0.1, 0.3])
     assert m["closed_form"]["exponent"] == pytest.approx(0.9 * 0.7)
     assert "cross_entropy_pfode" not in m
+
+
+def test_toy_closed_form_tilts_the_pretrained_models_split():
+    # p_k ~ p_pre^g on two equal-area squares: the mass ratio goes to ratio^g
+    cf = metrics.toy_closed_form(ToyDomain(), [0.1, 0.1], pre_sparse_share=0.08)
+    ratio = (0.92 / 0.08) ** (0.9 * 0.9)
+    assert cf["sparse_share"] == pytest.approx(1 / (1 + ratio), rel=1e-9)
+    assert cf["pre_sparse_share"] == pytest.approx(0.08)
+    assert cf["entropy_gain"] > 0
 
 
 def test_surprise_uses_round0_model():
@@ -114,5 +125,7 @@ def test_round_metrics_on_a_real_run(tmp_path):
     for key in ("entropy_knn", "cross_entropy_pfode", "surprise_pre", "on_support", "sparse_share"):
         assert key in m0, key
     m = metrics.round_metrics(run, run.load_model(0), 1, n=256, steps=10, density_kw=FAST, lam_history=[0.1])
-    assert m["sparse_share_closed_form"] == pytest.approx(sparse_share_after(0.1, 1))
+    pre = m0["closed_form"]["pre_sparse_share"]  # the pre-trained model's own split
+    ratio = ((1 - pre) / pre) ** 0.9
+    assert m["sparse_share_closed_form"] == pytest.approx(1 / (1 + ratio))
     assert torch.is_tensor(next(run.load_model(0).parameters()))

@@ -1,0 +1,361 @@
+"""Plotly figure builders for the app (pages call these; tests check them without a browser).
+
+Inputs are plain arrays, dicts and DataFrames (what `smeme.app_backend` hands the pages),
+so each builder can be unit-tested. Only display geometry lives here (placing a triangle
+from its sides, clipping a colour range); no model work.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
+OVERLAY_COLOR = "#111111"
+HEAT_SCALE = "Viridis"
+DIFF_SCALE = "RdBu_r"  # red = more likely under round b, blue = less; white at 0
+DISPLAY_RANGE = 12.0  # nats of log-density shown below the maximum (lower is clipped)
+
+# SVG scatter (not WebGL): at these sizes (<= 1,500 points a panel) it draws faster, also in
+# browsers without a GPU, and exports cleanly through the PNG button.
+# Config for st.plotly_chart: keep the modebar, and make its PNG button export at 2x.
+PLOTLY_CONFIG = {
+    "displaylogo": False,
+    "toImageButtonOptions": {"format": "png", "scale": 2, "filename": "smeme"},
+}
+
+
+CATEGORY_COLORS = {
+    "dense": "#4C78A8", "sparse": "#54A24B", "off": "#E45756",
+    "acute": "#4C78A8", "right": "#F58518", "obtuse": "#54A24B",
+    "scalene": "#4C78A8", "isosceles": "#F58518", "equilateral": "#B279A2", "invalid": "#E45756",
+}
+
+
+def _layout(fig: go.Figure, title: str | None = None, height: int = 380, subtitles: bool = False) -> go.Figure:
+    """Common look: title top-left, legend under the plot (never over titles)."""
+    top = (45 if title else 20) + (25 if subtitles else 0)
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left", y=1.0, yanchor="top", yref="container", pad=dict(t=8)) if title else None,
+        height=height, margin=dict(l=55, r=20, t=top, b=50),
+        template="plotly_white",
+        legend=dict(orientation="h", yanchor="top", y=-0.16, x=0, xanchor="left"),
+    )
+    return fig
+
+
+def _legend_room(fig: go.Figure) -> go.Figure:
+    """Grow the bottom margin (and height) when a legend is shown under the plot."""
+    shown = [t for t in fig.data if t.showlegend is not False and t.name]
+    if shown and fig.layout.showlegend is not False:
+        fig.update_layout(margin=dict(b=95), height=(fig.layout.height or 380) + 40)
+    return fig
+
+
+def _overlay_traces(overlay: Sequence[dict] | None, showlegend: bool = False) -> list[go.Scatter]:
+    traces = []
+    dashes = ["solid", "dash", "dot", "dot", "dashdot"]
+    for i, item in enumerate(overlay or []):
+        mode = item.get("mode", "lines")
+        item = {"dash": dashes[i % len(dashes)], **item}
+        traces.append(go.Scatter(
+            x=list(item["x"]), y=list(item["y"]), mode=mode, name=item.get("name", "overlay"),
+            line=dict(color=item.get("color", OVERLAY_COLOR), width=1.5, dash=item.get("dash", "solid")),
+            marker=dict(color=item.get("color", OVERLAY_COLOR), size=9, symbol=item.get("symbol", "star")),
+            hoverinfo="name", showlegend=showlegend, legendgroup="overlay",
+        ))
+    return traces
+
+
+# --------------------------------------------------------------------------------------
+# training
+
+def loss_curve(losses: Sequence[tuple[int, float]] | Sequence[float], title: str = "Training loss",
+               smooth: int = 25, log_y: bool = True) -> go.Figure:
+    """Loss per step, raw (faint) and a running mean (solid)."""
+    arr = list(losses)
+    if arr and isinstance(arr[0], (tuple, list)):
+        steps = np.array([s for s, _ in arr], dtype=float)
+        vals = np.array([v for _, v in arr], dtype=float)
+    else:
+        vals = np.asarray(arr, dtype=float)
+        steps = np.arange(1, len(vals) + 1, dtype=float)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name="loss",
+                             line=dict(color=PALETTE[0], width=1), opacity=0.35))
+    if len(vals) >= 2:
+        w = max(1, min(smooth, len(vals) // 4 or 1))
+        smoothed = pd.Series(vals).rolling(w, min_periods=1).mean().to_numpy()
+        fig.add_trace(go.Scatter(x=steps, y=smoothed, mode="lines", name=f"mean of {w}",
+                                 line=dict(color=PALETTE[0], width=2)))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="loss", type="log" if log_y and len(vals) and np.all(vals > 0) else "linear")
+    return _layout(fig, title, height=300)
+
+
+# --------------------------------------------------------------------------------------
+# samples
+
+def _xy(points) -> np.ndarray:
+    p = np.asarray(points, dtype=float)
+    return p.reshape(len(p), -1)[:, :2] if len(p) else np.zeros((0, 2))
+
+
+def scatter_panels(panels: Sequence[tuple[str, np.ndarray]], overlay: Sequence[dict] | None = None,
+                   labels: tuple[str, str] = ("x", "y"), colors: Sequence[np.ndarray | None] | None = None,
+                   title: str | None = None, max_points: int = 1500, height: int = 400,
+                   ranges: tuple | None = None) -> go.Figure:
+    """Side-by-side scatter plots with shared axes (e.g. data vs model samples).
+
+    `panels`: [(title, (n, 2) points in the plotting plane)]; `colors`: optional per-point
+    category labels per panel (coloured as groups).
+    """
+    n = max(len(panels), 1)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[t for t, _ in panels],
+                        shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.04)
+    shown_groups: set = set()
+    for i, (name, pts) in enumerate(panels):
+        xy = _xy(pts)[:max_points]
+        cats = None if not colors or colors[i] is None else np.asarray(colors[i])[:max_points]
+        if cats is None:
+            fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=name,
+                                       marker=dict(size=3, color=PALETTE[i % len(PALETTE)], opacity=0.5),
+                                       showlegend=False), row=1, col=i + 1)
+        else:
+            for j, c in enumerate(sorted(set(cats.tolist()), key=str)):
+                m = cats == c
+                fig.add_trace(go.Scatter(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(c),
+                                           legendgroup=str(c), showlegend=str(c) not in shown_groups,
+                                           marker=dict(size=3, opacity=0.55,
+                                                       color=CATEGORY_COLORS.get(str(c), PALETTE[j % len(PALETTE)]))),
+                              row=1, col=i + 1)
+                shown_groups.add(str(c))
+        for tr in _overlay_traces(overlay):
+            fig.add_trace(tr, row=1, col=i + 1)
+    fig.update_xaxes(title_text=labels[0], matches="x")
+    fig.update_yaxes(matches="y")
+    if ranges:
+        fig.update_xaxes(range=list(ranges[0]))
+        fig.update_yaxes(range=list(ranges[1]))
+    fig.update_yaxes(title_text=labels[1], col=1)
+    return _legend_room(_layout(fig, title, height=height, subtitles=True))
+
+
+def displacement(points_a: np.ndarray, points_b: np.ndarray, overlay: Sequence[dict] | None = None,
+                 labels: tuple[str, str] = ("x", "y"), names: tuple[str, str] = ("round a", "round b"),
+                 title: str | None = None, max_points: int = 600, height: int = 460,
+                 ranges: tuple | None = None) -> go.Figure:
+    """The same initial noise through two rounds: a line from each sample under a to its
+    position under b, with both sets of end points."""
+    a, b = _xy(points_a), _xy(points_b)
+    m = min(len(a), len(b), max_points)
+    a, b = a[:m], b[:m]
+    seg_x = np.column_stack([a[:, 0], b[:, 0], np.full(m, np.nan)]).ravel()
+    seg_y = np.column_stack([a[:, 1], b[:, 1], np.full(m, np.nan)]).ravel()
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=seg_x, y=seg_y, mode="lines", name="moved", hoverinfo="skip",
+                             line=dict(color="rgba(120,120,120,0.45)", width=1)))
+    fig.add_trace(go.Scatter(x=a[:, 0], y=a[:, 1], mode="markers", name=names[0],
+                               marker=dict(size=4, color=PALETTE[0])))
+    fig.add_trace(go.Scatter(x=b[:, 0], y=b[:, 1], mode="markers", name=names[1],
+                               marker=dict(size=4, color=PALETTE[1])))
+    for tr in _overlay_traces(overlay):
+        fig.add_trace(tr)
+    fig.update_xaxes(title_text=labels[0])
+    fig.update_yaxes(title_text=labels[1], scaleanchor="x", scaleratio=1)
+    if ranges:
+        fig.update_xaxes(range=list(ranges[0]))
+        fig.update_yaxes(range=list(ranges[1]))
+    return _legend_room(_layout(fig, title, height=height))
+
+
+# --------------------------------------------------------------------------------------
+# densities
+
+def display_range(*arrays: np.ndarray, span: float = DISPLAY_RANGE) -> tuple[float, float]:
+    """A shared colour range: from (max - span) to max over the finite values."""
+    vals = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays]) if arrays else np.zeros(1)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return (-1.0, 0.0)
+    hi = float(vals.max())
+    lo = max(float(vals.min()), hi - span)
+    return (lo, hi if hi > lo else lo + 1.0)
+
+
+def heatmap(hm: dict, overlay: Sequence[dict] | None = None, title: str | None = None,
+            zrange: tuple[float, float] | None = None, height: int = 420) -> go.Figure:
+    """One log-density heatmap; hm = {'xs', 'ys', 'logp' (len(ys), len(xs)), 'labels'}."""
+    z = np.asarray(hm["logp"], dtype=float)
+    lo, hi = zrange or display_range(z)
+    fig = go.Figure(go.Heatmap(x=hm["xs"], y=hm["ys"], z=np.clip(z, lo, hi), zmin=lo, zmax=hi,
+                               colorscale=HEAT_SCALE, colorbar=dict(title="log p"),
+                               hovertemplate="(%{x:.2f}, %{y:.2f}): log p = %{z:.2f}<extra></extra>"))
+    for tr in _overlay_traces(overlay):
+        fig.add_trace(tr)
+    xl, yl = _labels(hm)
+    fig.update_xaxes(title_text=xl, range=[float(np.min(hm["xs"])), float(np.max(hm["xs"]))])
+    fig.update_yaxes(title_text=yl, range=[float(np.min(hm["ys"])), float(np.max(hm["ys"]))])
+    return _layout(fig, title, height=height)
+
+
+def _labels(hm: dict) -> tuple[str, str]:
+    lab = hm.get("labels") or ("x", "y")
+    if isinstance(lab, dict):
+        return lab.get("x", "x"), lab.get("y", "y")
+    return str(lab[0]), str(lab[1])
+
+
+def heatmap_compare(hm_a: dict, hm_b: dict, overlay: Sequence[dict] | None = None,
+                    names: tuple[str, str] = ("round a", "round b"), height: int = 400) -> go.Figure:
+    """log p under round a, under round b (one shared scale) and b - a (diverging, 0 = white)."""
+    za = np.asarray(hm_a["logp"], dtype=float)
+    zb = np.asarray(hm_b["logp"], dtype=float)
+    if za.shape != zb.shape:
+        raise ValueError(f"The two heatmaps differ in shape ({za.shape} vs {zb.shape}); compute them at one resolution.")
+    lo, hi = display_range(za, zb)
+    # the difference where either density is visible on the shared scale
+    diff = np.clip(zb, lo, hi) - np.clip(za, lo, hi)
+    finite = diff[np.isfinite(diff)]
+    d = float(np.quantile(np.abs(finite), 0.99)) if len(finite) else 1.0
+    d = d if d > 0 else 1.0
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[f"log p, {names[0]}", f"log p, {names[1]}",
+                                        f"difference ({names[1]} − {names[0]})"])
+    hover = "(%{x:.2f}, %{y:.2f}): %{z:.2f}<extra></extra>"
+    for col, z in ((1, za), (2, zb)):
+        fig.add_trace(go.Heatmap(x=hm_a["xs"], y=hm_a["ys"], z=np.clip(z, lo, hi), coloraxis="coloraxis",
+                                 hovertemplate=hover, name=names[col - 1]), row=1, col=col)
+    fig.add_trace(go.Heatmap(x=hm_a["xs"], y=hm_a["ys"], z=np.clip(diff, -d, d), coloraxis="coloraxis2",
+                             hovertemplate=hover, name="difference"), row=1, col=3)
+    for col in (1, 2, 3):
+        for tr in _overlay_traces(overlay):
+            fig.add_trace(tr, row=1, col=col)
+    xl, yl = _labels(hm_a)
+    x_rng = [float(np.min(hm_a["xs"])), float(np.max(hm_a["xs"]))]
+    y_rng = [float(np.min(hm_a["ys"])), float(np.max(hm_a["ys"]))]
+    fig.update_xaxes(title_text=xl, range=x_rng)
+    fig.update_yaxes(range=y_rng)
+    fig.update_yaxes(title_text=yl, col=1)
+    fig.update_layout(
+        coloraxis=dict(colorscale=HEAT_SCALE, cmin=lo, cmax=hi,
+                       colorbar=dict(title=dict(text="log p", side="right"), x=0.585, xanchor="left",
+                                     len=0.9, thickness=12)),
+        coloraxis2=dict(colorscale=DIFF_SCALE, cmin=-d, cmax=d, cmid=0.0,
+                        colorbar=dict(title=dict(text="Δ log p", side="right"), x=1.0, xanchor="left",
+                                      len=0.9, thickness=12)),
+    )
+    fig = _layout(fig, None, height=height, subtitles=True)
+    fig.update_layout(margin=dict(l=55, r=70, t=45, b=50), showlegend=False)
+    # the shared log p bar sits between panel 2 and the difference panel
+    domains = ([0.0, 0.265], [0.29, 0.555], [0.69, 0.955])
+    fig.update_layout(xaxis=dict(domain=domains[0]), xaxis2=dict(domain=domains[1]),
+                      xaxis3=dict(domain=domains[2]))
+    for ann, dom in zip(fig.layout.annotations, domains):
+        ann.x = (dom[0] + dom[1]) / 2
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# metrics over rounds
+
+def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+             title: str | None = None, height: int = 300, vertical: bool = False) -> go.Figure:
+    """Small multiples of per-round metrics.
+
+    `df`: one row per round, column 'round' plus metric columns (optional '<col>_lo'/'_hi'
+    give error bars); `panels`: [(panel title, [(column, legend label), ...]), ...];
+    columns missing from df are skipped.
+    """
+    panels = [(t, [(c, l) for c, l in series if c in df.columns]) for t, series in panels]
+    panels = [(t, s) for t, s in panels if s] or [("(no metrics yet)", [])]
+    n = len(panels)
+    fig = make_subplots(rows=n if vertical else 1, cols=1 if vertical else n, subplot_titles=[t for t, _ in panels],
+                        horizontal_spacing=0.07, vertical_spacing=0.18 if vertical else 0.0)
+    pos = (lambda i: dict(row=i + 1, col=1)) if vertical else (lambda i: dict(row=1, col=i + 1))
+    k = 0
+    for i, (_, series) in enumerate(panels):
+        for col, label in series:
+            sub = df[["round", col] + [c for c in (f"{col}_lo", f"{col}_hi") if c in df.columns]].dropna(subset=[col])
+            err = None
+            if f"{col}_lo" in sub.columns and f"{col}_hi" in sub.columns:
+                err = dict(type="data", symmetric=False, array=(sub[f"{col}_hi"] - sub[col]).to_numpy(),
+                           arrayminus=(sub[col] - sub[f"{col}_lo"]).to_numpy(), thickness=1)
+            fig.add_trace(go.Scatter(x=sub["round"], y=sub[col], mode="lines+markers", name=label,
+                                     error_y=err, line=dict(color=PALETTE[k % len(PALETTE)])),
+                          **pos(i))
+            k += 1
+        fig.update_xaxes(title_text=None if vertical and i < n - 1 else "round", dtick=1, **pos(i))
+    fig = _layout(fig, title, height=height, subtitles=True)
+    # each panel is titled; a legend is needed only where a panel holds several series
+    several = any(len(s) > 1 for _, s in panels)
+    fig.update_layout(showlegend=several, legend=dict(orientation="h", yanchor="top", y=-0.25 if not vertical else -0.1,
+                                                      x=0, xanchor="left"))
+    if several:
+        fig.update_layout(height=height + 30, margin=dict(b=85))
+    return fig
+
+
+def category_bars(shares: pd.DataFrame, title: str | None = None, height: int = 340) -> go.Figure:
+    """Grouped bars: x = category, one bar per round, 95% CI error bars.
+
+    `shares`: columns round, category, share, and optionally lo, hi.
+    """
+    fig = go.Figure()
+    for i, (rnd, sub) in enumerate(shares.groupby("round", sort=True)):
+        err = None
+        if {"lo", "hi"} <= set(sub.columns):
+            err = dict(type="data", symmetric=False, array=(sub["hi"] - sub["share"]).to_numpy(),
+                       arrayminus=(sub["share"] - sub["lo"]).to_numpy(), thickness=1.2)
+        fig.add_trace(go.Bar(x=sub["category"].astype(str), y=sub["share"], name=f"round {rnd}", error_y=err,
+                             marker_color=PALETTE[i % len(PALETTE)]))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="share", rangemode="tozero")
+    fig = _layout(fig, title, height=height)
+    fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# triangles
+
+def triangle_vertices(sides: np.ndarray) -> np.ndarray | None:
+    """Vertices (3, 2) of a triangle with sides a <= b <= c: c on the x axis, None if invalid."""
+    a, b, c = np.sort(np.asarray(sides, dtype=float))[:3]
+    if not (np.isfinite([a, b, c]).all() and a > 0 and a + b > c):
+        return None
+    x = (c * c + b * b - a * a) / (2 * c)
+    y = np.sqrt(max(b * b - x * x, 0.0))
+    return np.array([[0.0, 0.0], [c, 0.0], [x, y]])
+
+
+def triangle_gallery(rows: dict[str, np.ndarray], per_row: int = 6, height: int | None = None,
+                     title: str | None = None) -> go.Figure:
+    """A few triangles per round, drawn to scale: rows = {label: (n, 3) sides}."""
+    labels = list(rows)
+    nrow = max(len(labels), 1)
+    fig = make_subplots(rows=nrow, cols=per_row, horizontal_spacing=0.01, vertical_spacing=0.06,
+                        row_titles=labels or None)
+    for r, lab in enumerate(labels):
+        for j, sides in enumerate(np.asarray(rows[lab], dtype=float)[:per_row]):
+            v = triangle_vertices(sides)
+            if v is None:
+                fig.add_annotation(text="invalid", showarrow=False, row=r + 1, col=j + 1,
+                                   x=0.5, y=0.3, font=dict(color=PALETTE[3]))
+                continue
+            fig.add_trace(go.Scatter(x=list(v[:, 0]) + [v[0, 0]], y=list(v[:, 1]) + [v[0, 1]], fill="toself",
+                                     mode="lines", line=dict(color=PALETTE[r % len(PALETTE)], width=1.5),
+                                     showlegend=False, hoverinfo="skip"), row=r + 1, col=j + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    for r in range(nrow):
+        for j in range(per_row):
+            idx = r * per_row + j + 1
+            fig.update_yaxes(scaleanchor=f"x{'' if idx == 1 else idx}", scaleratio=1, row=r + 1, col=j + 1)
+    fig.update_layout(template="plotly_white", height=height or 110 * nrow + 40,
+                      margin=dict(l=10, r=60, t=30 if title else 10, b=10),
+                      title=dict(text=title) if title else None)
+    return fig

@@ -1,0 +1,233 @@
+"""Background jobs for long work (training, rounds, heatmaps) that must outlive a page.
+
+A job runs `target(job)` in a daemon thread. The registry is module-level, so it lives as
+long as the Python process: Streamlit reruns, page switches and browser reloads all find
+the same job again and read its progress. Jobs are keyed by (run folder, kind); at most
+one job that *writes* to a run folder runs at a time, across every browser tab of this
+server. (Across processes, the run's file lock from `smeme.store` guards the writes; the
+targets take it.)
+
+Nothing here imports Streamlit: pages poll `get()` / `snapshot()`; tests drive it directly.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+HISTORY_MAX = 5000  # losses kept per job (older points are thinned, never the newest)
+
+
+class JobBusy(RuntimeError):
+    """Another job already works on the same run; the message says which."""
+
+
+class JobCancelled(Exception):
+    """A target may raise this to end as 'cancelled' (returning normally works too)."""
+
+
+def _norm(folder) -> str:
+    return os.path.realpath(os.fspath(folder))
+
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    folder: str
+    kind: str
+    label: str = ""
+    writes: bool = True
+    id: int = field(default_factory=lambda: next(_ids))
+    status: str = RUNNING
+    fraction: float = 0.0
+    message: str = "Starting..."
+    losses: list = field(default_factory=list)  # [(step, loss)], the live loss curve
+    events: list = field(default_factory=list)  # e.g. {'round': k, 'metrics': {...}}
+    result: Any = None
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    updated: float = field(default_factory=time.time)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    # -- called from the worker thread -------------------------------------------------
+    def update(self, fraction: float | None = None, message: str | None = None,
+               loss: float | None = None, step: int | None = None) -> None:
+        with self._lock:
+            if fraction is not None:
+                self.fraction = float(min(max(fraction, 0.0), 1.0))
+            if message is not None:
+                self.message = str(message)
+            if loss is not None:
+                self.losses.append((len(self.losses) if step is None else int(step), float(loss)))
+                if len(self.losses) > HISTORY_MAX:  # thin the older half, keep the recent
+                    half = len(self.losses) // 2
+                    self.losses = self.losses[:half:2] + self.losses[half:]
+            self.updated = time.time()
+
+    def log(self, event: dict) -> None:
+        with self._lock:
+            self.events.append(dict(event))
+            self.updated = time.time()
+
+    # -- read from anywhere -------------------------------------------------------------
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.folder, self.kind)
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    def snapshot(self) -> dict:
+        """A consistent copy of the job's state, safe to render."""
+        with self._lock:
+            return {
+                "id": self.id, "folder": self.folder, "kind": self.kind, "label": self.label,
+                "status": self.status, "fraction": self.fraction, "message": self.message,
+                "losses": list(self.losses), "events": list(self.events),
+                "error": self.error, "elapsed": self.elapsed,
+                "cancel_requested": self.cancel.is_set(),
+            }
+
+    def stop(self) -> None:
+        """Ask the job to stop; the target checks `job.cancel` between steps."""
+        self.cancel.set()
+        with self._lock:
+            if self.status == RUNNING:
+                self.message = "Stopping after the current step..."
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has finished; True if it did within `timeout`."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+        return self.status in FINISHED
+
+    def _finish(self, status: str, result=None, error: str | None = None) -> None:
+        with self._lock:
+            self.status = status
+            self.result = result
+            self.error = error
+            if status == DONE:
+                self.fraction = 1.0
+            self.finished = time.time()
+            self.updated = self.finished
+            if status == CANCELLED:
+                self.message = "Stopped."
+            elif status == FAILED:
+                self.message = error or "Failed."
+
+
+# Kept on the `sys` module so that a reload of this module (Streamlit's file watcher drops
+# changed modules from sys.modules) does not orphan running jobs.
+import sys as _sys  # noqa: E402
+
+if not hasattr(_sys, "_smeme_jobs"):
+    _sys._smeme_jobs = ({}, threading.Lock())
+_REGISTRY: dict[tuple[str, str], Job] = _sys._smeme_jobs[0]
+_REG_LOCK = _sys._smeme_jobs[1]
+
+
+def _describe(job: Job) -> str:
+    return job.label or job.kind
+
+
+def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
+          writes: bool = True) -> Job:
+    """Start `target(job)` in a background thread and register it under (folder, kind).
+
+    Raises JobBusy if a job of the same kind runs on this folder, or if `writes` and any
+    other writing job runs on it (two tabs training / exploring the same run).
+    """
+    key_folder = _norm(folder)
+    with _REG_LOCK:
+        for (f, k), other in _REGISTRY.items():
+            if f != key_folder or not other.running:
+                continue
+            if k == kind or (writes and other.writes):
+                raise JobBusy(
+                    f"This run is busy: '{_describe(other)}' has been running for "
+                    f"{other.elapsed:.0f} s (perhaps from another tab); wait for it or stop it first.")
+        job = Job(folder=key_folder, kind=kind, label=label, writes=writes)
+        _REGISTRY[job.key] = job
+
+    def body():
+        try:
+            result = target(job)
+        except JobCancelled:
+            job._finish(CANCELLED)
+        except BaseException as exc:  # noqa: BLE001 - reported to the page, never raised there
+            msg = str(exc).strip() or exc.__class__.__name__
+            ours = type(exc).__module__.startswith("smeme")  # smeme's errors are one clear sentence
+            if not (ours or isinstance(exc, (ValueError, RuntimeError, OSError))) or not str(exc).strip():
+                msg = f"{exc.__class__.__name__}: {msg}"
+            job.traceback = traceback.format_exc()
+            job._finish(FAILED, error=msg)
+        else:
+            job._finish(CANCELLED if job.cancel.is_set() else DONE, result=result)
+
+    t = threading.Thread(target=body, name=f"smeme-{kind}-{job.id}", daemon=True)
+    job._thread = t
+    t.start()
+    return job
+
+
+def get(folder, kind: str) -> Job | None:
+    with _REG_LOCK:
+        return _REGISTRY.get((_norm(folder), kind))
+
+
+def active(folder=None) -> list[Job]:
+    """Running jobs (of one folder, or all), oldest first."""
+    f = None if folder is None else _norm(folder)
+    with _REG_LOCK:
+        jobs = [j for j in _REGISTRY.values() if j.running and (f is None or j.folder == f)]
+    return sorted(jobs, key=lambda j: j.started)
+
+
+def busy(folder) -> Job | None:
+    """The running writing job on this folder, if any."""
+    for j in active(folder):
+        if j.writes:
+            return j
+    return None
+
+
+def stop(folder, kind: str) -> bool:
+    job = get(folder, kind)
+    if job is None or not job.running:
+        return False
+    job.stop()
+    return True
+
+
+def forget(folder, kind: str) -> None:
+    """Drop a finished job from the registry (a running one stays)."""
+    with _REG_LOCK:
+        job = _REGISTRY.get((_norm(folder), kind))
+        if job is not None and not job.running:
+            del _REGISTRY[job.key]
+
+
+def wait_all(timeout: float = 60.0) -> bool:
+    """Wait for every running job (tests, shutdown). True if all finished."""
+    deadline = time.time() + timeout
+    for job in active():
+        if not job.wait(max(deadline - time.time(), 0.0)):
+            return False
+    return True

@@ -1,0 +1,290 @@
+"""The Streamlit app driven by AppTest: every page, widgets set, buttons clicked, the
+rendered metrics and figures checked. Tiny models (SMEME_APP_PRESET=tiny) in a temporary
+cache (SMEME_CACHE_DIR), so the real cache/ is never touched."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from smeme import app_backend as ab
+from smeme import jobs
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache with a tiny toy run (2 rounds) and a tiny triangles run (1 round)."""
+    old = {k: os.environ.get(k) for k in ("SMEME_CACHE_DIR", "SMEME_APP_PRESET")}
+    root = tmp_path_factory.mktemp("appcache")
+    os.environ["SMEME_CACHE_DIR"] = str(root)
+    os.environ["SMEME_APP_PRESET"] = "tiny"
+    from smeme.pipeline import pretrain_run
+    toy = ab.runs_dir() / "toy-default"
+    tri = ab.runs_dir() / "tri"
+    pretrain_run(toy, "toy", n=2000, preset="tiny")
+    pretrain_run(tri, "triangles", n=1024, preset="tiny")
+    for folder, k in ((toy, 2), (tri, 1)):
+        job = ab.start_rounds(folder, k, ab.explore_defaults(ab.open_run(folder)))
+        assert job.wait(120) and job.status == "done", job.error
+    yield {"root": root, "toy": str(toy.resolve()), "tri": str(tri.resolve())}
+    jobs.wait_all(60)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def app(run: str | None = None):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if run:
+        at.session_state["run"] = run
+    return at
+
+
+def figs(at) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def arr(v) -> list:
+    """A Plotly array from a chart spec (plotly 6+ ships numbers as base64 'bdata')."""
+    import base64
+
+    import numpy as np
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def fig_text(at) -> str:
+    return json.dumps(figs(at), ensure_ascii=False)
+
+
+def metrics(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def settle(at, page: str | None = None):
+    """Let background jobs finish, then rerun so their results are drawn."""
+    assert jobs.wait_all(TIMEOUT)
+    if page:
+        at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+# ------------------------------------------------------------------------------ home
+
+def test_home_offers_one_click_default_training_on_an_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    at = app().run()
+    assert not at.exception
+    assert [b.label for b in at.button] == ["Train the default toy model"]
+    assert any("No trained model" in i.value for i in at.info)
+    assert len(at.latex) >= 3  # the objective, the first variation, mirror descent
+    at.button(key="train_default").click().run()
+    assert not at.exception
+    job = jobs.get(tmp_path / "runs" / "toy-default", "train")
+    assert job is not None and job.kind == "train"
+    settle(at)
+    assert any("Model ready: toy-default" in s.value for s in at.success)
+    assert metrics(at)["Data set"] == "toy"
+    assert "model samples, round 0" in fig_text(at)
+    assert at.session_state["run"] == str((tmp_path / "runs" / "toy-default").resolve())
+
+
+def test_home_lists_runs_and_opens_one(cache):
+    at = app().run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"toy-default", "tri"}
+    assert dict(zip(table["run"], table["rounds"])) == {"toy-default": 2, "tri": 1}
+    assert metrics(at)["Data set"] == "toy"  # the default run opens by itself
+    at.selectbox(key="home_pick").set_value(cache["tri"])
+    at.button(key="home_open").click().run()
+    assert at.session_state["run"] == cache["tri"]
+    assert metrics(at)["Data set"] == "triangles"
+    assert metrics(at)["Rounds"] == "1"
+    assert "u = a/c" in fig_text(at)
+
+
+# ------------------------------------------------------------------------------ model
+
+def test_model_page_shows_the_pretrained_model_with_its_heatmap(cache):
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/1_Model.py").run()
+    assert not at.exception
+    m = metrics(at)
+    assert m["Data set"] == "toy" and "On support" in m and "Entropy (k-NN)" in m
+    assert "training data" in fig_text(at) and "model samples" in fig_text(at)
+    settle(at)  # the heatmap job
+    spec = [f for f in figs(at) if any(t.get("type") == "heatmap" for t in f["data"])]
+    assert spec and "log-density of the pre-trained model" in json.dumps(spec[0]["layout"])
+    assert {b.label for b in at.get("download_button")} >= {"Download samples (CSV)", "Download metrics (JSON)"}
+    # a revisit reads the cached heatmap: no new job
+    before = jobs.get(cache["toy"], "heatmap")
+    at.run()
+    assert jobs.get(cache["toy"], "heatmap") is before
+    assert any(any(t.get("type") == "heatmap" for t in f["data"]) for f in figs(at))
+
+
+def test_model_page_trains_triangles_with_chosen_settings(cache):
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("triangles").run()
+    at.slider(key="m_iso").set_value(0.1).run()
+    at.number_input(key="m_steps").set_value(40)
+    at.number_input(key="m_depth").set_value(2)
+    at.text_input(key="m_name").set_value("tri-small")
+    at.button(key="m_train").click().run()
+    assert not at.exception
+    folder = str((ab.runs_dir() / "tri-small").resolve())
+    assert at.session_state["run"] == folder
+    settle(at)
+    run = ab.open_run(folder)
+    assert run.config["dataset"]["name"] == "triangles"
+    assert run.config["dataset"]["params"]["side_shares"]["isosceles"] == pytest.approx(0.1)
+    assert run.config["train"]["steps"] == 40 and run.config["model"]["depth"] == 2
+    assert metrics(at)["Data set"] == "triangles"
+    assert "Valid / on support" in metrics(at)
+
+
+def test_model_page_rejects_a_malformed_csv_without_breaking(cache):
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("csv").run()
+    at.file_uploader(key="m_csv").set_value(("bad.csv", b"x,y\n1,2\nfoo,bar\n", "text/csv")).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert errors and errors[0].startswith("This file cannot be used:")
+    assert at.button(key="m_train").disabled
+    # the rest of the page still renders the current model
+    assert metrics(at)["Data set"] == "toy"
+
+
+def test_model_page_impossible_triangle_shares_are_explained(cache):
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("triangles").run()
+    at.slider(key="m_right").set_value(0.3)
+    at.slider(key="m_obtuse").set_value(0.8).run()
+    assert any("more than 1" in e.value for e in at.error)
+    assert at.button(key="m_train").disabled
+
+
+# ------------------------------------------------------------------------------ explore
+
+def test_explore_runs_a_round_and_the_timeline_grows(cache):
+    at = app(cache["tri"]).run()
+    at.switch_page("pages/2_Explore.py").run()
+    assert not at.exception
+    assert [b.label for b in at.button][:3] == ["Run next round", "Run 3 rounds", "Stop"]
+    assert at.button(key="x_stop").disabled
+    tl = [f for f in figs(at) if "Metrics per round" in json.dumps(f["layout"])][0]
+    n_before = len(arr(tl["data"][0]["x"]))
+    at.radio(key="x_solver").set_value("student-teacher")
+    at.slider(key="x_lam").set_value(0.2)
+    at.number_input(key="x_iters").set_value(2)
+    at.button(key="x_one").click().run()
+    assert not at.exception
+    settle(at)
+    run = ab.open_run(cache["tri"])
+    assert run.rounds() == [0, 1, 2]
+    m = run.metrics()[2]
+    assert m.get("solver") == "student-teacher" and m.get("lam") == pytest.approx(0.2)
+    tl = [f for f in figs(at) if "Metrics per round" in json.dumps(f["layout"])][0]
+    assert arr(tl["data"][0]["x"]) == list(range(n_before + 1))
+    assert "Entropy (k-NN)" in metrics(at) and "Validity" in metrics(at)
+    assert any("Round 2" in md.value for md in at.markdown)
+    assert "round 1" in fig_text(at) and "round 2" in fig_text(at)  # newest beside previous
+
+
+def test_explore_second_tab_gets_a_clear_busy_message(cache):
+    gate = threading.Event()
+    job = jobs.start(cache["toy"], "explore", lambda j: gate.wait(30), label="S-MEME rounds (3)")
+    try:
+        at = app(cache["toy"]).run()
+        at.switch_page("pages/2_Explore.py").run()
+        assert not at.exception
+        assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled
+        assert any(p.value == 0.0 or p.value >= 0 for p in at.get("progress"))  # live progress shown
+        # the run's writes are refused in another tab (registry) ...
+        with pytest.raises(jobs.JobBusy, match="busy"):
+            ab.start_rounds(cache["toy"], 1, ab.explore_defaults())
+        # ... and Stop in this tab stops the other tab's job
+        at.button(key="x_job_stop").click().run()
+        assert job.cancel.is_set()
+    finally:
+        gate.set()
+        job.wait(10)
+
+
+def test_explore_stop_keeps_finished_rounds(cache):
+    run = ab.open_run(cache["toy"])
+    before = run.rounds()
+    settings = dict(ab.explore_defaults(run), iterations=50)
+    job = ab.start_rounds(cache["toy"], 3, settings)
+    job.stop()
+    assert job.wait(120)
+    assert job.status in ("cancelled", "done")
+    after = ab.open_run(cache["toy"]).rounds()
+    assert after[: len(before)] == before
+
+
+# ------------------------------------------------------------------------------ compare
+
+def test_compare_toy_heatmaps_difference_and_displacement(cache):
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/3_Compare.py").run()
+    assert not at.exception
+    assert at.selectbox(key="c_a_toy-default").value == 0
+    latest = ab.open_run(cache["toy"]).latest_round
+    assert at.selectbox(key="c_b_toy-default").value == latest
+    at.select_slider(key="c_res").set_value(32).run()
+    for _ in range(3):  # a heatmap job of the first resolution may still be running: then the next
+        settle(at)
+        if "difference" in fig_text(at):
+            break
+    text = fig_text(at)
+    assert f"difference (round {latest} − round 0)" in text
+    heat = [f for f in figs(at) if sum(t.get("type") == "heatmap" for t in f["data"]) == 3][0]
+    assert heat["layout"]["coloraxis2"]["cmid"] == 0
+    assert any(t.get("name") == "dense square" for t in heat["data"])  # support outline
+    assert "Same initial noise" in text and "moved" in text
+    assert "Entropy and surprise per round" in text
+    m = metrics(at)
+    assert {"Entropy (k-NN)", "Off support", "Sparse share"} <= set(m)
+    assert any(md.value.startswith(f"**round {latest}**") for md in at.markdown)
+    labels = {b.label for b in at.get("download_button")}
+    assert "Metrics (JSON)" in labels and f"Samples of round {latest} (CSV)" in labels
+    # another round: its heatmap is computed in the background, then drawn
+    at.selectbox(key="c_b_toy-default").set_value(1).run()
+    settle(at)
+    assert "difference (round 1 − round 0)" in fig_text(at)
+    # back to a round with cached results: drawn at once, no job started
+    last_job = jobs.get(cache["toy"], "heatmap")
+    at.selectbox(key="c_b_toy-default").set_value(latest).run()
+    assert f"difference (round {latest} − round 0)" in fig_text(at)
+    assert jobs.get(cache["toy"], "heatmap") is last_job
+
+
+def test_compare_triangles_shows_types_validity_and_triangles(cache):
+    at = app(cache["tri"]).run()
+    at.switch_page("pages/3_Compare.py").run()
+    settle(at)
+    text = fig_text(at)
+    for title in ("Side type", "Angle type", "Validity", "A few samples, same noise", "u = a/c",
+                  "right (u^2 + v^2 = 1)", "isosceles (u = v)", "equilateral"):
+        assert title in text, title
+    bars = [f for f in figs(at) if "Side type" in json.dumps(f["layout"])][0]
+    assert all(t["type"] == "bar" and "error_y" in t for t in bars["data"])
+    assert len(bars["data"]) == len(ab.open_run(cache["tri"]).rounds())

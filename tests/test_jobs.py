@@ -1,0 +1,121 @@
+"""The background job registry, without Streamlit."""
+import threading
+import time
+
+import pytest
+
+from smeme import jobs
+
+
+def _slow(steps=50, dt=0.01, fail_at=None):
+    def target(job):
+        for i in range(steps):
+            if job.cancel.is_set():
+                return "partial"
+            if fail_at is not None and i == fail_at:
+                raise ValueError("The data set has no rows.")
+            time.sleep(dt)
+            job.update(fraction=(i + 1) / steps, message=f"step {i + 1}/{steps}", loss=1.0 / (i + 1))
+        return "ok"
+    return target
+
+
+def test_job_runs_in_background_and_reports_progress(tmp_path):
+    job = jobs.start(tmp_path, "train", _slow(steps=30), label="Training")
+    assert job.running
+    snap = job.snapshot()
+    assert snap["status"] == "running" and 0.0 <= snap["fraction"] <= 1.0
+    assert job.wait(10)
+    snap = job.snapshot()
+    assert snap["status"] == "done" and snap["fraction"] == 1.0
+    assert job.result == "ok"
+    assert len(snap["losses"]) == 30 and snap["losses"][-1][1] == pytest.approx(1 / 30)
+    # the registry still knows it (a page revisit finds the finished job)
+    assert jobs.get(tmp_path, "train") is job
+    jobs.forget(tmp_path, "train")
+    assert jobs.get(tmp_path, "train") is None
+
+
+def test_progress_moves_while_running(tmp_path):
+    job = jobs.start(tmp_path, "train", _slow(steps=40, dt=0.02))
+    seen = set()
+    t0 = time.time()
+    while job.running and time.time() - t0 < 5:
+        seen.add(round(job.snapshot()["fraction"], 2))
+        time.sleep(0.05)
+    assert job.wait(5)
+    assert len(seen) >= 3  # the fraction moved several times during the run
+
+
+def test_second_writer_on_same_run_is_refused_with_a_clear_message(tmp_path):
+    gate = threading.Event()
+    job = jobs.start(tmp_path, "train", lambda j: gate.wait(5), label="Training")
+    with pytest.raises(jobs.JobBusy, match="busy.*Training"):
+        jobs.start(tmp_path, "explore", lambda j: None, label="Rounds")
+    with pytest.raises(jobs.JobBusy):
+        jobs.start(tmp_path / "." , "train", lambda j: None)  # same folder, other spelling
+    # read-only work of another kind (a heatmap) may run beside it
+    other = jobs.start(tmp_path, "heatmap", lambda j: 42, writes=False)
+    assert other.wait(5) and other.result == 42
+    # another run is independent
+    free = jobs.start(tmp_path / "other", "train", lambda j: 1)
+    assert free.wait(5)
+    assert jobs.busy(tmp_path) is job
+    gate.set()
+    assert job.wait(5) and job.status == "done"
+    assert jobs.busy(tmp_path) is None
+    again = jobs.start(tmp_path, "explore", lambda j: "second")
+    assert again.wait(5) and again.result == "second"
+
+
+def test_stop_cancels_between_steps(tmp_path):
+    job = jobs.start(tmp_path, "explore", _slow(steps=1000, dt=0.01))
+    time.sleep(0.1)
+    assert jobs.stop(tmp_path, "explore")
+    assert job.wait(5)
+    assert job.status == "cancelled" and job.result == "partial"
+    assert 0 < job.fraction < 1
+    assert not jobs.stop(tmp_path, "explore")  # nothing running any more
+
+
+def test_failure_is_reported_as_a_sentence_not_raised(tmp_path):
+    job = jobs.start(tmp_path, "train", _slow(steps=10, fail_at=3))
+    assert job.wait(5)
+    assert job.status == "failed"
+    assert job.error == "The data set has no rows."
+    assert job.snapshot()["message"] == "The data set has no rows."
+    # unexpected exception types keep their class name
+    job2 = jobs.start(tmp_path, "x", lambda j: {}["missing"])
+    assert job2.wait(5) and job2.status == "failed" and job2.error.startswith("KeyError")
+
+
+def test_cancelled_exception_and_events(tmp_path):
+    def target(job):
+        job.log({"round": 1, "metrics": {"entropy": 1.0}})
+        raise jobs.JobCancelled()
+    job = jobs.start(tmp_path, "explore", target)
+    assert job.wait(5)
+    assert job.status == "cancelled"
+    assert job.snapshot()["events"] == [{"round": 1, "metrics": {"entropy": 1.0}}]
+
+
+def test_loss_history_is_bounded(tmp_path):
+    def target(job):
+        for i in range(jobs.HISTORY_MAX + 500):
+            job.update(loss=float(i), step=i)
+    job = jobs.start(tmp_path, "train", target)
+    assert job.wait(10)
+    losses = job.snapshot()["losses"]
+    assert len(losses) <= jobs.HISTORY_MAX
+    assert losses[-1] == (jobs.HISTORY_MAX + 499, float(jobs.HISTORY_MAX + 499))
+    steps = [s for s, _ in losses]
+    assert steps == sorted(steps)
+
+
+def test_wait_all_and_active(tmp_path):
+    a = jobs.start(tmp_path / "a", "train", _slow(steps=5))
+    b = jobs.start(tmp_path / "b", "train", _slow(steps=5))
+    assert {j.id for j in jobs.active()} >= set()
+    assert jobs.wait_all(10)
+    assert a.status == b.status == "done"
+    assert jobs.active(tmp_path / "a") == []
