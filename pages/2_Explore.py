@@ -28,7 +28,7 @@ lam = c2.slider("λ per round", 0.01, 0.9, float(defaults.get("lam", 0.1)), 0.01
 schedule = c2.radio("λ schedule", ab.LAM_SCHEDULES, horizontal=True, key="x_sched",
                     index=ab.LAM_SCHEDULES.index(defaults.get("lam_schedule", "constant"))
                     if defaults.get("lam_schedule") in ab.LAM_SCHEDULES else 0)
-iters = c3.number_input("Solver iterations per round", 1, 2000, int(ab.explore_iterations(defaults)), key="x_iters")
+iters = c3.number_input("Solver iterations per round", 1, 2000, int(defaults["iterations"]), key="x_iters")
 k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
 seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
 

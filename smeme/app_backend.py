@@ -103,46 +103,11 @@ def training_defaults(dataset: str) -> dict:
 
     Returns {'steps', 'width', 'depth', 'seed'}.
     """
-    from . import presets
-    name = preset_name() or dataset
-    if dataset == "csv" and not preset_name():
-        name = "toy"  # any numeric table: the small 2-D preset is a fair start
-    p = _preset(presets, name, dataset)
-    model, train = p["model"], p["train"]
-    return {"steps": int(train.get("steps", 2000)), "width": int(model.get("width", 128)),
-            "depth": int(model.get("depth", 3)), "seed": 0}
+    from .presets import get_preset
 
-
-def _asdict(x) -> dict:
-    if x is None:
-        return {}
-    if isinstance(x, dict):
-        return dict(x)
-    if dataclasses.is_dataclass(x):
-        return dataclasses.asdict(x)
-    if hasattr(x, "to_dict"):
-        return x.to_dict()
-    return dict(vars(x))
-
-
-def _preset(presets_mod, name: str, dataset: str) -> dict:
-    """{'model': dict, 'train': dict, 'explore': dict} from smeme.presets, whatever its shape."""
-    get = getattr(presets_mod, "get_preset", None) or getattr(presets_mod, "preset", None)
-    p = None
-    if get is not None:
-        try:
-            p = get(name)
-        except Exception:  # noqa: BLE001 - an unknown name falls back to the data set's
-            p = get(dataset)
-    elif hasattr(presets_mod, "PRESETS"):
-        p = presets_mod.PRESETS.get(name) or presets_mod.PRESETS.get(dataset)
-    if p is None:
-        return {"model": {}, "train": {}, "explore": {}}
-    if isinstance(p, dict):
-        return {"model": _asdict(p.get("model")), "train": _asdict(p.get("train")),
-                "explore": _asdict(p.get("explore"))}
-    return {"model": _asdict(getattr(p, "model", None)), "train": _asdict(getattr(p, "train", None)),
-            "explore": _asdict(getattr(p, "explore", None))}
+    preset = get_preset(preset_name() or dataset)
+    return {"steps": int(preset.train.steps), "width": int(preset.model.get("width", 128)),
+            "depth": int(preset.model.get("depth", 3)), "seed": 0}
 
 
 # Seconds-long rounds for tests and the browser test (SMEME_APP_PRESET=tiny); not accurate.
@@ -151,40 +116,27 @@ TINY_EXPLORE = {"iterations": 3, "trajectories": 64, "steps": 20, "adam_steps": 
 
 
 def explore_defaults(run=None) -> dict:
-    """Defaults for the Explore page: ExploreConfig's, with the preset's overrides."""
-    from . import presets
+    """Defaults for the Explore page: ExploreConfig's, with the data set's own overrides."""
     from .explore import ExploreConfig
-    d = _asdict(ExploreConfig())
-    name = preset_name() or (run_dataset(run) if run is not None else "toy")
-    d.update({k: v for k, v in _preset(presets, name, name).get("explore", {}).items() if k in d})
+
+    d = dataclasses.asdict(ExploreConfig())
+    if run is not None:
+        d.update(run.domain.explore_defaults())
     if preset_name() == "tiny":
-        d.update({k: v for k, v in TINY_EXPLORE.items() if k in d})
+        d.update(TINY_EXPLORE)
     return d
 
 
 SOLVERS = ("adjoint", "student-teacher")
 SOLVER_NAMES = {"adjoint": "Adjoint Matching", "student-teacher": "Student-teacher (the blog's)"}
 LAM_SCHEDULES = ("constant", "decreasing")
-_ITER_FIELDS = ("iterations", "iterations_per_round", "iters", "solver_iterations", "steps_per_round")
-
-
-def explore_iterations(defaults: dict) -> int:
-    for f in _ITER_FIELDS:
-        if f in defaults:
-            return int(defaults[f])
-    return 20
 
 
 def explore_settings(defaults: dict, *, solver: str, lam: float, lam_schedule: str, iterations: int,
                      seed: int) -> dict:
     """ExploreConfig keyword arguments from the page's widgets (on top of the defaults)."""
-    out = dict(defaults)
-    out.update({"solver": solver, "lam": float(lam), "lam_schedule": lam_schedule, "seed": int(seed)})
-    for f in _ITER_FIELDS:
-        if f in defaults:
-            out[f] = int(iterations)
-            break
-    return out
+    return {**defaults, "solver": solver, "lam": float(lam), "lam_schedule": lam_schedule,
+            "seed": int(seed), "iterations": int(iterations)}
 
 
 def content_blocks(name: str) -> list[tuple[str, str]]:
@@ -235,13 +187,7 @@ def open_run(folder):
 
 
 def run_dataset(run) -> str:
-    cfg = getattr(run, "config", {}) or {}
-    ds = cfg.get("dataset")
-    if isinstance(ds, dict):
-        ds = ds.get("name")
-    if not ds:
-        ds = getattr(getattr(run, "domain", None), "name", None)
-    return str(ds or "?")
+    return str(run.config["dataset"]["name"])
 
 
 def list_runs() -> list[dict]:
@@ -297,22 +243,16 @@ def default_run_folder() -> Path:
 
 
 def run_folder(run) -> str:
-    for attr in ("folder", "path", "root", "dir"):
-        v = getattr(run, attr, None)
-        if v is not None:
-            return str(Path(v).resolve())
-    raise AttributeError("The run object does not say where it lives.")
+    return str(Path(run.folder).resolve())
 
 
 def run_info(run) -> dict:
     """Data set, model size, training steps and the raw config, for display."""
-    cfg = dict(getattr(run, "config", {}) or {})
-    model = cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {}
-    train = cfg.get("train", cfg.get("training", {}))
-    train = train if isinstance(train, dict) else {}
-    size = f"{model.get('kind', 'mlp')} {model.get('width', '?')}x{model.get('depth', '?')}" if model else "?"
-    return {"dataset": run_dataset(run), "model": size, "steps": train.get("steps", cfg.get("steps", "?")),
-            "config": cfg}
+    cfg = run.config
+    model = cfg["model"]
+    size = (f"MLP {model['width']}x{model['depth']}" if model["kind"] == "mlp"
+            else f"{model['kind']} {model.get('block_out_channels', '')}")
+    return {"dataset": run_dataset(run), "model": size, "steps": cfg["train"]["steps"], "config": cfg}
 
 
 def is_image_run(run) -> bool:
@@ -356,17 +296,16 @@ def training_history(run) -> list:
 # ======================================================================================
 # metrics as tables
 
-# Names the pages use -> candidate keys in a round's metrics (flattened with dots).
-_ALIASES = {
-    "entropy": ["entropy_knn", "knn_entropy", "entropy.knn", "entropy"],
-    "cross_entropy": ["cross_entropy_pfode", "cross_entropy", "mc_cross_entropy", "entropy.cross_entropy", "pf_ode_cross_entropy"],
-    "surprise": ["surprise_pre", "surprise", "mean_surprise"],
-    "on_support": ["on_support", "on_support_fraction", "validity", "valid"],
-    "validity": ["validity", "valid_fraction", "valid", "on_support"],
-    "sparse_share": ["shares.region.sparse.share", "sparse_share", "region.sparse", "shares.region.sparse", "region_shares.sparse",
-                     "low_density_share"],
-    "sparse_closed_form": ["sparse_share_closed_form", "closed_form.sparse_share", "predicted_sparse_share",
-                           "closed_form"],
+# Names the pages use -> keys of smeme.metrics.round_metrics (flattened with dots); a
+# data set without a validity label (toy, csv) shows its on-support share as validity.
+_METRIC_KEYS = {
+    "entropy": ["entropy_knn"],
+    "cross_entropy": ["cross_entropy_pfode"],
+    "surprise": ["surprise_pre"],
+    "on_support": ["on_support"],
+    "validity": ["validity", "on_support"],
+    "sparse_share": ["shares.region.sparse.share"],
+    "sparse_closed_form": ["sparse_share_closed_form"],
 }
 
 
@@ -395,7 +334,7 @@ def flat_metrics(m: dict) -> dict:
     """One round's metrics as {name: float} with the page's names (+ '<name>_lo/_hi')."""
     flat = _flatten(m or {})
     out = {}
-    for name, keys in _ALIASES.items():
+    for name, keys in _METRIC_KEYS.items():
         for k in keys:
             if k in flat and _num(flat[k]) is not None:
                 v = _num(flat[k])
@@ -648,15 +587,8 @@ CATEGORY_ORDER = ["dense", "sparse", "equilateral", "isosceles", "scalene", "acu
 
 
 def plane_labels(run) -> tuple[str, str]:
-    dom = run.domain
-    if hasattr(dom, "plane_grid"):
-        try:
-            out = dom.plane_grid(4)
-            return str(out[3]), str(out[4])
-        except Exception:  # noqa: BLE001
-            pass
-    cols = list(getattr(dom, "columns", ["x", "y"])) + ["x", "y"]
-    return cols[0], cols[1]
+    _, _, _, x_label, y_label = run.domain.plane_grid(2)
+    return str(x_label), str(y_label)
 
 
 def overlay(run) -> list[dict]:
@@ -675,10 +607,7 @@ def heatmap_cached(run, k: int, resolution: int = HEATMAP_RES) -> dict | None:
     hit = _mem_get(mkey)
     if hit is not None:
         return hit
-    try:
-        arr = run.load_array(heatmap_key(k, resolution))
-    except Exception:  # noqa: BLE001
-        arr = None
+    arr = run.load_array(heatmap_key(k, resolution))
     if arr is None:
         return None
     return _mem_put(mkey, _heatmap_dict(run, arr, resolution))
@@ -731,13 +660,6 @@ def busy_message(folder) -> str | None:
             f"{job.elapsed:.0f} s), perhaps in another tab. Wait for it or stop it.")
 
 
-def _lock(run):
-    """The run's cross-process file lock (store.lock); a no-op if the store has none."""
-    lock = getattr(run, "lock", None)
-    if lock is None:
-        import contextlib
-        return contextlib.nullcontext()
-    return lock()
 
 
 def save_upload(name: str, data: bytes) -> Path:
@@ -828,7 +750,7 @@ def start_rounds(folder, rounds: int, settings: dict) -> jobs.Job:
 
         # the run's file lock for the whole job: a CLI `explore` on the same run is refused
         # at once instead of interleaving rounds (RunLockedError names the holder)
-        with _lock(run):
+        with run.lock():
             done = run_rounds(run, rounds, cfg, on_iteration=on_iteration, on_round=on_round, cancel=job.cancel)
         return list(done or [])
 
