@@ -127,7 +127,7 @@ def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234,
                   density_kw: dict | None = None) -> dict:
     """Metrics of round `round_index` (see the module docstring), JSON-ready.
 
-    run: run.domain, run.standardizer, run.load_model(0), run.config (CONTRACTS.md).
+    run: run.domain, run.standardizer, run.load_model(0), run.config.
     base_model: the pre-trained model (default: `model` itself for round 0, else
     run.load_model(0)). logp=False skips both PF-ODE quantities (the slow part).
     lam_history: lambdas of rounds 1..k (default: read from run.config['explore']).

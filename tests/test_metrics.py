@@ -41,7 +41,7 @@ def _toy_model(domain, std):
 
 
 class StandInRun:
-    """What round_metrics needs of a Run (CONTRACTS.md): domain, standardizer, config, load_model."""
+    """What round_metrics needs of a Run: domain, standardizer, config, load_model."""
 
     def __init__(self, domain, standardizer, models, config=None):
         self.domain, self.standardizer, self._models = domain, standardizer, models

@@ -139,10 +139,6 @@ def sparse_share_after(lam: float, k: int, dense_mass: float = 0.9) -> float:
     return tilted_shares(lam, k, dense_mass)[1]
 
 
-# The name CONTRACTS.md uses.
-sparse_share_closed_form = sparse_share_after
-
-
 def entropy_after(lam: float, k: int, dense_mass: float = 0.9, side: float = 1.0) -> float:
     """Differential entropy (nats) of p_k: H = -sum_i w_i log(w_i / area)  (piecewise uniform)."""
     area = side**2
