@@ -58,6 +58,17 @@ def _offline() -> None:
     os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 
 
+def local_cache_folder(repo_id: str) -> Path | None:
+    """A model already in the local Hugging Face cache (offline lookup only; never fetches)."""
+    _offline()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached
+        return None
+
+
 def resolve_pipeline_folder(source) -> Path:
     """The local folder of a diffusers SD pipeline: `source` itself, or a model in the local
     HF cache. Raises SDError naming the source when it is missing or not a pipeline."""
@@ -68,12 +79,8 @@ def resolve_pipeline_folder(source) -> Path:
     if not path.exists():
         looks_like_repo = src.count("/") == 1 and not src.startswith((".", "/", "~"))
         if looks_like_repo:
-            _offline()
-            try:
-                from huggingface_hub import snapshot_download
-
-                path = Path(snapshot_download(src, local_files_only=True))
-            except Exception:
+            path = local_cache_folder(src)
+            if path is None:
                 raise SDError(f"Stable Diffusion source {src!r} is neither a local folder nor a model in the "
                               "local Hugging Face cache (nothing is downloaded).") from None
         else:
@@ -394,13 +401,9 @@ def _resolve_clip(src) -> Path:
     if path.is_dir() and (path / "config.json").is_file():
         return path
     if not path.exists() and str(src).count("/") == 1:
-        _offline()
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(str(src), local_files_only=True))
-        except Exception:
-            pass
+        cached = local_cache_folder(str(src))
+        if cached is not None:
+            return cached
     raise SDError(f"{src} is not a local CLIP model folder (nor in the local Hugging Face cache).")
 
 
