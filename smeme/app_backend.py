@@ -94,6 +94,10 @@ def warm_imports() -> None:
             except Exception:  # noqa: BLE001 - the real call reports any problem
                 pass
         setup()
+        try:
+            jobs.warm_processes()  # the first job then forks a process with torch imported
+        except Exception:  # noqa: BLE001 - start_process reports any real problem
+            pass
 
     threading.Thread(target=work, name="smeme-warm-imports", daemon=True).start()
 
@@ -686,79 +690,81 @@ def check_dataset(dataset: str, params: dict):
 
 def start_training(folder, dataset: str, dataset_params: dict | None = None, steps: int | None = None,
                    seed: int = 0, model_params: dict | None = None, label: str | None = None) -> jobs.Job:
-    """Pre-train in the background into `folder`; returns the Job (raises JobBusy)."""
+    """Pre-train in a background process into `folder`; returns the Job (raises JobBusy)."""
+    return jobs.start_process(folder, "train", _train_job, str(folder), dataset, dict(dataset_params or {}),
+                              steps, seed, dict(model_params or {}), label=label or f"Training ({dataset})")
+
+
+def _train_job(job, folder: str, dataset: str, dataset_params: dict, steps, seed: int, model_params: dict):
+    from .pipeline import Cancelled, pretrain_run
+    setup()
     folder = Path(folder)
-    dataset_params = dict(dataset_params or {})
-    model_params = dict(model_params or {})
+    job.update(0.0, "Building the data set...")
+    t0 = time.perf_counter()
+    last = [0.0]
 
-    def target(job: jobs.Job):
-        from .pipeline import pretrain_run
-        setup()
-        job.update(0.0, "Building the data set...")
-        t0 = time.perf_counter()
-
-        def progress(step, total, loss):
+    def progress(step, total, loss):
+        now = time.perf_counter()
+        if now - last[0] >= 0.05 or step >= total:  # ~20 messages a second reach the page
+            last[0] = now
             job.update(0.85 * step / max(total, 1), f"Training: step {step}/{total}", loss=loss, step=step)
-            if step >= total:
-                job.update(0.85, "Measuring the pre-trained model (round 0 metrics)...")
+        if step >= total:
+            job.update(0.85, "Measuring the pre-trained model (round 0 metrics)...")
 
-        from .pipeline import Cancelled
-        try:
-            pretrain_run(folder, dataset, dataset_params=dataset_params, steps=steps, seed=seed,
-                         model_params=model_params, progress=progress, cancel=job.cancel,
-                         preset=preset_name())
-        except Cancelled:
-            raise jobs.JobCancelled() from None
-        if job.cancel.is_set():
-            raise jobs.JobCancelled()
-        job.update(0.9, "Sampling the model for display...")
-        run = open_run(folder)
-        data_sample(run)
-        samples(run, 0)
-        job.update(1.0, f"Trained in {time.perf_counter() - t0:.0f} s.")
-        return str(folder)
-
-    return jobs.start(folder, "train", target, label=label or f"Training ({dataset})")
+    try:
+        pretrain_run(folder, dataset, dataset_params=dataset_params, steps=steps, seed=seed,
+                     model_params=model_params, progress=progress, cancel=job.cancel, preset=preset_name())
+    except Cancelled:
+        raise jobs.JobCancelled() from None
+    if job.cancel.is_set():
+        raise jobs.JobCancelled()
+    job.update(0.9, "Sampling the model for display...")
+    run = open_run(folder)
+    data_sample(run)
+    samples(run, 0)
+    job.update(1.0, f"Trained in {time.perf_counter() - t0:.0f} s.")
+    return str(folder)
 
 
 def start_rounds(folder, rounds: int, settings: dict) -> jobs.Job:
-    """Run `rounds` S-MEME rounds in the background; each finished round is saved by
+    """Run `rounds` S-MEME rounds in a background process; each finished round is saved by
     explore.run_rounds and logged as a job event {'round', 'metrics'}."""
     from .explore import ExploreConfig
-    cfg = ExploreConfig(**settings)  # bad settings raise here, on the page, not in the thread
-    rounds = int(rounds)
+    ExploreConfig(**settings)  # bad settings raise here, on the page, not in the worker
+    return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), dict(settings),
+                              label=f"S-MEME rounds ({int(rounds)})")
 
-    def target(job: jobs.Job):
-        from .explore import run_rounds
-        setup()
-        run = open_run(folder)
-        start = run.latest_round
-        job.update(0.0, f"Round {start + 1}: starting...")
 
-        def on_iteration(rnd, it, total, loss):
-            done = rnd - start - 1
-            job.update((done + it / max(total, 1)) / rounds,
-                       f"Round {rnd} of {start + rounds}: solver iteration {it}/{total}", loss=loss)
+def _rounds_job(job, folder: str, rounds: int, settings: dict):
+    from .explore import ExploreConfig, run_rounds
+    setup()
+    run = open_run(folder)
+    start = run.latest_round
+    job.update(0.0, f"Round {start + 1}: starting...")
 
-        def on_round(rnd, metrics):
-            job.log({"round": int(rnd), "metrics": metrics})
-            job.update((rnd - start) / rounds, f"Round {rnd} saved; sampling it for display...")
-            try:
-                samples(open_run(folder), int(rnd))
-            except Exception:  # noqa: BLE001 - display samples can be drawn later
-                pass
+    def on_iteration(rnd, it, total, loss):
+        done = rnd - start - 1
+        job.update((done + it / max(total, 1)) / rounds,
+                   f"Round {rnd} of {start + rounds}: solver iteration {it}/{total}", loss=loss)
 
-        # the run's file lock for the whole job: a CLI `explore` on the same run is refused
-        # at once instead of interleaving rounds (RunLockedError names the holder)
-        with run.lock():
-            done = run_rounds(run, rounds, cfg, on_iteration=on_iteration, on_round=on_round, cancel=job.cancel)
-        return list(done or [])
+    def on_round(rnd, metrics):
+        job.log({"round": int(rnd), "metrics": metrics})
+        job.update((rnd - start) / rounds, f"Round {rnd} saved; sampling it for display...")
+        try:
+            samples(open_run(folder), int(rnd))
+        except Exception:  # noqa: BLE001 - display samples can be drawn later
+            pass
 
-    return jobs.start(folder, "explore", target, label=f"S-MEME rounds ({rounds})")
+    # the run's file lock for the whole job: a CLI `explore` on the same run is refused
+    # at once instead of interleaving rounds (RunLockedError names the holder)
+    with run.lock():
+        done = run_rounds(run, rounds, ExploreConfig(**settings), on_iteration=on_iteration,
+                          on_round=on_round, cancel=job.cancel)
+    return list(done or [])
 
 
 def start_heatmaps(folder, rounds, resolution: int = HEATMAP_RES) -> jobs.Job | None:
-    """Compute the missing heatmaps of `rounds` in the background (read-only job).
+    """Compute the missing heatmaps of `rounds` in a background process (read-only job).
 
     Returns None when all are cached already. One heatmap job per run at a time."""
     run = open_run(folder)
@@ -768,23 +774,24 @@ def start_heatmaps(folder, rounds, resolution: int = HEATMAP_RES) -> jobs.Job | 
     existing = jobs.get(folder, "heatmap")
     if existing is not None and existing.running:
         return existing
+    return jobs.start_process(folder, "heatmap", _heatmap_job, str(folder), todo, int(resolution),
+                              label="Log-density heatmaps", writes=False)
 
-    def target(job: jobs.Job):
-        setup()
-        r = open_run(folder)
-        for i, k in enumerate(todo):
-            if job.cancel.is_set():
-                raise jobs.JobCancelled()
-            msg = f"Log-density of round {k} on a {resolution}x{resolution} grid ({i + 1}/{len(todo)})"
-            job.update(i / len(todo), msg + "...")
 
-            def progress(done, total, i=i, msg=msg):
-                job.update((i + done / max(total, 1)) / len(todo), f"{msg}: ODE step {done}/{total}")
+def _heatmap_job(job, folder: str, todo: list[int], resolution: int):
+    setup()
+    r = open_run(folder)
+    for i, k in enumerate(todo):
+        if job.cancel.is_set():
+            raise jobs.JobCancelled()
+        msg = f"Log-density of round {k} on a {resolution}x{resolution} grid ({i + 1}/{len(todo)})"
+        job.update(i / len(todo), msg + "...")
 
-            compute_heatmap(r, k, resolution, cancel=job.cancel, progress=progress)
-        return todo
+        def progress(done, total, i=i, msg=msg):
+            job.update((i + done / max(total, 1)) / len(todo), f"{msg}: ODE step {done}/{total}")
 
-    return jobs.start(folder, "heatmap", target, label="Log-density heatmaps", writes=False)
+        compute_heatmap(r, k, resolution, cancel=job.cancel, progress=progress)
+    return todo
 
 
 def samples_csv(run, k: int, n: int = SAMPLES_N, seed: int = SAMPLES_SEED) -> bytes:

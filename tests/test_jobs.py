@@ -1,4 +1,5 @@
 """The background job registry, without Streamlit."""
+import os
 import threading
 import time
 
@@ -119,3 +120,46 @@ def test_wait_all_and_active(tmp_path):
     assert jobs.wait_all(10)
     assert a.status == b.status == "done"
     assert jobs.active(tmp_path / "a") == []
+
+
+# -- jobs in a child process (module-level targets: the child imports them by name) ---------
+def _child_steps(job, steps, dt, fail_at=None):
+    for i in range(steps):
+        if job.cancel.is_set():
+            return "partial"
+        if fail_at is not None and i == fail_at:
+            raise ValueError("The CSV has a NaN in row 3.")
+        time.sleep(dt)
+        job.update(fraction=(i + 1) / steps, message=f"step {i + 1}/{steps}", loss=1.0 / (i + 1), step=i)
+    job.log({"round": 1, "pid": os.getpid(), "env": os.environ.get("SMEME_JOBS_TEST")})
+    return "ok"
+
+
+def _child_exits(job):
+    os._exit(3)  # a worker killed mid-job (e.g. out of memory)
+
+
+def test_process_job_relays_progress_events_result_and_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMEME_JOBS_TEST", "seen")  # set after the forkserver may have started
+    job = jobs.start_process(tmp_path, "train", _child_steps, 20, 0.01, label="Training")
+    assert job.wait(60), job.snapshot()
+    snap = job.snapshot()
+    assert snap["status"] == "done" and job.result == "ok" and snap["fraction"] == 1.0
+    assert [s for s, _ in snap["losses"]] == list(range(20))
+    event = snap["events"][0]
+    assert event["pid"] != os.getpid() and event["env"] == "seen"
+
+
+def test_process_job_stop_failure_and_a_dead_worker(tmp_path):
+    job = jobs.start_process(tmp_path, "explore", _child_steps, 5000, 0.01)
+    deadline = time.time() + 60
+    while job.fraction == 0 and time.time() < deadline:  # the child has started stepping
+        time.sleep(0.05)
+    job.stop()
+    assert job.wait(30) and job.status == "cancelled" and 0 < job.fraction < 1
+    bad = jobs.start_process(tmp_path, "train", _child_steps, 10, 0.0, 3)
+    assert bad.wait(60) and bad.status == "failed" and bad.error == "The CSV has a NaN in row 3."
+    assert "ValueError" in bad.traceback
+    dead = jobs.start_process(tmp_path, "heatmap", _child_exits, writes=False)
+    assert dead.wait(60) and dead.status == "failed"
+    assert "ended without a result (exit code 3)" in dead.error
