@@ -106,12 +106,14 @@ def _xy(points) -> np.ndarray:
 
 def scatter_panels(panels: Sequence[tuple[str, np.ndarray]], overlay: Sequence[dict] | None = None,
                    labels: tuple[str, str] = ("x", "y"), colors: Sequence[np.ndarray | None] | None = None,
-                   title: str | None = None, max_points: int = 1500, height: int = 400,
+                   title: str | None = None, max_points: int = 1000, height: int = 400,
                    ranges: tuple | None = None) -> go.Figure:
     """Side-by-side scatter plots with shared axes (e.g. data vs model samples).
 
     `panels`: [(title, (n, 2) points in the plotting plane)]; `colors`: optional per-point
-    category labels per panel (coloured as groups).
+    category labels per panel (coloured as groups). At most `max_points` per panel: each SVG
+    marker costs ~0.2 ms to draw in a software-rendered browser (bench/bench_app.py), and
+    a page switch should finish drawing within a second.
     """
     n = max(len(panels), 1)
     fig = make_subplots(rows=1, cols=n, subplot_titles=[t for t, _ in panels],
@@ -146,7 +148,7 @@ def scatter_panels(panels: Sequence[tuple[str, np.ndarray]], overlay: Sequence[d
 
 def displacement(points_a: np.ndarray, points_b: np.ndarray, overlay: Sequence[dict] | None = None,
                  labels: tuple[str, str] = ("x", "y"), names: tuple[str, str] = ("round a", "round b"),
-                 title: str | None = None, max_points: int = 600, height: int = 460,
+                 title: str | None = None, max_points: int = 400, height: int = 460,
                  ranges: tuple | None = None) -> go.Figure:
     """The same initial noise through two rounds: a line from each sample under a to its
     position under b, with both sets of end points."""
