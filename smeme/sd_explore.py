@@ -431,6 +431,7 @@ def digits_explore_defaults() -> dict:
     return dict(lam=DIGITS_LAM, t_r=DIGITS_T_R, iterations=DIGITS_ROUND["iterations"],
                 trajectories=DIGITS_ROUND["trajectories"], steps=DIGITS_ROUND["steps"],
                 adam_steps=DIGITS_ROUND["adam_steps"], lr=DIGITS_ROUND["lr"], metrics_logp=False,
+                weight_ema=None,  # measured (BENCHMARKS.md) without averaging: 6 iterations leave no burn-in
                 solver_options=solver)
 
 

@@ -57,35 +57,41 @@ def _within(value, target, rel):
 
 
 # -- toy: sparse share and k-NN entropy gain against p_pre^((1 - lam)^k) ------------------
-# Not met yet (issue 3). The mass moved between the squares is carried by < 1% of the
-# trajectories (those crossing the region where the base flow decides between the squares;
-# their lean adjoint grows ~60x backwards). With the defaults (1024 trajectories, 2 Adam
-# steps, lr 5e-4, no outlier rule) and lam 0.1, against the closed form relative to the
-# pre-trained model's own split (0.082 sparse): sparse share 0.088 / 0.126 / 0.215 vs
-# 0.102 / 0.124 / 0.147: round 1 under-tilts, round 2 matches, round 3 over-tilts.
-# Kept as non-strict xfail so that a fix shows up as XPASS.
-TOY_XFAIL = pytest.mark.xfail(strict=False, reason="toy rounds do not follow the closed form yet (under-tilt, then over-tilt)")
+# Closed form relative to the pre-trained model's own split (0.082 sparse). With the defaults
+# (t_r 0.05, weight EMA 0.9 after a 20% burn-in; 25 iterations x 1024 trajectories, 2 Adam
+# steps, lr 5e-4), measured: lam 0.1 sparse share 0.099 / 0.118 / 0.135 vs 0.102 / 0.124 /
+# 0.147, entropy gain 0.049 / 0.093 / 0.144 vs 0.046 / 0.091 / 0.133, on support >= 0.970;
+# one round over seeds 0-3: sparse 0.101-0.108, gain 0.049-0.053.
+# lam 0.3 is not met: sparse 0.161 / 0.226 / 0.300 vs 0.156 / 0.235 / 0.304 and gain +22-23%
+# (leakage off the support adds k-NN entropy), but on support falls to 0.943 in round 3
+# (reward 'pretrained': 0.948). Non-strict xfail, so that a fix shows up as XPASS.
+LAM03_XFAIL = pytest.mark.xfail(strict=False, reason="lam 0.3: on-support share 0.943 < 0.95 in round 3, gain +23%")
 
 
-@TOY_XFAIL
-@pytest.mark.parametrize("lam, rounds", [(0.1, 3), (0.3, 3)])
-def test_toy_rounds_follow_the_closed_form(toy_src, tmp_path, lam, rounds):
-    m = _toy_rounds(toy_src, tmp_path, lam, rounds)
+def _check_rounds(m, rounds, rel=0.25):
     h0 = m[0]["entropy_knn"]
     for k in range(1, rounds + 1):
+        cf = m[k]["closed_form"]
+        gain = m[k]["entropy_knn"] - h0
         assert m[k]["on_support"] >= 0.95, f"round {k}: {m[k]['on_support']:.3f} on the support"
-    last = m[rounds]
-    cf = last["closed_form"]
-    assert _within(last["sparse_share"], cf["sparse_share"], 0.25), (last["sparse_share"], cf["sparse_share"])
-    assert _within(last["entropy_knn"] - h0, cf["entropy_gain"], 0.25), (last["entropy_knn"] - h0, cf["entropy_gain"])
+        assert _within(m[k]["sparse_share"], cf["sparse_share"], rel), (k, m[k]["sparse_share"], cf["sparse_share"])
+        assert _within(gain, cf["entropy_gain"], rel), (k, gain, cf["entropy_gain"])
 
 
-@TOY_XFAIL
+@pytest.mark.parametrize("lam, rounds", [(0.1, 3), pytest.param(0.3, 3, marks=LAM03_XFAIL)])
+def test_toy_rounds_follow_the_closed_form(toy_src, tmp_path, lam, rounds):
+    _check_rounds(_toy_rounds(toy_src, tmp_path, lam, rounds), rounds)
+
+
 def test_toy_one_default_round_reaches_the_closed_form_gain(toy_src, tmp_path):
     m = _toy_rounds(toy_src, tmp_path, 0.1, 1)
     gain = m[1]["entropy_knn"] - m[0]["entropy_knn"]
-    assert gain >= 0.9 * m[1]["closed_form"]["entropy_gain"], gain
+    cf = m[1]["closed_form"]
+    assert gain >= 0.9 * cf["entropy_gain"], (gain, cf["entropy_gain"])
+    assert _within(gain, cf["entropy_gain"], 0.25), (gain, cf["entropy_gain"])
+    assert _within(m[1]["sparse_share"], cf["sparse_share"], 0.1), (m[1]["sparse_share"], cf["sparse_share"])
     assert m[1]["on_support"] >= 0.95
+    assert m[1]["solver_seconds"] < 60  # ~7-10 s quiet, ~15 s under load
 
 
 def test_student_teacher_raises_the_toy_entropy(toy_src, tmp_path):
