@@ -901,13 +901,18 @@ def current_run():
         return None
 
 
+LOSS_REDRAW_S = 3.0
+
+
 def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = None,
-              poll: float = 0.5, extra=None) -> str | None:
+              poll: float = 0.8, extra=None) -> str | None:
     """Show a job's progress, live; returns its status (None if no job).
 
     While the job runs, a fragment reruns every `poll` seconds (progress moves at least
     once a second) and, when the job ends, reruns the whole page once so that the result
-    appears. A finished job's outcome (error / stopped) is shown statically. `extra()`, if
+    appears. The loss curve is rebuilt at most every LOSS_REDRAW_S seconds (an unchanged
+    figure is not redrawn by the browser): redrawing it at every poll cost the browser and
+    the server more than a core, and training ran 4x slower beside it (bench_app.py). A finished job's outcome (error / stopped) is shown statically. `extra()`, if
     given, is drawn inside the live fragment after the progress (e.g. the metrics of the
     rounds finished so far), so it refreshes while the job runs."""
     import streamlit as st
@@ -940,7 +945,12 @@ def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = No
                        width="stretch")
         if show_loss and snap["losses"]:
             from .figures import loss_curve
-            plot(loss_curve(snap["losses"], title=f"{job.label or kind}: loss"), key=f"{key}_loss")
+            drawn = st.session_state.setdefault("_job_loss_figures", {})
+            hit = drawn.get(key)
+            if hit is None or hit[0] != job.id or time.time() - hit[1] >= LOSS_REDRAW_S:
+                hit = drawn[key] = (job.id, time.time(),
+                                    loss_curve(snap["losses"], title=f"{job.label or kind}: loss"))
+            plot(hit[2], key=f"{key}_loss")
         if extra is not None:
             extra()
 

@@ -74,8 +74,9 @@ def _overlay_traces(overlay: Sequence[dict] | None, showlegend: bool = False) ->
 # training
 
 def loss_curve(losses: Sequence[tuple[int, float]] | Sequence[float], title: str = "Training loss",
-               smooth: int = 25, log_y: bool = True) -> go.Figure:
-    """Loss per step, raw (faint) and a running mean (solid)."""
+               smooth: int = 25, log_y: bool = True, max_points: int = 500) -> go.Figure:
+    """Loss per step, raw (faint) and a running mean (solid); at most `max_points` of each
+    drawn (evenly thinned after smoothing, the last point always kept)."""
     arr = list(losses)
     if arr and isinstance(arr[0], (tuple, list)):
         steps = np.array([s for s, _ in arr], dtype=float)
@@ -83,13 +84,15 @@ def loss_curve(losses: Sequence[tuple[int, float]] | Sequence[float], title: str
     else:
         vals = np.asarray(arr, dtype=float)
         steps = np.arange(1, len(vals) + 1, dtype=float)
+    keep = np.unique(np.linspace(0, len(vals) - 1, max_points).round().astype(int)) if len(vals) > max_points \
+        else slice(None)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name="loss",
+    fig.add_trace(go.Scatter(x=steps[keep], y=vals[keep], mode="lines", name="loss",
                              line=dict(color=PALETTE[0], width=1), opacity=0.35))
     if len(vals) >= 2:
         w = max(1, min(smooth, len(vals) // 4 or 1))
         smoothed = pd.Series(vals).rolling(w, min_periods=1).mean().to_numpy()
-        fig.add_trace(go.Scatter(x=steps, y=smoothed, mode="lines", name=f"mean of {w}",
+        fig.add_trace(go.Scatter(x=steps[keep], y=smoothed[keep], mode="lines", name=f"mean of {w}",
                                  line=dict(color=PALETTE[0], width=2)))
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="loss", type="log" if log_y and len(vals) and np.all(vals > 0) else "linear")

@@ -100,3 +100,13 @@ def test_triangle_geometry_and_gallery():
     fig = figures.triangle_gallery({"round 0": np.array([[3, 4, 5], [1, 1, 1]]), "round 1": np.array([[1, 1, 3]])})
     assert len(fig.data) == 2  # two valid triangles drawn
     assert any(a.text == "invalid" for a in fig.layout.annotations)
+
+
+def test_loss_curve_thins_long_histories_but_keeps_the_ends_and_the_mean():
+    losses = [(i, 1.0 / (i + 1)) for i in range(3000)]
+    fig = figures.loss_curve(losses, smooth=10, max_points=200)
+    raw, mean = fig.data
+    assert len(raw.x) == 200 and raw.x[0] == 0 and raw.x[-1] == 2999
+    assert raw.y[-1] == pytest.approx(1 / 3000)
+    # the running mean is taken before thinning: the last point averages the last 10 losses
+    assert mean.y[-1] == pytest.approx(np.mean([1.0 / (i + 1) for i in range(2990, 3000)]))
