@@ -260,6 +260,30 @@ def _child_main(func, args, q, cancel, env: dict) -> None:
         q.put(("cancelled",) if cancel.is_set() else ("done", result))
 
 
+_START_LOCK = threading.Lock()
+
+
+def _start_without_main(proc) -> None:
+    """proc.start(), but the child does not re-run `__main__`: under Streamlit, `__main__` is
+    the page script being run (a child re-ran pages/4_Images.py in bare mode and failed),
+    and `func` is imported by its module name anyway."""
+    from multiprocessing import spawn
+    with _START_LOCK:
+        original = spawn.get_preparation_data
+
+        def without_main(name):
+            data = original(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = without_main
+        try:
+            proc.start()
+        finally:
+            spawn.get_preparation_data = original
+
+
 def _relay(job: Job, func, args) -> Any:
     """The parent side: start the child, copy its progress into `job`, forward a stop."""
     ctx = _context()
@@ -267,7 +291,7 @@ def _relay(job: Job, func, args) -> Any:
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     proc = ctx.Process(target=_child_main, args=(func, tuple(args), q, cancel, env),
                        name=f"smeme-{job.kind}-{job.id}", daemon=True)
-    proc.start()
+    _start_without_main(proc)
     outcome = None
     while outcome is None:
         if job.cancel.is_set() and not cancel.is_set():

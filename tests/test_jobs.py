@@ -1,6 +1,8 @@
 """The background job registry, without Streamlit."""
 import os
+import sys
 import threading
+import types
 import time
 
 import pytest
@@ -9,16 +11,8 @@ from smeme import jobs
 
 
 def _slow(steps=50, dt=0.01, fail_at=None):
-    def target(job):
-        for i in range(steps):
-            if job.cancel.is_set():
-                return "partial"
-            if fail_at is not None and i == fail_at:
-                raise ValueError("The data set has no rows.")
-            time.sleep(dt)
-            job.update(fraction=(i + 1) / steps, message=f"step {i + 1}/{steps}", loss=1.0 / (i + 1))
-        return "ok"
-    return target
+    """A thread target: `_child_steps` (below) with its settings bound."""
+    return lambda job: _child_steps(job, steps, dt, fail_at)
 
 
 def test_job_runs_in_background_and_reports_progress(tmp_path):
@@ -83,8 +77,8 @@ def test_failure_is_reported_as_a_sentence_not_raised(tmp_path):
     job = jobs.start(tmp_path, "train", _slow(steps=10, fail_at=3))
     assert job.wait(5)
     assert job.status == "failed"
-    assert job.error == "The data set has no rows."
-    assert job.snapshot()["message"] == "The data set has no rows."
+    assert job.error == "The CSV has a NaN in row 3."
+    assert job.snapshot()["message"] == "The CSV has a NaN in row 3."
     # unexpected exception types keep their class name
     job2 = jobs.start(tmp_path, "x", lambda j: {}["missing"])
     assert job2.wait(5) and job2.status == "failed" and job2.error.startswith("KeyError")
@@ -141,6 +135,12 @@ def _child_exits(job):
 
 def test_process_job_relays_progress_events_result_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SMEME_JOBS_TEST", "seen")  # set after the forkserver may have started
+    # under Streamlit, __main__ is the page script: the child must not run it again
+    page = tmp_path / "page.py"
+    page.write_text("raise SystemExit('the page script ran in the worker')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
     job = jobs.start_process(tmp_path, "train", _child_steps, 20, 0.01, label="Training")
     assert job.wait(60), job.snapshot()
     snap = job.snapshot()
