@@ -186,3 +186,17 @@ def test_metrics_with_local_weights_tiny_stand_ins(tiny_sd, tmp_path):
     assert same["fid"] < 1e-6 and moved["fid"] > same["fid"]
     assert moved["inception_cross_entropy"] > same["inception_cross_entropy"]
     assert 0 <= moved["clip_score"] <= 100 and same["missing_weights"] == []
+
+
+def test_local_cache_folder_reads_the_cache_layout_and_never_fetches(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from smeme.models.sd import local_cache_folder
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert local_cache_folder("org/absent") is None
+    repo = tmp_path / "models--org--tiny-sd"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123\n")
+    assert local_cache_folder("org/tiny-sd") is None  # ref without its snapshot
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    assert local_cache_folder("org/tiny-sd") == repo / "snapshots" / "abc123"

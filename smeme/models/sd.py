@@ -59,14 +59,16 @@ def _offline() -> None:
 
 
 def local_cache_folder(repo_id: str) -> Path | None:
-    """A model already in the local Hugging Face cache (offline lookup only; never fetches)."""
-    _offline()
-    try:
-        from huggingface_hub import snapshot_download
+    """A model already in the local Hugging Face cache, read from the cache's own layout
+    (models--org--name/refs/main -> snapshots/<commit>); no hub client, so nothing can fetch."""
+    from huggingface_hub import constants
 
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if not ref.is_file():
         return None
+    snapshot = repo / "snapshots" / ref.read_text().strip()
+    return snapshot if snapshot.is_dir() else None
 
 
 def resolve_pipeline_folder(source) -> Path:
