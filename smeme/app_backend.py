@@ -664,8 +664,6 @@ def busy_message(folder) -> str | None:
             f"{job.elapsed:.0f} s), perhaps in another tab. Wait for it or stop it.")
 
 
-
-
 def save_upload(name: str, data: bytes) -> Path:
     """Keep an uploaded CSV under cache/uploads (content-addressed) and return its path."""
     import hashlib

@@ -92,10 +92,6 @@ class ExploreConfig:
             raise ExploreError(f"The budget must be at least 1 solver iteration per round, got {self.iterations}.")
         if self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1 or not self.lr > 0:
             raise ExploreError("Explore needs trajectories >= 2, steps >= 2, adam_steps >= 1 and lr > 0.")
-        if self.weight_ema is not None and not 0 <= self.weight_ema < 1:
-            raise ExploreError(f"weight_ema must lie in [0, 1) (or None), got {self.weight_ema}.")
-        if not 0 <= self.average_start < 1:
-            raise ExploreError(f"average_start must lie in [0, 1), got {self.average_start}.")
         if not 0 < self.t_r < 1:
             raise ExploreError(f"t_r must lie in (0, 1), got {self.t_r}.")
         if self.score_clip is not None and not self.score_clip > 0:
@@ -104,6 +100,7 @@ class ExploreConfig:
             raise ExploreError(f"The reward must be 'previous' or 'pretrained', got {self.reward!r}.")
         if not 0 <= self.max_validity_drop <= 1:
             raise ExploreError(f"max_validity_drop must lie in [0, 1], got {self.max_validity_drop}.")
+        self.solver_config(1)  # the solver's own checks (weight_ema, solver_options, ...), now not mid-run
 
     def lam_at(self, k: int) -> float:
         """lambda of round k >= 1."""

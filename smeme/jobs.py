@@ -228,9 +228,6 @@ class _ChildJob:
     def log(self, event: dict) -> None:
         self._q.put(("log", dict(event)))
 
-    def stop(self) -> None:
-        self.cancel.set()
-
 
 def _context():
     ctx = multiprocessing.get_context("forkserver")

@@ -91,7 +91,6 @@ def test_toy_one_default_round_reaches_the_closed_form_gain(toy_src, tmp_path):
     assert _within(gain, cf["entropy_gain"], 0.25), (gain, cf["entropy_gain"])
     assert _within(m[1]["sparse_share"], cf["sparse_share"], 0.1), (m[1]["sparse_share"], cf["sparse_share"])
     assert m[1]["on_support"] >= 0.95
-    assert m[1]["solver_seconds"] < 60  # ~7-10 s quiet, ~15 s under load
 
 
 def test_student_teacher_raises_the_toy_entropy(toy_src, tmp_path):
