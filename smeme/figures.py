@@ -19,8 +19,8 @@ HEAT_SCALE = "Viridis"
 DIFF_SCALE = "RdBu_r"  # red = more likely under round b, blue = less; white at 0
 DISPLAY_RANGE = 12.0  # nats of log-density shown below the maximum (lower is clipped)
 
-# SVG scatter (not WebGL): at these sizes (<= 1,500 points a panel) it draws faster, also in
-# browsers without a GPU, and exports cleanly through the PNG button.
+# SVG scatter (not WebGL): at these sizes (<= 1,000 points a panel) WebGL was no faster in
+# software-rendered Chromium (bench_app.py, 2026-11-26), and SVG works without WebGL.
 # Config for st.plotly_chart: keep the modebar, and make its PNG button export at 2x.
 PLOTLY_CONFIG = {
     "displaylogo": False,
@@ -109,14 +109,15 @@ def _xy(points) -> np.ndarray:
 
 def scatter_panels(panels: Sequence[tuple[str, np.ndarray]], overlay: Sequence[dict] | None = None,
                    labels: tuple[str, str] = ("x", "y"), colors: Sequence[np.ndarray | None] | None = None,
-                   title: str | None = None, max_points: int = 1000, height: int = 400,
+                   title: str | None = None, max_points: int = 500, height: int = 400,
                    ranges: tuple | None = None) -> go.Figure:
     """Side-by-side scatter plots with shared axes (e.g. data vs model samples).
 
     `panels`: [(title, (n, 2) points in the plotting plane)]; `colors`: optional per-point
     category labels per panel (coloured as groups). At most `max_points` per panel: each SVG
-    marker costs ~0.2 ms to draw in a software-rendered browser (bench/bench_app.py), and
-    a page switch should finish drawing within a second.
+    marker costs ~0.2 ms to draw in a software-rendered browser, and a page switch should
+    finish drawing within a second (bench/bench_app.py: the Model page took 0.83-0.93 s
+    with 1,000 points a panel, 0.65-0.68 s with 400; WebGL markers were no faster).
     """
     n = max(len(panels), 1)
     fig = make_subplots(rows=1, cols=n, subplot_titles=[t for t, _ in panels],

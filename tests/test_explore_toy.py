@@ -57,15 +57,21 @@ def _within(value, target, rel):
 
 
 # -- toy: sparse share and k-NN entropy gain against p_pre^((1 - lam)^k) ------------------
-# Closed form relative to the pre-trained model's own split (0.082 sparse). With the defaults
-# (t_r 0.05, weight EMA 0.9 after a 20% burn-in; 25 iterations x 1024 trajectories, 2 Adam
-# steps, lr 5e-4), measured: lam 0.1 sparse share 0.099 / 0.118 / 0.135 vs 0.102 / 0.124 /
-# 0.147, entropy gain 0.049 / 0.093 / 0.144 vs 0.046 / 0.091 / 0.133, on support >= 0.970;
-# one round over seeds 0-3: sparse 0.101-0.108, gain 0.049-0.053.
-# lam 0.3 is not met: sparse 0.161 / 0.226 / 0.300 vs 0.156 / 0.235 / 0.304 and gain +22-23%
-# (leakage off the support adds k-NN entropy), but on support falls to 0.943 in round 3
-# (reward 'pretrained': 0.948). Non-strict xfail, so that a fix shows up as XPASS.
-LAM03_XFAIL = pytest.mark.xfail(strict=False, reason="lam 0.3: on-support share 0.943 < 0.95 in round 3, gain +23%")
+# Closed form relative to the pre-trained model's own split (~0.08 sparse). Defaults: t_r 0.05,
+# weight EMA 0.9 after a 20% burn-in; 25 iterations x 1024 trajectories, 2 Adam steps, lr 5e-4.
+# The pre-trained model's bits differ a little between CPUs, and so do the rounds. lam 0.1,
+# sparse share / entropy gain against the closed form, rounds 1-3:
+#   2026-11-23: 0.099 / 0.118 / 0.135 vs 0.102 / 0.124 / 0.147; gain 0.049 / 0.093 / 0.144 vs 0.046 / 0.091 / 0.133
+#   2026-11-26: 0.094 / 0.108 / 0.118 vs 0.102 / 0.124 / 0.147; gain 0.044 / 0.069 / 0.101 vs 0.046 / 0.091 / 0.133
+# lam 0.3 (2026-11-26): sparse 0.117 / 0.194 / 0.312 vs 0.156 / 0.235 / 0.304, gain 0.099 / 0.271 /
+# 0.418 vs 0.149 / 0.261 / 0.330, on support 0.970 / 0.963 / 0.943. Not met, for two reasons that
+# bench/bench_tilt.py measures (README, Known limits): the exact rounds of this model's own density
+# leak 4.0 / 5.9 / 8.3% off the support (so "on support >= 0.95" is not a truth here), and the
+# solver's pathwise adjoint moves mass between the squares only through the model's blur across
+# the gap (round 1 reaches about half the closed-form log-odds shift). Non-strict xfail, so
+# that a better solver shows up as XPASS.
+LAM03_XFAIL = pytest.mark.xfail(strict=False, reason="lam 0.3: round 1 sparse share -25%, round 3 gain +27% and "
+                                "0.943 on support; the exact tilt of this model leaks 8.3% by round 3")
 
 
 def _check_rounds(m, rounds, rel=0.25):

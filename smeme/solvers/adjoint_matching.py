@@ -19,6 +19,13 @@ One iteration:
 5. Optional weight averaging (weight_ema, after a burn-in of average_start x iterations):
    with the heavy-tailed toy targets each iterate's tilt swings by +-50% around the right
    one, while the average of the iterates lands on it (smeme.explore turns it on).
+
+Known limit: the lean adjoint is a pathwise derivative (the reward's gradient at x_M,
+carried back through the base flow), so the tilt reaches a region only through
+trajectories that pass near it. Mass moves between separated modes only as far as the
+base puts density between them: on an exact two-Gaussian base one round reached 0.86 of
+the exact log-odds shift with the modes overlapping, 0.04 with them far apart
+(bench/bench_tilt.py, README "Known limits").
 """
 from __future__ import annotations
 
