@@ -2,9 +2,10 @@
 
     SMEME_THREADS=1 python bench/bench_tilt.py [--run TOY_RUN] [--part toy|modes|both]
 
-1. toy: the exact rounds (smeme.tilt) of the pre-trained toy model's OWN PF-ODE density,
-   reward at the ExploreConfig t_r, against DESIGN.md's compact-support closed form: the
-   sparse share among on-support mass, and the mass a perfect solver puts off the support.
+1. toy: the exact rounds (smeme.tilt.run_exact_rounds, as `python -m smeme tilt`) of the
+   pre-trained toy model's OWN PF-ODE density, reward at the ExploreConfig t_r, against
+   DESIGN.md's compact-support closed form: the sparse share among on-support mass, and
+   the mass a perfect solver puts off the support.
 2. modes: two Gaussians (weights 0.9 / 0.1, variance 0.1, means at +-sep) as an exact
    analytic base plus a trainable MLP correction that starts at zero, one round at
    lambda = 0.3. The share of mass in the light mode after one round, from the solver
@@ -34,11 +35,10 @@ def ab_of(schedule):
     return lambda t: float(schedule.ab(torch.tensor(t, dtype=torch.float64)))
 
 
-def toy_part(run_folder: Path | None, h: float) -> None:
-    from smeme.density import log_prob_raw
+def toy_part(run_folder: Path | None, resolution: int) -> None:
     from smeme.explore import ExploreConfig
     from smeme.store import Run
-    from smeme.tilt import exact_rounds
+    from smeme.tilt import run_exact_rounds
 
     if run_folder is None:
         from smeme.pipeline import pretrain_run
@@ -46,27 +46,20 @@ def toy_part(run_folder: Path | None, h: float) -> None:
         run_folder = Path(tempfile.mkdtemp(prefix="bench_tilt_")) / "toy"
         pretrain_run(run_folder, "toy")
     run = Run.open(run_folder)
-    model = run.load_model(0).eval()
-    xs, ys = np.arange(-2.2, 2.2 + 1e-9, h), np.arange(-1.4, 1.4 + 1e-9, h)
-    gx, gy = np.meshgrid(xs, ys)
-    raw = np.column_stack([gx.ravel(), gy.ravel()])
-    t0 = time.perf_counter()
-    logp = log_prob_raw(model, run.domain, run.standardizer, raw).reshape(gx.shape)
-    print(f"toy model log-density on {len(xs)} x {len(ys)} points in {time.perf_counter() - t0:.1f} s")
-    on = run.domain.on_support(raw).reshape(gx.shape)
-    sparse = (run.domain.categories(raw)["region"] == "sparse").reshape(gx.shape)
     t_r = ExploreConfig().t_r
-    std, mean = run.standardizer.std, run.standardizer.mean
     for lam in LAMS:
-        rounds = exact_rounds(logp, xs, ys, [lam] * ROUNDS, t_r, ab_of(model.schedule), mean, std)
-        pre = rounds[0][sparse].sum() / rounds[0][on].sum()
-        for k, p in enumerate(rounds):
+        t0 = time.perf_counter()
+        rows = run_exact_rounds(run, [lam] * ROUNDS, t_r, 0, resolution=resolution)
+        seconds = time.perf_counter() - t0
+        sparse = [r["shares"]["region"].get("sparse", 0.0) / r["on_support"] for r in rows]
+        for k, r in enumerate(rows):
             g = (1 - lam) ** k
-            compact = pre**g / (pre**g + (1 - pre) ** g)
-            print(json.dumps({"part": "toy", "lam": lam, "round": k, "t_r": t_r,
-                              "sparse_share_of_on_support": round(float(p[sparse].sum() / p[on].sum()), 4),
+            compact = sparse[0] ** g / (sparse[0] ** g + (1 - sparse[0]) ** g)
+            print(json.dumps({"part": "toy", "lam": lam, "round": k, "t_r": t_r, "grid": resolution,
+                              "seconds": round(seconds, 1),
+                              "sparse_share_of_on_support": round(sparse[k], 4),
                               "compact_closed_form": round(float(compact), 4),
-                              "off_support": round(float(1 - p[on].sum()), 4)}), flush=True)
+                              "off_support": round(1 - r["on_support"], 4)}), flush=True)
 
 
 def modes_part(seps, lam: float) -> None:
@@ -119,12 +112,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a pre-trained toy run (default: pre-train one)")
     ap.add_argument("--part", choices=["toy", "modes", "both"], default="both")
-    ap.add_argument("--h", type=float, default=0.02, help="grid spacing of the toy part")
+    ap.add_argument("--resolution", type=int, default=200, help="grid points per axis in the toy part")
     ap.add_argument("--seps", type=float, nargs="+", default=[0.5, 0.8, 1.0, 1.5])
     args = ap.parse_args()
     configure()
     if args.part in ("toy", "both"):
-        toy_part(Path(args.run) if args.run else None, args.h)
+        toy_part(Path(args.run) if args.run else None, args.resolution)
     if args.part in ("modes", "both"):
         modes_part(args.seps, 0.3)
 

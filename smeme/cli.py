@@ -1,4 +1,4 @@
-"""`python -m smeme` / `smeme`: pretrain, explore, sample, logp, report, grid (DESIGN.md section 4).
+"""`python -m smeme` / `smeme`: pretrain, explore, sample, logp, report, tilt, grid (DESIGN.md section 4).
 
 Errors: one sentence on standard error and a non-zero exit status (2 bad input, 1 failure,
 130 interrupted), never a traceback. Output files are written atomically, so a failed
@@ -219,6 +219,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_tilt(args) -> int:
+    from .explore import ExploreConfig
+    from .store import Run
+    from .tilt import run_exact_rounds
+
+    run = Run.open(args.run)
+    start = run.latest_round if args.round is None else args.round
+    if start not in run.rounds():
+        raise CliError(f"The run has no round {start} (it has {', '.join(map(str, run.rounds()))}).")
+    config = ExploreConfig(lam=args.lam, t_r=args.t_r if args.t_r is not None else ExploreConfig.t_r)
+    rows = run_exact_rounds(run, [config.lam_at(k) for k in range(1, args.rounds + 1)], config.t_r, start,
+                            resolution=args.resolution, progress=Bar("log-density", None if not args.quiet else False))
+    for row in rows:
+        print(json.dumps(row, allow_nan=False), flush=True)
+    return 0
+
+
 def cmd_grid(args) -> int:
     from .grid import open_any_run, save_grid
 
@@ -302,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="JSON of the per-round metrics")
     p.add_argument("--run", required=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("tilt", parents=[common], help="exact S-MEME rounds of a 2-D run's density on a grid "
+                       "(what a perfect solver would reach), JSON lines")
+    p.add_argument("--run", required=True)
+    p.add_argument("--round", type=_nonneg_int, help="the round to start from (default: the latest)")
+    p.add_argument("--rounds", required=True, type=_positive_int)
+    p.add_argument("--lam", type=float, default=0.1)
+    p.add_argument("--t-r", type=float, dest="t_r", help="time of the reward's score (default: explore's)")
+    p.add_argument("--resolution", type=_positive_int, default=200, help="grid points per axis")
+    p.set_defaults(func=cmd_tilt)
 
     p = sub.add_parser("grid", parents=[common], help="image grid of samples per round (image runs)")
     p.add_argument("--run", required=True)

@@ -20,6 +20,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+import torch
 
 
 def _forward_kernel(grid: np.ndarray, mean: float, std: float, ab: float) -> np.ndarray:
@@ -77,3 +78,45 @@ def moments(prob: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarra
     mu = w @ pts
     d = pts - mu
     return mu, (d * w[:, None]).T @ d
+
+
+def run_exact_rounds(run, lam_history: Sequence[float], t_r: float, round_index: int = 0,
+                     resolution: int = 200, margin: float = 0.25, progress=None) -> list[dict]:
+    """The exact rounds of a 2-D run's round `round_index` (toy, or a 2-column CSV), on a
+    grid over the data's plane widened by `margin` of its span on each side.
+
+    Returns one dict per round 0..K: the mass on the data's support and the share of each
+    category label (e.g. the toy's 'region'), as a perfect solver would leave them.
+    """
+    from .density import log_prob_raw
+
+    domain = run.domain
+    columns = list(getattr(domain, "columns", []))
+    if len(columns) != 2 or not hasattr(domain, "plane_grid"):
+        raise ValueError(f"The exact tilt needs a run of 2-D points (toy, or a CSV of two columns); "
+                         f"this '{domain.name}' run has the columns {columns}.")
+    if resolution < 8:
+        raise ValueError(f"The grid needs a resolution of at least 8, got {resolution}.")
+    xs, ys = domain.plane_grid(8)[:2]
+    pad_x, pad_y = margin * (xs[-1] - xs[0]), margin * (ys[-1] - ys[0])
+    xs = np.linspace(xs[0] - pad_x, xs[-1] + pad_x, resolution)
+    ys = np.linspace(ys[0] - pad_y, ys[-1] + pad_y, resolution)
+    gx, gy = np.meshgrid(xs, ys)
+    raw = np.column_stack([gx.ravel(), gy.ravel()])
+    if not (np.allclose(domain.to_features(raw), raw) and np.allclose(domain.log_abs_det(raw), 0.0)):
+        raise ValueError(f"The exact tilt needs the run's features to be its two columns; '{domain.name}' maps them.")
+    model = run.load_model(round_index).eval()
+    logp = log_prob_raw(model, domain, run.standardizer, raw, progress=progress).reshape(gx.shape)
+    ab_of_t = lambda t: float(model.schedule.ab(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+    rounds = exact_rounds(logp, xs, ys, lam_history, t_r, ab_of_t, run.standardizer.mean, run.standardizer.std)
+    on = np.asarray(domain.on_support(raw), dtype=bool)
+    labels = domain.categories(raw) if hasattr(domain, "categories") else {}
+    out = []
+    for k, prob in enumerate(rounds):
+        w = prob.ravel()
+        row = {"round": round_index + k, "lam": None if k == 0 else float(lam_history[k - 1]),
+               "on_support": float(w[on].sum()),
+               "shares": {name: {str(lab): float(w[np.asarray(lab_arr) == lab].sum()) for lab in sorted(set(lab_arr))}
+                          for name, lab_arr in labels.items()}}
+        out.append(row)
+    return out

@@ -169,3 +169,21 @@ def test_explore_one_round_and_refusals(run_copy):
     before = snapshot(run_copy)
     assert_clean_failure(smeme("explore", "--run", run_copy, "--rounds", 1, "--lam", 1), match="allow")
     assert snapshot(run_copy) == before
+
+
+def test_tilt_prints_the_exact_rounds_of_a_2d_run(base_run, tmp_path):
+    proc = smeme("tilt", "--run", base_run, "--rounds", 2, "--lam", 0.3, "--resolution", 48, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2] and [r["lam"] for r in rows] == [None, 0.3, 0.3]
+    for r in rows:
+        assert sum(r["shares"]["region"].values()) == pytest.approx(1.0, abs=1e-9)
+        assert r["on_support"] == pytest.approx(1.0 - r["shares"]["region"].get("off", 0.0), abs=1e-9)
+    sparse = [r["shares"]["region"]["sparse"] for r in rows]
+    assert sparse[0] < sparse[1] < sparse[2]  # the tilt flattens: the light square gains mass
+    missing = smeme("tilt", "--run", base_run, "--round", 7, "--rounds", 1)
+    assert_clean_failure(missing, match="no round 7")
+    tri = tmp_path / "tri"
+    assert smeme("pretrain", "--dataset", "triangles", "--preset", "tiny", "--n", 512, "--run", tri).returncode == 0
+    assert_clean_failure(smeme("tilt", "--run", tri, "--rounds", 1), match="2-D points")
+    assert_clean_failure(smeme("tilt", "--run", base_run, "--rounds", 1, "--lam", 1.5), match="lambda")
