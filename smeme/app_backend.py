@@ -364,11 +364,53 @@ def flat_metrics(m: dict) -> dict:
 
 
 def timeline(run) -> pd.DataFrame:
-    """One row per finished round: 'round' plus the flattened metrics."""
-    rows = []
-    for k, m in sorted(run.metrics().items(), key=lambda kv: int(kv[0])):
-        rows.append({"round": int(k), **flat_metrics(m)})
+    """One row per finished round: 'round' plus the flattened metrics, and what a perfect
+    solver would have reached where it can be computed (perfect_solver)."""
+    metrics = sorted(run.metrics().items(), key=lambda kv: int(kv[0]))
+    rows = [{"round": int(k), **flat_metrics(m)} for k, m in metrics]
+    for row, exact in zip(rows, perfect_solver(run, dict(metrics)) or []):
+        row.update(exact)
     return pd.DataFrame(rows) if rows else pd.DataFrame({"round": []})
+
+
+def perfect_solver(run, metrics: dict) -> list[dict] | None:
+    """Per round 0..K, the exact S-MEME rounds (smeme.tilt) of round 0's cached heatmap with
+    each round's own lambda and t_r: {'exact_off_support', 'exact_sparse_share' (toy)}.
+
+    None where it cannot be had without new work or does not apply: no cached round-0
+    heatmap yet, a run that is not 2-D points, or a round tuned with another reward."""
+    from .tilt import check_plane_is_features, summarise_rounds
+
+    rounds = sorted(int(k) for k in metrics)
+    if not rounds or rounds != list(range(len(rounds))) or len(rounds) < 2:
+        return None
+    later = [metrics[k] for k in rounds[1:]]
+    if any(m.get("reward") != "previous" or _num(m.get("lam")) is None or _num(m.get("t_r")) is None
+           for m in later):
+        return None
+    try:
+        check_plane_is_features(run.domain)
+    except ValueError:
+        return None
+    hm = heatmap_cached(run, 0)
+    if hm is None:
+        return None
+    key = (run_folder(run), "perfect_solver", _stamp(Path(run_folder(run))))
+    hit = _mem_get(key)
+    if hit is not None:
+        return hit
+    try:
+        summary = summarise_rounds(run, hm["xs"], hm["ys"], hm["logp"], [float(m["lam"]) for m in later],
+                                   [float(m["t_r"]) for m in later])
+    except ValueError:
+        return None
+    out = []
+    for r in summary:
+        row = {"exact_off_support": 1.0 - r["on_support"]}
+        if "sparse" in r["shares"].get("region", {}):
+            row["exact_sparse_share"] = r["shares"]["region"]["sparse"]
+        out.append(row)
+    return _mem_put(key, out)
 
 
 def color_categories(run, raws: list) -> list | None:
@@ -390,10 +432,11 @@ def timeline_panels(run) -> list:
     """Which metrics the timeline shows for this run's data set."""
     ds = run_dataset(run)
     panels = [("Entropy (k-NN, nats)", [("entropy", "k-NN entropy"), ("cross_entropy", "PF-ODE cross-entropy")]),
-              ("Off-support fraction", [("off_support", "off support")]),
+              ("Off-support fraction", [("off_support", "off support"), ("exact_off_support", "perfect solver")]),
               ("Surprise under round 0", [("surprise", "mean −log p_pre")])]
     if ds == "toy":
-        panels.append(("Sparse-square share", [("sparse_share", "measured"), ("sparse_closed_form", "closed form")]))
+        panels.append(("Sparse-square share", [("sparse_share", "measured"), ("sparse_closed_form", "closed form"),
+                                               ("exact_sparse_share", "perfect solver")]))
     elif ds == "triangles":
         panels[1] = ("Validity", [("validity", "valid"), ("on_support", "on support")])
     return panels

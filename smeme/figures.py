@@ -274,7 +274,8 @@ def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, s
 
     `df`: one row per round, column 'round' plus metric columns (optional '<col>_lo'/'_hi'
     give error bars); `panels`: [(panel title, [(column, legend label), ...]), ...];
-    columns missing from df are skipped.
+    columns missing from df are skipped. A label keeps one colour across panels; columns
+    named 'exact_*' (what a perfect solver reaches) are drawn dashed and dark.
     """
     panels = [(t, [(c, l) for c, l in series if c in df.columns]) for t, series in panels]
     panels = [(t, s) for t, s in panels if s] or [("(no metrics yet)", [])]
@@ -282,7 +283,7 @@ def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, s
     fig = make_subplots(rows=n if vertical else 1, cols=1 if vertical else n, subplot_titles=[t for t, _ in panels],
                         horizontal_spacing=0.07, vertical_spacing=0.18 if vertical else 0.0)
     pos = (lambda i: dict(row=i + 1, col=1)) if vertical else (lambda i: dict(row=1, col=i + 1))
-    k = 0
+    colors: dict[str, str] = {}  # one colour and one legend entry per label, across panels
     for i, (_, series) in enumerate(panels):
         for col, label in series:
             sub = df[["round", col] + [c for c in (f"{col}_lo", f"{col}_hi") if c in df.columns]].dropna(subset=[col])
@@ -290,10 +291,13 @@ def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, s
             if f"{col}_lo" in sub.columns and f"{col}_hi" in sub.columns:
                 err = dict(type="data", symmetric=False, array=(sub[f"{col}_hi"] - sub[col]).to_numpy(),
                            arrayminus=(sub[col] - sub[f"{col}_lo"]).to_numpy(), thickness=1)
-            fig.add_trace(go.Scatter(x=sub["round"], y=sub[col], mode="lines+markers", name=label,
-                                     error_y=err, line=dict(color=PALETTE[k % len(PALETTE)])),
+            first = label not in colors
+            if first:
+                colors[label] = OVERLAY_COLOR if col.startswith("exact_") else PALETTE[len(colors) % len(PALETTE)]
+            fig.add_trace(go.Scatter(x=sub["round"], y=sub[col], mode="lines+markers", name=label, legendgroup=label,
+                                     showlegend=first, error_y=err,
+                                     line=dict(color=colors[label], dash="dash" if col.startswith("exact_") else None)),
                           **pos(i))
-            k += 1
         fig.update_xaxes(title_text=None if vertical and i < n - 1 else "round", dtick=1, **pos(i))
     fig = _layout(fig, title, height=height, subtitles=True)
     # each panel is titled; a legend is needed only where a panel holds several series

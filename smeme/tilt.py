@@ -38,30 +38,34 @@ def smooth_to(prob: np.ndarray, xs: np.ndarray, ys: np.ndarray, ab: float, mean:
     return ky @ prob @ kx.T
 
 
-def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: Sequence[float], t_r: float,
-                 ab_of_t, mean: Sequence[float] = (0.0, 0.0), std: Sequence[float] = (1.0, 1.0)) -> list[np.ndarray]:
+def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: Sequence[float],
+                 t_r: float | Sequence[float], ab_of_t, mean: Sequence[float] = (0.0, 0.0),
+                 std: Sequence[float] = (1.0, 1.0)) -> list[np.ndarray]:
     """Normalised grid probabilities (cell masses) of rounds 0..K for lambdas lam_history.
 
-    logp: log-density of round 0 on the grid, (len(ys), len(xs)), -inf allowed; ab_of_t:
-    t -> alpha_bar(t) of the model's schedule; mean, std: the model's standardiser.
+    logp: log-density of round 0 on the grid, (len(ys), len(xs)), -inf allowed; t_r: the
+    reward's time, one for all rounds or one per round; ab_of_t: t -> alpha_bar(t) of the
+    model's schedule; mean, std: the model's standardiser.
     """
     logp = np.asarray(logp, dtype=np.float64)
     if logp.shape != (len(ys), len(xs)):
         raise ValueError(f"logp has shape {logp.shape}, the grid is {(len(ys), len(xs))}.")
-    if not 0 < t_r < 1:
+    t_rs = [float(t_r)] * len(lam_history) if np.ndim(t_r) == 0 else [float(v) for v in t_r]
+    if len(t_rs) != len(lam_history):
+        raise ValueError(f"{len(t_rs)} values of t_r for {len(lam_history)} rounds.")
+    if not all(0 < v < 1 for v in t_rs):
         raise ValueError(f"t_r must lie in (0, 1), got {t_r}.")
     finite = np.isfinite(logp)
     if not finite.any():
         raise ValueError("logp has no finite value on the grid.")
-    ab = float(ab_of_t(t_r))
     prob = np.where(finite, np.exp(logp - logp[finite].max()), 0.0)
     prob /= prob.sum()
     out = [prob]
     tiny = np.finfo(np.float64).tiny
-    for lam in lam_history:
+    for lam, t in zip(lam_history, t_rs):
         if not 0 < lam <= 1:
             raise ValueError(f"lambda must lie in (0, 1], got {lam}.")
-        smoothed = smooth_to(prob, xs, ys, ab, mean, std)
+        smoothed = smooth_to(prob, xs, ys, float(ab_of_t(t)), mean, std)
         log_w = np.log(np.maximum(prob, tiny)) - lam * np.log(np.maximum(smoothed, tiny))  # p * p_tr^-lam
         log_w[prob <= 0] = -np.inf
         prob = np.exp(log_w - log_w[np.isfinite(log_w)].max())
@@ -80,43 +84,57 @@ def moments(prob: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarra
     return mu, (d * w[:, None]).T @ d
 
 
-def run_exact_rounds(run, lam_history: Sequence[float], t_r: float, round_index: int = 0,
-                     resolution: int = 200, margin: float = 0.25, progress=None) -> list[dict]:
-    """The exact rounds of a 2-D run's round `round_index` (toy, or a 2-column CSV), on a
-    grid over the data's plane widened by `margin` of its span on each side.
-
-    Returns one dict per round 0..K: the mass on the data's support and the share of each
-    category label (e.g. the toy's 'region'), as a perfect solver would leave them.
-    """
-    from .density import log_prob_raw
-
-    domain = run.domain
+def check_plane_is_features(domain, raw: np.ndarray | None = None) -> None:
+    """The exact rounds need 2-D points whose features are the two columns themselves
+    (checked on the grid points `raw` when given)."""
     columns = list(getattr(domain, "columns", []))
     if len(columns) != 2 or not hasattr(domain, "plane_grid"):
         raise ValueError(f"The exact tilt needs a run of 2-D points (toy, or a CSV of two columns); "
                          f"this '{domain.name}' run has the columns {columns}.")
-    if resolution < 8:
-        raise ValueError(f"The grid needs a resolution of at least 8, got {resolution}.")
-    xs, ys = domain.plane_grid(8)[:2]
-    pad_x, pad_y = margin * (xs[-1] - xs[0]), margin * (ys[-1] - ys[0])
-    xs = np.linspace(xs[0] - pad_x, xs[-1] + pad_x, resolution)
-    ys = np.linspace(ys[0] - pad_y, ys[-1] + pad_y, resolution)
-    gx, gy = np.meshgrid(xs, ys)
-    raw = np.column_stack([gx.ravel(), gy.ravel()])
-    if not (np.allclose(domain.to_features(raw), raw) and np.allclose(domain.log_abs_det(raw), 0.0)):
+    if raw is not None and not (np.allclose(domain.to_features(raw), raw) and np.allclose(domain.log_abs_det(raw), 0.0)):
         raise ValueError(f"The exact tilt needs the run's features to be its two columns; '{domain.name}' maps them.")
-    model = run.load_model(round_index).eval()
-    logp = log_prob_raw(model, domain, run.standardizer, raw, progress=progress).reshape(gx.shape)
-    ab_of_t = lambda t: float(model.schedule.ab(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+
+
+def summarise_rounds(run, xs: np.ndarray, ys: np.ndarray, logp: np.ndarray, lam_history: Sequence[float],
+                     t_r, round_index: int = 0) -> list[dict]:
+    """The exact rounds from round `round_index`'s log-density on a grid (data units), one
+    dict per round: the mass on the data's support and the mass of each category label
+    (e.g. the toy's 'region'), as a perfect solver would leave them."""
+    gx, gy = np.meshgrid(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64))
+    raw = np.column_stack([gx.ravel(), gy.ravel()])
+    domain = run.domain
+    check_plane_is_features(domain, raw)
+    ab_of_t = lambda t: float(run.schedule.ab(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
     rounds = exact_rounds(logp, xs, ys, lam_history, t_r, ab_of_t, run.standardizer.mean, run.standardizer.std)
     on = np.asarray(domain.on_support(raw), dtype=bool)
     labels = domain.categories(raw) if hasattr(domain, "categories") else {}
     out = []
     for k, prob in enumerate(rounds):
         w = prob.ravel()
-        row = {"round": round_index + k, "lam": None if k == 0 else float(lam_history[k - 1]),
-               "on_support": float(w[on].sum()),
-               "shares": {name: {str(lab): float(w[np.asarray(lab_arr) == lab].sum()) for lab in sorted(set(lab_arr))}
-                          for name, lab_arr in labels.items()}}
-        out.append(row)
+        out.append({"round": round_index + k, "lam": None if k == 0 else float(lam_history[k - 1]),
+                    "on_support": float(w[on].sum()),
+                    "shares": {name: {str(lab): float(w[np.asarray(arr) == lab].sum()) for lab in sorted(set(arr))}
+                               for name, arr in labels.items()}})
     return out
+
+
+def run_exact_rounds(run, lam_history: Sequence[float], t_r, round_index: int = 0,
+                     resolution: int = 200, margin: float = 0.25, progress=None) -> list[dict]:
+    """summarise_rounds on a fresh grid: the run's plane widened by `margin` of its span on
+    each side, `resolution` points a side, with round `round_index`'s PF-ODE log-density."""
+    from .density import log_prob_raw
+
+    domain = run.domain
+    if resolution < 8:
+        raise ValueError(f"The grid needs a resolution of at least 8, got {resolution}.")
+    check_plane_is_features(domain)
+    xs, ys = domain.plane_grid(8)[:2]
+    pad_x, pad_y = margin * (xs[-1] - xs[0]), margin * (ys[-1] - ys[0])
+    xs = np.linspace(xs[0] - pad_x, xs[-1] + pad_x, resolution)
+    ys = np.linspace(ys[0] - pad_y, ys[-1] + pad_y, resolution)
+    gx, gy = np.meshgrid(xs, ys)
+    raw = np.column_stack([gx.ravel(), gy.ravel()])
+    check_plane_is_features(domain, raw)
+    model = run.load_model(round_index).eval()
+    logp = log_prob_raw(model, domain, run.standardizer, raw, progress=progress).reshape(gx.shape)
+    return summarise_rounds(run, xs, ys, logp, lam_history, t_r, round_index)

@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from smeme import app_backend as ab
@@ -206,6 +207,26 @@ def test_explore_runs_a_round_and_the_timeline_grows(cache):
     assert "Entropy (k-NN)" in metrics(at) and "Validity" in metrics(at)
     assert any("Round 2" in md.value for md in at.markdown)
     assert "round 1" in fig_text(at) and "round 2" in fig_text(at)  # newest beside previous
+
+
+def test_explore_timeline_shows_what_a_perfect_solver_reaches(cache):
+    from smeme.tilt import summarise_rounds
+
+    job = ab.start_heatmaps(cache["toy"], [0])  # the exact rounds start from round 0's heatmap
+    assert job is None or (job.wait(120) and job.status == "done"), job and job.error
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/2_Explore.py").run()
+    assert not at.exception
+    tl = [f for f in figs(at) if "Metrics per round" in json.dumps(f["layout"])][0]
+    assert sum(t["name"] == "perfect solver" for t in tl["data"]) == 2, [t["name"] for t in tl["data"]]
+    run = ab.open_run(cache["toy"])
+    m = run.metrics()
+    hm = ab.heatmap_cached(run, 0)
+    truth = summarise_rounds(run, hm["xs"], hm["ys"], hm["logp"], [m[k]["lam"] for k in (1, 2)],
+                             [m[k]["t_r"] for k in (1, 2)])
+    sparse = [t for t in tl["data"] if t["name"] == "perfect solver" and t.get("yaxis") == "y4"]  # 4th panel
+    assert sparse and np.allclose(arr(sparse[0]["y"]), [r["shares"]["region"]["sparse"] for r in truth])
+    assert arr(sparse[0]["x"]) == sorted(m)
 
 
 def test_explore_second_tab_gets_a_clear_busy_message(cache):

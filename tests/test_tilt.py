@@ -77,3 +77,15 @@ def test_bad_input_is_refused():
         exact_rounds(np.zeros((4, 5)), xs, ys, [1.5], 0.05, ab)
     with pytest.raises(ValueError, match="finite"):
         exact_rounds(np.full((4, 5), -np.inf), xs, ys, [0.1], 0.05, ab)
+
+
+def test_t_r_per_round_equals_a_shared_t_r_and_must_match_the_rounds():
+    xs, ys = np.linspace(-2, 2, 81), np.linspace(-2, 2, 81)
+    logp = gaussian_logp(xs, ys, np.zeros(2), np.diag([0.3, 0.1]))
+    same = exact_rounds(logp, xs, ys, [0.2, 0.3], [0.05, 0.05], ab)
+    shared = exact_rounds(logp, xs, ys, [0.2, 0.3], 0.05, ab)
+    assert all(np.allclose(a, b) for a, b in zip(same, shared))
+    other = exact_rounds(logp, xs, ys, [0.2, 0.3], [0.05, 0.2], ab)
+    assert not np.allclose(other[2], shared[2])
+    with pytest.raises(ValueError, match="2 rounds"):
+        exact_rounds(logp, xs, ys, [0.2, 0.3], [0.05], ab)
