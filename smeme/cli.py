@@ -228,7 +228,7 @@ def cmd_tilt(args) -> int:
     start = run.latest_round if args.round is None else args.round
     if start not in run.rounds():
         raise CliError(f"The run has no round {start} (it has {', '.join(map(str, run.rounds()))}).")
-    config = ExploreConfig(lam=args.lam, t_r=args.t_r if args.t_r is not None else ExploreConfig.t_r)
+    config = ExploreConfig(lam=args.lam, **({} if args.t_r is None else {"t_r": args.t_r}))
     rows = run_exact_rounds(run, [config.lam_at(k) for k in range(1, args.rounds + 1)], config.t_r, start,
                             resolution=args.resolution, progress=Bar("log-density", None if not args.quiet else False))
     for row in rows:

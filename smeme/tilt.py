@@ -74,16 +74,6 @@ def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: 
     return out
 
 
-def moments(prob: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (2,) and covariance (2, 2) of grid cell masses."""
-    gx, gy = np.meshgrid(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64))
-    pts = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    w = np.asarray(prob, dtype=np.float64).ravel()
-    mu = w @ pts
-    d = pts - mu
-    return mu, (d * w[:, None]).T @ d
-
-
 def check_plane_is_features(domain, raw: np.ndarray | None = None) -> None:
     """The exact rounds need 2-D points whose features are the two columns themselves
     (checked on the grid points `raw` when given)."""
@@ -134,7 +124,6 @@ def run_exact_rounds(run, lam_history: Sequence[float], t_r, round_index: int = 
     ys = np.linspace(ys[0] - pad_y, ys[-1] + pad_y, resolution)
     gx, gy = np.meshgrid(xs, ys)
     raw = np.column_stack([gx.ravel(), gy.ravel()])
-    check_plane_is_features(domain, raw)
     model = run.load_model(round_index).eval()
     logp = log_prob_raw(model, domain, run.standardizer, raw, progress=progress).reshape(gx.shape)
     return summarise_rounds(run, xs, ys, logp, lam_history, t_r, round_index)

@@ -8,13 +8,23 @@ import torch
 
 from smeme.data.toy import ToyDomain
 from smeme.schedule import VPSchedule
-from smeme.tilt import exact_rounds, moments
+from smeme.tilt import exact_rounds
 
 SCH = VPSchedule()
 
 
 def ab(t):
     return float(SCH.ab(torch.tensor(t, dtype=torch.float64)))
+
+
+def moments(prob, xs, ys):
+    """Mean and covariance of grid cell masses."""
+    gx, gy = np.meshgrid(xs, ys)
+    pts = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    w = prob.ravel()
+    mu = w @ pts
+    d = pts - mu
+    return mu, (d * w[:, None]).T @ d
 
 
 def gaussian_logp(xs, ys, mu, cov):
