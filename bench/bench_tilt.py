@@ -9,13 +9,14 @@
 2. modes: two Gaussians (weights 0.9 / 0.1, variance 0.1, means at +-sep) as an exact
    analytic base plus a trainable MLP correction that starts at zero, one round at
    lambda = 0.3. The share of mass in the light mode after one round, from the solver
-   (AdjointMatchingConfig defaults, and the ExploreConfig defaults), against the exact
-   tilt on a grid. Reported as the log-odds shift of the light mode's share, and the
+   (AdjointMatchingConfig defaults; the ExploreConfig defaults, with the likelihood-ratio
+   term and without it), against the exact tilt on a grid. Reported as the log-odds shift of the light mode's share, and the
    fraction of the exact shift the solver reached.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tempfile
@@ -76,6 +77,7 @@ def modes_part(seps, lam: float) -> None:
     settings = {
         "solver defaults": AdjointMatchingConfig(),
         "explore defaults": explore.solver_config(1),
+        "explore defaults, adjoint only": dataclasses.replace(explore.solver_config(1), likelihood_ratio_share=0.0),
     }
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
 
@@ -98,7 +100,8 @@ def modes_part(seps, lam: float) -> None:
             torch.manual_seed(0)
             ft = ResidualNoisePredictor(base, MLPNoisePredictor(MLPConfig(2, width=96, depth=4, time_dim=32), sch))
             t0 = time.perf_counter()
-            adjoint_matching(ft, base, lambda x: -lam * score(base, x, torch.full((x.shape[0],), t_r)), cfg)
+            adjoint_matching(ft, base, lambda x: -lam * score(base, x, torch.full((x.shape[0],), t_r)), cfg,
+                             reward_value=lambda x: -lam * base.log_prob(x.double(), t_r).float())
             w1 = light_share(ft)
             shift = logit(w1) - logit(w0)
             print(json.dumps({"part": "modes", "sep": sep, "midpoint_density_ratio": float(f"{overlap:.2g}"),

@@ -375,7 +375,8 @@ def timeline(run) -> pd.DataFrame:
 
 def perfect_solver(run, metrics: dict) -> list[dict] | None:
     """Per round 0..K, the exact S-MEME rounds (smeme.tilt) of round 0's cached heatmap with
-    each round's own lambda and t_r: {'exact_off_support', 'exact_sparse_share' (toy)}.
+    each round's own lambda and t_r: {'exact_off_support', 'exact_sparse_share' (toy),
+    'exact_entropy' (round 0's k-NN entropy plus the exact rounds' entropy gain)}.
 
     None where it cannot be had without new work or does not apply: no cached round-0
     heatmap yet, a run that is not 2-D points, or a round tuned with another reward."""
@@ -404,9 +405,12 @@ def perfect_solver(run, metrics: dict) -> list[dict] | None:
                                    [float(m["t_r"]) for m in later])
     except ValueError:
         return None
+    h0 = _num(metrics[0].get("entropy_knn"))
     out = []
     for r in summary:
         row = {"exact_off_support": 1.0 - r["on_support"]}
+        if h0 is not None:  # the grid entropy has its own offset; its gains are what compare
+            row["exact_entropy"] = h0 + r["entropy"] - summary[0]["entropy"]
         if "sparse" in r["shares"].get("region", {}):
             row["exact_sparse_share"] = r["shares"]["region"]["sparse"]
         out.append(row)
@@ -431,7 +435,8 @@ def color_categories(run, raws: list) -> list | None:
 def timeline_panels(run) -> list:
     """Which metrics the timeline shows for this run's data set."""
     ds = run_dataset(run)
-    panels = [("Entropy (k-NN, nats)", [("entropy", "k-NN entropy"), ("cross_entropy", "PF-ODE cross-entropy")]),
+    panels = [("Entropy (k-NN, nats)", [("entropy", "k-NN entropy"), ("cross_entropy", "PF-ODE cross-entropy"),
+                                        ("exact_entropy", "perfect solver")]),
               ("Off-support fraction", [("off_support", "off support"), ("exact_off_support", "perfect solver")]),
               ("Surprise under round 0", [("surprise", "mean −log p_pre")])]
     if ds == "toy":

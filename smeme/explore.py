@@ -9,6 +9,9 @@ lam schedule: 'constant' lam_k = lam, or 'decreasing' lam_k = lam / k^lam_power 
 0.5 < lam_power <= 1, so sum lam_k = inf and sum lam_k^2 < inf (Robbins-Monro, paper s.6).
 t_r = 0.05 by default: with lam = 0.3 the reward score at 0.001 diverged (DESIGN.md), and on
 the toy 0.01 gave a noisy tilt (few trajectories see its sharp gradient); see ExploreConfig.
+The solver's optional likelihood-ratio term (on by default) also needs the reward's values:
+r_k(x) = -lam_k log p_{k-1}(x, t_r), from the frozen previous model's PF-ODE (smeme.density),
+which is what lets a round move mass between separated modes (solvers/adjoint_matching.py).
 
 Each finished round is checked (finite weights, on-support share not down by more than
 max_validity_drop against the previous round) and saved at once with its metrics; a
@@ -25,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .density import log_prob
 from .models.base import NoisePredictor, score
 from .solvers import (AdjointMatchingConfig, SolverDivergedError, SolverError, StudentTeacherConfig,
                       adjoint_matching, student_teacher)
@@ -44,19 +48,33 @@ class ExploreConfig:
     lam_schedule: str = "constant"  # 'constant' | 'decreasing' (lam / k^lam_power)
     lam_power: float = 0.6
     solver: str = "adjoint"  # 'adjoint' | 'student-teacher'
-    iterations: int = 25  # solver iterations per round (the budget)
-    # Adjoint Matching on the toy (two squares): the mass moved between the squares is
+    iterations: int = 15  # solver iterations per round (the budget)
+    # Toy (two squares): with the lean adjoint alone, the mass moved between the squares is
     # carried by < 1% of the trajectories (those crossing the region where the base flow
-    # decides between the squares; their lean adjoint grows ~60x backwards). Dropping
-    # outlier trajectories (the official code's rule) then moved no mass at all, and
-    # 256 trajectories x 8 Adam steps at lr 2e-3 moved it in a seed-dependent direction.
-    # 1024 trajectories, 2 Adam steps, lr 5e-4 and no outlier rule moved it the right way
-    # for every seed tried; see tests/test_explore_toy.py for what is still not met.
-    trajectories: int = 1024
+    # decides between the squares; their lean adjoint grows ~60x backwards), and lam = 0.3
+    # reached about half of the exact shift. Dropping outlier trajectories (the official
+    # code's rule) moved no mass at all; with 'scale' the likelihood-ratio term below moved
+    # half as much (its signal and the adjoint's heavy tail add up). The term carries the
+    # signal on every trajectory. With it (lr 2e-3), 1,024 trajectories x 25 iterations left
+    # round 1's sparse share (lam 0.1) at 0.091-0.113 over seeds 0-2 (exact tilt 0.098);
+    # 2,048 x 15 gave 0.097-0.098 for seeds 0-3, in about the same time.
+    trajectories: int = 2048
     steps: int = 50
     adam_steps: int = 2
-    lr: float = 5e-4
-    outlier_mode: str = "off"  # Adjoint Matching's outlier rule: 'off' | 'drop' (official code) | 'scale'
+    # None: 2e-3 * sqrt(lam_k / 0.3). Adam moves the weights by ~lr a step whatever the
+    # gradient's size, so the iterate noise is ~lr while the control to learn grows with lam.
+    # Toy, 4 seeds x 2 pre-trained models, 3 rounds: lr 2e-3 met every bar at lam 0.3 (8/8) but
+    # swung the sparse share +-20% at lam 0.1 (5/8); 1e-3 met 7/8 at lam 0.1 and under-tilted at
+    # lam 0.3 (6/8, every round short).
+    lr: float | None = None
+    # Earliest share of the solver's stochastic steps that also regress onto the
+    # likelihood-ratio target (needs r's values: a PF-ODE solve of reward_ode_steps RK4
+    # steps per iteration, ~0.07 s for 1,024 toy samples). 0: Adjoint Matching alone.
+    likelihood_ratio_share: float = 0.8
+    # 8: with 6 steps, round 1 at lam 0.3 overshot in 2 of 3 seeds (sparse share 0.191-0.204 against
+    # an exact 0.147; 8 steps: 0.131-0.147), though r at the squares' centres moved by only 0.02
+    reward_ode_steps: int = 8
+    outlier_mode: str = "off"  # Adjoint Matching's outlier rule ('off' | 'drop' (official code) | 'scale'); see above
     # Toy, lam 0.1: each iterate's sparse share swung over 0.08-0.14 (closed form 0.102); the
     # EMA of the weights after a 20% burn-in landed on 0.101-0.108 (seeds 0-3). None: off.
     weight_ema: float | None = 0.9
@@ -90,10 +108,12 @@ class ExploreConfig:
             raise ExploreError(f"The solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}.")
         if not isinstance(self.iterations, int) or self.iterations < 1:
             raise ExploreError(f"The budget must be at least 1 solver iteration per round, got {self.iterations}.")
-        if self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1 or not self.lr > 0:
-            raise ExploreError("Explore needs trajectories >= 2, steps >= 2, adam_steps >= 1 and lr > 0.")
+        if self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1 or (self.lr is not None and not self.lr > 0):
+            raise ExploreError("Explore needs trajectories >= 2, steps >= 2, adam_steps >= 1 and lr > 0 (or None).")
         if not 0 < self.t_r < 1:
             raise ExploreError(f"t_r must lie in (0, 1), got {self.t_r}.")
+        if not isinstance(self.reward_ode_steps, int) or self.reward_ode_steps < 2:
+            raise ExploreError(f"reward_ode_steps must be an integer >= 2, got {self.reward_ode_steps!r}.")
         if self.score_clip is not None and not self.score_clip > 0:
             raise ExploreError(f"score_clip must be positive (or None), got {self.score_clip}.")
         if self.reward not in ("previous", "pretrained"):
@@ -107,6 +127,10 @@ class ExploreConfig:
         if self.lam_schedule == "constant":
             return float(self.lam)
         return float(self.lam) / k ** self.lam_power  # sum = inf, sum of squares < inf
+
+    def lr_at(self, k: int) -> float:
+        """The solver's learning rate in round k >= 1."""
+        return float(self.lr) if self.lr is not None else 2e-3 * math.sqrt(self.lam_at(k) / 0.3)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,9 +148,12 @@ class ExploreConfig:
         common = dict(iterations=self.iterations, steps=self.steps, adam_steps=self.adam_steps, seed=seed)
         try:
             if self.solver == "adjoint":
-                return AdjointMatchingConfig.from_dict({**common, "trajectories": self.trajectories, "lr": self.lr,
+                return AdjointMatchingConfig.from_dict({**common, "trajectories": self.trajectories,
+                                                        "lr": self.lr_at(round_index),
                                                         "outlier_mode": self.outlier_mode, "weight_ema": self.weight_ema,
-                                                        "average_start": self.average_start, **self.solver_options})
+                                                        "average_start": self.average_start,
+                                                        "likelihood_ratio_share": self.likelihood_ratio_share,
+                                                        **self.solver_options})
             return StudentTeacherConfig.from_dict({**common, **self.solver_options})
         except (SolverError, TypeError) as exc:
             raise ExploreError(f"Bad solver setting: {exc}") from None
@@ -218,13 +245,17 @@ def run_rounds(run, rounds: int, config: ExploreConfig | None = None,
                     s = s * (cap / norm).clamp(max=1.0).reshape(-1, *([1] * (s.dim() - 1)))
                 return -c * s
 
+            def reward_value(x, m=reward_model, c=scale):  # r_k(x) = -c log p(x, t_r), up to a constant
+                return -c * log_prob(m, x, steps=config.reward_ode_steps, t_min=config.t_r)
+
             solver_cfg = config.solver_config(k)
             cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
             t0 = time.perf_counter()
             try:
                 if config.solver == "adjoint":
                     losses = adjoint_matching(model_ft, model_base, reward_grad, solver_cfg,
-                                              sampling_model=sampling_model, on_iteration=cb, cancel=cancel)
+                                              sampling_model=sampling_model, on_iteration=cb, cancel=cancel,
+                                              reward_value=reward_value)
                 else:
                     losses = student_teacher(model_ft, model_base, reward_grad, solver_cfg,
                                              on_iteration=cb, cancel=cancel, valid_fn=_valid_fn(run))

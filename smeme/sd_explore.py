@@ -432,6 +432,7 @@ def digits_explore_defaults() -> dict:
                 trajectories=DIGITS_ROUND["trajectories"], steps=DIGITS_ROUND["steps"],
                 adam_steps=DIGITS_ROUND["adam_steps"], lr=DIGITS_ROUND["lr"], metrics_logp=False,
                 weight_ema=None,  # measured (BENCHMARKS.md) without averaging: 6 iterations leave no burn-in
+                likelihood_ratio_share=0.0,  # a 64-D UNet PF-ODE (Hutchinson) per iteration: not measured, left off
                 solver_options=solver)
 
 

@@ -88,8 +88,9 @@ def check_plane_is_features(domain, raw: np.ndarray | None = None) -> None:
 def summarise_rounds(run, xs: np.ndarray, ys: np.ndarray, logp: np.ndarray, lam_history: Sequence[float],
                      t_r, round_index: int = 0) -> list[dict]:
     """The exact rounds from round `round_index`'s log-density on a grid (data units), one
-    dict per round: the mass on the data's support and the mass of each category label
-    (e.g. the toy's 'region'), as a perfect solver would leave them."""
+    dict per round: the mass on the data's support, the mass of each category label (e.g.
+    the toy's 'region') and the differential entropy (nats, data units, the density taken
+    constant over each grid cell), as a perfect solver would leave them."""
     gx, gy = np.meshgrid(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64))
     raw = np.column_stack([gx.ravel(), gy.ravel()])
     domain = run.domain
@@ -98,11 +99,14 @@ def summarise_rounds(run, xs: np.ndarray, ys: np.ndarray, logp: np.ndarray, lam_
     rounds = exact_rounds(logp, xs, ys, lam_history, t_r, ab_of_t, run.standardizer.mean, run.standardizer.std)
     on = np.asarray(domain.on_support(raw), dtype=bool)
     labels = domain.categories(raw) if hasattr(domain, "categories") else {}
+    cell = float((xs[1] - xs[0]) * (ys[1] - ys[0]))
     out = []
     for k, prob in enumerate(rounds):
         w = prob.ravel()
+        nz = w[w > 0]
         out.append({"round": round_index + k, "lam": None if k == 0 else float(lam_history[k - 1]),
                     "on_support": float(w[on].sum()),
+                    "entropy": float(-(nz * np.log(nz / cell)).sum()),  # H = -sum w log(w / cell area)
                     "shares": {name: {str(lab): float(w[np.asarray(arr) == lab].sum()) for lab in sorted(set(arr))}
                                for name, arr in labels.items()}})
     return out

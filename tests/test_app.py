@@ -218,7 +218,7 @@ def test_explore_timeline_shows_what_a_perfect_solver_reaches(cache):
     at.switch_page("pages/2_Explore.py").run()
     assert not at.exception
     tl = [f for f in figs(at) if "Metrics per round" in json.dumps(f["layout"])][0]
-    assert sum(t["name"] == "perfect solver" for t in tl["data"]) == 2, [t["name"] for t in tl["data"]]
+    assert sum(t["name"] == "perfect solver" for t in tl["data"]) == 3, [t["name"] for t in tl["data"]]
     run = ab.open_run(cache["toy"])
     m = run.metrics()
     hm = ab.heatmap_cached(run, 0)
@@ -227,6 +227,9 @@ def test_explore_timeline_shows_what_a_perfect_solver_reaches(cache):
     sparse = [t for t in tl["data"] if t["name"] == "perfect solver" and t.get("yaxis") == "y4"]  # 4th panel
     assert sparse and np.allclose(arr(sparse[0]["y"]), [r["shares"]["region"]["sparse"] for r in truth])
     assert arr(sparse[0]["x"]) == sorted(m)
+    entropy = [t for t in tl["data"] if t["name"] == "perfect solver" and t.get("yaxis") in (None, "y")]  # 1st panel
+    gains = [r["entropy"] - truth[0]["entropy"] for r in truth]
+    assert entropy and np.allclose(arr(entropy[0]["y"]), [m[0]["entropy_knn"] + g for g in gains])
 
 
 def test_explore_second_tab_gets_a_clear_busy_message(cache):

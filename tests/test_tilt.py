@@ -99,3 +99,21 @@ def test_t_r_per_round_equals_a_shared_t_r_and_must_match_the_rounds():
     assert not np.allclose(other[2], shared[2])
     with pytest.raises(ValueError, match="2 rounds"):
         exact_rounds(logp, xs, ys, [0.2, 0.3], [0.05], ab)
+
+
+def test_summary_entropy_matches_the_compact_toy_closed_form():
+    from types import SimpleNamespace
+
+    from smeme.data.base import Standardizer
+    from smeme.tilt import summarise_rounds
+
+    dom = ToyDomain()
+    run = SimpleNamespace(domain=dom, schedule=SCH, standardizer=Standardizer(mean=np.zeros(2), std=np.ones(2)))
+    xs, ys = np.linspace(-1.6, 1.6, 641), np.linspace(-0.8, 0.8, 321)
+    gx, gy = np.meshgrid(xs, ys)
+    logp = dom.log_density(np.column_stack([gx.ravel(), gy.ravel()])).reshape(gx.shape)
+    rows = summarise_rounds(run, xs, ys, logp, [0.3] * 3, 1e-3)
+    for k, row in enumerate(rows):
+        # H_k of p_pre^((1 - lam)^k) on the two unit squares; grid cells on the edges blur it a little
+        assert row["entropy"] == pytest.approx(dom.entropy_after(0.3, k), abs=0.01), (k, row["entropy"])
+    assert rows[3]["entropy"] > rows[0]["entropy"] + 0.25

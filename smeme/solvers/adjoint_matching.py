@@ -20,12 +20,25 @@ One iteration:
    with the heavy-tailed toy targets each iterate's tilt swings by +-50% around the right
    one, while the average of the iterates lands on it (smeme.explore turns it on).
 
-Known limit: the lean adjoint is a pathwise derivative (the reward's gradient at x_M,
-carried back through the base flow), so the tilt reaches a region only through
-trajectories that pass near it. Mass moves between separated modes only as far as the
-base puts density between them: on an exact two-Gaussian base one round reached 0.86 of
-the exact log-odds shift with the modes overlapping, 0.04 with them far apart
-(bench/bench_tilt.py, README "Known limits").
+6. Optional likelihood-ratio term (likelihood_ratio_share > 0; needs reward VALUES, not
+   only gradients). The lean adjoint is a pathwise derivative (the reward's gradient at
+   x_M, carried back through the base flow), so the tilt reaches a region only through
+   trajectories that end near it: mass moves between separated modes only as far as the
+   base puts density between them (exact two-Gaussian base, one round: 0.86 of the exact
+   log-odds shift with the modes overlapping, 0.04 with them 1.5 apart; bench/bench_tilt.py).
+   The optimal control is also the mean base-noise increment under the tilted path law,
+   u*_i(x) = E*[zeta_i | x_i = x], with zeta_i = (x_j - mean_base(x_i)) / std_i. Weighting
+   the sampled paths by w_i = exp(r(x_M) - sum_{l >= i} (u_l . xi_l + |u_l|^2 / 2))
+   (Girsanov from the sampling control u_l = zeta_l - xi_l to the base, self-normalised)
+   and regressing
+       w_i |u_i(x_i) - (u_sampled_i + (1 - 1/w_i) xi_i)|^2
+   has the minimiser E*[zeta_i | x_i] for any normalisation (E[xi_i | x_i] = 0), with noise
+   (1 - 1/w_i) xi_i that stays small while the reward's range is small. The loss drops its
+   constant |xi_i|^2 / w_i (same gradient; no overflow when a weight is tiny). It uses the
+   reward's values, so mass moves between modes without paths through the gap. The term is
+   added to the Adjoint Matching loss on the earliest `likelihood_ratio_share` of the
+   stochastic steps (where the flow decides between modes); both terms have the optimal
+   control as their minimiser. Same base, sep 1.5: see BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -38,7 +51,7 @@ from torch import Tensor
 
 from ..models.base import NoisePredictor, expand_like
 from ..sampling import FixedNoise, ddpm_coefficients, sample_ddpm, time_grid
-from .base import (CancelFlag, IterationFn, RewardGrad, SolverDivergedError, SolverError,
+from .base import (CancelFlag, IterationFn, RewardGrad, RewardValue, SolverDivergedError, SolverError,
                    check_finite_params, is_cancelled, model_dtype_device, trainable_parameters)
 
 
@@ -59,11 +72,13 @@ class AdjointMatchingConfig:
     outlier_factor: float = 3.0  # outlier: trajectory loss > factor * EMA(quantile)
     outlier_ema: float = 0.9
     seed: int = 0
-    adjoint_chunk: int | None = 256  # rows per VJP in the backward pass (None: all at once); speed only
+    adjoint_chunk: int | None = 1024  # rows per VJP in the backward pass (None: all at once); speed and memory only
     weight_ema: float | None = None  # EMA decay of the tuned weights over iterations, returned at the end (None: off)
     average_start: float = 0.0  # share of the iterations before the weight average starts (burn-in)
     pairing: str = "next"  # 'next': u_i with a_{i+1} (correct); 'current': a_i (official code; under-tilts)
     weight_power: float = 0.0  # per-step loss weight std_i^-power (0: SOC weighting; 2: score units)
+    likelihood_ratio_share: float = 0.0  # earliest share of stochastic steps with the likelihood-ratio term (0: off)
+    reward_cap_quantile: float | None = 0.999  # LR term: r capped at this quantile of iteration 1's r (None: off)
     timings: dict = field(default_factory=dict, repr=False, compare=False)  # filled: seconds per phase
 
     def __post_init__(self):
@@ -89,6 +104,10 @@ class AdjointMatchingConfig:
             raise SolverError(f"outlier_mode must be 'drop', 'scale' or 'off', got {self.outlier_mode!r}.")
         if not self.outlier_factor > 0:
             raise SolverError(f"outlier_factor must be positive, got {self.outlier_factor}.")
+        if self.reward_cap_quantile is not None and not 0 < self.reward_cap_quantile <= 1:
+            raise SolverError(f"reward_cap_quantile must lie in (0, 1] (or None), got {self.reward_cap_quantile}.")
+        if not 0 <= self.likelihood_ratio_share <= 1:
+            raise SolverError(f"likelihood_ratio_share must lie in [0, 1], got {self.likelihood_ratio_share}.")
         if self.pairing not in ("next", "current"):
             raise SolverError(f"pairing must be 'next' or 'current', got {self.pairing!r}.")
 
@@ -141,7 +160,7 @@ def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_las
             adj[0] = float("nan")
             break
         vjp = torch.empty_like(a)
-        for rows in _row_chunks(n, chunk):  # small blocks: measured 2x faster for a CPU MLP at 1024 rows
+        for rows in _row_chunks(n, chunk):  # toy MLP, 2,048 rows: blocks of 1,024 took 0.21 s a pass, of 256 0.30 s
             x = states[i, rows].detach().requires_grad_(True)
             with torch.enable_grad():
                 eps = model_base(x, t_i[rows])
@@ -164,14 +183,48 @@ def choose_steps(stochastic: Tensor, k: int | None, late_fraction: float, g: tor
     return torch.cat([pick.sort().values, late])
 
 
+def likelihood_ratio_terms(states: Tensor, eps_base: Tensor, z: Tensor, reward: Tensor, c_x: Tensor,
+                           c_eps: Tensor, std: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
+    """The sampled controls and path weights of the likelihood-ratio term at `steps`.
+
+    zeta_i = (x_j - mean_base(x_i)) / std_i is the base-noise increment of the sampled step,
+    xi_i = z_i the sampler's own noise, u_i = zeta_i - xi_i its control; the weight of
+    step i is w_i ~ exp(r(x_M) - sum_{l >= i} (u_l . xi_l + |u_l|^2 / 2)), normalised to
+    mean 1 over the trajectories. Returns (u at steps (K, m, ...), w (K, m)).
+    """
+    M, m = eps_base.shape[:2]
+    view = lambda v: v.reshape(-1, 1, *([1] * (states.dim() - 2)))  # noqa: E731
+    stochastic = std > 0
+    mean_base = view(c_x) * states[:-1] - view(c_eps) * eps_base
+    zeta = (states[1:] - mean_base) / view(torch.where(stochastic, std, torch.ones_like(std)))
+    u = torch.where(view(stochastic), zeta - z, torch.zeros_like(zeta))
+    girsanov = (u * z + 0.5 * u * u).reshape(M, m, -1).sum(-1)  # log dP_u/dP_base of each step
+    future = girsanov.flip(0).cumsum(0).flip(0)[steps]  # sum over l >= i
+    w = torch.softmax(reward.reshape(1, m) - future, dim=1) * m
+    return u[steps], w
+
+
+def likelihood_ratio_loss(u_model: Tensor, u_sampled: Tensor, xi: Tensor, w: Tensor) -> Tensor:
+    """Per (step, trajectory): w |d|^2 - 2 (w - 1) xi . d with d = u_model - u_sampled.
+
+    The gradient of w |u_model - (u_sampled + (1 - 1/w) xi)|^2 without its constant
+    (|xi|^2 / w, unbounded as w -> 0); the minimiser is u_sampled + E[w xi | x] / E[w | x]
+    = E*[zeta | x], the optimal control."""
+    d = (u_model - u_sampled).reshape(*w.shape, -1)
+    return w * d.pow(2).sum(-1) - 2 * (w - 1) * (xi.reshape(*w.shape, -1) * d).sum(-1)
+
+
 def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, reward_grad: RewardGrad,
                      config: AdjointMatchingConfig | None = None, sampling_model: NoisePredictor | None = None,
-                     on_iteration: IterationFn | None = None, cancel: CancelFlag | None = None) -> list[float]:
+                     on_iteration: IterationFn | None = None, cancel: CancelFlag | None = None,
+                     reward_value: RewardValue | None = None) -> list[float]:
     """Fine-tune `model_ft` in place towards p_base(x) exp(r(x)); returns the loss per iteration
     (the first Adam step's loss on that iteration's fresh trajectories).
 
     Only parameters with requires_grad change. `sampling_model` (default model_ft) draws the
     trajectories; `model_base` is frozen and gives the adjoint VJPs and eps_base.
+    `reward_value(x) -> r(x)` (shape (B,), any additive constant) is needed when
+    likelihood_ratio_share > 0.
     Raises SolverDivergedError when the adjoint, the loss or the weights become NaN/inf.
     Stops between iterations when `cancel.is_set()`.
     """
@@ -188,12 +241,19 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
     weight = torch.where(std > 0, std.clamp(min=1e-12) ** -cfg.weight_power, torch.zeros_like(std))
     if stochastic.numel() == 0:
         raise SolverError("The time grid has no stochastic step: nothing for the control to act on.")
+    # likelihood-ratio term on the earliest stochastic steps (where the flow picks a mode)
+    lr_steps = stochastic[: int(round(cfg.likelihood_ratio_share * stochastic.numel()))]
+    if lr_steps.numel() and reward_value is None:
+        raise SolverError("likelihood_ratio_share > 0 needs the reward's values (reward_value).")
+    lr_slot = torch.full((cfg.steps,), -1, dtype=torch.long)  # step -> row in the LR targets (-1: none)
+    lr_slot[lr_steps] = torch.arange(lr_steps.numel())
     opt = torch.optim.Adam(params, lr=cfg.lr)
     g = torch.Generator().manual_seed(int(cfg.seed))
     losses: list[float] = []
     ema_q: float | None = None
+    reward_cap: float | None = None  # LR term: cap of r, from the first iteration's samples
     timings = cfg.timings
-    for key in ("sampling", "adjoint", "regression"):
+    for key in ("sampling", "reward", "adjoint", "regression"):
         timings.setdefault(key, 0.0)
     m = cfg.trajectories
     ema_params: list[Tensor] | None = None
@@ -210,6 +270,18 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             _, states = sample_ddpm(sampler, noise, grid=grid, return_trajectory=True)
         # 2. lean adjoint from a_M = -grad r(x_M)
         t1 = time.perf_counter()
+        if lr_steps.numel():
+            with torch.no_grad():
+                reward = reward_value(states[-1]).to(dtype).reshape(-1)
+            if reward.numel() != m or not torch.isfinite(reward).all():
+                raise SolverDivergedError(f"The reward value is NaN/inf or of the wrong shape at iteration {it + 1}.")
+            if cfg.reward_cap_quantile is not None:
+                # a sampler outlier far off the manifold (PF-ODE density ~0) would take all the
+                # weight and pull the control after it; cap r where the first samples' tail starts
+                if reward_cap is None:
+                    reward_cap = float(torch.quantile(reward.double(), cfg.reward_cap_quantile))
+                reward = reward.clamp(max=reward_cap)
+        t_reward = time.perf_counter()
         with torch.no_grad():
             a_last = -reward_grad(states[-1]).to(dtype)
         if a_last.shape != states[-1].shape or not torch.isfinite(a_last).all():
@@ -218,6 +290,16 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
                                      chunk=cfg.adjoint_chunk)
         if not torch.isfinite(adj[1:]).all():
             raise SolverDivergedError(f"The adjoint became NaN/inf at iteration {it + 1}.")
+        if lr_steps.numel():
+            with torch.no_grad():
+                lr_u, lr_w = likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std, lr_steps)
+                lr_xi = noise.z[lr_steps]
+                import os
+                if os.environ.get("LRDEBUG"):
+                    ess = (lr_w.sum(1) ** 2 / lr_w.pow(2).sum(1))
+                    print("it", it, "ESS first/mid/last", [round(float(ess[j])) for j in (0, len(ess) // 2, -1)],
+                          "max w", round(float(lr_w.max()), 1), "|u| rms", round(float(lr_u.pow(2).mean().sqrt()), 3),
+                          "r sd", round(float(reward.std()), 3), flush=True)
         # 3-4. regression of u_i onto -std_i a_j, several Adam steps
         t2 = time.perf_counter()
         target_adj = adj[1:] if cfg.pairing == "next" else adj[:-1]  # a_j (j = i + 1) or a_i
@@ -252,6 +334,14 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
                 else:  # 'scale': an outlier keeps its direction, its loss is shrunk to the limit
                     scale = (limit / per_traj.detach().clamp(min=torch.finfo(per_traj.dtype).tiny)).clamp(max=1.0)
                     loss = (per_traj * scale).sum() / (B * K)
+            slots = lr_slot[sel.cpu()]
+            if (slots >= 0).any():  # + the likelihood-ratio term on its steps (the outlier rule is the adjoint's)
+                k_lr = torch.nonzero(slots >= 0).flatten().to(device)
+                s_lr = slots[slots >= 0].to(device)
+                lr_loss = likelihood_ratio_loss(u[k_lr], lr_u[s_lr][:, rows], lr_xi[s_lr][:, rows], lr_w[s_lr][:, rows])
+                if not torch.isfinite(lr_loss).all():
+                    raise SolverDivergedError(f"The likelihood-ratio loss became NaN/inf at iteration {it + 1}.")
+                loss = loss + lr_loss.sum() / (B * K)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad_norm is not None:
@@ -276,7 +366,8 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             averaged += 1
         t3 = time.perf_counter()
         timings["sampling"] += t1 - t0
-        timings["adjoint"] += t2 - t1
+        timings["reward"] += t_reward - t1
+        timings["adjoint"] += t2 - t_reward
         timings["regression"] += t3 - t2
         losses.append(first_loss)
         if on_iteration is not None:

@@ -16,6 +16,7 @@ from ..sampling import ddpm_coefficients, time_grid
 
 IterationFn = Callable[[int, int, float], None]  # (iteration done, total, loss)
 RewardGrad = Callable[[Tensor], Tensor]  # x (B, *shape) -> grad r(x), same shape
+RewardValue = Callable[[Tensor], Tensor]  # x (B, *shape) -> r(x) up to a constant, shape (B,)
 
 
 class CancelFlag(Protocol):
