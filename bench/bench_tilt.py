@@ -10,8 +10,8 @@
    analytic base plus a trainable MLP correction that starts at zero, one round at
    lambda = 0.3. The share of mass in the light mode after one round, from the solver
    (AdjointMatchingConfig defaults; the ExploreConfig defaults, with the likelihood-ratio
-   term and without it), against the exact tilt on a grid. Reported as the log-odds shift of the light mode's share, and the
-   fraction of the exact shift the solver reached.
+   term and without it), against the exact tilt on a grid. Reported as the log-odds shift
+   of the light mode's share, and the fraction of the exact shift the solver reached.
 """
 from __future__ import annotations
 

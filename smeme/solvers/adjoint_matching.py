@@ -294,12 +294,6 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             with torch.no_grad():
                 lr_u, lr_w = likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std, lr_steps)
                 lr_xi = noise.z[lr_steps]
-                import os
-                if os.environ.get("LRDEBUG"):
-                    ess = (lr_w.sum(1) ** 2 / lr_w.pow(2).sum(1))
-                    print("it", it, "ESS first/mid/last", [round(float(ess[j])) for j in (0, len(ess) // 2, -1)],
-                          "max w", round(float(lr_w.max()), 1), "|u| rms", round(float(lr_u.pow(2).mean().sqrt()), 3),
-                          "r sd", round(float(reward.std()), 3), flush=True)
         # 3-4. regression of u_i onto -std_i a_j, several Adam steps
         t2 = time.perf_counter()
         target_adj = adj[1:] if cfg.pairing == "next" else adj[:-1]  # a_j (j = i + 1) or a_i
