@@ -184,13 +184,13 @@ def choose_steps(stochastic: Tensor, k: int | None, late_fraction: float, g: tor
 
 
 def likelihood_ratio_terms(states: Tensor, eps_base: Tensor, z: Tensor, reward: Tensor, c_x: Tensor,
-                           c_eps: Tensor, std: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
-    """The sampled controls and path weights of the likelihood-ratio term at `steps`.
+                           c_eps: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    """The sampled controls and path weights of the likelihood-ratio term, per step.
 
     zeta_i = (x_j - mean_base(x_i)) / std_i is the base-noise increment of the sampled step,
     xi_i = z_i the sampler's own noise, u_i = zeta_i - xi_i its control; the weight of
     step i is w_i ~ exp(r(x_M) - sum_{l >= i} (u_l . xi_l + |u_l|^2 / 2)), normalised to
-    mean 1 over the trajectories. Returns (u at steps (K, m, ...), w (K, m)).
+    mean 1 over the trajectories. Returns (u (M, m, ...), w (M, m)).
     """
     M, m = eps_base.shape[:2]
     view = lambda v: v.reshape(-1, 1, *([1] * (states.dim() - 2)))  # noqa: E731
@@ -199,9 +199,9 @@ def likelihood_ratio_terms(states: Tensor, eps_base: Tensor, z: Tensor, reward: 
     zeta = (states[1:] - mean_base) / view(torch.where(stochastic, std, torch.ones_like(std)))
     u = torch.where(view(stochastic), zeta - z, torch.zeros_like(zeta))
     girsanov = (u * z + 0.5 * u * u).reshape(M, m, -1).sum(-1)  # log dP_u/dP_base of each step
-    future = girsanov.flip(0).cumsum(0).flip(0)[steps]  # sum over l >= i
+    future = girsanov.flip(0).cumsum(0).flip(0)  # sum over l >= i
     w = torch.softmax(reward.reshape(1, m) - future, dim=1) * m
-    return u[steps], w
+    return u, w
 
 
 def likelihood_ratio_loss(u_model: Tensor, u_sampled: Tensor, xi: Tensor, w: Tensor) -> Tensor:
@@ -245,8 +245,8 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
     lr_steps = stochastic[: int(round(cfg.likelihood_ratio_share * stochastic.numel()))]
     if lr_steps.numel() and reward_value is None:
         raise SolverError("likelihood_ratio_share > 0 needs the reward's values (reward_value).")
-    lr_slot = torch.full((cfg.steps,), -1, dtype=torch.long)  # step -> row in the LR targets (-1: none)
-    lr_slot[lr_steps] = torch.arange(lr_steps.numel())
+    on_lr = torch.zeros(cfg.steps, dtype=torch.bool, device=device)
+    on_lr[lr_steps] = True
     opt = torch.optim.Adam(params, lr=cfg.lr)
     g = torch.Generator().manual_seed(int(cfg.seed))
     losses: list[float] = []
@@ -292,8 +292,7 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             raise SolverDivergedError(f"The adjoint became NaN/inf at iteration {it + 1}.")
         if lr_steps.numel():
             with torch.no_grad():
-                lr_u, lr_w = likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std, lr_steps)
-                lr_xi = noise.z[lr_steps]
+                lr_u, lr_w = likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std)
         # 3-4. regression of u_i onto -std_i a_j, several Adam steps
         t2 = time.perf_counter()
         target_adj = adj[1:] if cfg.pairing == "next" else adj[:-1]  # a_j (j = i + 1) or a_i
@@ -328,11 +327,11 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
                 else:  # 'scale': an outlier keeps its direction, its loss is shrunk to the limit
                     scale = (limit / per_traj.detach().clamp(min=torch.finfo(per_traj.dtype).tiny)).clamp(max=1.0)
                     loss = (per_traj * scale).sum() / (B * K)
-            slots = lr_slot[sel.cpu()]
-            if (slots >= 0).any():  # + the likelihood-ratio term on its steps (the outlier rule is the adjoint's)
-                k_lr = torch.nonzero(slots >= 0).flatten().to(device)
-                s_lr = slots[slots >= 0].to(device)
-                lr_loss = likelihood_ratio_loss(u[k_lr], lr_u[s_lr][:, rows], lr_xi[s_lr][:, rows], lr_w[s_lr][:, rows])
+            picked = on_lr[sel]  # the selected steps that carry the likelihood-ratio term
+            if picked.any():  # (the outlier rule above is the adjoint's alone)
+                i_lr = sel[picked]
+                lr_loss = likelihood_ratio_loss(u[picked], lr_u[i_lr][:, rows], noise.z[i_lr][:, rows],
+                                                lr_w[i_lr][:, rows])
                 if not torch.isfinite(lr_loss).all():
                     raise SolverDivergedError(f"The likelihood-ratio loss became NaN/inf at iteration {it + 1}.")
                 loss = loss + lr_loss.sum() / (B * K)
