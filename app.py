@@ -3,11 +3,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from smeme import app_backend as ab
-from smeme import figures, jobs
+from smeme import ui
+from smeme.services import cached, figures, jobs, launch, runs, settings
 
 st.set_page_config(page_title="S-MEME", page_icon=":material/explore:", layout="wide")
-ab.warm_imports()
+settings.warm_imports()
 HERE = Path(__file__).parent
 
 
@@ -15,37 +15,37 @@ def home():
     st.title("S-MEME: exploring what a diffusion model knows")
     st.caption("Score-based Maximum Entropy Manifold Exploration (De Santi et al., ICML 2025)")
 
-    default = ab.default_run_folder()
-    runs = ab.list_runs()
+    default = runs.default_run_folder()
+    all_runs = runs.list_runs()
 
     train_job = jobs.get(default, "train")
-    if not [r for r in runs if r["latest"] is not None] or (train_job and train_job.running):
+    if not [r for r in all_runs if r["latest"] is not None] or (train_job and train_job.running):
         st.subheader("Start here")
         if not (train_job and train_job.running):
             st.info("No trained model on disk yet. Train the default toy model (two squares, 90% / 10% "
                     "of the mass) with one click; it takes under a minute.")
             if st.button("Train the default toy model", type="primary", key="train_default"):
-                d = ab.training_defaults("toy")
+                d = settings.training_defaults("toy")
                 try:
-                    ab.start_training(default, "toy", steps=d["steps"], seed=0,
-                                      model_params={"width": d["width"], "depth": d["depth"]},
-                                      label="Training the default toy model")
-                    ab.select_run(default)
+                    launch.start_training(default, "toy", steps=d["steps"], seed=0,
+                                          model_params={"width": d["width"], "depth": d["depth"]},
+                                          label="Training the default toy model")
+                    ui.select_run(default)
                     st.rerun()
                 except jobs.JobBusy as exc:
                     st.warning(str(exc))
-        status = ab.job_panel(default, "train", key="home_train")
+        status = ui.job_panel(default, "train", key="home_train")
         if status == jobs.RUNNING:
             return
     else:
-        run_section(runs)
+        run_section(all_runs)
 
     st.divider()
-    ab.render_content("home")
+    ui.render_content("home")
 
 
-def run_section(runs):
-    run = ab.current_run()
+def run_section(all_runs):
+    run = ui.current_run()
     if run is None:
         st.info("Choose a run below.")
     else:
@@ -54,48 +54,49 @@ def run_section(runs):
     table = [{"run": r["name"], "data set": r["dataset"], "rounds": r["rounds"],
               "entropy (k-NN, nats)": None if r["entropy"] is None else round(r["entropy"], 3),
               "off support (%)": None if r["off_support"] is None else round(100 * r["off_support"], 1),
-              "status": r["status"]} for r in runs]
+              "status": r["status"]} for r in all_runs]
     st.dataframe(table, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 250))
-    folders = [r["folder"] for r in runs if r["latest"] is not None]
+    folders = [r["folder"] for r in all_runs if r["latest"] is not None]
     cur = st.session_state.get("run")
     c1, c2, c3 = st.columns([3, 1, 3], vertical_alignment="bottom")
     pick = c1.selectbox("Open a run", folders, index=folders.index(cur) if cur in folders else 0,
                         format_func=lambda f: Path(f).name, key="home_pick")
     if c2.button("Open", key="home_open", width="stretch"):
-        ab.select_run(pick)
+        ui.select_run(pick)
         st.rerun()
     with c3:
         st.page_link("pages/1_Model.py", label="Start a new run (Model page)", icon=":material/add:")
 
 
 def current_run_panel(run):
-    st.subheader(f"Current run: {Path(ab.run_folder(run)).name}")
+    st.subheader(f"Current run: {Path(runs.run_folder(run)).name}")
     k = run.latest_round
-    if ab.is_image_run(run):
+    if runs.is_image_run(run):
         st.info("An image run: see the Images page for its grids.")
         return
-    tl = ab.timeline(run)
+    tl = cached.timeline(run)
     last = tl.iloc[-1].to_dict() if len(tl) else {}
     left, right = st.columns([3, 2], gap="large")
     with right:
         m = st.columns(2)
-        m[0].metric("Data set", ab.run_dataset(run))
+        m[0].metric("Data set", runs.run_dataset(run))
         m[1].metric("Rounds", max(len(run.rounds()) - 1, 0))
         m = st.columns(2)
         if last.get("entropy") is not None:
             m[0].metric("Entropy (k-NN)", f"{last['entropy']:.3f}")
         if last.get("off_support") is not None:
             m[1].metric("Off support", f"{last['off_support']:.1%}")
-        st.success(f"Model ready: {Path(ab.run_folder(run)).name}, round {k}. "
+        st.success(f"Model ready: {Path(runs.run_folder(run)).name}, round {k}. "
                    "Next: run S-MEME rounds on the Explore page.")
         st.page_link("pages/2_Explore.py", label="Explore: run S-MEME rounds", icon=":material/explore:")
     with left:
-        pts = ab.samples(run, k)
-        data = ab.data_sample(run)
-        panels = ([("training data", ab.plane(run, data))] if data is not None else []) + \
-                 [(f"model samples, round {k}", ab.plane(run, pts))]
-        ab.plot(ab.figure(run, ("home-scatter", k), lambda: figures.scatter_panels(
-            panels, overlay=ab.overlay(run), labels=ab.plane_labels(run), ranges=ab.plane_ranges(run), height=340)),
+        pts = cached.samples(run, k)
+        data = cached.data_sample(run)
+        panels = ([("training data", cached.plane(run, data))] if data is not None else []) + \
+                 [(f"model samples, round {k}", cached.plane(run, pts))]
+        ui.plot(cached.figure(run, ("home-scatter", k), lambda: figures.scatter_panels(
+            panels, overlay=cached.overlay(run), labels=cached.plane_labels(run), ranges=cached.plane_ranges(run),
+            height=340)),
             key="home_scatter")
 
 
@@ -109,5 +110,5 @@ if (HERE / "pages" / "4_Images.py").exists():
     pages.append(st.Page("pages/4_Images.py", title="Images", icon=":material/image:"))
 
 nav = st.navigation(pages)
-ab.sidebar()
+ui.sidebar()
 nav.run()

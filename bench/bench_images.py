@@ -37,7 +37,7 @@ def emit(obj: dict) -> None:
 
 
 def bench_digits(steps: int, rounds: int, lam: float, workdir: Path, from_run: str | None = None) -> dict:
-    from smeme.classifier import get_classifier
+    from smeme.images.classifier import get_classifier
     from smeme.pipeline import pretrain_run
 
     t = time.perf_counter()
@@ -70,7 +70,7 @@ def bench_digits(steps: int, rounds: int, lam: float, workdir: Path, from_run: s
 
 
 def _digits_rounds(run, rounds: int, lam: float, results: dict) -> dict:
-    from smeme.sd_explore import run_digits_rounds
+    from smeme.images.digits_rounds import run_digits_rounds
 
     def on_round(k, m):
         row = {"what": "digits round", "round": k, "solver_seconds": m["solver_seconds"],
@@ -93,8 +93,8 @@ def bench_sd(source: str | None, workdir: Path, tiny: bool, sd15_random: bool, i
              steps: int = 60):
     import torch
 
-    from smeme.models.sd import SDConfig
-    from smeme.sd_explore import SDExploreConfig, SDRun, run_sd_rounds
+    from smeme.images.sd import SDConfig
+    from smeme.images.sd_explore import SDExploreConfig, SDRun, run_sd_rounds
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if tiny or sd15_random:
@@ -126,7 +126,7 @@ def _bench_sd15_random(device: str, iterations: int, resolution: int = 512, step
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from smeme.models.base import score
-    from smeme.models.sd import SDConfig, SDNoisePredictor
+    from smeme.images.sd import SDConfig, SDNoisePredictor
     from smeme.solvers.adjoint_matching import AdjointMatchingConfig, adjoint_matching
 
     class Pipe:  # the attributes SDNoisePredictor reads

@@ -3,21 +3,21 @@ from pathlib import Path
 
 import streamlit as st
 
-from smeme import app_backend as ab
-from smeme import figures, jobs
+from smeme import ui
+from smeme.services import cached, figures, jobs, launch, results, runs, settings
 from smeme.data import DataError
 
 st.title("Model")
 
 # -------------------------------------------------------------------------------- training
-training = ab.training_folder()  # a training started here (or still running after a reload)
-if training and ab.job_panel(training, "train", key="model_train") == jobs.RUNNING:
+training = ui.training_folder()  # a training started here (or still running after a reload)
+if training and ui.job_panel(training, "train", key="model_train") == jobs.RUNNING:
     st.caption("Training continues in the background if you switch pages.")
     st.stop()
 
 with st.expander("Train a new model", expanded=st.session_state.get("run") is None):
-    st.markdown("\n".join(b for k, b in ab.content_blocks("model") if k == "md"))
-    dataset = st.radio("Data set", ab.DATASETS, horizontal=True, key="m_dataset",
+    st.markdown("\n".join(b for k, b in settings.content_blocks("model") if k == "md"))
+    dataset = st.radio("Data set", settings.DATASETS, horizontal=True, key="m_dataset",
                        format_func={"toy": "toy (two squares)", "triangles": "triangles", "csv": "CSV upload"}.get)
     params, problem = {}, None
     if dataset == "toy":
@@ -32,14 +32,14 @@ with st.expander("Train a new model", expanded=st.session_state.get("run") is No
             st.markdown("**Angle types**")
             right = st.slider("right", 0.0, 0.3, 0.0, 0.01, key="m_right")
             obtuse = st.slider("obtuse", 0.0, 0.8, 0.15, 0.01, key="m_obtuse")
-        params, problem = ab.triangle_params(eq, iso, right, obtuse)
+        params, problem = settings.triangle_params(eq, iso, right, obtuse)
     else:
         up = st.file_uploader("CSV file (numeric columns with a header row)", type=["csv", "txt"], key="m_csv")
         if up is None:
             problem = "Upload a CSV file to train on it."
         else:
-            params["path"] = str(ab.save_upload(up.name, up.getvalue()))
-    d = ab.training_defaults(dataset)
+            params["path"] = str(settings.save_upload(up.name, up.getvalue()))
+    d = settings.training_defaults(dataset)
     c1, c2, c3, c4 = st.columns(4)
     width = c1.select_slider("Model width", [16, 32, 64, 128, 256], value=min(max(d["width"], 16), 256)
                              if d["width"] in (16, 32, 64, 128, 256) else 128, key="m_width")
@@ -49,36 +49,36 @@ with st.expander("Train a new model", expanded=st.session_state.get("run") is No
     name = st.text_input("Run name (optional)", key="m_name", placeholder=f"{dataset}-<date-time>")
     if problem is None and dataset == "csv":
         try:
-            ab.check_dataset(dataset, params)
+            settings.check_dataset(dataset, params)
         except DataError as exc:
             problem = str(exc)
             st.error(f"This file cannot be used: {exc}")
     elif problem is not None and dataset != "csv":
         st.error(problem)
     if st.button("Train", type="primary", disabled=problem is not None, key="m_train"):
-        folder = ab.new_run_folder(dataset, name or None)
+        folder = runs.new_run_folder(dataset, name or None)
         try:
-            ab.start_training(folder, dataset, params, steps=int(steps), seed=int(seed),
-                              model_params={"width": int(width), "depth": int(depth)})
+            launch.start_training(folder, dataset, params, steps=int(steps), seed=int(seed),
+                                  model_params={"width": int(width), "depth": int(depth)})
         except (jobs.JobBusy, DataError, ValueError) as exc:
             st.error(str(exc))
         else:
             st.session_state["training"] = str(folder.resolve())
-            ab.select_run(folder)
+            ui.select_run(folder)
             st.rerun()
 
 # -------------------------------------------------------------------------------- result
-run = ab.current_run()
+run = ui.current_run()
 if run is None:
     st.info("No model yet: train one above (or pick a run in the sidebar).")
     st.stop()
-if ab.is_image_run(run):
+if runs.is_image_run(run):
     st.info("This is an image run: its rounds are shown on the Images page.")
     st.stop()
 
-st.subheader(f"Pre-trained model: {Path(ab.run_folder(run)).name}")
-info = ab.run_info(run)
-m0 = ab.flat_metrics(run.metrics().get(0, {}))
+st.subheader(f"Pre-trained model: {Path(runs.run_folder(run)).name}")
+info = runs.run_info(run)
+m0 = results.flat_metrics(run.metrics().get(0, {}))
 cols = st.columns(5)
 cols[0].metric("Data set", info["dataset"])
 cols[1].metric("Model", info["model"])
@@ -90,33 +90,34 @@ if "entropy" in m0:
 
 left, right = st.columns(2, gap="medium")
 with left:
-    pts = ab.samples(run, 0)
-    data = ab.data_sample(run)
-    panels = ([("training data", ab.plane(run, data))] if data is not None else []) + [("model samples", ab.plane(run, pts))]
-    ab.plot(ab.figure(run, ("model-scatter",), lambda: figures.scatter_panels(
-        panels, overlay=ab.overlay(run), labels=ab.plane_labels(run), ranges=ab.plane_ranges(run),
+    pts = cached.samples(run, 0)
+    data = cached.data_sample(run)
+    panels = (([("training data", cached.plane(run, data))] if data is not None else [])
+              + [("model samples", cached.plane(run, pts))])
+    ui.plot(cached.figure(run, ("model-scatter",), lambda: figures.scatter_panels(
+        panels, overlay=cached.overlay(run), labels=cached.plane_labels(run), ranges=cached.plane_ranges(run),
         title="Data vs model samples", height=420)), key="model_scatter")
 with right:
-    hm = ab.heatmap_cached(run, 0)
+    hm = cached.heatmap_cached(run, 0)
     if hm is not None:
-        ab.plot(ab.figure(run, ("model-heat", ab.HEATMAP_RES), lambda: figures.heatmap(
-            hm, overlay=ab.overlay(run), title="log-density of the pre-trained model")), key="model_heatmap")
-    elif ab.has_plane(run):
-        folder = ab.run_folder(run)
+        ui.plot(cached.figure(run, ("model-heat", settings.HEATMAP_RES), lambda: figures.heatmap(
+            hm, overlay=cached.overlay(run), title="log-density of the pre-trained model")), key="model_heatmap")
+    elif runs.has_plane(run):
+        folder = runs.run_folder(run)
         if jobs.get(folder, "heatmap") is None or not jobs.get(folder, "heatmap").running:
-            ab.start_heatmaps(folder, [0])
-        ab.job_panel(folder, "heatmap", show_loss=False, key="model_heat")
+            launch.start_heatmaps(folder, [0])
+        ui.job_panel(folder, "heatmap", show_loss=False, key="model_heat")
     else:
         st.caption("This data set has no 2-D plane to draw its density on.")
 
 with st.expander("Training loss and settings"):
-    hist = ab.training_history(run)
+    hist = runs.training_history(run)
     if hist:
-        ab.plot(figures.loss_curve(hist), key="model_loss")
+        ui.plot(figures.loss_curve(hist), key="model_loss")
     st.json(info["config"], expanded=False)
 
 c1, c2 = st.columns(2)
-c1.download_button("Download samples (CSV)", ab.samples_csv(run, 0), file_name="samples_round0.csv",
+c1.download_button("Download samples (CSV)", cached.samples_csv(run, 0), file_name="samples_round0.csv",
                    mime="text/csv", key="model_dl_samples")
-c2.download_button("Download metrics (JSON)", ab.metrics_json(run), file_name="metrics.json",
+c2.download_button("Download metrics (JSON)", results.metrics_json(run), file_name="metrics.json",
                    mime="application/json", key="model_dl_metrics")

@@ -3,36 +3,37 @@ from pathlib import Path
 
 import streamlit as st
 
-from smeme import app_backend as ab
-from smeme import figures, jobs
+from smeme import ui
+from smeme.services import cached, figures, jobs, launch, results, runs, settings
 
 st.title("Explore")
-run = ab.current_run()
+run = ui.current_run()
 if run is None:
     st.info("Open or train a model first (Home or Model page).")
     st.page_link("pages/1_Model.py", label="Model page", icon=":material/model_training:")
     st.stop()
-if ab.is_image_run(run):
+if runs.is_image_run(run):
     st.info("This is an image run: its rounds are shown on the Images page.")
     st.stop()
-folder = ab.run_folder(run)
-st.caption(f"Run **{Path(folder).name}** ({ab.run_dataset(run)}), {len(run.rounds()) - 1} round(s) so far.")
-ab.render_content("explore")
+folder = runs.run_folder(run)
+st.caption(f"Run **{Path(folder).name}** ({runs.run_dataset(run)}), {len(run.rounds()) - 1} round(s) so far.")
+ui.render_content("explore")
 
-defaults = ab.explore_defaults(run)
+defaults = settings.explore_defaults(run)
 c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
-solver = c1.radio("Solver", ab.SOLVERS, format_func=ab.SOLVER_NAMES.get, key="x_solver",
-                  index=ab.SOLVERS.index(defaults.get("solver", "adjoint")) if defaults.get("solver") in ab.SOLVERS else 0)
+solver = c1.radio("Solver", settings.SOLVERS, format_func=settings.SOLVER_NAMES.get, key="x_solver",
+                  index=settings.SOLVERS.index(defaults.get("solver", "adjoint"))
+                  if defaults.get("solver") in settings.SOLVERS else 0)
 lam = c2.slider("λ per round", 0.01, 0.9, float(defaults.get("lam", 0.1)), 0.01, key="x_lam",
                 help="Reward −λ log p of the previous round; 1/λ is the mirror-descent step's α.")
-schedule = c2.radio("λ schedule", ab.LAM_SCHEDULES, horizontal=True, key="x_sched",
-                    index=ab.LAM_SCHEDULES.index(defaults.get("lam_schedule", "constant"))
-                    if defaults.get("lam_schedule") in ab.LAM_SCHEDULES else 0)
+schedule = c2.radio("λ schedule", settings.LAM_SCHEDULES, horizontal=True, key="x_sched",
+                    index=settings.LAM_SCHEDULES.index(defaults.get("lam_schedule", "constant"))
+                    if defaults.get("lam_schedule") in settings.LAM_SCHEDULES else 0)
 iters = c3.number_input("Solver iterations per round", 1, 2000, int(defaults["iterations"]), key="x_iters")
 k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
 seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
 
-busy = ab.busy_message(folder)
+busy = runs.busy_message(folder)
 b1, b2, b3 = st.columns(3)
 start_one = b1.button("Run next round", type="primary", disabled=busy is not None, key="x_one", width="stretch")
 start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None, key="x_k_btn", width="stretch")
@@ -40,10 +41,10 @@ if b3.button("Stop", disabled=jobs.get(folder, "explore") is None or not jobs.ge
              key="x_stop", width="stretch"):
     jobs.stop(folder, "explore")
 if start_one or start_k:
-    settings = ab.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
-                                   iterations=int(iters), seed=int(seed))
+    chosen = settings.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
+                                       iterations=int(iters), seed=int(seed))
     try:
-        ab.start_rounds(folder, 1 if start_one else int(k_rounds), settings)
+        launch.start_rounds(folder, 1 if start_one else int(k_rounds), chosen)
         st.rerun()
     except (jobs.JobBusy, ValueError) as exc:
         st.error(str(exc))
@@ -51,27 +52,29 @@ elif busy and (jobs.get(folder, "explore") is None or not jobs.get(folder, "expl
     st.warning(busy)
 
 
-def results():
-    r = ab.open_run(folder)
-    tl = ab.timeline(r)
+def show_results():
+    r = runs.open_run(folder)
+    tl = cached.timeline(r)
     if len(tl):
-        ab.metric_row(tl)
-    ab.plot(ab.figure(r, ("timeline",), lambda: figures.timeline(tl, ab.timeline_panels(r), title="Metrics per round")),
+        ui.metric_row(tl)
+    ui.plot(cached.figure(r, ("timeline",), lambda: figures.timeline(tl, runs.timeline_panels(r),
+                                                                       title="Metrics per round")),
             key="x_timeline")
     rounds = r.rounds()
     shown = rounds[-2:] if len(rounds) >= 2 else rounds
 
     def build():
-        panels = [(f"round {k}" + (" (pre-trained)" if k == 0 else ""), ab.plane(r, ab.samples(r, k))) for k in shown]
-        cats = ab.color_categories(r, [ab.samples(r, k) for k in shown])
-        return figures.scatter_panels(panels, overlay=ab.overlay(r), labels=ab.plane_labels(r), colors=cats,
-                                      ranges=ab.plane_ranges(r), height=420,
+        panels = [(f"round {k}" + (" (pre-trained)" if k == 0 else ""), cached.plane(r, cached.samples(r, k)))
+                  for k in shown]
+        cats = runs.color_categories(r, [cached.samples(r, k) for k in shown])
+        return figures.scatter_panels(panels, overlay=cached.overlay(r), labels=cached.plane_labels(r), colors=cats,
+                                      ranges=cached.plane_ranges(r), height=420,
                                       title="Newest samples beside the previous round's (same noise)")
-    ab.plot(ab.figure(r, ("samples", tuple(shown)), build), key="x_samples")
+    ui.plot(cached.figure(r, ("samples", tuple(shown)), build), key="x_samples")
 
 
-status = ab.job_panel(folder, "explore", key="x_job", extra=results)
+status = ui.job_panel(folder, "explore", key="x_job", extra=show_results)
 if status != jobs.RUNNING:
-    results()
-    st.download_button("Download metrics (JSON)", ab.metrics_json(run), file_name="metrics.json",
+    show_results()
+    st.download_button("Download metrics (JSON)", results.metrics_json(run), file_name="metrics.json",
                        mime="application/json", key="x_dl_metrics")

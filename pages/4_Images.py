@@ -1,22 +1,20 @@
 """Images: digits (8x8, fully offline) and Stable Diffusion (a local folder), as grids under
 fixed noise (rows: rounds, columns: samples) with each round's metrics beside them.
 
-Thin: the work is in smeme.models.unet (digits pre-training), smeme.sd_explore (rounds),
-smeme.grid (grids) and smeme.image_metrics; long work runs as background jobs (smeme.jobs).
+Thin: runs and background work come from smeme.services.image_runs, grids from
+smeme.images.grid; the metrics shown were saved by the rounds (smeme.images.metrics).
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from smeme import app_backend as ab
-from smeme import jobs
+from smeme import ui
+from smeme.services import image_runs, jobs, runs, settings
 
-ab.setup()
+settings.setup()
 st.title("Images: the same noise through every round")
 st.caption("Each row is a round's model, each column one fixed initial noise and noise sequence: "
            "a column shows how S-MEME moves one sample round after round. Digits run at 8x8 and are "
@@ -24,32 +22,6 @@ st.caption("Each row is a round's model, each column one fixed initial noise and
 
 kind = st.radio("Model", ["Digits (8x8, offline)", "Stable Diffusion (local folder)"], horizontal=True,
                 key="img_kind")
-
-
-def _digits_runs() -> list[Path]:
-    base = ab.runs_dir()
-    out = []
-    if base.is_dir():
-        for f in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-            try:
-                cfg = json.loads((f / "config.json").read_text())
-                if cfg.get("dataset", {}).get("name") == "digits":
-                    out.append(f)
-            except (OSError, ValueError, AttributeError):
-                continue
-    return out
-
-
-def _sd_runs_dir() -> Path:
-    return ab.cache_dir() / "sd_runs"
-
-
-def _metrics_table(metrics: dict, rounds: list[int], keys: list[tuple[str, str]]) -> pd.DataFrame:
-    rows = []
-    for k in rounds:
-        m = metrics.get(k, {})
-        rows.append({"round": k, **{label: m.get(key) for key, label in keys}})
-    return pd.DataFrame(rows).set_index("round")
 
 
 def _grid_controls(rounds: list[int], key: str):
@@ -64,7 +36,7 @@ def _grid_controls(rounds: list[int], key: str):
 # ======================================================================================
 # digits
 if kind.startswith("Digits"):
-    with st.expander("Pre-train a digits model", expanded=not _digits_runs()):
+    with st.expander("Pre-train a digits model", expanded=not image_runs.digits_runs()):
         st.write("A diffusers UNet2DModel trained on scikit-learn's 8x8 digits (no download). By default "
                  "digits 5-9 keep only a fraction of their images, so exploration has a visible target: "
                  "their share should rise round by round.")
@@ -75,42 +47,25 @@ if kind.startswith("Digits"):
         frac = c3.slider("Share kept of digits 5-9", 0.05, 1.0, 0.2, 0.05)
         seed = c4.number_input("Seed", 0, 10**6, 0)
         if st.button("Pre-train", type="primary"):
-            folder = ab.new_run_folder("digits", name)
-
-            def target(job, folder=folder, steps=int(steps), frac=float(frac), seed=int(seed)):
-                from smeme.pipeline import pretrain_run
-                ab.setup()
-                job.update(0.0, "Building the data set and the classifier...")
-
-                def progress(step, total, loss):
-                    job.update(0.9 * step / max(total, 1), f"Training: step {step}/{total}", loss=loss, step=step)
-
-                params = {} if frac >= 1 else {"rare_fraction": frac}
-                if frac >= 1:
-                    params["balanced"] = True
-                pretrain_run(folder, "digits", dataset_params=params, steps=steps, seed=seed, progress=progress,
-                                    cancel=job.cancel)
-                job.update(1.0, "Done: round 0 saved with its metrics.")
-                return str(folder)
-
+            folder = runs.new_run_folder("digits", name)
             try:
-                jobs.start(folder, "train", target, label="Pre-training digits")
+                image_runs.start_digits_training(folder, int(steps), float(frac), int(seed))
                 st.session_state["img_digits_run"] = str(folder)
             except jobs.JobBusy as exc:
                 st.error(str(exc))
         pending = st.session_state.get("img_digits_run")
         if pending:
-            ab.job_panel(pending, "train", key="img_train")
+            ui.job_panel(pending, "train", key="img_train")
 
-    runs = _digits_runs()
-    if not runs:
+    digit_runs = image_runs.digits_runs()
+    if not digit_runs:
         st.info("No digits model yet: pre-train one above.")
         st.stop()
-    names = [r.name for r in runs]
+    names = [r.name for r in digit_runs]
     chosen = st.selectbox("Digits run", names, index=0, key="img_digits_pick")
-    folder = runs[names.index(chosen)]
+    folder = digit_runs[names.index(chosen)]
     try:
-        run = ab.open_run(folder)
+        run = runs.open_run(folder)
     except Exception as exc:  # noqa: BLE001 - still training or damaged: say which
         st.warning(f"Cannot open {folder.name} yet: {exc}")
         st.stop()
@@ -122,27 +77,11 @@ if kind.startswith("Digits"):
         lam = c2.number_input("lambda (exploration strength)", 0.01, 0.9, 0.1, step=0.05,
                               help="Each round fine-tunes towards p_prev^(1 - lambda) (paper: 0.1).")
         if c3.button("Run rounds", type="primary"):
-            def explore_target(job, folder=folder, more=int(more), lam=float(lam)):
-                from smeme.sd_explore import run_digits_rounds
-                ab.setup()
-                r = ab.open_run(folder)
-                first = r.latest_round
-
-                def on_iteration(k, i, total, loss):
-                    job.update(((k - first - 1) + i / max(total, 1)) / more,
-                               f"Round {k}: solver iteration {i}/{total}", loss=loss)
-
-                def on_round(k, m):
-                    job.log({"round": int(k), "metrics": m})
-
-                return run_digits_rounds(r, more, lam=lam, on_iteration=on_iteration, on_round=on_round,
-                                         cancel=job.cancel)
-
             try:
-                jobs.start(folder, "explore", explore_target, label=f"S-MEME digits rounds ({int(more)})")
+                image_runs.start_digits_rounds(folder, int(more), float(lam))
             except jobs.JobBusy as exc:
                 st.error(str(exc))
-        ab.job_panel(str(folder), "explore", key="img_explore")
+        ui.job_panel(str(folder), "explore", key="img_explore")
 
     shown, n, seed = _grid_controls(rounds, "img_d")
     if not shown:
@@ -150,7 +89,7 @@ if kind.startswith("Digits"):
         st.stop()
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        from smeme.grid import make_grid
+        from smeme.images.grid import make_grid
 
         cache_key = ("img_grid", str(folder), tuple(shown), n, seed, tuple(rounds))
         img = st.session_state.get(cache_key)
@@ -161,7 +100,7 @@ if kind.startswith("Digits"):
         st.image(img, caption=f"Rows: rounds {shown}; columns: {n} samples, noise seed {seed}")
     with right:
         metrics = run.metrics()
-        table = _metrics_table(metrics, shown, [
+        table = image_runs.metrics_table(metrics, shown, [
             ("rare_share", "rare share"), ("confidence", "confidence"), ("valid_share", "valid"),
             ("frechet_distance", "FD to round 0"), ("diversity", "diversity (Vendi)"),
             ("entropy_knn", "k-NN entropy")])
@@ -179,12 +118,13 @@ if kind.startswith("Digits"):
 # ======================================================================================
 # Stable Diffusion
 else:
-    from smeme.models.sd import SDError, find_metric_weights, resolve_pipeline_folder
-    from smeme.sd_explore import SDRun, SDRunError, is_sd_run
+    from smeme.images.sd import SDError, resolve_pipeline_folder
+    from smeme.images.sd_metrics import find_metric_weights
+    from smeme.images.sd_explore import SDRun, SDRunError
 
     st.write("Load any local diffusers Stable Diffusion folder (nothing is downloaded). Rounds tune a LoRA "
              "adapter with Adjoint Matching; trajectories use classifier-free guidance (w = 8). On a CPU a "
-             "real SD round takes hours: run it on a GPU with `accelerate launch -m smeme.sd_explore ...`.")
+             "real SD round takes hours: run it on a GPU with `accelerate launch -m smeme.images.sd_explore ...`.")
     src = st.text_input("Stable Diffusion folder", key="img_sd_src",
                         placeholder="/path/to/stable-diffusion-v1-5 (a diffusers pipeline folder)")
     ok_src = None
@@ -205,39 +145,21 @@ else:
             prompt = c2.text_input("Prompt", value="A creative architecture.")
             more = c3.number_input("Rounds", 1, 10, 3)
             if st.button("Run rounds", type="primary"):
-                folder = _sd_runs_dir() / name
+                folder = image_runs.sd_runs_dir() / name
                 try:
-                    from smeme.models.sd import SDConfig
-                    run = SDRun.create(folder, SDConfig(source=str(ok_src), prompt=prompt))
-                except (SDError, SDRunError) as exc:
+                    image_runs.start_sd_rounds(folder, ok_src, prompt, int(more))
+                    st.session_state["img_sd_run"] = str(folder)
+                except (SDError, SDRunError, jobs.JobBusy) as exc:
                     st.error(str(exc))
-                else:
-                    def sd_target(job, run=run, more=int(more)):
-                        from smeme.sd_explore import run_sd_rounds
-                        ab.setup()
 
-                        def on_iteration(k, i, total, loss):
-                            job.update(i / max(total, 1), f"Round {k}: iteration {i}/{total}", loss=loss)
-
-                        with run.lock():
-                            return run_sd_rounds(run, more, on_iteration=on_iteration,
-                                                 on_round=lambda k, m: job.log({"round": k, "metrics": m}),
-                                                 cancel=job.cancel)
-
-                    try:
-                        jobs.start(folder, "explore", sd_target, label=f"S-MEME SD rounds ({int(more)})")
-                        st.session_state["img_sd_run"] = str(folder)
-                    except jobs.JobBusy as exc:
-                        st.error(str(exc))
-
-    sd_runs = [p for p in sorted(_sd_runs_dir().glob("*")) if is_sd_run(p)] if _sd_runs_dir().is_dir() else []
+    sd_runs = image_runs.sd_runs()
     if not sd_runs:
         st.info("No Stable Diffusion run yet.")
         st.stop()
     names = [p.name for p in sd_runs]
     pick = st.selectbox("SD run", names, key="img_sd_pick")
     folder = sd_runs[names.index(pick)]
-    ab.job_panel(str(folder), "explore", key="img_sd_explore")
+    ui.job_panel(str(folder), "explore", key="img_sd_explore")
     try:
         run = SDRun.open(folder)
     except SDRunError as exc:
@@ -247,7 +169,7 @@ else:
     left, right = st.columns([3, 2], gap="medium")
     with left:
         if shown and st.button("Draw the grid", help="Samples each round (cached in the run folder)."):
-            from smeme.grid import make_grid
+            from smeme.images.grid import make_grid
             try:
                 with st.spinner("Sampling and decoding every round under the same noise..."):
                     st.session_state[("img_sd_grid", str(folder))] = make_grid(run, shown, n=n, seed=seed)
@@ -258,7 +180,7 @@ else:
             st.image(img)
     with right:
         metrics = run.metrics()
-        st.dataframe(_metrics_table(metrics, run.rounds(), [
+        st.dataframe(image_runs.metrics_table(metrics, run.rounds(), [
             ("fid", "FID to round 0"), ("inception_cross_entropy", "Inception cross-entropy"),
             ("clip_score", "CLIP score"), ("seconds", "seconds")]), width="stretch")
         missing = next((m.get("missing_weights") for m in metrics.values() if m.get("missing_weights")), None)

@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from . import images  # noqa: F401  (registers the digits data set and the image model kinds)
+
 EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
 
@@ -237,7 +239,7 @@ def cmd_tilt(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from .grid import open_any_run, save_grid
+    from .images.grid import open_any_run, save_grid
 
     try:
         rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
@@ -355,7 +357,7 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sd-explore"]:  # Stable Diffusion rounds have their own options
-        from .sd_explore import main as sd_main
+        from .images.sd_explore import main as sd_main
 
         return sd_main(argv[1:])
     try:

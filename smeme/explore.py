@@ -22,12 +22,13 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .config import ConfigBase
 from .density import log_prob
 from .models.base import NoisePredictor, score
 from .solvers import (AdjointMatchingConfig, SolverDivergedError, SolverError, StudentTeacherConfig,
@@ -43,7 +44,8 @@ class ExploreError(ValueError):
 
 
 @dataclass
-class ExploreConfig:
+class ExploreConfig(ConfigBase):
+    config_error, config_label = ExploreError, "explore"
     lam: float = 0.1  # lambda = 1/alpha of the mirror-descent step
     lam_schedule: str = "constant"  # 'constant' | 'decreasing' (lam / k^lam_power)
     lam_power: float = 0.6
@@ -131,17 +133,6 @@ class ExploreConfig:
     def lr_at(self, k: int) -> float:
         """The solver's learning rate in round k >= 1."""
         return float(self.lr) if self.lr is not None else 2e-3 * math.sqrt(self.lam_at(k) / 0.3)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ExploreConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ExploreError(f"Unknown explore setting(s) {unknown}; allowed: {sorted(names)}.")
-        return cls(**d)
 
     def solver_config(self, round_index: int):
         seed = self.seed * 10_007 + round_index

@@ -2,6 +2,7 @@
 
 Each preset: `model` (the registry's model config minus 'dim', which the data fixes) and
 `train` (a TrainConfig). 'tiny' is a seconds-long preset for tests; it is not accurate.
+Data sets defined above the core register theirs (smeme.extensions.register_preset).
 Measured numbers behind these choices: BENCHMARKS.md (bench/bench_pretrain.py).
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .extensions import PRESETS as REGISTERED
 from .train import TrainConfig
 
 
@@ -48,21 +50,12 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    """The preset for a data set (or 'tiny'); 'digits' comes from smeme.models.unet.DIGITS_PRESET."""
+    """The preset for a data set (or 'tiny'), built in or registered."""
     if name in PRESETS:
         return PRESETS[name]
-    if name == "digits":  # the images work registers its own preset in smeme.models.unet
-        import importlib
-
-        try:
-            unet = importlib.import_module("smeme.models.unet")
-        except ImportError as exc:
-            raise ValueError(f"The digits preset needs smeme.models.unet ({exc}).") from None
-        preset = getattr(unet, "DIGITS_PRESET", None)
-        if preset is None:
-            raise ValueError("smeme.models.unet defines no DIGITS_PRESET.")
-        return preset
-    raise ValueError(f"Unknown preset '{name}'; choose one of {', '.join(sorted(PRESETS))}.")
+    if name in REGISTERED:
+        return REGISTERED[name]()
+    raise ValueError(f"Unknown preset '{name}'; choose one of {', '.join(sorted([*PRESETS, *REGISTERED]))}.")
 
 
 def train_config(name: str, **overrides) -> TrainConfig:

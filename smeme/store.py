@@ -49,7 +49,7 @@ class RunLockedError(StoreError):
 
 
 # -- atomic writes --------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call write(file_object) on a temp file next to `path`, then rename it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -68,25 +68,25 @@ def _atomic_write(path: Path, write) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     data = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode()
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
-def _jsonable(obj):
+def jsonable(obj):
     """Metrics as strict JSON: numpy scalars/arrays to Python, non-finite floats to None."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.generic,)):
         obj = obj.item()
     if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # a torch tensor
-        return _jsonable(obj.detach().cpu().tolist())
+        return jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
@@ -248,7 +248,7 @@ class Run:
                 save_weights(target / "round_0.safetensors", model, {"round": 0})
                 if metrics is not None:
                     atomic_write_json(target / METRICS_FILE, {"schema_version": SCHEMA_VERSION,
-                                                              "rounds": {"0": _jsonable(metrics)}})
+                                                              "rounds": {"0": jsonable(metrics)}})
         except BaseException:
             if replace:
                 shutil.rmtree(target, ignore_errors=True)
@@ -358,7 +358,7 @@ class Run:
     def set_metrics(self, k: int, metrics: dict) -> None:
         with self.lock():
             data = self.metrics()
-            data[int(k)] = _jsonable(metrics)
+            data[int(k)] = jsonable(metrics)
             atomic_write_json(self.folder / METRICS_FILE, {
                 "schema_version": SCHEMA_VERSION,
                 "rounds": {str(r): data[r] for r in sorted(data)}})
@@ -375,7 +375,7 @@ class Run:
         path = self.cache_path(key)
         path.parent.mkdir(exist_ok=True)
         arr = np.asarray(arr)
-        _atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+        atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
         return path
 
     def load_array(self, key: str):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .config import ConfigBase
 from .data.base import Dataset, Standardizer
 from .models.base import NoisePredictor, expand_like
 from .schedule import Schedule, VPSchedule
@@ -25,7 +26,8 @@ ProgressFn = Callable[[int, int, float], None]  # (step done, total steps, loss)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
+    config_error, config_label = ValueError, "training"
     steps: int = 2000
     batch_size: int = 512
     lr: float = 3e-3
@@ -47,17 +49,6 @@ class TrainConfig:
             raise ValueError(f"small_t_fraction must lie in [0, 1], got {self.small_t_fraction}.")
         if not 0 <= self.ema < 1:
             raise ValueError(f"The EMA decay must lie in [0, 1), got {self.ema}.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown training setting(s) {unknown}; allowed: {sorted(names)}.")
-        return cls(**d)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smeme import app_backend as ab
-from smeme import jobs
+from smeme.services import cached, launch, runs, settings
+from smeme.services import jobs
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 60
@@ -26,12 +26,12 @@ def cache(tmp_path_factory):
     os.environ["SMEME_CACHE_DIR"] = str(root)
     os.environ["SMEME_APP_PRESET"] = "tiny"
     from smeme.pipeline import pretrain_run
-    toy = ab.runs_dir() / "toy-default"
-    tri = ab.runs_dir() / "tri"
+    toy = settings.runs_dir() / "toy-default"
+    tri = settings.runs_dir() / "tri"
     pretrain_run(toy, "toy", n=2000, preset="tiny")
     pretrain_run(tri, "triangles", n=1024, preset="tiny")
     for folder, k in ((toy, 2), (tri, 1)):
-        job = ab.start_rounds(folder, k, ab.explore_defaults(ab.open_run(folder)))
+        job = launch.start_rounds(folder, k, settings.explore_defaults(runs.open_run(folder)))
         assert job.wait(120) and job.status == "done", job.error
     yield {"root": root, "toy": str(toy.resolve()), "tri": str(tri.resolve())}
     jobs.wait_all(60)
@@ -148,10 +148,10 @@ def test_model_page_trains_triangles_with_chosen_settings(cache):
     at.text_input(key="m_name").set_value("tri-small")
     at.button(key="m_train").click().run()
     assert not at.exception
-    folder = str((ab.runs_dir() / "tri-small").resolve())
+    folder = str((settings.runs_dir() / "tri-small").resolve())
     assert at.session_state["run"] == folder
     settle(at)
-    run = ab.open_run(folder)
+    run = runs.open_run(folder)
     assert run.config["dataset"]["name"] == "triangles"
     assert run.config["dataset"]["params"]["side_shares"]["isosceles"] == pytest.approx(0.1)
     assert run.config["train"]["steps"] == 40 and run.config["model"]["depth"] == 2
@@ -198,7 +198,7 @@ def test_explore_runs_a_round_and_the_timeline_grows(cache):
     at.button(key="x_one").click().run()
     assert not at.exception
     settle(at)
-    run = ab.open_run(cache["tri"])
+    run = runs.open_run(cache["tri"])
     assert run.rounds() == [0, 1, 2]
     m = run.metrics()[2]
     assert m.get("solver") == "student-teacher" and m.get("lam") == pytest.approx(0.2)
@@ -212,16 +212,16 @@ def test_explore_runs_a_round_and_the_timeline_grows(cache):
 def test_explore_timeline_shows_what_a_perfect_solver_reaches(cache):
     from smeme.tilt import summarise_rounds
 
-    job = ab.start_heatmaps(cache["toy"], [0])  # the exact rounds start from round 0's heatmap
+    job = launch.start_heatmaps(cache["toy"], [0])  # the exact rounds start from round 0's heatmap
     assert job is None or (job.wait(120) and job.status == "done"), job and job.error
     at = app(cache["toy"]).run()
     at.switch_page("pages/2_Explore.py").run()
     assert not at.exception
     tl = [f for f in figs(at) if "Metrics per round" in json.dumps(f["layout"])][0]
     assert sum(t["name"] == "perfect solver" for t in tl["data"]) == 3, [t["name"] for t in tl["data"]]
-    run = ab.open_run(cache["toy"])
+    run = runs.open_run(cache["toy"])
     m = run.metrics()
-    hm = ab.heatmap_cached(run, 0)
+    hm = cached.heatmap_cached(run, 0)
     truth = summarise_rounds(run, hm["xs"], hm["ys"], hm["logp"], [m[k]["lam"] for k in (1, 2)],
                              [m[k]["t_r"] for k in (1, 2)])
     sparse = [t for t in tl["data"] if t["name"] == "perfect solver" and t.get("yaxis") == "y4"]  # 4th panel
@@ -243,7 +243,7 @@ def test_explore_second_tab_gets_a_clear_busy_message(cache):
         assert any(p.value == 0.0 or p.value >= 0 for p in at.get("progress"))  # live progress shown
         # the run's writes are refused in another tab (registry) ...
         with pytest.raises(jobs.JobBusy, match="busy"):
-            ab.start_rounds(cache["toy"], 1, ab.explore_defaults())
+            launch.start_rounds(cache["toy"], 1, settings.explore_defaults())
         # ... and Stop in this tab stops the other tab's job
         at.button(key="x_job_stop").click().run()
         assert job.cancel.is_set()
@@ -253,14 +253,14 @@ def test_explore_second_tab_gets_a_clear_busy_message(cache):
 
 
 def test_explore_stop_keeps_finished_rounds(cache):
-    run = ab.open_run(cache["toy"])
+    run = runs.open_run(cache["toy"])
     before = run.rounds()
-    settings = dict(ab.explore_defaults(run), iterations=50)
-    job = ab.start_rounds(cache["toy"], 3, settings)
+    chosen = dict(settings.explore_defaults(run), iterations=50)
+    job = launch.start_rounds(cache["toy"], 3, chosen)
     job.stop()
     assert job.wait(120)
     assert job.status in ("cancelled", "done")
-    after = ab.open_run(cache["toy"]).rounds()
+    after = runs.open_run(cache["toy"]).rounds()
     assert after[: len(before)] == before
 
 
@@ -271,7 +271,7 @@ def test_compare_toy_heatmaps_difference_and_displacement(cache):
     at.switch_page("pages/3_Compare.py").run()
     assert not at.exception
     assert at.selectbox(key="c_a_toy-default").value == 0
-    latest = ab.open_run(cache["toy"]).latest_round
+    latest = runs.open_run(cache["toy"]).latest_round
     assert at.selectbox(key="c_b_toy-default").value == latest
     at.select_slider(key="c_res").set_value(32).run()
     for _ in range(3):  # a heatmap job of the first resolution may still be running: then the next
@@ -311,4 +311,4 @@ def test_compare_triangles_shows_types_validity_and_triangles(cache):
         assert title in text, title
     bars = [f for f in figs(at) if "Side type" in json.dumps(f["layout"])][0]
     assert all(t["type"] == "bar" and "error_y" in t for t in bars["data"])
-    assert len(bars["data"]) == len(ab.open_run(cache["tri"]).rounds())
+    assert len(bars["data"]) == len(runs.open_run(cache["tri"]).rounds())

@@ -15,6 +15,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
+import smeme.images  # noqa: E402,F401  (registers the digits data set, preset and UNet)
+
 CI_STEPS = 300
 CI_TRAIN = {"lr": 3e-3}
 CI_ROUNDS = 1
@@ -25,7 +27,7 @@ CI_SOLVER = {"iterations": 5}
 # ---------------------------------------------------------------------------- data and classifier
 def test_domain_round_trip_and_imbalance():
     from smeme.data import domain_from_config, make_dataset
-    from smeme.data.digits import DigitsDomain, load_all_digits
+    from smeme.images.digits import DigitsDomain, load_all_digits
 
     ds = make_dataset("digits")
     raw, labels = load_all_digits()
@@ -47,8 +49,8 @@ def test_domain_round_trip_and_imbalance():
 
 
 def test_classifier_is_accurate_and_not_fooled_by_noise():
-    from smeme.classifier import ClassifierConfig, get_classifier, train_classifier
-    from smeme.data.digits import load_all_digits, raw_to_images
+    from smeme.images.classifier import ClassifierConfig, get_classifier, train_classifier
+    from smeme.images.digits import load_all_digits, raw_to_images
 
     raw, labels = load_all_digits()
     x = raw_to_images(raw)
@@ -62,12 +64,12 @@ def test_classifier_is_accurate_and_not_fooled_by_noise():
     noise = np.random.default_rng(1).uniform(-1, 1, (200, 1, 8, 8))
     assert conf_real > 0.95 and clf.predict_proba(noise).max(axis=1).mean() < 0.5
     assert clf.features(x[:5]).shape == (5, 64)
-    dom_valid = __import__("smeme.data.digits", fromlist=["DigitsDomain"]).DigitsDomain().on_support(raw)
+    dom_valid = __import__("smeme.images.digits", fromlist=["DigitsDomain"]).DigitsDomain().on_support(raw)
     assert dom_valid.mean() > 0.95
 
 
 def test_image_metric_helpers():
-    from smeme.image_metrics import frechet_distance, gaussian_cross_entropy, vendi_score
+    from smeme.images.metrics import frechet_distance, gaussian_cross_entropy, vendi_score
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4000, 3))
@@ -85,7 +87,7 @@ def test_image_metric_helpers():
 
 def test_unet_builds_from_registry_with_its_schedule():
     from smeme.models.registry import build_model
-    from smeme.models.unet import UNetConfig, make_schedule, model_config
+    from smeme.images.unet import UNetConfig, make_schedule, model_config
     from smeme.schedule import VPSchedule
 
     cfg = model_config(UNetConfig(block_out_channels=(16, 16), attention=(False, True)))
@@ -110,8 +112,8 @@ def pretrained(tmp_path_factory):
 
 
 def test_pretrained_samples_are_digits_with_the_training_imbalance(pretrained):
-    from smeme.classifier import get_classifier
-    from smeme.data.digits import load_all_digits, raw_to_images
+    from smeme.images.classifier import get_classifier
+    from smeme.images.digits import load_all_digits, raw_to_images
 
     m0 = pretrained.metrics()[0]
     raw, _ = load_all_digits()
@@ -131,7 +133,7 @@ def test_pretrained_samples_are_digits_with_the_training_imbalance(pretrained):
 def explored(pretrained, tmp_path_factory):
     import shutil
 
-    from smeme.sd_explore import run_digits_rounds
+    from smeme.images.digits_rounds import run_digits_rounds
     from smeme.store import Run
 
     folder = tmp_path_factory.mktemp("digits_explored") / "run"
@@ -158,7 +160,7 @@ def test_rounds_raise_rare_share_and_diversity_keep_confidence(explored):
 def test_grid_maps_the_same_noise_through_each_round(explored, tmp_path):
     from PIL import Image
 
-    from smeme.grid import DIGITS_STEPS, GridError, grid_arrays, make_grid, save_grid, to_uint8
+    from smeme.images.grid import DIGITS_STEPS, GridError, grid_arrays, make_grid, save_grid, to_uint8
     from smeme.sampling import sample
 
     rows = grid_arrays(explored, [0, CI_ROUNDS], n=6, seed=11)

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smeme import figures
+from smeme.services import figures
 
 
 def _hm(shift=0.0, n=20):

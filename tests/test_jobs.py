@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from smeme import jobs
+from smeme.services import jobs
 
 
 def _slow(steps=50, dt=0.01, fail_at=None):

@@ -56,7 +56,7 @@ def tiny_sd(tmp_path_factory):
 
 
 def test_missing_and_foreign_folders_get_clear_errors(tmp_path):
-    from smeme.models.sd import SDError, load_pipeline, resolve_pipeline_folder
+    from smeme.images.sd import SDError, load_pipeline, resolve_pipeline_folder
 
     with pytest.raises(SDError, match="does not exist"):
         load_pipeline(tmp_path / "nowhere")
@@ -73,7 +73,7 @@ def test_missing_and_foreign_folders_get_clear_errors(tmp_path):
 
 
 def test_views_share_one_unet_and_start_equal(tiny_sd):
-    from smeme.models.sd import SDConfig, build_sd_model
+    from smeme.images.sd import SDConfig, build_sd_model
 
     m = build_sd_model(SDConfig(source=str(tiny_sd), prompt="a house."))
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -102,8 +102,8 @@ def test_whole_path_load_round_grid(tiny_sd, tmp_path):
     """load -> one short LoRA round (adapter saved as safetensors) -> grid, on CPU."""
     from safetensors.torch import load_file
 
-    from smeme.grid import make_grid, save_grid
-    from smeme.sd_explore import SDConfig, SDExploreConfig, SDRun, run_sd_rounds
+    from smeme.images.grid import make_grid, save_grid
+    from smeme.images.sd_explore import SDConfig, SDExploreConfig, SDRun, run_sd_rounds
 
     ex = SDExploreConfig(iterations=2, trajectories=2, steps=6, adam_steps=2, loss_steps=2, lr=1e-3,
                          sample_n=3, sample_steps=6)
@@ -134,7 +134,7 @@ def test_whole_path_load_round_grid(tiny_sd, tmp_path):
 
 
 def test_missing_metric_weights_are_named(tmp_path):
-    from smeme.models.sd import find_metric_weights
+    from smeme.images.sd_metrics import find_metric_weights
 
     w = find_metric_weights(inception=str(tmp_path / "nope.pt"), clip=str(tmp_path / "noclip"))
     assert not w.any
@@ -148,7 +148,7 @@ def test_metrics_with_local_weights_tiny_stand_ins(tiny_sd, tmp_path):
     from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
                               CLIPTokenizer, CLIPVisionConfig)
 
-    from smeme.models.sd import find_metric_weights, sd_metrics
+    from smeme.images.sd_metrics import find_metric_weights, sd_metrics
 
     class FakeInception(torch.nn.Module):
         def __init__(self):
@@ -191,7 +191,7 @@ def test_metrics_with_local_weights_tiny_stand_ins(tiny_sd, tmp_path):
 def test_local_cache_folder_reads_the_cache_layout_and_never_fetches(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from smeme.models.sd import local_cache_folder
+    from smeme.images.sd import local_cache_folder
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     assert local_cache_folder("org/absent") is None
     repo = tmp_path / "models--org--tiny-sd"

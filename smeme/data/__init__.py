@@ -1,11 +1,13 @@
-"""Data sets: toy two-square density, triangles, any numeric CSV, digits (images work).
+"""Data sets: toy two-square density, triangles, any numeric CSV; a registry for more.
 
 `make_dataset(name, ...)` builds one; `domain_from_config(cfg)` rebuilds a run's Domain
-from the dict its `to_config()` wrote.
+from the dict its `to_config()` wrote. Data sets defined above the core (the digits of
+smeme.images) add themselves with `smeme.extensions.register_dataset`: this package
+imports none of them.
 """
 from __future__ import annotations
 
-import importlib
+from ..extensions import DATASETS
 
 
 class DataError(ValueError):
@@ -14,8 +16,12 @@ class DataError(ValueError):
 
 from .base import Dataset, Domain, Standardizer  # noqa: E402
 
-NAMES = ("toy", "triangles", "csv", "digits")
+NAMES = ("toy", "triangles", "csv")  # built in; dataset_names() adds the registered ones
 DEFAULT_N = {"toy": 20_000, "triangles": 8_192}
+
+
+def dataset_names() -> tuple[str, ...]:
+    return NAMES + tuple(sorted(DATASETS))
 
 
 def make_dataset(name: str, n: int | None = None, seed: int = 0, **params) -> Dataset:
@@ -31,10 +37,9 @@ def make_dataset(name: str, n: int | None = None, seed: int = 0, **params) -> Da
         if "path" not in params:
             raise DataError("The csv data set needs a file: pass path=...")
         return load_csv(params.pop("path"), n=n, seed=seed, **params)
-    if name == "digits":
-        make_digits = importlib.import_module("smeme.data.digits").make_digits
-        return make_digits(n=n, seed=seed, **params)
-    raise DataError(f"Unknown data set '{name}'; choose one of {', '.join(NAMES)}.")
+    if name in DATASETS:
+        return DATASETS[name][0](n=n, seed=seed, **params)
+    raise DataError(f"Unknown data set '{name}'; choose one of {', '.join(dataset_names())}.")
 
 
 def domain_from_config(cfg: dict) -> Domain:
@@ -49,12 +54,10 @@ def domain_from_config(cfg: dict) -> Domain:
     if name == "csv":
         from .csv import CsvDomain
         return CsvDomain.from_config(cfg)
-    if name == "digits":
-        digits = importlib.import_module("smeme.data.digits")
-        if hasattr(digits, "domain_from_config"):
-            return digits.domain_from_config(cfg)
-        return digits.DigitsDomain.from_config(cfg)
-    raise DataError(f"Unknown data set '{name}' in the domain config; expected one of {', '.join(NAMES)}.")
+    if name in DATASETS:
+        return DATASETS[name][1](cfg)
+    raise DataError(f"Unknown data set '{name}' in the domain config; expected one of {', '.join(dataset_names())}.")
 
 
-__all__ = ["DataError", "Dataset", "Domain", "Standardizer", "make_dataset", "domain_from_config"]
+__all__ = ["DataError", "Dataset", "Domain", "Standardizer", "make_dataset", "domain_from_config",
+           "dataset_names"]

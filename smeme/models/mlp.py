@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ..config import ConfigBase
 from ..schedule import Schedule
 from .base import NoisePredictor
 
 
 @dataclass
-class MLPConfig:
+class MLPConfig(ConfigBase):
+    config_error, config_label = ValueError, "MLP model"
     dim: int
     width: int = 128
     depth: int = 3
@@ -21,9 +23,6 @@ class MLPConfig:
     # DDPM convention) made trained nets wiggle in t with period ~0.006, which costs the
     # PF-ODE log-density ~0.01 nats at 32 steps; 100 keeps edges sharp without that.
     time_scale: float = 100.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:

@@ -44,11 +44,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ..config import ConfigBase
 from ..models.base import NoisePredictor, expand_like
 from ..sampling import FixedNoise, ddpm_coefficients, sample_ddpm, time_grid
 from .base import (CancelFlag, IterationFn, RewardGrad, RewardValue, SolverDivergedError, SolverError,
@@ -56,7 +57,9 @@ from .base import (CancelFlag, IterationFn, RewardGrad, RewardValue, SolverDiver
 
 
 @dataclass
-class AdjointMatchingConfig:
+class AdjointMatchingConfig(ConfigBase):
+    config_error, config_label = SolverError, "Adjoint Matching"
+    internal_fields = ("timings",)  # filled by a run, not a setting
     iterations: int = 20  # solver iterations (fresh trajectories each)
     trajectories: int = 256  # m
     steps: int = 50  # DDPM steps of each trajectory
@@ -110,19 +113,6 @@ class AdjointMatchingConfig:
             raise SolverError(f"likelihood_ratio_share must lie in [0, 1], got {self.likelihood_ratio_share}.")
         if self.pairing not in ("next", "current"):
             raise SolverError(f"pairing must be 'next' or 'current', got {self.pairing!r}.")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("timings")
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AdjointMatchingConfig":
-        names = {f.name for f in fields(cls)} - {"timings"}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise SolverError(f"Unknown Adjoint Matching setting(s) {unknown}; allowed: {sorted(names)}.")
-        return cls(**d)
 
 
 def step_coefficients(schedule, grid: Tensor):

@@ -15,12 +15,13 @@ units: lam_prox |d_eps|^2 + beta sqrt(1 - ab) <d_eps, g> 1[t <= t_near], d_eps =
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from ..config import ConfigBase
 from ..models.base import NoisePredictor, expand_like
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 from .base import (CancelFlag, IterationFn, RewardGrad, SolverDivergedError, SolverError,
@@ -30,7 +31,8 @@ ValidFn = Callable[[Tensor], Tensor]  # x (B, *shape) in model space -> bool (B,
 
 
 @dataclass
-class StudentTeacherConfig:
+class StudentTeacherConfig(ConfigBase):
+    config_error, config_label = SolverError, "student-teacher"
     iterations: int = 20
     samples: int = 4096  # previous-round samples drawn once per call (then filtered by valid_fn)
     steps: int = 50  # DDPM steps used to draw them
@@ -52,17 +54,6 @@ class StudentTeacherConfig:
             raise SolverError("Student-teacher needs lr > 0, lam_prox > 0 and beta >= 0.")
         if not 0 < self.t_min < self.t_near <= 1 or not 0 <= self.near_fraction <= 1:
             raise SolverError("Student-teacher needs 0 < t_min < t_near <= 1 and near_fraction in [0, 1].")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StudentTeacherConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise SolverError(f"Unknown student-teacher setting(s) {unknown}; allowed: {sorted(names)}.")
-        return cls(**d)
 
 
 def student_teacher(model_ft: NoisePredictor, model_base: NoisePredictor, reward_grad: RewardGrad,

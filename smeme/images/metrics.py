@@ -1,7 +1,7 @@
 """Per-round image metrics: the image analogue of smeme.metrics for the digits domain.
 
 All computed on samples drawn under fixed noise, through the in-project digit classifier
-(`smeme.classifier`), which plays the role Inception-v3 plays for natural images:
+(`smeme.images.classifier`), which plays the role Inception-v3 plays for natural images:
 
 - class histogram of the predicted digits (category shift) and the rare classes' share,
   with a 95% Wilson interval;
@@ -21,13 +21,15 @@ All computed on samples drawn under fixed noise, through the in-project digit cl
   across rounds) and class_entropy, the entropy of the predicted-class histogram.
 
 The Gaussian helpers (`fit_gaussian`, `frechet_distance`, `gaussian_cross_entropy`) are
-shared with the Stable Diffusion metrics (smeme.models.sd) which use Inception features.
+shared with the Stable Diffusion metrics (smeme.images.sd_metrics) which use Inception features.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+from .classifier import get_classifier
 
 METRIC_N = 256  # samples per round (fixed noise)
 METRIC_STEPS = 50  # DDPM steps
@@ -108,7 +110,7 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
 
 def _knn_entropy(x: np.ndarray, k: int = 5):
     try:
-        from .density import knn_entropy
+        from ..density import knn_entropy
 
         return knn_entropy(np.asarray(x).reshape(len(x), -1), k=k)
     except (ImportError, ValueError):
@@ -123,8 +125,6 @@ def digits_metrics(images: np.ndarray, reference: np.ndarray | None = None,
     `reference`: the pre-trained model's samples (same shape), for the Frechet distance and
     the Gaussian cross-entropy; omitted -> those two keys are None.
     """
-    from .classifier import get_classifier
-
     clf = classifier or get_classifier()
     images = np.asarray(images, dtype=np.float64)
     n = len(images)
@@ -170,12 +170,22 @@ def digits_metrics(images: np.ndarray, reference: np.ndarray | None = None,
     return out
 
 
+def digits_samples(run, k: int, n: int, seed: int, steps: int = METRIC_STEPS, model=None) -> np.ndarray:
+    """Round k's samples under the fixed noise of `seed`, as features (n, 1, 8, 8) in [-1, 1] units."""
+    import torch
+
+    from ..sampling import sample
+
+    model = model if model is not None else run.load_model(k)
+    z = sample(model, int(n), steps=int(steps), seed=int(seed)).detach().to(torch.float64).cpu().numpy()
+    feat = run.standardizer.inverse(z.reshape(len(z), -1)).reshape(z.shape)
+    return feat
+
+
 def digits_round_metrics(run, model, round_index: int, n: int = METRIC_N, seed: int = METRIC_SEED,
                          steps: int = METRIC_STEPS, base_model=None) -> dict:
     """Metrics of round k of a digits run: samples under the fixed noise of `seed` against
     round 0's samples under the noise of seed + 1 (cached in the run)."""
-    from .grid import digits_samples
-
     ds = run.config.get("dataset", {})
     info, params = ds.get("info", {}) or {}, ds.get("params", {}) or {}
     rare = info.get("rare_classes") or params.get("rare_classes") or [5, 6, 7, 8, 9]

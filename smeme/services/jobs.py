@@ -207,7 +207,7 @@ def _message(exc: BaseException) -> str:
 # -- jobs in a child process --------------------------------------------------------------
 # torch._dynamo too: torch.optim.Adam imports it on first construction, which cost every
 # training or round job 1.0-1.5 s (measured with cProfile in a fresh process).
-PRELOAD = ("torch", "torch._dynamo", "smeme.pipeline", "smeme.explore", "smeme.density", "smeme.app_backend")
+PRELOAD = ("torch", "torch._dynamo", "smeme.pipeline", "smeme.explore", "smeme.density", "smeme.services.launch")
 ENV_PREFIX = "SMEME_"  # settings the child must see as they are NOW (the forkserver may be older)
 
 

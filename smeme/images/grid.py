@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-DIGITS_STEPS = 50  # DDPM steps for digits grids (as the per-round metrics)
+from .metrics import METRIC_STEPS as DIGITS_STEPS  # DDPM steps for digits grids (as the per-round metrics)
+from .metrics import digits_samples
 
 
 class GridError(ValueError):
@@ -23,7 +24,7 @@ class GridError(ValueError):
 
 
 def open_any_run(run):
-    """A digits/feature run (smeme.store.Run) or an SD run (smeme.sd_explore.SDRun) from a
+    """A digits/feature run (smeme.store.Run) or an SD run (smeme.images.sd_explore.SDRun) from a
     folder; run objects pass through."""
     if not isinstance(run, (str, os.PathLike)):
         return run
@@ -31,7 +32,7 @@ def open_any_run(run):
 
     if is_sd_run(run):
         return SDRun.open(run)
-    from .store import Run
+    from ..store import Run
 
     return Run.open(run)
 
@@ -51,18 +52,6 @@ def _check(run, rounds, n) -> list[int]:
     if missing:
         raise GridError(f"The run has no round(s) {missing}; saved rounds: {have}.")
     return rounds
-
-
-def digits_samples(run, k: int, n: int, seed: int, steps: int = DIGITS_STEPS, model=None) -> np.ndarray:
-    """Round k's samples under the fixed noise of `seed`, as features (n, 1, 8, 8) in [-1, 1] units."""
-    import torch
-
-    from .sampling import sample
-
-    model = model if model is not None else run.load_model(k)
-    z = sample(model, int(n), steps=int(steps), seed=int(seed)).detach().to(torch.float64).cpu().numpy()
-    feat = run.standardizer.inverse(z.reshape(len(z), -1)).reshape(z.shape)
-    return feat
 
 
 def grid_arrays(run, rounds=None, n: int = 8, seed: int = 0, steps: int | None = None,
@@ -125,7 +114,7 @@ def make_grid(run, rounds=None, n: int = 8, seed: int = 0, steps: int | None = N
 def save_grid(run, rounds=None, n: int = 8, seed: int = 0, out="grid.png", steps: int | None = None,
               scale: int | None = None) -> Path:
     """Write the grid image to `out` (PNG, atomically); returns the path."""
-    from .store import _atomic_write
+    from ..store import atomic_write
 
     out = Path(out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
@@ -134,5 +123,5 @@ def save_grid(run, rounds=None, n: int = 8, seed: int = 0, out="grid.png", steps
         raise GridError(f"The folder of {out} does not exist.")
     img = make_grid(run, rounds, n, seed, steps, scale)
     fmt = "PNG" if out.suffix.lower() == ".png" else "JPEG"
-    _atomic_write(out, lambda f: img.save(f, format=fmt))
+    atomic_write(out, lambda f: img.save(f, format=fmt))
     return out

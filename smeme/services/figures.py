@@ -1,6 +1,6 @@
 """Plotly figure builders for the app (pages call these; tests check them without a browser).
 
-Inputs are plain arrays, dicts and DataFrames (what `smeme.app_backend` hands the pages),
+Inputs are plain arrays, dicts and DataFrames (what the other smeme.services modules hand the pages),
 so each builder can be unit-tested. Only display geometry lives here (placing a triangle
 from its sides, clipping a colour range); no model work.
 """

@@ -10,46 +10,17 @@ seeded shuffle). The training set is then about 1,080 images, of which the "rare
 classes 5-9 are 1/6. A model that explores its manifold should raise that share.
 
 Validity / on-support: a generated image is "valid" when the in-project digit classifier
-(`smeme.classifier`) is confident about it (max class probability >= `min_confidence`).
+(`smeme.images.classifier`) is confident about it (max class probability >= `min_confidence`).
 Categories: {'digit': predicted class as a string '0'..'9'}.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Dataset, Domain
-
-SIDE = 8
-N_PIXELS = SIDE * SIDE
-MAX_INTENSITY = 16.0
-DEFAULT_RARE_CLASSES = (5, 6, 7, 8, 9)
-DEFAULT_RARE_FRACTION = 0.2
-
-
-def pixel_columns() -> list[str]:
-    return [f"p{r}{c}" for r in range(SIDE) for c in range(SIDE)]
-
-
-def load_all_digits() -> tuple[np.ndarray, np.ndarray]:
-    """All 1,797 digits: raw pixels (n, 64) in 0..16 and labels (n,)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return np.asarray(d.data, dtype=np.float64), np.asarray(d.target, dtype=np.int64)
-
-
-def raw_to_images(raw: np.ndarray) -> np.ndarray:
-    """(n, 64) raw 0..16 -> (n, 1, 8, 8) in [-1, 1]."""
-    raw = np.asarray(raw, dtype=np.float64)
-    if raw.ndim != 2 or raw.shape[1] != N_PIXELS:
-        raise ValueError(f"Digits need {N_PIXELS} pixel columns per row, got shape {raw.shape}.")
-    return (raw / (MAX_INTENSITY / 2) - 1.0).reshape(-1, 1, SIDE, SIDE)
-
-
-def images_to_raw(img: np.ndarray) -> np.ndarray:
-    """(n, 1, 8, 8) (or (n, 64)) in [-1, 1] -> (n, 64) raw intensities (not clipped)."""
-    img = np.asarray(img, dtype=np.float64)
-    return ((img.reshape(img.shape[0], -1) + 1.0) * (MAX_INTENSITY / 2))
+from ..data.base import Dataset, Domain, Standardizer
+from .classifier import get_classifier
+from .pixels import (DEFAULT_RARE_CLASSES, DEFAULT_RARE_FRACTION, MAX_INTENSITY, N_PIXELS, SIDE,  # noqa: F401
+                     images_to_raw, imbalanced_indices, load_all_digits, pixel_columns, raw_to_images)
 
 
 class DigitsDomain(Domain):
@@ -73,8 +44,6 @@ class DigitsDomain(Domain):
         return np.full(len(raw), -N_PIXELS * np.log(MAX_INTENSITY / 2))
 
     def _probs(self, raw: np.ndarray) -> np.ndarray:
-        from ..classifier import get_classifier
-
         return get_classifier().predict_proba(raw_to_images(np.clip(raw, 0, MAX_INTENSITY)))
 
     def on_support(self, raw: np.ndarray) -> np.ndarray:
@@ -92,18 +61,16 @@ class DigitsDomain(Domain):
     def fit_standardizer(self, feat: np.ndarray):
         """The identity: features are already in [-1, 1], and per-pixel standardisation is
         undefined here (corner pixels are always 0)."""
-        from .base import Standardizer
-
         return Standardizer(np.zeros(()), np.ones(()))
 
     def explore_defaults(self) -> dict:
-        from ..sd_explore import digits_explore_defaults
+        from .digits_rounds import digits_explore_defaults
 
         return digits_explore_defaults()
 
     def round_metrics(self, run, model, round_index: int, **kw) -> dict:
-        """Image metrics of a round (smeme.image_metrics.digits_round_metrics)."""
-        from ..image_metrics import digits_round_metrics
+        """Image metrics of a round (smeme.images.metrics.digits_round_metrics)."""
+        from .metrics import digits_round_metrics
 
         return digits_round_metrics(run, model, round_index, **kw)
 
@@ -113,21 +80,6 @@ class DigitsDomain(Domain):
     @classmethod
     def from_config(cls, cfg: dict) -> "DigitsDomain":
         return cls(min_confidence=float(cfg.get("min_confidence", 0.7)))
-
-
-def imbalanced_indices(labels: np.ndarray, rare_classes=DEFAULT_RARE_CLASSES,
-                       rare_fraction: float = DEFAULT_RARE_FRACTION, seed: int = 0) -> np.ndarray:
-    """Indices keeping every image of common classes and `rare_fraction` of the rare ones."""
-    if not 0 < rare_fraction <= 1:
-        raise ValueError(f"rare_fraction must lie in (0, 1], got {rare_fraction}.")
-    rng = np.random.default_rng(int(seed))
-    keep = []
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        if c in set(int(r) for r in rare_classes):
-            idx = rng.permutation(idx)[: max(1, int(round(rare_fraction * len(idx))))]
-        keep.append(np.sort(idx))
-    return np.sort(np.concatenate(keep))
 
 
 def make_digits(n=None, seed: int = 0, rare_classes=DEFAULT_RARE_CLASSES,

@@ -22,25 +22,22 @@ Time: continuous t in [0, 1] maps to the scheduler's table index t * (N - 1) thr
 `DiscreteSchedule.from_scheduler(pipe.scheduler)`. v-prediction checkpoints are converted
 to eps (eps = sqrt(ab) v + sqrt(1 - ab) x_t).
 
-Metrics weights (optional, local only): an Inception-v3 TorchScript file (the
-`inception-2015-12-05.pt` used by StyleGAN/clean-fid; torch alone loads it) for FID and
-the Gaussian cross-entropy in Inception feature space, and a local CLIP folder
-(transformers CLIPModel + processor) for the CLIP score. `find_metric_weights` says which
-are missing, so pages can show grids alone.
+The metrics (FID, CLIP score) of SD rounds: smeme.images.sd_metrics.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import ConfigBase
 from ..schedule import DiscreteSchedule
-from .base import NoisePredictor, expand_like
+from ..models.base import NoisePredictor, expand_like
 
 ADAPTER = "smeme"
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -52,7 +49,7 @@ class SDError(ValueError):
 
 
 # -- finding and loading a pipeline, offline --------------------------------------------
-def _offline() -> None:
+def hub_offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
@@ -101,7 +98,7 @@ def resolve_pipeline_folder(source) -> Path:
 def load_pipeline(source, device=None, dtype=torch.float32):
     """StableDiffusionPipeline from a local folder (HF_HUB_OFFLINE=1; no safety checker)."""
     path = resolve_pipeline_folder(source)
-    _offline()
+    hub_offline()
     from diffusers import StableDiffusionPipeline
 
     try:
@@ -122,7 +119,9 @@ def load_pipeline(source, device=None, dtype=torch.float32):
 
 # -- the model ---------------------------------------------------------------------------
 @dataclass
-class SDConfig:
+class SDConfig(ConfigBase):
+    config_error, config_label = SDError, "Stable Diffusion"
+    ignored_keys = ("kind",)  # the model part of a run's config names its kind
     source: str = ""
     prompt: str = "A creative architecture."
     negative_prompt: str = ""
@@ -146,19 +145,6 @@ class SDConfig:
     @property
     def torch_dtype(self):
         return getattr(torch, self.dtype)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SDConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - {"kind"})
-        if unknown:
-            raise SDError(f"Unknown Stable Diffusion setting(s) {unknown}; allowed: {sorted(names)}.")
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def add_lora(unet, rank: int, alpha: float, targets=DEFAULT_TARGETS, seed: int = 0) -> list[nn.Parameter]:
@@ -355,119 +341,5 @@ def build_sd_model(config: SDConfig, device=None) -> SDNoisePredictor:
 
 
 def build_from_config(params: dict, schedule=None) -> SDNoisePredictor:
-    """Entry point of smeme.models.registry for kind 'sd' (the schedule comes from the pipeline)."""
+    """Builder registered with smeme.models.registry for kind 'sd' (the schedule comes from the pipeline)."""
     return build_sd_model(SDConfig.from_dict(dict(params)))
-
-
-# -- metrics weights (optional, local) ------------------------------------------------------
-INCEPTION_ENV = "SMEME_INCEPTION"  # path of inception-2015-12-05.pt (TorchScript)
-CLIP_ENV = "SMEME_CLIP"  # local CLIP folder (transformers), or a model in the local HF cache
-
-
-@dataclass
-class MetricWeights:
-    inception: str | None = None
-    clip: str | None = None
-    missing: list = field(default_factory=list)  # one sentence per missing weight
-
-    @property
-    def any(self) -> bool:
-        return bool(self.inception or self.clip)
-
-
-def find_metric_weights(inception=None, clip=None) -> MetricWeights:
-    """Which metric weights are on disk (arguments, else $SMEME_INCEPTION / $SMEME_CLIP)."""
-    out = MetricWeights()
-    inc = inception or os.environ.get(INCEPTION_ENV)
-    if inc and Path(inc).expanduser().is_file():
-        out.inception = str(Path(inc).expanduser())
-    else:
-        where = f" ({inc} does not exist)" if inc else ""
-        out.missing.append("Inception-v3 weights for FID and the Inception cross-entropy are missing"
-                           f"{where}: give the path of inception-2015-12-05.pt (TorchScript) as "
-                           f"--inception or ${INCEPTION_ENV}.")
-    clp = clip or os.environ.get(CLIP_ENV)
-    if clp:
-        try:
-            out.clip = str(_resolve_clip(clp))
-        except SDError as exc:
-            out.missing.append(f"CLIP weights for the CLIP score are missing: {exc}")
-    else:
-        out.missing.append("CLIP weights for the CLIP score are missing: give a local CLIP folder "
-                           f"(e.g. openai/clip-vit-large-patch14) as --clip or ${CLIP_ENV}.")
-    return out
-
-
-def _resolve_clip(src) -> Path:
-    path = Path(str(src)).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
-    if not path.exists() and str(src).count("/") == 1:
-        cached = local_cache_folder(str(src))
-        if cached is not None:
-            return cached
-    raise SDError(f"{src} is not a local CLIP model folder (nor in the local Hugging Face cache).")
-
-
-class InceptionFeatures:
-    """2048-d pool features from the TorchScript Inception-v3 (StyleGAN/clean-fid file)."""
-
-    def __init__(self, path: str, device=None):
-        import warnings
-
-        with warnings.catch_warnings():  # the published file is TorchScript; jit.load is deprecated but works
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.net = torch.jit.load(path, map_location=device or "cpu").eval()
-        self.device = device or "cpu"
-
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray, batch: int = 16) -> np.ndarray:
-        out = []
-        for i in range(0, len(images), batch):
-            x = torch.as_tensor(images[i:i + batch]).permute(0, 3, 1, 2).to(self.device, torch.float32)
-            out.append(self.net(x, return_features=True).float().cpu().numpy())
-        return np.concatenate(out).astype(np.float64)
-
-
-class ClipScorer:
-    """CLIP score = 100 * max(cos(image, text), 0) (as torchmetrics), mean over images."""
-
-    def __init__(self, path: str, device=None):
-        _offline()
-        from transformers import CLIPModel, CLIPProcessor
-
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval().to(device or "cpu")
-        self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-        self.device = device or "cpu"
-
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray, prompt: str) -> float:
-        from PIL import Image
-
-        pil = [Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in images]
-        inputs = self.processor(text=[prompt], images=pil, return_tensors="pt", padding=True).to(self.device)
-        img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
-        txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
-        img = getattr(img, "pooler_output", img)
-        txt = getattr(txt, "pooler_output", txt)
-        cos = torch.nn.functional.cosine_similarity(img, txt.expand_as(img), dim=-1)
-        return float((100 * cos.clamp(min=0)).mean())
-
-
-def sd_metrics(images: np.ndarray, reference: np.ndarray | None, prompt: str, weights: MetricWeights,
-               device=None) -> dict:
-    """FID, Inception Gaussian cross-entropy H(N_k, N_0) and CLIP score where weights exist."""
-    from ..image_metrics import fit_gaussian, frechet_distance, gaussian_cross_entropy
-
-    out: dict = {"n": int(len(images)), "fid": None, "inception_cross_entropy": None, "clip_score": None,
-                 "missing_weights": list(weights.missing)}
-    if weights.inception and reference is not None and len(images) >= 2:
-        feat = InceptionFeatures(weights.inception, device)
-        f_k, f_0 = feat(images), feat(reference)
-        mu_k, s_k = fit_gaussian(f_k)
-        mu_0, s_0 = fit_gaussian(f_0)
-        out["fid"] = frechet_distance(mu_k, s_k, mu_0, s_0)
-        out["inception_cross_entropy"] = gaussian_cross_entropy(mu_k, s_k, mu_0, s_0)
-    if weights.clip:
-        out["clip_score"] = ClipScorer(weights.clip, device)(images, prompt)
-    return out

@@ -15,17 +15,21 @@ reads with confidence >= 0.7 (real digits: ~99%); the preset is 600 steps at lr 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..config import ConfigBase
+from ..models.base import NoisePredictor
+from ..presets import Preset
 from ..schedule import DiscreteSchedule, Schedule
-from .base import NoisePredictor
+from ..train import TrainConfig
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(ConfigBase):
+    config_error, config_label = ValueError, "UNet model"
     sample_size: int = 8
     channels: int = 1
     block_out_channels: tuple = (32, 64, 64)
@@ -48,20 +52,6 @@ class UNetConfig:
             raise ValueError(f"Unknown UNet schedule {self.schedule!r} (expected one of {SCHEDULES}).")
         if self.sample_size % (2 ** (len(self.block_out_channels) - 1)):
             raise ValueError(f"sample_size {self.sample_size} cannot be halved {len(self.block_out_channels) - 1} times.")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["block_out_channels"] = list(self.block_out_channels)
-        d["attention"] = list(self.attention)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown UNet model setting(s) {unknown}; allowed: {sorted(names)}.")
-        return cls(**d)
 
 
 SCHEDULES = ("vp", "linear", "cosine")
@@ -118,7 +108,7 @@ class UNetNoisePredictor(NoisePredictor):
 
 
 def build_from_config(params: dict, schedule: Schedule | None = None) -> UNetNoisePredictor:
-    """Entry point of smeme.models.registry for kind 'unet2d'.
+    """Builder registered with smeme.models.registry for kind 'unet2d'.
 
     The config's own `schedule` ('cosine' / 'linear') wins over the one passed in, so a
     run rebuilt from config.json gets the same table it was trained with; 'vp' uses the
@@ -139,19 +129,11 @@ def model_config(config: UNetConfig | None = None) -> dict:
     return {"kind": "unet2d", **(config or UNetConfig()).to_dict()}
 
 
-# -- the digits preset and pre-training ----------------------------------------------------------
-def _digits_preset():
-    from ..presets import Preset
-    from ..train import TrainConfig
-
+# -- the digits preset ----------------------------------------------------------------------------
+def digits_preset() -> Preset:
+    """Registered as smeme.presets' 'digits' preset by smeme.images."""
     # Measured (2-core CPU, load 4-6): 800 steps at lr 2e-3 -> 96.5% readable (308 s);
     # 300 steps at lr 3e-3 -> 92% (100 s); the preset, 600 at 3e-3: bench/bench_images.py.
     return Preset(model=model_config(UNetConfig()),
                   train=TrainConfig(steps=600, batch_size=128, lr=3e-3, warmup=50, lr_final=0.05, ema=0.995,
                                     small_t_fraction=0.3, small_t_power=2.0, grad_clip=1.0))
-
-
-def __getattr__(name):  # DIGITS_PRESET is built lazily (presets imports this module lazily too)
-    if name == "DIGITS_PRESET":
-        return _digits_preset()
-    raise AttributeError(name)

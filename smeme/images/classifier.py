@@ -8,16 +8,17 @@ validity proxy for generated images. Training is
 deterministic (seeded, one thread), and the weights are cached as safetensors under
 `cache/classifier/` keyed by a hash of the settings, so every process gets the same
 classifier. It gives class probabilities (validity proxy and category shift) and
-penultimate features (Frechet distance and diversity, see `smeme.image_metrics`).
+penultimate features (Frechet distance and diversity, see `smeme.images.metrics`).
 
 Input: images (n, 1, 8, 8) scaled to [-1, 1] (DigitsDomain features).
 """
 from __future__ import annotations
 
+from ..config import ConfigBase
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ FEATURE_DIM = 64
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(ConfigBase):
+    config_error, config_label = ValueError, "classifier"
     epochs: int = 40
     batch_size: int = 64
     lr: float = 2e-3
@@ -38,7 +40,7 @@ class ClassifierConfig:
     version: int = 2
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 class DigitCNN(nn.Module):
@@ -136,7 +138,7 @@ def get_classifier(config: ClassifierConfig = ClassifierConfig()) -> DigitClassi
     """The classifier trained on all 1,797 digits (memory, then disk cache, then training)."""
     from safetensors.torch import load_file, save_file
 
-    from .data.digits import load_all_digits, raw_to_images
+    from .pixels import load_all_digits, raw_to_images
 
     key = config.key()
     if key in _CACHE:

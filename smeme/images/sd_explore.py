@@ -1,5 +1,5 @@
 """S-MEME on images: rounds of Adjoint Matching on Stable Diffusion (a LoRA adapter, in latent
-space), and a minimal driver with tuned defaults for the digits UNet (`run_digits_rounds`).
+space). The digits UNet's rounds: smeme.images.digits_rounds.
 
 Why a separate driver: an SD run cannot store a full model per round (the UNet alone is
 3.4 GB) and has no data set or standardiser. An SD run folder holds:
@@ -32,8 +32,8 @@ about 4.6 lr |x| at r = 8: 70-280x less per step. Matching the paper therefore n
 lr ~ 3e-7 x (70..280) = 2e-5..8e-5; we take the low end (S-MEME tilts a distribution by a
 little each round). It is a starting point to check on a GPU (bench/bench_images.py --sd PATH).
 
-Multi-GPU: `accelerate launch -m smeme.sd_explore --pipeline PATH --run DIR --rounds 3`
-(or `torchrun --nproc_per_node N -m smeme.sd_explore -- ...`; checked with 2 CPU processes).
+Multi-GPU: `accelerate launch -m smeme.images.sd_explore --pipeline PATH --run DIR --rounds 3`
+(or `torchrun --nproc_per_node N -m smeme.images.sd_explore -- ...`; checked with 2 CPU processes).
 Each process draws its own trajectories (seed offset by its rank); LoRA gradients are
 averaged across processes after every backward (a post-accumulate hook) so every rank
 takes the same Adam step and the adapters stay identical; rank 0 writes the run.
@@ -44,16 +44,18 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .models.base import score
-from .models.sd import (SDConfig, SDError, SDNoisePredictor, build_sd_model, find_metric_weights,
-                        load_adapter_state, sd_metrics)
-from .sampling import FixedNoise, sample_ddpm, time_grid
+from ..config import ConfigBase
+from ..models.base import score
+from ..sampling import FixedNoise, sample_ddpm, time_grid
+
+from .sd import SDConfig, SDError, SDNoisePredictor, build_sd_model, load_adapter_state
+from .sd_metrics import find_metric_weights, sd_metrics
 
 SCHEMA_VERSION = 1
 KIND = "sd"
@@ -64,7 +66,8 @@ class SDRunError(ValueError):
 
 
 @dataclass
-class SDExploreConfig:
+class SDExploreConfig(ConfigBase):
+    config_error, config_label = SDRunError, "SD exploration"
     lam: float = 0.1
     t_r: float = 0.01
     iterations: int = 20
@@ -86,17 +89,6 @@ class SDExploreConfig:
             raise SDRunError("iterations >= 1, trajectories >= 2, steps >= 2 and adam_steps >= 1 are needed.")
         if not 0 < self.t_r < 1:
             raise SDRunError(f"t_r must lie in (0, 1), got {self.t_r}.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SDExploreConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise SDRunError(f"Unknown SD exploration setting(s) {unknown}; allowed: {sorted(names)}.")
-        return cls(**d)
 
 
 def is_sd_run(folder) -> bool:
@@ -123,8 +115,8 @@ class SDRun:
     @classmethod
     def create(cls, folder, sd_config: SDConfig, explore_config: SDExploreConfig | None = None,
                overwrite: bool = False) -> "SDRun":
-        from .models.sd import resolve_pipeline_folder
-        from .store import atomic_write_json, folder_lock
+        from .sd import resolve_pipeline_folder
+        from ..store import atomic_write_json, folder_lock
 
         folder = Path(folder)
         resolve_pipeline_folder(sd_config.source)  # a clear error before anything is written
@@ -188,7 +180,7 @@ class SDRun:
         return self.rounds()[-1]
 
     def lock(self):
-        from .store import folder_lock
+        from ..store import folder_lock
 
         return folder_lock(self.folder)
 
@@ -202,18 +194,18 @@ class SDRun:
             raise SDRunError(f"metrics.json in {self.folder} is damaged ({exc}).") from None
 
     def set_metrics(self, k: int, metrics: dict) -> None:
-        from .store import _jsonable, atomic_write_json
+        from ..store import atomic_write_json, jsonable
 
         with self.lock():
             data = self.metrics()
-            data[int(k)] = _jsonable(metrics)
+            data[int(k)] = jsonable(metrics)
             atomic_write_json(self.folder / "metrics.json", {
                 "schema_version": SCHEMA_VERSION, "rounds": {str(r): data[r] for r in sorted(data)}})
 
     def save_round(self, k: int, adapter: dict, metrics: dict | None = None) -> None:
         from safetensors.torch import save
 
-        from .store import atomic_write_bytes
+        from ..store import atomic_write_bytes
 
         k = int(k)
         with self.lock():
@@ -259,6 +251,14 @@ class SDRun:
             self._merged = j
         return model
 
+    def drop_cached_model(self) -> None:
+        """Forget the cached predictor (its adapter is broken or half-trained): reload next time."""
+        self._model = None
+
+    def mark_merged(self, k: int) -> None:
+        """The cached predictor's UNet now holds rounds 1..k merged (after merge_adapter)."""
+        self._merged = int(k)
+
     def load_model(self, k: int | None = None, device=None) -> SDNoisePredictor:
         return self.model_at(self.latest_round if k is None else k, device)
 
@@ -280,10 +280,10 @@ class SDRun:
         latents = sample_latents(model, n, seed, steps)
         imgs = model.decode(latents)
         if use_cache:
-            from .store import _atomic_write
+            from ..store import atomic_write
 
             path.parent.mkdir(exist_ok=True)
-            _atomic_write(path, lambda f: np.save(f, imgs, allow_pickle=False))
+            atomic_write(path, lambda f: np.save(f, imgs, allow_pickle=False))
         return imgs
 
 
@@ -337,8 +337,8 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
     on_iteration(round, iteration, total, loss); on_round(round, metrics). Returns the new
     round numbers. Raises SDRunError for bad input; a NaN round is not saved.
     """
-    from .solvers.adjoint_matching import AdjointMatchingConfig, adjoint_matching
-    from .solvers.base import SolverDivergedError
+    from ..solvers.adjoint_matching import AdjointMatchingConfig, adjoint_matching
+    from ..solvers.base import SolverDivergedError
 
     if int(rounds) < 1:
         raise SDRunError(f"The number of rounds must be at least 1, got {rounds}.")
@@ -373,14 +373,14 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
             losses = adjoint_matching(model, base, reward_grad, am, sampling_model=model.cfg_view(),
                                       on_iteration=it_cb, cancel=cancel)
         except SolverDivergedError as exc:
-            run._model = None  # the cached UNet holds a broken adapter: reload next time
+            run.drop_cached_model()  # the cached UNet holds a broken adapter
             raise SDRunError(f"Round {k} was rejected: {exc}") from None
         finally:
             for h in hooks:
                 h.remove()
         seconds = time.perf_counter() - start
         if len(losses) < am.iterations:  # cancelled mid-round: nothing saved
-            run._model = None
+            run.drop_cached_model()
             break
         adapter = model.adapter_state()
         info = {"loss": losses, "seconds": round(seconds, 2), "timings": dict(am.timings),
@@ -391,7 +391,7 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
             accelerator.wait_for_everyone()
         # the cached model now holds round k's adapter unmerged: merge it to make it pi_k
         model.merge_adapter()
-        run._merged = k
+        run.mark_merged(k)
         m = {}
         if metrics and is_main:
             m = {**round_metrics(run, k, device, inception, clip), **info}
@@ -402,68 +402,9 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
     return done
 
 
-# -- digits rounds ------------------------------------------------------------------------------
-# The digits UNet is an ordinary NoisePredictor, so smeme.explore.run_rounds drives it; what
-# digits need is their own defaults (the toy's 256 trajectories x 25 iterations at lr 2e-3
-# would take ~10 minutes a round and overshoot: lr 3e-4 at lambda 0.3 collapsed round 2).
-# Measured (bench/bench_images.py, 2-core CPU under load ~5): ~40-60 s a round, and with
-# lambda = 0.1 over 3 rounds rare share 0.15 -> 0.19 -> 0.24 -> 0.32, Vendi diversity
-# 4.8 -> 5.1 -> 5.4 -> 5.9, confidence 0.98 -> 0.97 -> 0.96 -> 0.93.
-def digits_solver_config(**overrides):
-    """Adjoint Matching defaults for one digits round in <= 60 s on the 2-core CPU."""
-    from .solvers.adjoint_matching import AdjointMatchingConfig
-
-    base = dict(DIGITS_ROUND)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return AdjointMatchingConfig(**base)
-
-
-DIGITS_ROUND = dict(iterations=6, trajectories=64, steps=40, adam_steps=4, lr=1e-4, loss_steps=8,
-                    late_fraction=0.5, clip_grad_norm=1.0)
-DIGITS_LAM = 0.1
-DIGITS_T_R = 0.02
-
-
-def digits_explore_defaults() -> dict:
-    """ExploreConfig settings for digits runs (DigitsDomain.explore_defaults)."""
-    solver = {k: v for k, v in DIGITS_ROUND.items()
-              if k not in ("iterations", "trajectories", "steps", "adam_steps", "lr")}
-    return dict(lam=DIGITS_LAM, t_r=DIGITS_T_R, iterations=DIGITS_ROUND["iterations"],
-                trajectories=DIGITS_ROUND["trajectories"], steps=DIGITS_ROUND["steps"],
-                adam_steps=DIGITS_ROUND["adam_steps"], lr=DIGITS_ROUND["lr"], metrics_logp=False,
-                weight_ema=None,  # measured (BENCHMARKS.md) without averaging: 6 iterations leave no burn-in
-                likelihood_ratio_share=0.0,  # a 64-D UNet PF-ODE (Hutchinson) per iteration: not measured, left off
-                solver_options=solver)
-
-
-def digits_explore_config(**overrides):
-    """An smeme.explore.ExploreConfig with the digits defaults, for explore.run_rounds."""
-    from .explore import ExploreConfig
-
-    return ExploreConfig(**{**digits_explore_defaults(), **overrides})
-
-
-def run_digits_rounds(run, rounds: int, lam: float = DIGITS_LAM, t_r: float = DIGITS_T_R, seed: int = 0,
-                      solver: dict | None = None, on_iteration=None, on_round=None, cancel=None) -> list[int]:
-    """`rounds` S-MEME rounds on a digits run through smeme.explore.run_rounds, with the
-    digits defaults (DIGITS_ROUND); `solver` overrides ExploreConfig fields or, for other
-    keys, Adjoint Matching settings. Raises explore.ExploreError (a ValueError) for bad
-    input or a rejected round."""
-    from .explore import ExploreConfig, run_rounds
-
-    top = {f for f in ExploreConfig.__dataclass_fields__}
-    over = dict(solver or {})
-    explore_over = {k: v for k, v in over.items() if k in top}
-    solver_opts = {k: v for k, v in DIGITS_ROUND.items()
-                   if k not in ("iterations", "trajectories", "steps", "adam_steps", "lr")}
-    solver_opts.update({k: v for k, v in over.items() if k not in top})
-    cfg = digits_explore_config(lam=lam, t_r=t_r, seed=seed, solver_options=solver_opts, **explore_over)
-    return run_rounds(run, int(rounds), cfg, on_iteration=on_iteration, on_round=on_round, cancel=cancel)
-
-
 # -- command line ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m smeme.sd_explore",
+    p = argparse.ArgumentParser(prog="python -m smeme.images.sd_explore",
                                 description="S-MEME rounds on a local Stable Diffusion pipeline (LoRA, Adjoint Matching).")
     p.add_argument("--pipeline", help="local diffusers Stable Diffusion folder (or a model in the local HF cache)")
     p.add_argument("--run", required=True, help="run folder (created on first use)")
@@ -488,12 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .threads import configure
+    from ..threads import configure
 
     configure()
     try:
         if args.pipeline and not is_sd_run(args.run):
-            from .models.sd import resolve_pipeline_folder
+            from .sd import resolve_pipeline_folder
 
             resolve_pipeline_folder(args.pipeline)  # every rank fails alike, before any barrier
         acc = make_accelerator(cpu=args.cpu)

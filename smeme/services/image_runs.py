@@ -1,0 +1,113 @@
+"""The Images page's runs and work: digits runs under cache/runs, Stable Diffusion runs under
+cache/sd_runs, and the background jobs that pre-train digits and run image rounds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from . import jobs
+from .runs import open_run
+from .settings import cache_dir, runs_dir, setup
+
+
+def digits_runs() -> list[Path]:
+    """Digits run folders, newest first."""
+    base = runs_dir()
+    out = []
+    if base.is_dir():
+        for f in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            try:
+                cfg = json.loads((f / "config.json").read_text())
+                if cfg.get("dataset", {}).get("name") == "digits":
+                    out.append(f)
+            except (OSError, ValueError, AttributeError):
+                continue
+    return out
+
+
+def sd_runs_dir() -> Path:
+    return cache_dir() / "sd_runs"
+
+
+def sd_runs() -> list[Path]:
+    from ..images.sd_explore import is_sd_run
+
+    base = sd_runs_dir()
+    return [p for p in sorted(base.glob("*")) if is_sd_run(p)] if base.is_dir() else []
+
+
+def metrics_table(metrics: dict, rounds: list[int], keys: list[tuple[str, str]]) -> pd.DataFrame:
+    """One row per round, one column per (metric key, label)."""
+    rows = []
+    for k in rounds:
+        m = metrics.get(k, {})
+        rows.append({"round": k, **{label: m.get(key) for key, label in keys}})
+    return pd.DataFrame(rows).set_index("round")
+
+
+def start_digits_training(folder, steps: int, rare_fraction: float, seed: int) -> jobs.Job:
+    """Pre-train a digits UNet into `folder` in a background job (raises JobBusy);
+    rare_fraction >= 1 keeps every image (the balanced set)."""
+    def target(job, folder=folder, steps=int(steps), frac=float(rare_fraction), seed=int(seed)):
+        from ..pipeline import pretrain_run
+        setup()
+        job.update(0.0, "Building the data set and the classifier...")
+
+        def progress(step, total, loss):
+            job.update(0.9 * step / max(total, 1), f"Training: step {step}/{total}", loss=loss, step=step)
+
+        params = {} if frac >= 1 else {"rare_fraction": frac}
+        if frac >= 1:
+            params["balanced"] = True
+        pretrain_run(folder, "digits", dataset_params=params, steps=steps, seed=seed, progress=progress,
+                     cancel=job.cancel)
+        job.update(1.0, "Done: round 0 saved with its metrics.")
+        return str(folder)
+
+    return jobs.start(folder, "train", target, label="Pre-training digits")
+
+
+def start_digits_rounds(folder, more: int, lam: float) -> jobs.Job:
+    """`more` S-MEME rounds on a digits run in a background job (raises JobBusy)."""
+    def target(job, folder=folder, more=int(more), lam=float(lam)):
+        from ..images.digits_rounds import run_digits_rounds
+        setup()
+        r = open_run(folder)
+        first = r.latest_round
+
+        def on_iteration(k, i, total, loss):
+            job.update(((k - first - 1) + i / max(total, 1)) / more,
+                       f"Round {k}: solver iteration {i}/{total}", loss=loss)
+
+        def on_round(k, m):
+            job.log({"round": int(k), "metrics": m})
+
+        return run_digits_rounds(r, more, lam=lam, on_iteration=on_iteration, on_round=on_round,
+                                 cancel=job.cancel)
+
+    return jobs.start(folder, "explore", target, label=f"S-MEME digits rounds ({int(more)})")
+
+
+def start_sd_rounds(folder, source, prompt: str, more: int) -> jobs.Job:
+    """Create (or reopen) the SD run in `folder` and run `more` rounds in a background job.
+    Raises SDError / SDRunError for a bad source or folder, JobBusy if the run is busy."""
+    from ..images.sd import SDConfig
+    from ..images.sd_explore import SDRun
+
+    run = SDRun.create(folder, SDConfig(source=str(source), prompt=prompt))
+
+    def target(job, run=run, more=int(more)):
+        from ..images.sd_explore import run_sd_rounds
+        setup()
+
+        def on_iteration(k, i, total, loss):
+            job.update(i / max(total, 1), f"Round {k}: iteration {i}/{total}", loss=loss)
+
+        with run.lock():
+            return run_sd_rounds(run, more, on_iteration=on_iteration,
+                                 on_round=lambda k, m: job.log({"round": k, "metrics": m}),
+                                 cancel=job.cancel)
+
+    return jobs.start(folder, "explore", target, label=f"S-MEME SD rounds ({int(more)})")

@@ -1,0 +1,117 @@
+"""Start the app's long work in background processes (smeme.services.jobs): pre-training,
+S-MEME rounds and heatmaps. Bad settings raise at once, on the page, not in the worker."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import jobs
+from .cached import compute_heatmap, data_sample, heatmap_cached, samples
+from .runs import open_run
+from .settings import HEATMAP_RES, preset_name, setup
+
+
+def start_training(folder, dataset: str, dataset_params: dict | None = None, steps: int | None = None,
+                   seed: int = 0, model_params: dict | None = None, label: str | None = None) -> jobs.Job:
+    """Pre-train in a background process into `folder`; returns the Job (raises JobBusy)."""
+    return jobs.start_process(folder, "train", _train_job, str(folder), dataset, dict(dataset_params or {}),
+                              steps, seed, dict(model_params or {}), label=label or f"Training ({dataset})")
+
+
+def _train_job(job, folder: str, dataset: str, dataset_params: dict, steps, seed: int, model_params: dict):
+    from ..pipeline import Cancelled, pretrain_run
+    setup()
+    folder = Path(folder)
+    job.update(0.0, "Building the data set...")
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def progress(step, total, loss):
+        now = time.perf_counter()
+        if now - last[0] >= 0.05 or step >= total:  # ~20 messages a second reach the page
+            last[0] = now
+            job.update(0.85 * step / max(total, 1), f"Training: step {step}/{total}", loss=loss, step=step)
+        if step >= total:
+            job.update(0.85, "Measuring the pre-trained model (round 0 metrics)...")
+
+    try:
+        pretrain_run(folder, dataset, dataset_params=dataset_params, steps=steps, seed=seed,
+                     model_params=model_params, progress=progress, cancel=job.cancel, preset=preset_name())
+    except Cancelled:
+        raise jobs.JobCancelled() from None
+    if job.cancel.is_set():
+        raise jobs.JobCancelled()
+    job.update(0.9, "Sampling the model for display...")
+    run = open_run(folder)
+    data_sample(run)
+    samples(run, 0)
+    job.update(1.0, f"Trained in {time.perf_counter() - t0:.0f} s.")
+    return str(folder)
+
+
+def start_rounds(folder, rounds: int, settings: dict) -> jobs.Job:
+    """Run `rounds` S-MEME rounds in a background process; each finished round is saved by
+    explore.run_rounds and logged as a job event {'round', 'metrics'}."""
+    from ..explore import ExploreConfig
+    ExploreConfig(**settings)  # bad settings raise here, on the page, not in the worker
+    return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), dict(settings),
+                              label=f"S-MEME rounds ({int(rounds)})")
+
+
+def _rounds_job(job, folder: str, rounds: int, settings: dict):
+    from ..explore import ExploreConfig, run_rounds
+    setup()
+    run = open_run(folder)
+    start = run.latest_round
+    job.update(0.0, f"Round {start + 1}: starting...")
+
+    def on_iteration(rnd, it, total, loss):
+        done = rnd - start - 1
+        job.update((done + it / max(total, 1)) / rounds,
+                   f"Round {rnd} of {start + rounds}: solver iteration {it}/{total}", loss=loss)
+
+    def on_round(rnd, metrics):
+        job.log({"round": int(rnd), "metrics": metrics})
+        job.update((rnd - start) / rounds, f"Round {rnd} saved; sampling it for display...")
+        try:
+            samples(open_run(folder), int(rnd))
+        except Exception:  # noqa: BLE001 - display samples can be drawn later
+            pass
+
+    # the run's file lock for the whole job: a CLI `explore` on the same run is refused
+    # at once instead of interleaving rounds (RunLockedError names the holder)
+    with run.lock():
+        done = run_rounds(run, rounds, ExploreConfig(**settings), on_iteration=on_iteration,
+                          on_round=on_round, cancel=job.cancel)
+    return list(done or [])
+
+
+def start_heatmaps(folder, rounds, resolution: int = HEATMAP_RES) -> jobs.Job | None:
+    """Compute the missing heatmaps of `rounds` in a background process (read-only job).
+
+    Returns None when all are cached already. One heatmap job per run at a time."""
+    run = open_run(folder)
+    todo = [k for k in dict.fromkeys(int(r) for r in rounds) if heatmap_cached(run, k, resolution) is None]
+    if not todo:
+        return None
+    existing = jobs.get(folder, "heatmap")
+    if existing is not None and existing.running:
+        return existing
+    return jobs.start_process(folder, "heatmap", _heatmap_job, str(folder), todo, int(resolution),
+                              label="Log-density heatmaps", writes=False)
+
+
+def _heatmap_job(job, folder: str, todo: list[int], resolution: int):
+    setup()
+    r = open_run(folder)
+    for i, k in enumerate(todo):
+        if job.cancel.is_set():
+            raise jobs.JobCancelled()
+        msg = f"Log-density of round {k} on a {resolution}x{resolution} grid ({i + 1}/{len(todo)})"
+        job.update(i / len(todo), msg + "...")
+
+        def progress(done, total, i=i, msg=msg):
+            job.update((i + done / max(total, 1)) / len(todo), f"{msg}: ODE step {done}/{total}")
+
+        compute_heatmap(r, k, resolution, cancel=job.cancel, progress=progress)
+    return todo

@@ -1,0 +1,82 @@
+"""A run's saved metrics as the pages show them: flattened names, JSON for download."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+
+# Names the pages use -> keys of smeme.metrics.round_metrics (flattened with dots); a
+# data set without a validity label (toy, csv) shows its on-support share as validity.
+_METRIC_KEYS = {
+    "entropy": ["entropy_knn"],
+    "cross_entropy": ["cross_entropy_pfode"],
+    "surprise": ["surprise_pre"],
+    "on_support": ["on_support"],
+    "validity": ["validity", "on_support"],
+    "sparse_share": ["shares.region.sparse.share"],
+    "sparse_closed_form": ["sparse_share_closed_form"],
+}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def metric_number(v):
+    if isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
+        return v  # (value, lo, hi)
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def flat_metrics(m: dict) -> dict:
+    """One round's metrics as {name: float} with the page's names (+ '<name>_lo/_hi')."""
+    flat = _flatten(m or {})
+    out = {}
+    for name, keys in _METRIC_KEYS.items():
+        for k in keys:
+            if k in flat and metric_number(flat[k]) is not None:
+                v = metric_number(flat[k])
+                if isinstance(v, (list, tuple)):
+                    out[name], out[f"{name}_lo"], out[f"{name}_hi"] = map(float, v)
+                else:
+                    out[name] = v
+                base = k[: -len(".share")] if k.endswith(".share") else k
+                lo = flat.get(f"{k}_lo", flat.get(f"{base}.lo"))
+                hi = flat.get(f"{k}_hi", flat.get(f"{base}.hi"))
+                ci = flat.get(f"{k}_ci")
+                if isinstance(ci, (list, tuple)) and len(ci) == 2:
+                    lo, hi = ci
+                if metric_number(lo) is not None and metric_number(hi) is not None:
+                    out[f"{name}_lo"], out[f"{name}_hi"] = float(lo), float(hi)
+                break
+    if "on_support" in out and "off_support" not in out:
+        out["off_support"] = 1.0 - out["on_support"]
+    for k, v in flat.items():  # everything else numeric, under its own name
+        if k not in out and isinstance(metric_number(v), float):
+            out[k] = metric_number(v)
+    return out
+
+
+def metrics_json(run) -> str:
+    return json.dumps({str(k): v for k, v in sorted(run.metrics().items())}, indent=2, default=_json_default)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,165 @@
+"""The app's places and defaults: where runs live, presets, the Explore page's settings,
+the content pages, uploads and data-set checks.
+
+Environment:
+- SMEME_CACHE_DIR: where runs live (default: <repo>/cache); tests point it at a tmp dir.
+- SMEME_APP_PRESET: 'tiny' makes the app's defaults tiny (tests, the browser test).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import threading
+from pathlib import Path
+
+from . import jobs
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTENT_DIR = ROOT / "content"
+DEFAULT_RUN = "toy-default"
+SAMPLES_N = 2000
+SAMPLES_SEED = 0
+HEATMAP_RES = 64
+DATASETS = ("toy", "triangles", "csv")
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("SMEME_CACHE_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else ROOT / "cache"
+
+
+def runs_dir() -> Path:
+    return cache_dir() / "runs"
+
+
+def preset_name() -> str | None:
+    return os.environ.get("SMEME_APP_PRESET", "").strip() or None
+
+
+_setup_done = False
+
+
+def setup() -> None:
+    """Once per process: torch threads from SMEME_THREADS (default 1)."""
+    global _setup_done
+    if not _setup_done:
+        from ..threads import configure
+        configure()
+        _setup_done = True
+
+
+_warm_started = False
+
+
+def warm_imports() -> None:
+    """Once per process, import the heavy modules (torch, training, metrics) in a background
+    thread while the first page is drawn, so that the first click does not wait for them."""
+    global _warm_started
+    if _warm_started:
+        return
+    _warm_started = True
+
+    def work():
+        import importlib
+        for name in ("smeme.threads", "smeme.pipeline", "smeme.train", "smeme.sampling", "smeme.metrics",
+                     "smeme.density", "smeme.explore", "smeme.store"):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the real call reports any problem
+                pass
+        setup()
+        try:
+            jobs.warm_processes()  # the first job then forks a process with torch imported
+        except Exception:  # noqa: BLE001 - start_process reports any real problem
+            pass
+
+    threading.Thread(target=work, name="smeme-warm-imports", daemon=True).start()
+
+
+def training_defaults(dataset: str) -> dict:
+    """Default steps / model size for a data set (the 'tiny' preset when SMEME_APP_PRESET says so).
+
+    Returns {'steps', 'width', 'depth', 'seed'}.
+    """
+    from ..presets import get_preset
+
+    preset = get_preset(preset_name() or dataset)
+    return {"steps": int(preset.train.steps), "width": int(preset.model.get("width", 128)),
+            "depth": int(preset.model.get("depth", 3)), "seed": 0}
+
+
+# Seconds-long rounds for tests and the browser test (SMEME_APP_PRESET=tiny); not accurate.
+TINY_EXPLORE = {"iterations": 3, "trajectories": 64, "steps": 20, "adam_steps": 2, "metrics_n": 1024,
+                "max_validity_drop": 1.0}  # a tiny model is too rough for the collapse guard
+
+
+def explore_defaults(run=None) -> dict:
+    """Defaults for the Explore page: ExploreConfig's, with the data set's own overrides."""
+    from ..explore import ExploreConfig
+
+    d = dataclasses.asdict(ExploreConfig())
+    if run is not None:
+        d.update(run.domain.explore_defaults())
+    if preset_name() == "tiny":
+        d.update(TINY_EXPLORE)
+    return d
+
+
+SOLVERS = ("adjoint", "student-teacher")
+SOLVER_NAMES = {"adjoint": "Adjoint Matching", "student-teacher": "Student-teacher (the blog's)"}
+LAM_SCHEDULES = ("constant", "decreasing")
+
+
+def explore_settings(defaults: dict, *, solver: str, lam: float, lam_schedule: str, iterations: int,
+                     seed: int) -> dict:
+    """ExploreConfig keyword arguments from the page's widgets (on top of the defaults)."""
+    return {**defaults, "solver": solver, "lam": float(lam), "lam_schedule": lam_schedule,
+            "seed": int(seed), "iterations": int(iterations)}
+
+
+def content_blocks(name: str) -> list[tuple[str, str]]:
+    """content/<name>.md split into ('md', text) and ('latex', formula) blocks ($$...$$)."""
+    text = (CONTENT_DIR / f"{name}.md").read_text(encoding="utf-8")
+    out = []
+    for i, part in enumerate(re.split(r"^\$\$\s*$", text, flags=re.M)):
+        part = part.strip("\n")
+        if part.strip():
+            out.append(("latex" if i % 2 else "md", part.strip()))
+    return out
+
+
+def triangle_params(equilateral: float, isosceles: float, right: float, obtuse: float):
+    """Triangle data set parameters from the page's sliders: (params, problem or None)."""
+    scalene = 1.0 - equilateral - isosceles
+    acute = 1.0 - right - obtuse
+    if scalene < -1e-9:
+        return {}, "The equilateral and isosceles shares add up to more than 1."
+    if acute < -1e-9:
+        return {}, "The right and obtuse shares add up to more than 1."
+    if equilateral > acute + 1e-9:
+        return {}, "Equilateral triangles are always acute: lower the equilateral share or raise the acute share."
+    return {"side_shares": {"equilateral": equilateral, "isosceles": isosceles, "scalene": max(scalene, 0.0)},
+            "angle_shares": {"acute": max(acute, 0.0), "right": right, "obtuse": obtuse}}, None
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Keep an uploaded CSV under cache/uploads (content-addressed) and return its path."""
+    import hashlib
+    up = cache_dir() / "uploads"
+    up.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(data).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem)[:40] or "upload"
+    path = up / f"{stem}-{digest}.csv"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
+def check_dataset(dataset: str, params: dict):
+    """Build the data set once (raises DataError with one sentence for bad input)."""
+    from ..data import make_dataset
+    p = dict(params)
+    return make_dataset(dataset, seed=int(p.pop("seed", 0)), **p)

@@ -1,0 +1,186 @@
+"""The Streamlit widgets the pages share: run picker, job progress, headline metrics, plots.
+
+The only module of the package that imports Streamlit (besides app.py and pages/); what it
+shows comes from smeme.services.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from .services import figures, jobs
+from .services.runs import list_runs, open_run, pick_default_run
+from .services.settings import content_blocks, runs_dir
+
+
+def render_content(name: str) -> None:
+    for kind, text in content_blocks(name):
+        if kind == "latex":
+            st.latex(text)
+        else:
+            st.markdown(text)
+
+
+def plot(fig, key: str | None = None) -> None:
+    st.plotly_chart(fig, key=key, config=figures.PLOTLY_CONFIG, theme=None)
+
+
+def select_run(folder) -> None:
+    """Make `folder` this session's run (and remember it in the URL, so a reload keeps it)."""
+    st.session_state["run"] = str(Path(folder).resolve())
+    try:
+        st.query_params["run"] = Path(folder).name
+    except Exception:  # noqa: BLE001 - query params are a nicety
+        pass
+
+
+def training_folder() -> str | None:
+    """The folder of a training job this session should watch: the one it started, else a
+    training still running for the run named in the URL (a reload), else the newest one."""
+    folder = st.session_state.get("training")
+    if folder:
+        return folder
+    running = [j for j in jobs.active() if j.kind == "train"]
+    if not running:
+        return None
+    name = st.query_params.get("run")
+    pick = next((j.folder for j in running if name and Path(j.folder).name == name), running[-1].folder)
+    st.session_state["training"] = pick  # keep showing it (and how it ended) in this session
+    return pick
+
+
+def current_run():
+    """The run chosen in this session (st.session_state['run']), else the one named in the
+    URL (?run=name, survives a reload), else the default / newest run; None if there is none."""
+    folder = st.session_state.get("run")
+    if not folder:
+        name = st.query_params.get("run")
+        if name and (runs_dir() / Path(name).name).is_dir():
+            folder = str((runs_dir() / Path(name).name).resolve())
+        else:
+            folder = pick_default_run()
+        if not folder:
+            return None
+        st.session_state["run"] = folder
+    try:
+        return open_run(folder)
+    except Exception as exc:  # noqa: BLE001 - e.g. still training, or damaged: say so
+        if jobs.busy(folder) is None:
+            st.warning(f"Cannot open the run {Path(folder).name}: {exc}")
+        return None
+
+
+LOSS_REDRAW_S = 3.0
+
+
+def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = None,
+              poll: float = 0.8, extra=None) -> str | None:
+    """Show a job's progress, live; returns its status (None if no job).
+
+    While the job runs, a fragment reruns every `poll` seconds (progress moves at least
+    once a second) and, when the job ends, reruns the whole page once so that the result
+    appears. The loss curve is rebuilt at most every LOSS_REDRAW_S seconds (an unchanged
+    figure is not redrawn by the browser): redrawing it at every poll cost the browser and
+    the server more than a core, and training ran 4x slower beside it (bench_app.py). A
+    finished job's outcome (error / stopped) is shown statically. `extra()`, if
+    given, is drawn inside the live fragment after the progress (e.g. the metrics of the
+    rounds finished so far), so it refreshes while the job runs."""
+    job = jobs.get(folder, kind)
+    if job is None:
+        return None
+    key = key or f"job_{kind}"
+    seen = st.session_state.setdefault("_jobs_seen", set())
+
+    if not job.running:
+        seen.add(job.id)
+        snap = job.snapshot()
+        if snap["status"] == jobs.FAILED:
+            st.error(snap["error"])
+        elif snap["status"] == jobs.CANCELLED:
+            st.warning(f"{job.label or kind}: stopped after {snap['elapsed']:.0f} s.")
+        return snap["status"]
+
+    @st.fragment(run_every=poll)
+    def _live():
+        snap = job.snapshot()
+        if snap["status"] != jobs.RUNNING:
+            if job.id not in seen:
+                seen.add(job.id)
+                st.rerun(scope="app")
+            return
+        cols = st.columns([5, 1], vertical_alignment="center")
+        cols[0].progress(snap["fraction"], text=f"{snap['message']}  ({snap['elapsed']:.0f} s)")
+        cols[1].button("Stop", key=f"{key}_stop", on_click=job.stop, disabled=snap["cancel_requested"],
+                       width="stretch")
+        if show_loss and snap["losses"]:
+            drawn = st.session_state.setdefault("_job_loss_figures", {})
+            hit = drawn.get(key)
+            if hit is None or hit[0] != job.id or time.time() - hit[1] >= LOSS_REDRAW_S:
+                hit = drawn[key] = (job.id, time.time(),
+                                    figures.loss_curve(snap["losses"], title=f"{job.label or kind}: loss"))
+            plot(hit[2], key=f"{key}_loss")
+        if extra is not None:
+            extra()
+
+    _live()
+    return jobs.RUNNING
+
+
+def sidebar() -> None:
+    """Run picker and running jobs, on every page."""
+    runs = list_runs()
+    if not st.session_state.get("run"):
+        current_run()  # resolves the session's run: URL (?run=), else default / newest
+    folders = [r["folder"] for r in runs if r["latest"] is not None]
+    names = {r["folder"]: f"{r['name']} ({r['dataset']})" for r in runs}
+    cur = st.session_state.get("run")
+    with st.sidebar:
+        if folders:
+            idx = folders.index(cur) if cur in folders else None
+            choice = st.selectbox("Run", folders, index=idx, format_func=lambda f: names.get(f, Path(f).name),
+                                  placeholder="Choose a run", key=f"_sidebar_run_{cur}")
+            if choice and choice != cur:
+                select_run(choice)
+                st.rerun()
+        else:
+            st.caption("No runs yet: train one on the Home or Model page.")
+        running = jobs.active()
+        for j in running:
+            st.caption(f":material/hourglass_top: {Path(j.folder).name}: {j.label or j.kind} (running)")
+
+
+HEADLINE = [("entropy", "Entropy (k-NN)", "{:.3f}"), ("off_support", "Off support", "{:.1%}"),
+            ("surprise", "Surprise", "{:.3f}"), ("validity", "Validity", "{:.1%}"),
+            ("sparse_share", "Sparse share", "{:.1%}")]
+
+
+def _headline(now, before, title: str) -> None:
+    """HEADLINE metrics of `now` (a dict or a timeline row) with the change from `before`."""
+    items = [it for it in HEADLINE if now.get(it[0]) is not None and pd.notna(now.get(it[0]))]
+    if not items:
+        return
+    st.markdown(title)
+    cols = st.columns(len(items))
+    for col, (name, label, fmt) in zip(cols, items):
+        delta = None
+        if before is not None and before.get(name) is not None and pd.notna(before.get(name)):
+            d = float(now[name] - before[name])
+            delta = fmt.format(d) if "%" not in fmt else f"{d * 100:+.1f} pts"
+        col.metric(label, fmt.format(float(now[name])), delta=delta,
+                   delta_color="inverse" if name == "off_support" else "normal")
+
+
+def metric_row(tl: pd.DataFrame) -> None:
+    """The latest round's headline metrics, with the change from the round before."""
+    last = tl.iloc[-1]
+    prev = tl.iloc[-2] if len(tl) >= 2 else None
+    _headline(last, prev, f"**Round {int(last['round'])}**"
+              + (f" (change from round {int(prev['round'])})" if prev is not None else ""))
+
+
+def compare_metrics(ra: dict, rb: dict, names: tuple[str, str]) -> None:
+    """Headline metrics of round b, with the change from round a."""
+    _headline(rb, ra, f"**{names[1]}** (change from {names[0]})")
