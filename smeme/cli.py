@@ -142,6 +142,9 @@ def _format_metrics(metrics: dict) -> str:
     return " ".join(parts)
 
 
+_OWN_OPTIONS = {"n": "--n", "seed": "--seed", "name": "--dataset", "path": "--csv"}  # not --data-param keys
+
+
 # -- commands ------------------------------------------------------------------------------------
 def cmd_pretrain(args) -> int:
     from .pipeline import pretrain_run
@@ -151,6 +154,8 @@ def cmd_pretrain(args) -> int:
         if "=" not in item:
             raise CliError(f"--data-param needs KEY=VALUE, got '{item}'.")
         key, value = item.split("=", 1)
+        if key in _OWN_OPTIONS:
+            raise CliError(f"--data-param {key}=... is set with its own option, {_OWN_OPTIONS[key]}.")
         params[key] = _parse_value(value)
     if args.dataset == "csv":
         if not args.csv:
