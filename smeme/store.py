@@ -61,8 +61,10 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def disk_full_error(path) -> DiskFullError:
-    return DiskFullError(f"Cannot save {path}: no space left on device; free some space and try again "
-                         "(everything saved before is kept).")
+    err = DiskFullError(f"Cannot save {path}: no space left on device; free some space and try again "
+                        "(everything saved before is kept).")
+    err.path = Path(path)
+    return err
 
 
 # -- atomic writes --------------------------------------------------------------------
@@ -302,11 +304,11 @@ class Run:
             raise ValueError("A run's config needs dataset.domain (the domain's to_config()).")
         replace = is_run(folder)
         created = not folder.exists()
-        target = folder
+        target, temp = folder, None
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            if replace:
-                target = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+            if replace:  # the new run is written beside the old one, then swapped in
+                target = temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
             target.mkdir(exist_ok=True)
             with folder_lock(target):
                 shutil.rmtree(target / CACHE_DIR, ignore_errors=True)  # an unfinished run's leftovers
@@ -314,12 +316,14 @@ class Run:
                 save_weights(target / "round_0.safetensors", model, {"round": 0})
                 _write_manifest(target, {0: _jsonable(metrics or {})})  # the run exists from here on
         except BaseException as exc:
-            if replace or created:
+            if temp is not None or created:
                 shutil.rmtree(target, ignore_errors=True)
-            else:  # the folder was there (empty or unfinished): leave it reusable, without a half run
+            elif not replace:  # the folder was there (empty or unfinished): leave it reusable, without a half run
                 for name in (CONFIG_FILE, "round_0.safetensors"):
                     with contextlib.suppress(OSError):
                         (target / name).unlink()
+            if temp is not None and isinstance(exc, DiskFullError) and exc.path.parent == temp:
+                raise disk_full_error(folder / exc.path.name) from None  # the file, not its temp folder
             _raise_disk_full(exc, target)
             raise
         if replace:  # swap the finished new run in, then drop the old one

@@ -96,6 +96,16 @@ def test_pretrain_on_a_full_disk_leaves_no_folder_and_a_retry_works(capsys, tmp_
 
 
 @pytest.mark.slow
+def test_pretrain_force_on_a_full_disk_keeps_the_old_run(capsys, run_copy, disk_full):
+    before = snapshot(run_copy)
+    disk_full("round_0.safetensors")
+    message = refusal(capsys, 1, *PRETRAIN, "--force", "--run", run_copy)
+    assert_disk_full_message(message, run_copy / "round_0.safetensors")
+    assert snapshot(run_copy) == before
+    assert sorted(p.name for p in run_copy.parent.iterdir()) == ["run"]  # no half-written new run beside it
+
+
+@pytest.mark.slow
 def test_pretrain_into_an_existing_empty_folder_leaves_it_reusable(capsys, tmp_path, disk_full, monkeypatch):
     folder = tmp_path / "mine"
     folder.mkdir()
