@@ -316,3 +316,11 @@ def test_grid_on_a_toy_run_says_grid_is_for_image_runs(capsys, base_run, tmp_pat
     assert message == (f"grid draws image runs (digits or Stable Diffusion), but {base_run} is a toy run; "
                        "use 'smeme sample' for its points.")
     assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_on_a_full_disk_names_the_output_and_keeps_the_old_one(capsys, base_run, tmp_path, disk_full):
+    out = tmp_path / "s.csv"
+    out.write_text("keep\n")
+    disk_full("s.csv")
+    assert_disk_full_message(refusal(capsys, 1, "sample", "--run", base_run, "--n", 4, "--out", out), out)
+    assert out.read_text() == "keep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
