@@ -7,6 +7,7 @@ command leaves every existing file as it was.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import os
@@ -16,6 +17,20 @@ import time
 from . import images  # noqa: F401  (registers the digits data set and the image model kinds)
 
 EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+# Limits on numbers that size an allocation or a loop (README, "CLI limits").
+MAX_SAMPLES = 100_000          # sample --n
+MAX_SAMPLE_STEPS = 1_000       # sample --steps (DDPM steps)
+MAX_NOISE_NUMBERS = 2 ** 28    # sample: n x steps x features of fixed noise held at once (1 GiB)
+MAX_DATA_ROWS = 1_000_000      # pretrain --n (as a CSV's row limit)
+MAX_TRAIN_STEPS = 1_000_000    # pretrain --steps
+MAX_ROUNDS = 100               # explore --rounds, tilt --rounds
+MAX_ITERATIONS = 10_000        # explore --iterations
+MAX_RESOLUTION = 1_000         # tilt --resolution (points per axis)
+MAX_GRID_COLUMNS = 64          # grid --n
+MAX_THREADS = 256              # --threads
+MAX_SEED = 2 ** 32 - 1         # --seed
+MAX_ROUND = 10 ** 9            # --round (a round number; larger ones cannot exist)
 
 
 class CliError(Exception):
@@ -57,6 +72,8 @@ def _write_text_atomic(path: str, text: str) -> None:
     from .store import atomic_write_bytes
 
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CliError(f"Cannot write '{path}': it is a folder; give a file name, e.g. '{os.path.join(path, 'out.csv')}'.")
     if not os.path.isdir(folder):
         raise CliError(f"Cannot write '{path}': the folder {folder} does not exist.")
     atomic_write_bytes(path, text.encode())
@@ -78,6 +95,8 @@ def read_points(path: str, columns: list[str]):
     import numpy as np
     import pandas as pd
 
+    if os.path.isdir(path):
+        raise CliError(f"The points file '{path}' is a folder, not a CSV file.")
     if not os.path.isfile(path):
         raise CliError(f"The points file '{path}' does not exist.")
     try:
@@ -125,6 +144,9 @@ def _format_metrics(metrics: dict) -> str:
     return " ".join(parts)
 
 
+_OWN_OPTIONS = {"n": "--n", "seed": "--seed", "name": "--dataset", "path": "--csv"}  # not --data-param keys
+
+
 # -- commands ------------------------------------------------------------------------------------
 def cmd_pretrain(args) -> int:
     from .pipeline import pretrain_run
@@ -134,6 +156,8 @@ def cmd_pretrain(args) -> int:
         if "=" not in item:
             raise CliError(f"--data-param needs KEY=VALUE, got '{item}'.")
         key, value = item.split("=", 1)
+        if key in _OWN_OPTIONS:
+            raise CliError(f"--data-param {key}=... is set with its own option, {_OWN_OPTIONS[key]}.")
         params[key] = _parse_value(value)
     if args.dataset == "csv":
         if not args.csv:
@@ -189,6 +213,11 @@ def cmd_sample(args) -> int:
     from .store import Run
 
     run = Run.open(args.run)
+    numbers = args.n * args.steps * len(run.domain.columns)
+    if numbers > MAX_NOISE_NUMBERS:
+        raise CliError(f"{args.n:,} samples x {args.steps:,} steps x {len(run.domain.columns)} features need "
+                       f"{numbers:,} noise numbers, more than the limit of {MAX_NOISE_NUMBERS:,}; "
+                       "ask for fewer samples or steps.")
     raw = sample_run(run, args.round, args.n, seed=args.seed, steps=args.steps,
                      progress=Bar("sample", None if not args.quiet else False))
     raw = raw.reshape(len(raw), -1)
@@ -245,34 +274,53 @@ def cmd_grid(args) -> int:
         rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
     except ValueError:
         raise CliError(f"--rounds needs comma-separated round numbers like 0,1,2, got '{args.rounds}'.") from None
-    save_grid(open_any_run(args.run), rounds, args.n, args.seed, args.out)
+    run = open_any_run(args.run)
+    kind = run.config.get("kind") or run.config.get("dataset", {}).get("name")
+    if kind not in IMAGE_RUNS:
+        raise CliError(f"grid draws image runs (digits or Stable Diffusion), but {args.run} is a {kind} run; "
+                       "use 'smeme sample' for its points.")
+    save_grid(run, rounds, args.n, args.seed, args.out)
     return 0
 
 
+IMAGE_RUNS = ("digits", "sd")
+
+
 # -- parser ------------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
+    """int('12') or a whole float such as '1e6'; ArgumentTypeError otherwise."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():  # also nan and inf
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'")
+    return int(value)
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
-    return value
+def _int_in(low: int, high: int):
+    """An argparse type: a whole number in [low, high], the limit named in the message."""
+    def parse(text: str) -> int:
+        value = _whole_number(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a number of at least {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected a number of at most {high:,} (the CLI's limit), got {value:,}")
+        return value
+    parse.__name__ = "whole number"  # argparse names the type in some messages
+    return parse
+
+
+_seed = _int_in(0, MAX_SEED)
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--threads", type=_positive_int, default=argparse.SUPPRESS,
+    common.add_argument("--threads", type=_int_in(1, MAX_THREADS), default=argparse.SUPPRESS,
                         help="torch threads (default: $SMEME_THREADS or 1, the measured best)")
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
     parser = _Parser(prog="smeme", description="S-MEME: score-based maximum entropy manifold exploration.",
@@ -282,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", parents=[common], help="train a diffusion model on a data set (round 0)")
     p.add_argument("--dataset", required=True, choices=["toy", "triangles", "digits", "csv"])
     p.add_argument("--csv", help="the CSV file for --dataset csv")
-    p.add_argument("--steps", type=_positive_int, help="training steps (default: the data set's preset)")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--n", type=_positive_int, help="data set size (default: the data set's own)")
+    p.add_argument("--steps", type=_int_in(1, MAX_TRAIN_STEPS), help="training steps (default: the data set's preset)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--n", type=_int_in(1, MAX_DATA_ROWS), help="data set size (default: the data set's own)")
     p.add_argument("--preset", help="model/training preset (default: the data set's; 'tiny' for quick tests)")
     p.add_argument("--data-param", action="append", metavar="KEY=VALUE", help="data set parameter, repeatable")
     p.add_argument("--run", required=True, help="run folder to create")
@@ -293,27 +341,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explore", parents=[common], help="S-MEME rounds, continuing from the last finished round")
     p.add_argument("--run", required=True)
-    p.add_argument("--rounds", required=True, type=_positive_int)
+    p.add_argument("--rounds", required=True, type=_int_in(1, MAX_ROUNDS))
     p.add_argument("--lam", type=float)
     p.add_argument("--solver", choices=["adjoint", "student-teacher"])
-    p.add_argument("--seed", type=_nonneg_int)
-    p.add_argument("--iterations", type=_positive_int, help="solver iterations per round")
+    p.add_argument("--seed", type=_seed)
+    p.add_argument("--iterations", type=_int_in(1, MAX_ITERATIONS), help="solver iterations per round")
     p.add_argument("--lam-schedule", choices=["constant", "decreasing"])
     p.add_argument("--allow-lam-one", action="store_true", help="allow lambda = 1 (Theorem 5.2's one-step case)")
     p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("sample", parents=[common], help="samples in the data's own columns and units")
     p.add_argument("--run", required=True)
-    p.add_argument("--round", type=_nonneg_int, help="round (default: the latest)")
-    p.add_argument("--n", required=True, type=_positive_int)
-    p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--steps", type=_positive_int, default=100, help="DDPM steps")
+    p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="round (default: the latest)")
+    p.add_argument("--n", required=True, type=_int_in(1, MAX_SAMPLES))
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--steps", type=_int_in(1, MAX_SAMPLE_STEPS), default=100, help="DDPM steps")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("logp", parents=[common], help="the model's log-density of points, in the data's units")
     p.add_argument("--run", required=True)
-    p.add_argument("--round", type=_nonneg_int, help="round (default: the latest)")
+    p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="round (default: the latest)")
     p.add_argument("--points", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_logp)
@@ -325,18 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tilt", parents=[common], help="exact S-MEME rounds of a 2-D run's density on a grid "
                        "(what a perfect solver would reach), JSON lines")
     p.add_argument("--run", required=True)
-    p.add_argument("--round", type=_nonneg_int, help="the round to start from (default: the latest)")
-    p.add_argument("--rounds", required=True, type=_positive_int)
+    p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="the round to start from (default: the latest)")
+    p.add_argument("--rounds", required=True, type=_int_in(1, MAX_ROUNDS))
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--t-r", type=float, dest="t_r", help="time of the reward's score (default: explore's)")
-    p.add_argument("--resolution", type=_positive_int, default=200, help="grid points per axis")
+    p.add_argument("--resolution", type=_int_in(8, MAX_RESOLUTION), default=200, help="grid points per axis")
     p.set_defaults(func=cmd_tilt)
 
     p = sub.add_parser("grid", parents=[common], help="image grid of samples per round (image runs)")
     p.add_argument("--run", required=True)
     p.add_argument("--rounds", required=True, help="comma-separated rounds, e.g. 0,1,2")
-    p.add_argument("--n", type=_positive_int, default=8)
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--n", type=_int_in(1, MAX_GRID_COLUMNS), default=8)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_grid)
 
@@ -366,7 +414,7 @@ def main(argv=None) -> int:
         args.quiet = getattr(args, "quiet", False)
     except CliError as exc:
         return fail(EXIT_BAD_INPUT, _sentence(exc))
-    from .store import RunLockedError, StoreError
+    from .store import DiskFullError, RunLockedError, StoreError
     from .threads import configure
 
     try:
@@ -378,10 +426,14 @@ def main(argv=None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return fail(EXIT_INTERRUPTED, "Interrupted; everything saved before the interruption is kept.")
-    except RunLockedError as exc:
+    except (RunLockedError, DiskFullError) as exc:
         return fail(EXIT_FAILURE, _sentence(exc))
     except (CliError, StoreError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         return fail(EXIT_BAD_INPUT, _sentence(exc))  # DataError is a ValueError
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a write outside the store's atomic writer
+            return fail(EXIT_FAILURE, f"Cannot save {exc.filename or 'a file'}: no space left on device.")
+        return fail(EXIT_FAILURE, f"{type(exc).__name__}: {_sentence(exc)}")
     except Exception as exc:
         if type(exc).__name__ == "ExploreError":
             return fail(EXIT_BAD_INPUT, _sentence(exc))

@@ -1,14 +1,16 @@
 """High-level steps shared by the CLI and the app: pre-train a run, sample it, score points."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from .store import Run, check_target
+from .store import Run, StoreError, check_target, folder_lock
 
 
 class Cancelled(Exception):
@@ -26,14 +28,23 @@ def pretrain_run(folder, dataset: str, dataset_params: dict | None = None, n: in
     """Build the data set, train a model on its standardised features, save it as round 0.
 
     The target folder is checked before any work (an existing run is replaced only with
-    force=True, and only after the new run is completely written). Round-0 metrics are
-    computed after the round is saved; if they fail, the trained round is kept.
+    force=True, and only after the new run is completely written), and an existing folder's
+    lock is taken before training, so a run another process is writing is refused at once.
+    Round-0 metrics are computed after the round is saved; if they fail, the trained round is kept.
     """
+    check_target(folder, force=force)
+    with folder_lock(folder) if Path(folder).is_dir() else contextlib.nullcontext():
+        return _pretrain_unlocked(folder, dataset, dataset_params, n, steps, seed, model_params,
+                                  progress, cancel, force, preset, train_params)
+
+
+def _pretrain_unlocked(folder, dataset, dataset_params, n, steps, seed, model_params, progress, cancel,
+                       force, preset, train_params) -> Run:
     from .data import make_dataset
     from .presets import get_preset
     from .train import pretrain
 
-    check_target(folder, force=force)
+    check_target(folder, force=force)  # again: it may have changed before the lock was ours
     dataset_params = dict(dataset_params or {})
     ds = make_dataset(dataset, n=n, seed=seed, **dict(dataset_params))
     chosen = get_preset(preset or dataset)
@@ -57,7 +68,10 @@ def pretrain_run(folder, dataset: str, dataset_params: dict | None = None, n: in
     train_info = {"seconds": round(history["seconds"], 3), "steps": history["steps_done"],
                   "final_loss": float(np.mean(losses[-50:])) if losses else None}
     run = Run.create(folder, config, model, standardizer, metrics={"train": train_info}, overwrite=force)
-    run.save_array("train_loss", np.asarray(losses, dtype=np.float32))
+    try:
+        run.save_array("train_loss", np.asarray(losses, dtype=np.float32))
+    except (OSError, StoreError) as exc:  # a cache beside the committed round; the round is kept
+        print(f"warning: the training-loss curve was not saved ({exc}).", file=sys.stderr)
     compute_round_metrics(run, model, 0, extra={"train": train_info})
     return run
 
@@ -74,7 +88,11 @@ def compute_round_metrics(run: Run, model, k: int, extra: dict | None = None) ->
         print(f"warning: round {k} metrics failed ({type(exc).__name__}: {exc}); the round is saved.",
               file=sys.stderr)
         return None
-    run.set_metrics(k, metrics)
+    try:
+        run.set_metrics(k, metrics)
+    except (OSError, StoreError) as exc:
+        print(f"warning: round {k} is saved but its metrics were not ({exc}).", file=sys.stderr)
+        return None
     return metrics
 
 

@@ -8,12 +8,18 @@ A run is a folder:
     .lock                  writers hold an exclusive flock on it
 
 Every write goes to a temporary file in the same folder and is renamed into place
-(os.replace), so a crash never leaves a half-written file. Loading checks the config,
+(os.replace), so a crash never leaves a half-written file. metrics.json is the manifest
+and the one commit point: a round exists once metrics.json names it and its weights
+file is there. The weights are written first and metrics.json last, so a failure in
+between (a full disk, a kill) leaves an orphan weights file that no reader sees and the
+next save of that round overwrites. A folder with config.json but no metrics.json is an
+unfinished pre-training, which a new pre-training reuses. Loading checks the config,
 the weights file and its shapes, and raises StoreError naming the file and the problem.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -37,7 +43,6 @@ METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 CACHE_DIR = "cache"
 REQUIRED_SECTIONS = ("dataset", "model", "schedule", "standardizer")
-_ROUND_RE = re.compile(r"^round_(\d+)\.safetensors$")
 
 
 class StoreError(Exception):
@@ -48,21 +53,42 @@ class RunLockedError(StoreError):
     """Another process is writing to the run."""
 
 
+class DiskFullError(StoreError):
+    """A write failed for lack of space (or quota); the file named was not changed."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(path) -> DiskFullError:
+    err = DiskFullError(f"Cannot save {path}: no space left on device; free some space and try again "
+                        "(everything saved before is kept).")
+    err.path = Path(path)
+    return err
+
+
 # -- atomic writes --------------------------------------------------------------------
 def atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temp file next to `path`, then rename it into place."""
+    """Call write(file_object) on a temp file next to `path`, then rename it into place.
+
+    A full disk raises DiskFullError naming `path` (not the temp file); `path` is unchanged.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; runs are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            raise disk_full_error(path) from None
         raise
 
 
@@ -105,7 +131,12 @@ def folder_lock(folder: Path):
         if key in _held:
             _held[key][1] += 1
         else:
-            fd = os.open(os.path.join(key, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(os.path.join(key, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if exc.errno in _DISK_FULL:
+                    raise disk_full_error(Path(folder) / LOCK_FILE) from None
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -172,6 +203,18 @@ def load_weights_into(path: Path, model) -> None:
 
 
 # -- the run ----------------------------------------------------------------------------
+def _write_manifest(folder: Path, rounds: dict) -> None:
+    """metrics.json: each committed round's metrics record."""
+    atomic_write_json(Path(folder) / METRICS_FILE, {
+        "schema_version": SCHEMA_VERSION, "rounds": {str(r): rounds[r] for r in sorted(rounds)}})
+
+
+def _raise_disk_full(exc: BaseException, path) -> None:
+    """Re-raise a bare OSError from a full disk (mkdir, mkdtemp) as DiskFullError naming `path`."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        raise disk_full_error(getattr(exc, "filename", None) or path) from None
+
+
 def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_FILE
     if not path.is_file():
@@ -195,7 +238,26 @@ def _read_config(folder: Path) -> dict:
 
 
 def is_run(folder) -> bool:
-    return (Path(folder) / CONFIG_FILE).exists()
+    """A run exists once its pre-training committed round 0 (config.json and metrics.json)."""
+    folder = Path(folder)
+    return (folder / CONFIG_FILE).exists() and (folder / METRICS_FILE).exists()
+
+
+_UNFINISHED_NAMES = {CONFIG_FILE, LOCK_FILE, "round_0.safetensors", CACHE_DIR}
+
+
+def is_unfinished_run(folder) -> bool:
+    """What a failed pre-training leaves: an smeme config.json, no metrics.json and nothing
+    foreign beside them. A new pre-training may reuse such a folder."""
+    folder = Path(folder)
+    if is_run(folder) or not (folder / CONFIG_FILE).is_file():
+        return False
+    try:
+        _read_config(folder)
+    except StoreError:  # someone else's config.json (e.g. a model folder): not ours to reuse
+        return False
+    return all(p.name in _UNFINISHED_NAMES or (p.name.startswith(".") and p.name.endswith(".tmp"))
+               for p in folder.iterdir())
 
 
 def check_target(folder, force: bool = False) -> None:
@@ -206,7 +268,7 @@ def check_target(folder, force: bool = False) -> None:
     if is_run(folder):
         if not force:
             raise StoreError(f"{folder} already holds a run; choose another folder or pass --force to replace it.")
-    elif folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir()):
+    elif folder.is_dir() and not is_unfinished_run(folder) and any(p.name != LOCK_FILE for p in folder.iterdir()):
         raise StoreError(f"{folder} is not empty and is not an smeme run; choose an empty or new folder.")
 
 
@@ -221,11 +283,13 @@ class Run:
     @classmethod
     def create(cls, folder, config: dict, model, standardizer: Standardizer,
                metrics: dict | None = None, overwrite: bool = False) -> "Run":
-        """Write config.json and round_0.safetensors for a freshly trained model.
+        """Write config.json, round_0.safetensors and (the commit point) metrics.json.
 
         `config` holds 'dataset' (with 'domain'), 'model' and optionally 'train';
         the schedule and standardizer are filled in here. An existing run is replaced
         only with overwrite=True, and then only once the new one is completely written.
+        On failure a folder this call created is removed; an empty or unfinished one is
+        left as it was found (reusable).
         """
         folder = Path(folder)
         check_target(folder, force=overwrite)
@@ -238,28 +302,38 @@ class Run:
                 raise ValueError(f"A run's config needs a '{s}' section (a dict).")
         if not isinstance(cfg["dataset"].get("domain"), dict):
             raise ValueError("A run's config needs dataset.domain (the domain's to_config()).")
-        folder.parent.mkdir(parents=True, exist_ok=True)
         replace = is_run(folder)
-        target = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent)) if replace else folder
+        created = not folder.exists()
+        target, temp = folder, None
         try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if replace:  # the new run is written beside the old one, then swapped in
+                target = temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
             target.mkdir(exist_ok=True)
             with folder_lock(target):
+                shutil.rmtree(target / CACHE_DIR, ignore_errors=True)  # an unfinished run's leftovers
                 atomic_write_json(target / CONFIG_FILE, cfg)
                 save_weights(target / "round_0.safetensors", model, {"round": 0})
-                if metrics is not None:
-                    atomic_write_json(target / METRICS_FILE, {"schema_version": SCHEMA_VERSION,
-                                                              "rounds": {"0": jsonable(metrics)}})
-        except BaseException:
-            if replace:
+                _write_manifest(target, {0: jsonable(metrics or {})})  # the run exists from here on
+        except BaseException as exc:
+            if temp is not None or created:
                 shutil.rmtree(target, ignore_errors=True)
+            elif not replace:  # the folder was there (empty or unfinished): leave it reusable, without a half run
+                for name in (CONFIG_FILE, "round_0.safetensors"):
+                    with contextlib.suppress(OSError):
+                        (target / name).unlink()
+            if temp is not None and isinstance(exc, DiskFullError) and exc.path.parent == temp:
+                raise disk_full_error(folder / exc.path.name) from None  # the file, not its temp folder
+            _raise_disk_full(exc, target)
             raise
         if replace:  # swap the finished new run in, then drop the old one
             try:
                 with folder_lock(folder):
                     old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
                     os.rename(folder, old / "run")
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(target, ignore_errors=True)
+                _raise_disk_full(exc, folder.parent)
                 raise
             os.rename(target, folder)
             shutil.rmtree(old, ignore_errors=True)
@@ -278,6 +352,9 @@ class Run:
             run.schedule
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{CONFIG_FILE} in {folder} is inconsistent: {exc}.") from None
+        if not (folder / METRICS_FILE).exists():
+            raise StoreError(f"The run in {folder} was never finished: it has no {METRICS_FILE} "
+                             "(its pre-training stopped before saving round 0); pre-train it again.")
         if not run.rounds():
             raise StoreError(f"The run in {folder} has no saved rounds (round_0.safetensors is missing).")
         return run
@@ -317,7 +394,8 @@ class Run:
         return self.folder / f"round_{int(k)}.safetensors"
 
     def rounds(self) -> list[int]:
-        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := _ROUND_RE.match(p.name)))
+        """The committed rounds: named in metrics.json, with their weights file present."""
+        return sorted(k for k in self.metrics() if self.round_path(k).is_file())
 
     @property
     def latest_round(self) -> int:
@@ -335,14 +413,23 @@ class Run:
         return model.eval()
 
     def save_round(self, k: int, model, metrics: dict | None = None) -> None:
-        """Save round k's weights (and its metrics); refuses to overwrite a finished round."""
+        """Save round k: its weights, then its metrics record in metrics.json (the commit).
+
+        Refuses to overwrite a committed round. An orphan weights file (a save that failed
+        before its commit) is overwritten; if the commit fails, the new weights file is removed.
+        """
         k = int(k)
         with self.lock():
-            if self.round_path(k).exists():
+            if k in self.rounds():
                 raise StoreError(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
-            save_weights(self.round_path(k), model, {"round": k})
-            if metrics is not None:
-                self.set_metrics(k, metrics)
+            path = self.round_path(k)
+            save_weights(path, model, {"round": k})  # invisible until metrics.json names it
+            try:
+                self.set_metrics(k, metrics or {})
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
 
     # -- metrics ------------------------------------------------------------------------
     def metrics(self) -> dict[int, dict]:
@@ -359,9 +446,7 @@ class Run:
         with self.lock():
             data = self.metrics()
             data[int(k)] = jsonable(metrics)
-            atomic_write_json(self.folder / METRICS_FILE, {
-                "schema_version": SCHEMA_VERSION,
-                "rounds": {str(r): data[r] for r in sorted(data)}})
+            _write_manifest(self.folder, data)
 
     # -- cached arrays ------------------------------------------------------------------
     def cache_path(self, key: str) -> Path:

@@ -63,9 +63,16 @@ def test_second_writer_on_same_run_is_refused_with_a_clear_message(tmp_path):
     assert again.wait(5) and again.result == "second"
 
 
+def _wait_for_progress(job, timeout=30.0):
+    deadline = time.time() + timeout
+    while job.fraction == 0 and job.running and time.time() < deadline:
+        time.sleep(0.01)
+    assert job.fraction > 0, job.snapshot()
+
+
 def test_stop_cancels_between_steps(tmp_path):
     job = jobs.start(tmp_path, "explore", _slow(steps=1000, dt=0.01))
-    time.sleep(0.1)
+    _wait_for_progress(job)  # stepping, however loaded the machine
     assert jobs.stop(tmp_path, "explore")
     assert job.wait(5)
     assert job.status == "cancelled" and job.result == "partial"
@@ -108,9 +115,13 @@ def test_loss_history_is_bounded(tmp_path):
 
 
 def test_wait_all_and_active(tmp_path):
-    a = jobs.start(tmp_path / "a", "train", _slow(steps=5))
-    b = jobs.start(tmp_path / "b", "train", _slow(steps=5))
-    assert {j.id for j in jobs.active()} >= set()
+    gate = threading.Event()
+    a = jobs.start(tmp_path / "a", "train", lambda job: gate.wait(10))
+    b = jobs.start(tmp_path / "b", "train", lambda job: gate.wait(10))
+    assert {a.id, b.id} <= {j.id for j in jobs.active()}  # both held at the gate
+    assert jobs.active(tmp_path / "a") == [a]
+    assert not jobs.wait_all(0.05)  # still running
+    gate.set()
     assert jobs.wait_all(10)
     assert a.status == b.status == "done"
     assert jobs.active(tmp_path / "a") == []

@@ -7,6 +7,8 @@ imports none of them.
 """
 from __future__ import annotations
 
+import inspect
+
 from ..extensions import DATASETS
 
 
@@ -24,22 +26,43 @@ def dataset_names() -> tuple[str, ...]:
     return NAMES + tuple(sorted(DATASETS))
 
 
-def make_dataset(name: str, n: int | None = None, seed: int = 0, **params) -> Dataset:
-    """Build data set `name`; n=None takes its default size (csv: every row)."""
+def _builder(name: str):
     if name == "toy":
         from .toy import make_toy
-        return make_toy(DEFAULT_N["toy"] if n is None else n, seed, **params)
+        return make_toy
     if name == "triangles":
         from .triangles import make_triangles
-        return make_triangles(DEFAULT_N["triangles"] if n is None else n, seed, **params)
+        return make_triangles
     if name == "csv":
         from .csv import load_csv
+        return load_csv
+    if name in DATASETS:
+        return DATASETS[name][0]
+    raise DataError(f"Unknown data set '{name}'; choose one of {', '.join(dataset_names())}.")
+
+
+def _check_params(name: str, build, params: dict) -> None:
+    """Refuse parameters the builder does not take, listing those it does (n and seed have
+    their own options)."""
+    accepted = [p for p in inspect.signature(build).parameters if p not in ("n", "seed")]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        listed = ", ".join(accepted) if accepted else "none"
+        raise DataError(f"The {name} data set has no parameter {', '.join(map(repr, unknown))}; "
+                        f"it accepts: {listed}.")
+
+
+def make_dataset(name: str, n: int | None = None, seed: int = 0, **params) -> Dataset:
+    """Build data set `name`; n=None takes its default size (csv: every row)."""
+    build = _builder(name)
+    _check_params(name, build, params)
+    if name == "csv":
         if "path" not in params:
             raise DataError("The csv data set needs a file: pass path=...")
-        return load_csv(params.pop("path"), n=n, seed=seed, **params)
-    if name in DATASETS:
-        return DATASETS[name][0](n=n, seed=seed, **params)
-    raise DataError(f"Unknown data set '{name}'; choose one of {', '.join(dataset_names())}.")
+        return build(params.pop("path"), n=n, seed=seed, **params)
+    if name in DEFAULT_N:
+        return build(DEFAULT_N[name] if n is None else n, seed, **params)
+    return build(n=n, seed=seed, **params)
 
 
 def domain_from_config(cfg: dict) -> Domain:

@@ -42,7 +42,17 @@ class Standardizer:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Standardizer":
-        return cls(np.asarray(cfg["mean"], dtype=np.float64), np.asarray(cfg["std"], dtype=np.float64))
+        """Rebuild a saved standardiser; a std that is not positive and finite (a hand edit)
+        would make every sample the mean, so it is refused."""
+        mean = np.asarray(cfg["mean"], dtype=np.float64)
+        std = np.asarray(cfg["std"], dtype=np.float64)
+        bad = np.flatnonzero(~(np.isfinite(std) & (std > 0)).ravel())
+        if bad.size:
+            raise ValueError(f"the standardizer's std must be positive and finite, but entry {int(bad[0])} "
+                             f"is {float(std.ravel()[bad[0]])}")
+        if not np.all(np.isfinite(mean)):
+            raise ValueError("the standardizer's mean holds NaN or infinite values")
+        return cls(mean, std)
 
 
 class Domain:

@@ -1,8 +1,9 @@
 """Any numeric CSV with a header: 2 to 64 columns, 100 to 1,000,000 rows.
 
 Raw = features = the file's columns. Files on which no density exists are refused with a
-`DataError` naming the problem: text, empty, NaN or inf cells, too few or too many rows
-or columns, a constant column, perfectly collinear columns.
+`DataError` naming the problem: text, empty, NaN or inf cells, cells too large to
+standardise (|value| > 1e150), too few or too many rows or columns, a constant column,
+perfectly collinear columns.
 
 On-support measure ("on the data manifold"): a point is on the support when its nearest
 reference data point, in per-column standardised units, is no farther than the data's
@@ -33,6 +34,7 @@ MAX_THRESHOLD_ROWS = 20_000  # rows whose NN distance sets the threshold
 MAX_RANK_ROWS = 100_000      # rows used to test collinearity
 COLLINEAR_RTOL = 1e-6        # smallest / largest singular value of the standardised data
 NN_QUANTILE = 0.99
+MAX_ABS = 1e150              # larger magnitudes overflow the squares that standardising sums
 NAN_WORDS = {"nan", "-nan", "+nan", "na", "n/a", "null", "none", "#n/a"}
 
 
@@ -203,6 +205,11 @@ def read_numeric_csv(path) -> pd.DataFrame:
         numeric = values.dtype.kind in "iuf"
         if not numeric or not np.all(np.isfinite(values.to_numpy(dtype=np.float64) if numeric else [])):
             raise DataError(_first_bad_cell(text, names, col))
+        huge = np.flatnonzero(np.abs(values.to_numpy(dtype=np.float64)) > MAX_ABS)
+        if huge.size:
+            row = int(huge[0])
+            raise DataError(f"Column '{col}' row {row + 1} holds {values.iloc[row]:g}, too large to standardise "
+                            f"(values must be at most {MAX_ABS:g} in magnitude).")
     return frame.astype(np.float64)
 
 

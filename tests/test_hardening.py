@@ -1,0 +1,326 @@
+"""Hardening (issue 13, part A): a full disk at each write point of `pretrain` and
+`explore`, the CLI's limits and its one-sentence refusals. Commands run in-process
+through smeme.cli.main, so each check costs what the command costs, not a Python start.
+"""
+import errno
+import fcntl
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from smeme import cli
+from smeme.store import Run, StoreError
+
+PRETRAIN = ["pretrain", "--dataset", "toy", "--preset", "tiny", "--n", 1000, "--steps", 30, "--quiet"]
+EXPLORE = ["explore", "--rounds", 1, "--iterations", 2, "--lam", 0.1, "--quiet"]
+
+
+def run_cli(capsys, *args):
+    code = cli.main([os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def refusal(capsys, code, *args) -> str:
+    """Run a command that must fail with exit `code` and one sentence; return the sentence."""
+    got, _, err = run_cli(capsys, *args)
+    lines = err.strip().splitlines()
+    assert got == code, err
+    assert len(lines) == 1 and lines[0].startswith("smeme: error: "), err
+    return lines[0][len("smeme: error: "):]
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hardening") / "toy"
+    assert cli.main([*map(str, PRETRAIN), "--run", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture
+def run_copy(base_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(base_run, dst)
+    return dst
+
+
+@pytest.fixture
+def disk_full(monkeypatch):
+    """disk_full(name, skip=0): the (skip+1)-th and later writes of file `name` through the
+    store's atomic writer fail with ENOSPC at fsync, as on a full disk."""
+    real_fsync = os.fsync
+
+    def arm(name, skip=0):
+        seen = [0]
+
+        def fsync(fd):
+            temp = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+            if temp.startswith(f".{name}."):  # the atomic writer's temp file for `name`
+                seen[0] += 1
+                if seen[0] > skip:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+    yield arm
+    monkeypatch.setattr(os, "fsync", real_fsync)
+
+
+def assert_disk_full_message(message, path):
+    assert message == (f"Cannot save {path}: no space left on device; free some space and try again "
+                       "(everything saved before is kept).")
+
+
+# -- a full disk during pre-training ----------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["config.json", "round_0.safetensors", "metrics.json"])
+def test_pretrain_on_a_full_disk_leaves_no_folder_and_a_retry_works(capsys, tmp_path, disk_full, monkeypatch, name):
+    folder = tmp_path / "new"
+    disk_full(name)
+    message = refusal(capsys, 1, *PRETRAIN, "--run", folder)
+    assert_disk_full_message(message, folder / name)
+    assert not folder.exists()  # this command created it, so it is gone
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, *PRETRAIN, "--run", folder)
+    assert code == 0, err
+    assert Run.open(folder).rounds() == [0]
+
+
+@pytest.mark.slow
+def test_pretrain_force_on_a_full_disk_keeps_the_old_run(capsys, run_copy, disk_full):
+    before = snapshot(run_copy)
+    disk_full("round_0.safetensors")
+    message = refusal(capsys, 1, *PRETRAIN, "--force", "--run", run_copy)
+    assert_disk_full_message(message, run_copy / "round_0.safetensors")
+    assert snapshot(run_copy) == before
+    assert sorted(p.name for p in run_copy.parent.iterdir()) == ["run"]  # no half-written new run beside it
+
+
+@pytest.mark.slow
+def test_pretrain_into_an_existing_empty_folder_leaves_it_reusable(capsys, tmp_path, disk_full, monkeypatch):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    disk_full("metrics.json")
+    assert_disk_full_message(refusal(capsys, 1, *PRETRAIN, "--run", folder), folder / "metrics.json")
+    assert folder.is_dir() and {p.name for p in folder.iterdir()} <= {".lock"}
+    monkeypatch.undo()
+    assert run_cli(capsys, *PRETRAIN, "--run", folder)[0] == 0
+
+
+@pytest.mark.slow
+def test_a_left_over_unfinished_pretraining_does_not_block_a_retry(capsys, base_run, tmp_path):
+    # what the old code left on a full disk: config.json (and perhaps round 0), no metrics.json
+    folder = tmp_path / "leftover"
+    folder.mkdir()
+    shutil.copy(base_run / "config.json", folder / "config.json")
+    shutil.copy(base_run / "round_0.safetensors", folder / "round_0.safetensors")
+    assert "never finished" in refusal(capsys, 2, "report", "--run", folder)
+    code, _, err = run_cli(capsys, *PRETRAIN, "--run", folder)
+    assert code == 0, err
+    assert Run.open(folder).metrics()[0]["train"]["steps"] == 30
+
+
+def test_a_foreign_config_json_is_not_reused(capsys, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["UNet2DModel"]}')
+    message = refusal(capsys, 2, *PRETRAIN, "--run", folder)
+    assert message == f"{folder} is not empty and is not an smeme run; choose an empty or new folder."
+    assert (folder / "config.json").read_text() == '{"architectures": ["UNet2DModel"]}'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, skip", [("train_loss.npy", 0), ("metrics.json", 1)])
+def test_pretrain_writes_after_the_commit_only_warn(capsys, tmp_path, disk_full, name, skip):
+    # after metrics.json first names round 0 the round is saved; a later write failing loses nothing
+    folder = tmp_path / "run"
+    disk_full(name, skip)
+    code, out, err = run_cli(capsys, *PRETRAIN, "--run", folder)
+    assert code == 0, err
+    assert out.startswith(f"round 0 saved in {folder}")
+    assert err.startswith("warning: ") and "no space left on device" in err
+    run = Run.open(folder)
+    assert run.rounds() == [0] and run.metrics()[0]["train"]["steps"] == 30
+
+
+# -- a full disk during explore -----------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["round_1.safetensors", "metrics.json"])
+def test_explore_on_a_full_disk_commits_nothing_and_keeps_everything(capsys, run_copy, disk_full, name):
+    before = snapshot(run_copy)
+    disk_full(name)
+    assert_disk_full_message(refusal(capsys, 1, *EXPLORE, "--run", run_copy), run_copy / name)
+    assert snapshot(run_copy) == before  # no orphan weights, no temp file, metrics untouched
+    code, out, _ = run_cli(capsys, "report", "--run", run_copy)
+    assert code == 0 and list(json.loads(out)["rounds"]) == ["0"]
+
+
+@pytest.mark.slow
+def test_explore_full_disk_in_round_two_keeps_round_one_with_its_metrics(capsys, run_copy, disk_full, monkeypatch):
+    disk_full("round_2.safetensors")
+    message = refusal(capsys, 1, *EXPLORE[:1], "--rounds", 2, *EXPLORE[3:], "--run", run_copy)
+    assert_disk_full_message(message, run_copy / "round_2.safetensors")
+    monkeypatch.undo()
+    code, out, _ = run_cli(capsys, "report", "--run", run_copy)
+    rounds = json.loads(out)["rounds"]
+    assert list(rounds) == ["0", "1"] and rounds["1"]["lam"] == 0.1 and "on_support" in rounds["1"]
+    assert not (run_copy / "round_2.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_an_orphan_weights_file_is_invisible_and_overwritten(capsys, run_copy):
+    # a save that died between the weights and metrics.json (the old code's full-disk state)
+    orphan = run_copy / "round_1.safetensors"
+    shutil.copy(run_copy / "round_0.safetensors", orphan)
+    assert Run.open(run_copy).rounds() == [0]
+    code, out, _ = run_cli(capsys, "report", "--run", run_copy)
+    assert list(json.loads(out)["rounds"]) == ["0"]  # never a round shown with {}
+    assert "no round 1" in refusal(capsys, 2, "sample", "--run", run_copy, "--round", 1, "--n", 4,
+                                   "--out", run_copy.parent / "s.csv")
+    code, out, err = run_cli(capsys, *EXPLORE, "--run", run_copy)
+    assert code == 0, err
+    assert out.startswith("round 1: ")
+    run = Run.open(run_copy)
+    assert run.rounds() == [0, 1] and run.metrics()[1]["iterations"] == 2
+    assert orphan.read_bytes() != (run_copy / "round_0.safetensors").read_bytes()
+
+
+def test_save_round_removes_its_weights_when_the_commit_fails(run_copy, disk_full):
+    run = Run.open(run_copy)
+    model = run.load_model(0)
+    disk_full("metrics.json")
+    with pytest.raises(StoreError, match="no space left on device"):
+        run.save_round(1, model, {"lam": 0.1})
+    assert not run.round_path(1).exists() and run.rounds() == [0]
+
+
+# -- the lock is taken before training ----------------------------------------------------
+def test_pretrain_force_on_a_busy_run_is_refused_before_training(capsys, run_copy, monkeypatch):
+    import smeme.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the run is busy")
+
+    monkeypatch.setattr(smeme.train, "pretrain", no_training)
+    before = snapshot(run_copy)
+    fd = os.open(run_copy / ".lock", os.O_RDWR)
+    try:  # another open file description: conflicts like another process's lock
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        message = refusal(capsys, 1, *PRETRAIN, "--force", "--run", run_copy)
+    finally:
+        os.close(fd)
+    assert message.startswith(f"The run in {run_copy} is busy: another smeme process")
+    assert snapshot(run_copy) == before
+
+
+# -- a hand-edited standardiser --------------------------------------------------------------
+@pytest.mark.parametrize("std, shown", [("0.0", "0.0"), ("-2.0", "-2.0"), ("NaN", "nan")])
+def test_a_standardiser_without_spread_is_refused_at_load(capsys, run_copy, std, shown):
+    path = run_copy / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["standardizer"]["std"][1] = "STD"
+    path.write_text(json.dumps(cfg).replace('"STD"', std))
+    message = refusal(capsys, 2, "sample", "--run", run_copy, "--n", 4, "--out", run_copy.parent / "s.csv")
+    assert message == (f"config.json in {run_copy} is inconsistent: the standardizer's std must be positive "
+                       f"and finite, but entry 1 is {shown}.")
+    assert not (run_copy.parent / "s.csv").exists()
+
+
+# -- limits on numbers that size work -----------------------------------------------------------
+@pytest.mark.parametrize("args, option, limit, given", [
+    (["sample", "--run", "r", "--out", "o.csv", "--n", "1e9"], "--n", "100,000", "1,000,000,000"),
+    (["sample", "--run", "r", "--out", "o.csv", "--n", 4, "--steps", 5000], "--steps", "1,000", "5,000"),
+    (["pretrain", "--dataset", "toy", "--run", "r", "--steps", "1e12"], "--steps", "1,000,000", "1,000,000,000,000"),
+    (["pretrain", "--dataset", "toy", "--run", "r", "--n", 2_000_000], "--n", "1,000,000", "2,000,000"),
+    (["tilt", "--run", "r", "--rounds", 1, "--resolution", "1e6"], "--resolution", "1,000", "1,000,000"),
+    (["tilt", "--run", "r", "--rounds", 1000], "--rounds", "100", "1,000"),
+    (["explore", "--run", "r", "--rounds", 101], "--rounds", "100", "101"),
+    (["explore", "--run", "r", "--rounds", 1, "--iterations", 10 ** 6], "--iterations", "10,000", "1,000,000"),
+    (["grid", "--run", "r", "--rounds", "0", "--out", "g.png", "--n", 65], "--n", "64", "65"),
+    (["sample", "--run", "r", "--out", "o.csv", "--n", 4, "--seed", 2 ** 40], "--seed", "4,294,967,295",
+     "1,099,511,627,776"),
+    (["report", "--run", "r", "--threads", 10_000], "--threads", "256", "10,000"),
+])
+def test_limits_are_named_in_the_refusal(capsys, tmp_path, monkeypatch, args, option, limit, given):
+    monkeypatch.chdir(tmp_path)
+    message = refusal(capsys, 2, *args)
+    command = args[0]
+    assert message == (f"Argument {option}: expected a number of at most {limit} (the CLI's limit), got {given} "
+                       f"(see 'python -m smeme {command} --help').")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fractional_count_is_not_a_whole_number(capsys):
+    message = refusal(capsys, 2, "sample", "--run", "r", "--out", "o.csv", "--n", "2.5")
+    assert message.startswith("Argument --n: expected a whole number, got '2.5'")
+
+
+def test_sample_noise_is_capped_by_samples_times_steps_times_features(capsys, run_copy, monkeypatch):
+    monkeypatch.setattr(cli, "MAX_NOISE_NUMBERS", 1000)
+    out = run_copy.parent / "s.csv"
+    message = refusal(capsys, 2, "sample", "--run", run_copy, "--n", 100, "--steps", 10, "--out", out)
+    assert message == ("100 samples x 10 steps x 2 features need 2,000 noise numbers, more than the limit "
+                       "of 1,000; ask for fewer samples or steps.")
+    assert not out.exists()
+
+
+# -- unclear messages made clear ----------------------------------------------------------------
+def test_a_csv_cell_too_large_to_standardise_names_column_and_row(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(200, 3))
+    lines = ["a,b,c"] + [",".join(f"{v:.6f}" for v in row) for row in data]
+    lines[5] = "0.5,1e308,0.25"  # data row 5
+    path = tmp_path / "huge.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        message = refusal(capsys, 2, "pretrain", "--dataset", "csv", "--csv", path, "--run", tmp_path / "r")
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert message == "Column 'b' row 5 holds 1e+308, too large to standardise (values must be at most 1e+150 in magnitude)."
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unknown_data_param_lists_the_accepted_ones(capsys, tmp_path):
+    message = refusal(capsys, 2, "pretrain", "--dataset", "toy", "--data-param", "foo=1", "--run", tmp_path / "r")
+    assert message == "The toy data set has no parameter 'foo'; it accepts: dense_mass, side, gap."
+    message = refusal(capsys, 2, "pretrain", "--dataset", "triangles", "--data-param", "n=5", "--run", tmp_path / "r")
+    assert message == "--data-param n=... is set with its own option, --n."
+    message = refusal(capsys, 2, "pretrain", "--dataset", "triangles", "--data-param", "sides=1", "--run", tmp_path / "r")
+    assert message.startswith("The triangles data set has no parameter 'sides'; it accepts: side_shares, ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_sample_out_a_folder_says_so(capsys, base_run, tmp_path):
+    message = refusal(capsys, 2, "sample", "--run", base_run, "--n", 4, "--out", tmp_path)
+    assert message == f"Cannot write '{tmp_path}': it is a folder; give a file name, e.g. '{tmp_path / 'out.csv'}'."
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_logp_points_a_folder_says_so(capsys, base_run, tmp_path):
+    message = refusal(capsys, 2, "logp", "--run", base_run, "--points", tmp_path, "--out", tmp_path / "o.csv")
+    assert message == f"The points file '{tmp_path}' is a folder, not a CSV file."
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_grid_on_a_toy_run_says_grid_is_for_image_runs(capsys, base_run, tmp_path):
+    message = refusal(capsys, 2, "grid", "--run", base_run, "--rounds", "0", "--out", tmp_path / "g.png")
+    assert message == (f"grid draws image runs (digits or Stable Diffusion), but {base_run} is a toy run; "
+                       "use 'smeme sample' for its points.")
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_on_a_full_disk_names_the_output_and_keeps_the_old_one(capsys, base_run, tmp_path, disk_full):
+    out = tmp_path / "s.csv"
+    out.write_text("keep\n")
+    disk_full("s.csv")
+    assert_disk_full_message(refusal(capsys, 1, "sample", "--run", base_run, "--n", 4, "--out", out), out)
+    assert out.read_text() == "keep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
