@@ -186,8 +186,12 @@ def _check_feature_run(folder: Path) -> None:
     run = Run.open(folder)
     run.domain  # the data set's domain rebuilds from the config
     run.metrics()
-    with torch.device("meta"):  # shapes only: a hostile config cannot make us allocate its model
-        expected = {k: tuple(v.shape) for k, v in run.new_model().state_dict().items()}
+    try:
+        with torch.device("meta"):  # shapes only: a hostile config cannot make us allocate its model
+            model = run.new_model()
+    except (RuntimeError, NotImplementedError):  # a model that computes while it initialises (digits UNet)
+        model = run.new_model()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for k in run.rounds():  # names, shapes and finiteness against the config's model
         where = f"round_{k}.safetensors"
         try:
@@ -254,12 +258,14 @@ def _check_run(folder: Path) -> None:
                               "(arrays that need pickle are refused)") from None
     try:
         (_check_sd_run if is_sd_run(folder) else _check_feature_run)(folder)
-    except (StoreError, SDRunError) as exc:
-        if isinstance(exc, BundleError):
-            raise
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile run trips, it is refused in one sentence
         # the run's own messages name the temporary folder; name the member instead
-        raise BundleError(str(exc).replace(f" in {folder}", "").replace(str(folder), "the bundle")
-                          .rstrip(".")) from None
+        text = " ".join(str(exc).replace(f" in {folder}", "").replace(str(folder), "the bundle").split())
+        if not isinstance(exc, (StoreError, SDRunError)):
+            text = f"its run cannot be opened ({type(exc).__name__}: {text})"
+        raise BundleError(text.rstrip(".")) from None
 
 
 # -- import ---------------------------------------------------------------------------------
