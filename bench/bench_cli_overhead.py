@@ -1,8 +1,9 @@
 """A CLI command's fixed cost beyond `import torch` (issue 12: <= 1.5 s).
 
-For each command: the median wall time of the whole process, of `python -c "import torch"`,
-and of the command's own work (the same command run a second time inside one process, once
-everything is imported), over --repeats runs; overhead = process - torch import - work.
+For each command: the wall time of the whole process and of `python -c "import torch"` run
+just before it, and the command's own work (the same command run a second time inside one
+process, once everything is imported); overhead = process - torch import - work, the median
+over --repeats runs.
 
     SMEME_THREADS=1 python bench/bench_cli_overhead.py --repeats 5
     PYTHONPATH=/path/to/other/checkout python bench/bench_cli_overhead.py   # compare a version
@@ -55,14 +56,23 @@ def main() -> None:
         "sample --n 100": ["sample", "--run", run, "--n", "100", "--steps", "20", "--out",
                            os.path.join(tmp, "s.csv"), "--quiet"],
     }
-    torch_s = statistics.median(wall([sys.executable, "-c", "import torch"]) for _ in range(args.repeats))
-    print(json.dumps({"command": "python -c 'import torch'", "median_s": round(torch_s, 3)}), flush=True)
+    # torch's import and each command alternate, so a change in the machine's load between
+    # them does not read as overhead; each repeat's overhead is its own pair's difference
+    torch_runs, process_runs = [], {name: [] for name in commands}
+    for _ in range(args.repeats):
+        for name, argv in commands.items():
+            torch_runs.append(wall([sys.executable, "-c", "import torch"]))
+            process_runs[name].append((wall([sys.executable, "-m", "smeme", *argv]), torch_runs[-1]))
+    print(json.dumps({"command": "python -c 'import torch'", "median_s": round(statistics.median(torch_runs), 3)}),
+          flush=True)
     for name, argv in commands.items():
-        process = statistics.median(wall([sys.executable, "-m", "smeme", *argv]) for _ in range(args.repeats))
         own = statistics.median(work(argv) for _ in range(args.repeats))
-        print(json.dumps({"command": f"python -m smeme {name}", "process_median_s": round(process, 3),
+        runs = process_runs[name]
+        print(json.dumps({"command": f"python -m smeme {name}",
+                          "process_median_s": round(statistics.median(p for p, _ in runs), 3),
                           "work_median_s": round(own, 3),
-                          "overhead_beyond_torch_s": round(process - torch_s - own, 3)}), flush=True)
+                          "overhead_beyond_torch_s": round(statistics.median(p - t - own for p, t in runs), 3)}),
+              flush=True)
     print(json.dumps({"load_average": [round(v, 2) for v in os.getloadavg()], "nproc": os.cpu_count()}))
 
 

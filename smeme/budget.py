@@ -81,6 +81,8 @@ def summary(branch: Run, k: int, per_round: int, config: ExploreConfig, seconds:
     if "sparse_share" in final:  # the toy's headline: the share of the sparse square
         row["sparse_share"] = final["sparse_share"]
         row["sparse_share_per_round"] = [metrics[r].get("sparse_share") for r in rounds]
+    if "sparse_share_closed_form" in final:  # what K exact rounds (a perfect solver) reach
+        row["sparse_share_closed_form"] = final["sparse_share_closed_form"]
     row["shares"] = _shares(final)  # every data set's categories (triangles: side and angle types)
     row["run"] = os.fspath(branch.folder)
     row["seconds"] = round(seconds, 1)

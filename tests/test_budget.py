@@ -59,6 +59,7 @@ def test_budget_prints_one_line_per_k_and_leaves_the_run_alone(toy_run, capsys):
     for row in rows:
         k = row["rounds"]
         assert isinstance(row["entropy_knn"], float) and 0 <= row["sparse_share"] <= 1
+        assert 0 < row["sparse_share_closed_form"] < 1
         assert len(row["entropy_knn_per_round"]) == k + 1 and row["entropy_knn_per_round"][0] == round0
         assert row["entropy_knn_per_round"][-1] == row["entropy_knn"]
         assert set(row["shares"]["region"]) >= {"dense", "sparse"} and row["lam"] == 0.2 and row["seed"] == 3
