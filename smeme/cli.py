@@ -1,4 +1,5 @@
-"""`python -m smeme` / `smeme`: pretrain, explore, sample, logp, report, tilt, grid (DESIGN.md section 4).
+"""`python -m smeme` / `smeme`: pretrain, explore, sample, logp, report, tilt, grid, export, import,
+budget (DESIGN.md section 4).
 
 Errors: one sentence on standard error and a non-zero exit status (2 bad input, 1 failure,
 130 interrupted), never a traceback. Output files are written atomically, so a failed
@@ -240,11 +241,12 @@ def cmd_logp(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .store import Run
+    from .grid import open_any_run
 
-    run = Run.open(args.run)
+    run = open_any_run(args.run)  # a feature run or a Stable Diffusion run
     metrics = run.metrics()
-    report = {"run": os.fspath(run.folder), "dataset": run.config["dataset"].get("name"),
+    dataset = run.config["dataset"].get("name") if "dataset" in run.config else run.config.get("kind")
+    report = {"run": os.fspath(run.folder), "dataset": dataset,
               "rounds": {str(k): metrics.get(k, {}) for k in run.rounds()}}
     print(json.dumps(report, indent=2, allow_nan=False))
     return 0
@@ -280,6 +282,43 @@ def cmd_grid(args) -> int:
         raise CliError(f"grid draws image runs (digits or Stable Diffusion), but {args.run} is a {kind} run; "
                        "use 'smeme sample' for its points.")
     save_grid(run, rounds, args.n, args.seed, args.out)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .bundle import export_run
+
+    print(f"bundle written to {export_run(args.run, args.out)}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .bundle import import_bundle
+
+    if args.runs is None:
+        from .services.settings import runs_dir
+
+        args.runs = runs_dir()
+    print(f"run imported into {import_bundle(args.bundle, args.runs, name=args.name, overwrite=args.force)}")
+    return 0
+
+
+def cmd_budget(args) -> int:
+    from .budget import budget_sweep, explore_config_for, parse_rounds
+    from .store import Run
+
+    ks = parse_rounds(args.rounds)
+    config = explore_config_for(Run.open(args.run), lam=args.lam, seed=args.seed, trajectories=args.trajectories,
+                                steps=args.solver_steps, metrics_n=args.metrics_n,
+                                metrics_logp=False if args.no_logp else None)
+    bar = Bar("budget", None if not args.quiet else False)
+
+    def progress(index, k, r, i, total):
+        bar.label = f"K={k} round {r}"
+        bar(i, total)
+
+    budget_sweep(args.run, args.iterations, ks, config, progress=progress, force=args.force,
+                 on_result=lambda row: print(json.dumps(row, allow_nan=False), flush=True))
     return 0
 
 
@@ -387,6 +426,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("export", parents=[common], help="write a run as a bundle (zip) to share it")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="the bundle file to write (.zip)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", parents=[common], help="add a run from a bundle (checked before anything is written)")
+    p.add_argument("bundle", help="the bundle file (.zip)")
+    p.add_argument("--runs", help="the runs folder (default: the app's, $SMEME_CACHE_DIR/runs)")
+    p.add_argument("--name", help="the new run's folder name (default: the bundle's file name)")
+    p.add_argument("--force", action="store_true", help="replace an existing run of that name")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("budget", parents=[common], help="one budget of solver iterations over K = 1, 2, ... "
+                       "rounds (the paper's Figure 2d), one JSON line per K")
+    p.add_argument("--run", required=True, help="the run whose round 0 every K starts from (never changed)")
+    p.add_argument("--iterations", required=True, type=_positive_int, help="solver iterations in all (N)")
+    p.add_argument("--rounds", default="1,2,3,4", help="the K's, comma-separated (default 1,2,3,4)")
+    p.add_argument("--lam", type=float)
+    p.add_argument("--seed", type=_nonneg_int)
+    p.add_argument("--force", action="store_true", help="redo the branches of an earlier sweep with these settings")
+    # advanced (CI-sized sweeps): solver and metric sizes
+    p.add_argument("--trajectories", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument("--solver-steps", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument("--metrics-n", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument("--no-logp", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_budget)
 
     sub.add_parser("sd-explore", help="S-MEME rounds on a local Stable Diffusion folder "
                    "(see `smeme sd-explore --help`)")

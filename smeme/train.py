@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .config import ConfigBase
 from .data.base import Dataset, Standardizer
+from .optim import Adam
 from .models.base import NoisePredictor, expand_like
 from .schedule import Schedule, VPSchedule
 
@@ -91,7 +92,7 @@ def train_model(model: NoisePredictor, data: Tensor, cfg: TrainConfig,
         raise ValueError("Cannot train on an empty data set.")
     g = torch.Generator().manual_seed(int(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
+    opt = Adam(params, lr=cfg.lr, foreach=True)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
     losses: list[float] = []
     start = time.perf_counter()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 
 @dataclass
@@ -94,12 +93,23 @@ class Domain:
         raise NotImplementedError
 
 
-@dataclass
+@dataclass(init=False)
 class Dataset:
     domain: Domain
     raw: np.ndarray  # (n, len(domain.columns)), the data's own units
-    table: pd.DataFrame | None = None  # a richer per-row table where the data set has one
     info: dict = field(default_factory=dict)
+
+    def __init__(self, domain: Domain, raw: np.ndarray, table=None, info: dict | None = None):
+        self.domain, self.raw, self.info = domain, raw, dict(info or {})
+        # a richer per-row table (a DataFrame) where the data set has one, or a function that
+        # makes it on first use: pandas costs ~1 s to import and training never needs it
+        self._table = table
+
+    @property
+    def table(self):
+        if callable(self._table):
+            self._table = self._table()
+        return self._table
 
     def features(self) -> np.ndarray:
         return self.domain.to_features(self.raw)

@@ -10,7 +10,6 @@ place where S-MEME's closed forms (DESIGN.md section 3) are checked:
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from . import DataError
 from .base import Dataset, Domain
@@ -170,8 +169,15 @@ def make_toy(n: int = 20_000, seed: int = 0, dense_mass: float = 0.9, side: floa
         labels += [region] * m
     order = rng.permutation(n)
     raw = np.concatenate(parts)[order]
-    table = pd.DataFrame(raw, columns=domain.columns)
-    table["region"] = np.asarray(labels, dtype=object)[order]
+    regions = np.asarray(labels, dtype=object)[order]
     info = {"name": "toy", "params": {"n": n, "seed": seed, **domain.to_config()}}
     info["params"].pop("name")
-    return Dataset(domain=domain, raw=raw, table=table, info=info)
+    return Dataset(domain=domain, raw=raw, table=lambda: _table(raw, regions, domain.columns), info=info)
+
+
+def _table(raw: np.ndarray, regions: np.ndarray, columns):
+    import pandas as pd
+
+    table = pd.DataFrame(raw, columns=columns)
+    table["region"] = regions
+    return table

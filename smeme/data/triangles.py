@@ -23,9 +23,12 @@ be uniform over the valid sorted triangles with c < max_side.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from . import DataError
 from .base import Dataset, Domain
@@ -92,6 +95,8 @@ def heron_area(sides: np.ndarray) -> np.ndarray:
 
 def classify(raw: np.ndarray, tol: float = 0.02, right_tol_deg: float = 1.0) -> pd.DataFrame:
     """One row per triangle: sorted sides, validity, labels, angles, perimeter, area, ratios."""
+    import pandas as pd
+
     lab = _labels(raw, tol, right_tol_deg)
     a, b, c = lab["sides"].T
     valid = lab["valid"]
@@ -343,4 +348,4 @@ def make_triangles(n: int = 8192, seed: int = 0, side_shares: dict | None = None
                                                                 for k, v in cell_shares.items()},
               "max_side": max_side, "tol": tol, "right_tol_deg": right_tol_deg}
     info = {"name": "triangles", "params": params, "cell_counts": {"/".join(k): v for k, v in counts.items()}}
-    return Dataset(domain=domain, raw=raw, table=domain.classify(raw), info=info)
+    return Dataset(domain=domain, raw=raw, table=lambda: domain.classify(raw), info=info)

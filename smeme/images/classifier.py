@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .optim import Adam
+
 FEATURE_DIM = 64
 
 
@@ -108,7 +110,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = DigitCNN()
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n = len(x)
     net.train()
     for _ in range(config.epochs):

@@ -241,6 +241,9 @@ class SDRun:
         if k not in self.rounds():
             raise SDRunError(f"The run in {self.folder} has no round {k} (saved rounds: {self.rounds()}).")
         if self._model is None or self._merged > k:
+            problem = self.pipeline_problem()
+            if problem:
+                raise SDRunError(f"Sampling round {k} of the run in {self.folder} needs {problem}")
             self._model = build_sd_model(self.sd_config, device=device)
             self._merged = 0
         model = self._model
@@ -258,6 +261,18 @@ class SDRun:
     def mark_merged(self, k: int) -> None:
         """The cached predictor's UNet now holds rounds 1..k merged (after merge_adapter)."""
         self._merged = int(k)
+
+    def pipeline_problem(self) -> str | None:
+        """None when the run's pipeline is on this machine, else the end of a sentence naming
+        it (an imported run may come without it: its cached grids and metrics still show)."""
+        from .sd import resolve_pipeline_folder
+
+        try:
+            resolve_pipeline_folder(self.sd_config.source)
+        except SDError as exc:
+            return (f"its Stable Diffusion pipeline {self.sd_config.source!r}, which is not usable here "
+                    f"({str(exc).rstrip('.')}); its cached grids and metrics still show.")
+        return None
 
     def load_model(self, k: int | None = None, device=None) -> SDNoisePredictor:
         return self.model_at(self.latest_round if k is None else k, device)

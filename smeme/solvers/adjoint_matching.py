@@ -51,6 +51,7 @@ from torch import Tensor
 
 from ..config import ConfigBase
 from ..models.base import NoisePredictor, expand_like
+from ..optim import Adam
 from ..sampling import FixedNoise, ddpm_coefficients, sample_ddpm, time_grid
 from .base import (CancelFlag, IterationFn, RewardGrad, RewardValue, SolverDivergedError, SolverError,
                    check_finite_params, is_cancelled, model_dtype_device, trainable_parameters)
@@ -237,7 +238,7 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
         raise SolverError("likelihood_ratio_share > 0 needs the reward's values (reward_value).")
     on_lr = torch.zeros(cfg.steps, dtype=torch.bool, device=device)
     on_lr[lr_steps] = True
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = Adam(params, lr=cfg.lr)
     g = torch.Generator().manual_seed(int(cfg.seed))
     losses: list[float] = []
     ema_q: float | None = None

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..config import ConfigBase
 from ..models.base import NoisePredictor, expand_like
+from ..optim import Adam
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 from .base import (CancelFlag, IterationFn, RewardGrad, SolverDivergedError, SolverError,
                    check_finite_params, is_cancelled, model_dtype_device, trainable_parameters)
@@ -78,7 +79,7 @@ def student_teacher(model_ft: NoisePredictor, model_base: NoisePredictor, reward
     pool = pool[keep]
     if len(pool) < 2:
         raise SolverError("Student-teacher found fewer than 2 valid samples of the previous round to learn from.")
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = Adam(params, lr=cfg.lr)
     losses: list[float] = []
     for it in range(cfg.iterations):
         if is_cancelled(cancel):
