@@ -22,7 +22,7 @@ LAYERS = [
     ("solvers", ["smeme.solvers"]),
     ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics"]),
     ("store", ["smeme.store"]),
-    ("pipeline", ["smeme.pipeline"]),
+    ("pipeline, bundles, budget", ["smeme.pipeline", "smeme.bundle", "smeme.budget"]),
     ("images", ["smeme.images"]),
     ("services", ["smeme.services"]),
     ("ui and cli", ["smeme.ui", "smeme.cli", "smeme.__main__"]),
