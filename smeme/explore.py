@@ -272,7 +272,8 @@ def run_rounds(run, rounds: int, config: ExploreConfig | None = None,
             metrics.update({"lam": lam, "lam_history": lam_history, "solver": config.solver,
                             "reward": config.reward, "t_r": config.t_r, "iterations": len(losses),
                             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                            "solver_seconds": round(solve_s, 3), "explore": config.to_dict()})
+                            "solver_seconds": round(solve_s, 3), "explore": config.to_dict(),
+                            **getattr(solver_cfg, "health", {})})
             run.save_round(k, model_ft, metrics)
             saved.append(k)
             if on_round is not None:

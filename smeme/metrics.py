@@ -114,6 +114,17 @@ def toy_closed_form(domain, lam_history: list[float], pre_sparse_share: float | 
     }
 
 
+def tilt_share(before: float | None, reached: float | None, exact: float | None) -> float | None:
+    """Share of the exact log-odds shift reached: (logit(reached) - logit(before)) /
+    (logit(exact) - logit(before)); None where undefined (no shift, shares of 0 or 1)."""
+    vals = (before, reached, exact)
+    if any(v is None or not 0 < v < 1 for v in vals):
+        return None
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    want = logit(exact) - logit(before)
+    return _float((logit(reached) - logit(before)) / want) if abs(want) > 1e-9 else None
+
+
 def _support_sparse_share(shares: dict) -> float | None:
     """Sparse share among on-support samples (the closed form's two-region mass split)."""
     region = shares.get("region", {})
@@ -160,6 +171,7 @@ def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234,
         out["validity"] = 1.0 - invalid[0]
     if "region" in shares:
         out["sparse_share"] = shares["region"].get("sparse", {"share": 0.0})["share"]
+        out["sparse_share_on_support"] = _support_sparse_share(shares)  # what the closed form describes
     if hasattr(domain, "sparse_share_after"):
         hist = lam_history if lam_history is not None else lam_history_from_config(getattr(run, "config", {}), round_index)
         if round_index == 0:
@@ -170,6 +182,7 @@ def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234,
             cf = toy_closed_form(domain, hist, pre)
             out["closed_form"] = cf
             out["sparse_share_closed_form"] = cf["sparse_share"]
+            out["tilt_share_closed_form"] = tilt_share(pre, out.get("sparse_share_on_support"), cf["sparse_share"])
     out["notes"] = dict(NOTES)
     out["seconds"] = round(time.perf_counter() - start, 3)
     return out

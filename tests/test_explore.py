@@ -99,10 +99,39 @@ def test_rounds_are_saved_with_metrics_and_continue(tiny_run):
 
 
 def test_decreasing_schedule_is_robbins_monro():
-    cfg = ExploreConfig(lam=0.3, lam_schedule="decreasing")
+    cfg = ExploreConfig(lam=0.3, lam_schedule="decreasing", lam_power=0.6)
     lams = np.array([cfg.lam_at(k) for k in range(1, 10_001)])
+    np.testing.assert_allclose(lams, 0.3 / np.arange(1, 10_001) ** 0.6, rtol=1e-12)  # lam / k^power
     assert lams[0] == 0.3 and np.all(np.diff(lams) < 0)
     assert lams.sum() > 50 * (lams ** 2).sum() / 10  # sum grows without bound, squares converge (p = 0.6)
+
+
+def test_decreasing_schedule_reaches_the_saved_rounds(tiny_run):
+    """Each round's metrics carry its own lambda from the schedule, resumed or not."""
+    cfg = ExploreConfig(**FAST, lam=0.3, lam_schedule="decreasing", lam_power=0.75)
+    run_rounds(tiny_run, 1, cfg)
+    run_rounds(Run.open(tiny_run.folder), 1, cfg)
+    m = Run.open(tiny_run.folder).metrics()
+    assert m[1]["lam"] == pytest.approx(0.3) and m[2]["lam"] == pytest.approx(0.3 / 2 ** 0.75)
+    assert m[2]["lam_history"] == pytest.approx([0.3, 0.3 / 2 ** 0.75])
+
+
+def test_resumed_round_two_equals_two_rounds_in_one_call(tiny_run_src, tmp_path):
+    """Round 2 uses round 1 as its base and reward whether it runs in the same call or after a
+    reopen: the weights are identical bit for bit."""
+    folders = []
+    for name, calls in (("one_call", [2]), ("resumed", [1, 1])):
+        dst = tmp_path / name
+        shutil.copytree(tiny_run_src, dst)
+        for rounds in calls:
+            run_rounds(Run.open(dst), rounds, ExploreConfig(**FAST))
+        folders.append(dst)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(f / "round_2.safetensors")) for f in folders)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = load_file(str(folders[0] / "round_1.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # round 2 did move
 
 
 def test_nan_round_is_rejected_and_previous_stays_latest(tiny_run, monkeypatch):

@@ -18,7 +18,9 @@ from smeme.sampling import FixedNoise, sample_ddpm, time_grid
 from smeme.schedule import VPSchedule
 from smeme.solvers import (AdjointMatchingConfig, ResidualNoisePredictor, SolverDivergedError, SolverError,
                            adjoint_matching, gaussian_sampler_moments)
-from smeme.solvers.adjoint_matching import likelihood_ratio_loss, likelihood_ratio_terms, step_coefficients
+from smeme.solvers.adjoint_matching import (base_mean_vjp, effective_sample_share, likelihood_ratio_loss,
+                                            likelihood_ratio_pull, likelihood_ratio_terms, path_weights,
+                                            step_coefficients)
 from smeme.tilt import exact_rounds
 
 SCH = VPSchedule()
@@ -35,9 +37,11 @@ def test_base_paths_have_zero_control_and_weights_exp_r():
     c_x, c_eps, std, _ = step_coefficients(SCH, grid)
     reward = states[-1, :, 0] * 0.7  # r(x) = 0.7 x_1
     idx = torch.nonzero(std > 0).flatten()
-    u, w = (v[idx] for v in likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std))
+    u, log_w = (v[idx] for v in likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std))
     assert u.abs().max() < 1e-9  # the base's own steps: zeta = xi, no control
+    w, _, beta = path_weights(log_w, ess_floor=0.01)
     expected = torch.softmax(reward, 0) * m
+    assert beta == 1.0
     torch.testing.assert_close(w, expected.expand_as(w), rtol=1e-9, atol=1e-12)
 
 
@@ -53,7 +57,8 @@ def test_loss_minimiser_is_the_weighted_mean_of_the_noise_increment():
 
     def closure():
         opt.zero_grad()
-        loss = likelihood_ratio_loss(f.expand_as(u_sampled), u_sampled, xi, w).mean()
+        pull = likelihood_ratio_pull(u_sampled, xi, w)
+        loss = likelihood_ratio_loss(f.expand_as(u_sampled), pull, w).mean()
         loss.backward()
         return loss
 
@@ -62,7 +67,9 @@ def test_loss_minimiser_is_the_weighted_mean_of_the_noise_increment():
     assert float(f.detach()) == pytest.approx(0.25 + 0.8, abs=0.02)
 
 
-def test_linear_reward_moves_the_mean_by_s_m_w_with_the_term_on():
+def test_linear_reward_tilts_the_model_with_the_term_on():
+    """With the term on every step, the solver still lands on the exact tilt N(S w, S) seen
+    through the chain (the term's target is J^T E*[zeta], the adjoint's, in score units)."""
     S = torch.diag(torch.tensor([1.0, 0.04], dtype=F64))
     steps = 30
     base = GaussianModel(torch.zeros(2), S, SCH)
@@ -72,11 +79,39 @@ def test_linear_reward_moves_the_mean_by_s_m_w_with_the_term_on():
     cfg = AdjointMatchingConfig(iterations=30, trajectories=256, steps=steps, lr=3e-3, loss_steps=None,
                                 likelihood_ratio_share=1.0)
     adjoint_matching(ft, base, lambda x: w.expand_as(x), cfg, reward_value=lambda x: x @ w)
-    _, S_M = gaussian_sampler_moments(torch.zeros(2), S, SCH, steps=steps)
+    m0, _ = gaussian_sampler_moments(torch.zeros(2), S, SCH, steps=steps)
+    m1, _ = gaussian_sampler_moments(S @ w, S, SCH, steps=steps)
     noise = FixedNoise.from_seed(123, 20000, (2,), steps, dtype=F64)
     shift = sample_ddpm(ft, noise).mean(0) - sample_ddpm(base, noise).mean(0)
-    ratio = shift / (S_M @ w)
+    ratio = shift / (m1 - m0)
     assert torch.allclose(ratio, torch.ones(2, dtype=F64), atol=0.1), ratio
+    assert cfg.health["lr_ess_min"] > 0.5  # a linear reward this size keeps the weights healthy
+
+
+def test_base_mean_vjp_is_the_transposed_jacobian_of_the_step():
+    """J^T v of the base's mean step against the closed form for a Gaussian base:
+    d mean / dx = c_x I - c_eps sqrt(1 - ab) C_t^-1."""
+    S = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=F64)
+    base = GaussianModel(torch.zeros(2), S, SCH)
+    grid = time_grid(10, dtype=F64)
+    c_x, c_eps, _, _ = step_coefficients(SCH, grid)
+    x, v = torch.randn(3, 5, 2, dtype=F64), torch.randn(3, 5, 2, dtype=F64)
+    steps = torch.tensor([1, 4, 8])
+    got = base_mean_vjp(base, x, grid[steps], v, c_x[steps], c_eps[steps], chunk=2)
+    for k, i in enumerate(steps):
+        ab = SCH.ab(grid[i])
+        J = c_x[i] * torch.eye(2, dtype=F64) - c_eps[i] * (1 - ab).sqrt() * torch.linalg.inv(ab * S + (1 - ab) * torch.eye(2, dtype=F64))
+        torch.testing.assert_close(got[k], v[k] @ J, rtol=1e-9, atol=1e-12)
+
+
+def test_weights_are_tempered_to_the_ess_floor():
+    """A log-weight row dominated by one path (ESS share ~1/m) is tempered to the floor, not beyond."""
+    log_w = torch.zeros(2, 100, dtype=F64)
+    log_w[0, 0] = 50.0  # one path takes all the weight of step 0
+    w, ess, beta = path_weights(log_w, ess_floor=0.3)
+    assert ess < 0.02 and 0 < beta < 1
+    assert float(effective_sample_share(w).min()) == pytest.approx(0.3, abs=0.01)
+    torch.testing.assert_close(w.mean(1), torch.ones(2, dtype=F64))
 
 
 def _light_mode_shift(share: float, sep: float = 1.5, lam: float = 0.3, t_r: float = 0.05):
@@ -123,6 +158,10 @@ def test_bad_settings_and_bad_reward_values_are_refused():
         AdjointMatchingConfig(likelihood_ratio_share=1.5)
     with pytest.raises(SolverError, match="reward_cap_quantile"):
         AdjointMatchingConfig(reward_cap_quantile=0.0)
+    with pytest.raises(SolverError, match="ess_floor"):
+        AdjointMatchingConfig(ess_floor=1.5)
+    with pytest.raises(SolverError, match="control"):
+        AdjointMatchingConfig(control="euler")
     with pytest.raises(SolverError, match="reward_value"):
         adjoint_matching(ft, base, grad, AdjointMatchingConfig(likelihood_ratio_share=0.5, **small))
     nan_values = lambda x: torch.full((x.shape[0],), float("nan"))  # noqa: E731

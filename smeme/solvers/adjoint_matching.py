@@ -5,10 +5,19 @@ One iteration:
 2. Lean adjoint of the COST -r, backward with the FROZEN base's mean step:
    a_M = -grad r(x_M);  a_i = (d mean_base(x_i) / d x_i)^T a_{i+1}
        = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1}.
-3. Control of step i -> j (= i + 1): u_i = (mean_ft - mean_base) / std_i
-       = -sqrt(ab_j (1 - ab_i/ab_j) / (ab_i (1 - ab_j))) (eps_ft - eps_base),
-   regressed onto -std_i a_j: loss = sum_i |u_i + std_i a_j|^2 (step i -> j moves x_j,
-   so it pairs with the adjoint at j). Deterministic steps (std = 0) are left out.
+3. Regression of the control onto the adjoint, per stochastic step i -> j (= i + 1):
+   control='score' (default): u_i = std_i (s_ft - s_base)(x_i) = -std_i / sqrt(1 - ab_i) (eps_ft - eps_base),
+       loss = sum_i |u_i + std_i a_i|^2, so the tuned network's SCORE moves by E[-a_i | x_i] = grad V_i,
+       the score change of the tilted marginal: the network is a model of p_base exp(r), sampled by its
+       own DDPM chain (as users sample it) and read by the PF-ODE and the next round's reward alike.
+       For a Gaussian base the fixed point is exact at any step count (a DDPM step's mean is the exact
+       posterior mean): tests/test_solver_closed_form.py.
+   control='ddpm' (the earlier form): u_i = (mean_ft - mean_base) / std_i = -c_eps/std (eps_ft - eps_base),
+       loss = sum_i |u_i + std_i a_j|^2 (pairing 'next'): the 50-step chain itself lands on
+       p_M exp(r), but the network's score moves by only kappa_i = std_i^2 / (c_eps sqrt(1 - ab_i)) of
+       that (0.66 at t ~ 0.05 with 50 steps), so other samplers, the PF-ODE density and the next
+       round's reward see 60-80% of the tilt (DESIGN.md s.2). Kept for comparison and the tests.
+   Deterministic steps (std = 0) are left out.
 4. Several Adam steps on the same trajectories, each with its own subsample of steps,
    gradient-norm clipping, and trajectories whose loss is an outlier (above
    `outlier_factor` x an EMA of the `outlier_quantile` of per-trajectory losses) dropped
@@ -43,6 +52,7 @@ One iteration:
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -60,7 +70,7 @@ from .base import (CancelFlag, IterationFn, RewardGrad, RewardValue, SolverDiver
 @dataclass
 class AdjointMatchingConfig(ConfigBase):
     config_error, config_label = SolverError, "Adjoint Matching"
-    internal_fields = ("timings",)  # filled by a run, not a setting
+    internal_fields = ("timings", "health")  # filled by a run, not settings
     iterations: int = 20  # solver iterations (fresh trajectories each)
     trajectories: int = 256  # m
     steps: int = 50  # DDPM steps of each trajectory
@@ -79,11 +89,24 @@ class AdjointMatchingConfig(ConfigBase):
     adjoint_chunk: int | None = 1024  # rows per VJP in the backward pass (None: all at once); speed and memory only
     weight_ema: float | None = None  # EMA decay of the tuned weights over iterations, returned at the end (None: off)
     average_start: float = 0.0  # share of the iterations before the weight average starts (burn-in)
-    pairing: str = "next"  # 'next': u_i with a_{i+1} (correct); 'current': a_i (official code; under-tilts)
+    # u_i regressed onto -std_i a_{i+1} ('next') or -std_i a_i ('current'); None: the pairing that is
+    # exact for the control ('current' for 'score', 'next' for 'ddpm'; module docstring, step 3)
+    pairing: str | None = None
     weight_power: float = 0.0  # per-step loss weight std_i^-power (0: SOC weighting; 2: score units)
     likelihood_ratio_share: float = 0.0  # earliest share of stochastic steps with the likelihood-ratio term (0: off)
-    reward_cap_quantile: float | None = 0.999  # LR term: r capped at this quantile of iteration 1's r (None: off)
+    # 'score': the tuned step is the base step plus std_i^2 (s_ft - s_base)(x_i), so the tuned
+    # network's score carries the whole tilt (kappa = 1) and reads as a model at any step count;
+    # 'ddpm': the tuned network's own DDPM step, whose score carries only kappa_i of the tilt
+    control: str = "score"
+    # LR term: r capped at this quantile of each iteration's r, and the adjoint's a_M zeroed where the
+    # cap binds, so both terms tilt towards the same exp(min(r, cap)) (None: off)
+    reward_cap_quantile: float | None = 0.999
+    # LR term: the path weights are tempered (w ~ exp(beta log w), beta < 1) whenever their effective
+    # sample size at some step falls below ess_floor x m (healthy rounds: 0.85-0.95 of m)
+    ess_floor: float = 0.1
     timings: dict = field(default_factory=dict, repr=False, compare=False)  # filled: seconds per phase
+    # filled: the LR weights' effective sample size (share of m) per iteration, and the tempering used
+    health: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -110,18 +133,35 @@ class AdjointMatchingConfig(ConfigBase):
             raise SolverError(f"outlier_factor must be positive, got {self.outlier_factor}.")
         if self.reward_cap_quantile is not None and not 0 < self.reward_cap_quantile <= 1:
             raise SolverError(f"reward_cap_quantile must lie in (0, 1] (or None), got {self.reward_cap_quantile}.")
+        if not 0 < self.ess_floor < 1:
+            raise SolverError(f"ess_floor must lie in (0, 1), got {self.ess_floor}.")
         if not 0 <= self.likelihood_ratio_share <= 1:
             raise SolverError(f"likelihood_ratio_share must lie in [0, 1], got {self.likelihood_ratio_share}.")
-        if self.pairing not in ("next", "current"):
-            raise SolverError(f"pairing must be 'next' or 'current', got {self.pairing!r}.")
+        if self.control not in ("score", "ddpm"):
+            raise SolverError(f"control must be 'score' or 'ddpm', got {self.control!r}.")
+        if self.pairing not in (None, "next", "current"):
+            raise SolverError(f"pairing must be 'next', 'current' or None, got {self.pairing!r}.")
+
+    @property
+    def adjoint_pairing(self) -> str:
+        """'current' or 'next': the adjoint each step's control is regressed onto."""
+        if self.pairing is not None:
+            return self.pairing
+        return "current" if self.control == "score" else "next"
 
 
-def step_coefficients(schedule, grid: Tensor):
-    """Per step i -> i+1: c_x, c_eps, std and the control factor
-    sqrt(ab_j (1 - ab_i/ab_j) / (ab_i (1 - ab_j))) = c_eps / std (0 where std = 0)."""
+def step_coefficients(schedule, grid: Tensor, control: str = "ddpm"):
+    """Per step i -> i+1: c_x, c_eps, std and the control factor f_i, u_i = -f_i (eps_ft - eps_base).
+
+    'ddpm':  f_i = c_eps / std = sqrt(ab_j (1 - ab_i/ab_j) / (ab_i (1 - ab_j))), the tuned network's
+             own DDPM step; its score then moves by kappa_i = std_i^2 / (c_eps_i sqrt(1 - ab_i)) of u / std.
+    'score': f_i = std / sqrt(1 - ab_i), i.e. u_i = std_i (s_ft - s_base)(x_i): the score moves by u / std.
+    (0 where std = 0.)"""
     ab = schedule.ab(grid)
     c_x, c_eps, std = ddpm_coefficients(ab[:-1], ab[1:])
-    factor = torch.where(std > 0, c_eps / std.clamp(min=torch.finfo(std.dtype).tiny), torch.zeros_like(std))
+    tiny = torch.finfo(std.dtype).tiny
+    per_unit = c_eps / std.clamp(min=tiny) if control == "ddpm" else std / torch.sqrt(1 - ab[:-1])
+    factor = torch.where(std > 0, per_unit, torch.zeros_like(std))
     return c_x, c_eps, std, factor
 
 
@@ -162,6 +202,22 @@ def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_las
     return adj, eps_base
 
 
+def base_mean_vjp(model_base: NoisePredictor, x: Tensor, t: Tensor, v: Tensor, c_x: Tensor, c_eps: Tensor,
+                  chunk: int | None = None) -> Tensor:
+    """(d mean_base(x_k) / d x_k)^T v_k = c_x v_k - c_eps J_eps_base(x_k)^T v_k for states x (K, m, ...)
+    at times t (K,), all steps at once (rows in blocks of `chunk` x m)."""
+    K, m = x.shape[:2]
+    flat_x, flat_v = x.reshape(K * m, *x.shape[2:]), v.reshape(K * m, *v.shape[2:])
+    flat_t = t.repeat_interleave(m)
+    out = torch.empty_like(flat_v)
+    for rows in _row_chunks(K * m, None if chunk is None else chunk * 4):
+        xr = flat_x[rows].detach().requires_grad_(True)
+        with torch.enable_grad():
+            (out[rows],) = torch.autograd.grad(model_base(xr, flat_t[rows]), xr, grad_outputs=flat_v[rows])
+    view = lambda c: c.reshape(-1, 1, *([1] * (x.dim() - 2)))  # noqa: E731
+    return (view(c_x) * v - view(c_eps) * out.reshape(v.shape)).detach()
+
+
 def choose_steps(stochastic: Tensor, k: int | None, late_fraction: float, g: torch.Generator) -> Tensor:
     """A subsample of k stochastic step indices: the last round(k * late_fraction) (near
     the data) always, the rest uniformly without replacement from the earlier ones."""
@@ -179,9 +235,9 @@ def likelihood_ratio_terms(states: Tensor, eps_base: Tensor, z: Tensor, reward: 
     """The sampled controls and path weights of the likelihood-ratio term, per step.
 
     zeta_i = (x_j - mean_base(x_i)) / std_i is the base-noise increment of the sampled step,
-    xi_i = z_i the sampler's own noise, u_i = zeta_i - xi_i its control; the weight of
-    step i is w_i ~ exp(r(x_M) - sum_{l >= i} (u_l . xi_l + |u_l|^2 / 2)), normalised to
-    mean 1 over the trajectories. Returns (u (M, m, ...), w (M, m)).
+    xi_i = z_i the sampler's own noise, u_i = zeta_i - xi_i its control; the log-weight of
+    step i is log w_i = r(x_M) - sum_{l >= i} (u_l . xi_l + |u_l|^2 / 2), up to a constant per step.
+    Returns (u (M, m, ...), log w (M, m)); path_weights normalises them.
     """
     M, m = eps_base.shape[:2]
     view = lambda v: v.reshape(-1, 1, *([1] * (states.dim() - 2)))  # noqa: E731
@@ -191,18 +247,50 @@ def likelihood_ratio_terms(states: Tensor, eps_base: Tensor, z: Tensor, reward: 
     u = torch.where(view(stochastic), zeta - z, torch.zeros_like(zeta))
     girsanov = (u * z + 0.5 * u * u).reshape(M, m, -1).sum(-1)  # log dP_u/dP_base of each step
     future = girsanov.flip(0).cumsum(0).flip(0)  # sum over l >= i
-    w = torch.softmax(reward.reshape(1, m) - future, dim=1) * m
-    return u, w
+    return u, reward.reshape(1, m) - future
 
 
-def likelihood_ratio_loss(u_model: Tensor, u_sampled: Tensor, xi: Tensor, w: Tensor) -> Tensor:
-    """Per (step, trajectory): w |d|^2 - 2 (w - 1) xi . d with d = u_model - u_sampled.
+def effective_sample_share(w: Tensor) -> Tensor:
+    """Kish's effective sample size of each row of weights, as a share of the row's length."""
+    return w.sum(-1).pow(2) / (w.shape[-1] * w.pow(2).sum(-1).clamp(min=torch.finfo(w.dtype).tiny))
 
-    The gradient of w |u_model - (u_sampled + (1 - 1/w) xi)|^2 without its constant
-    (|xi|^2 / w, unbounded as w -> 0); the minimiser is u_sampled + E[w xi | x] / E[w | x]
-    = E*[zeta | x], the optimal control."""
-    d = (u_model - u_sampled).reshape(*w.shape, -1)
-    return w * d.pow(2).sum(-1) - 2 * (w - 1) * (xi.reshape(*w.shape, -1) * d).sum(-1)
+
+def path_weights(log_w: Tensor, ess_floor: float) -> tuple[Tensor, float, float]:
+    """Self-normalised weights (mean 1 per step) from log-weights (M, m), tempered when needed.
+
+    If the smallest effective sample share over the steps is below ess_floor, the log-weights
+    are scaled by the largest beta in (0, 1) (bisection) that lifts it to the floor: a biased
+    but bounded step towards the base instead of a control pulled by a handful of paths.
+    Returns (w, effective sample share before tempering, beta)."""
+    m = log_w.shape[1]
+
+    def weights(beta: float) -> Tensor:
+        return torch.softmax(beta * log_w, dim=1) * m
+
+    w = weights(1.0)
+    ess = float(effective_sample_share(w).min())
+    if ess >= ess_floor:
+        return w, ess, 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(30):  # ESS share falls as beta grows; keep the largest beta above the floor
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(effective_sample_share(weights(mid)).min()) >= ess_floor else (lo, mid)
+    return weights(lo), ess, lo
+
+
+def likelihood_ratio_pull(u_sampled: Tensor, xi: Tensor, w: Tensor) -> Tensor:
+    """g = w zeta - xi (zeta = u_sampled + xi): the finite part of w (u_sampled + (1 - 1/w) xi), the
+    control-variate target times its weight (E[g | x] / E[w | x] = E*[zeta | x], as E[xi | x] = 0)."""
+    return w.reshape(*w.shape, *([1] * (xi.dim() - w.dim()))) * (u_sampled + xi) - xi
+
+
+def likelihood_ratio_loss(u_model: Tensor, pull: Tensor, w: Tensor) -> Tensor:
+    """Per (step, trajectory): w |u|^2 - 2 u . pull, the gradient of w |u - pull / w|^2 without its
+    constant |pull|^2 / w (unbounded as w -> 0). Minimiser: E[pull | x] / E[w | x]; with pull from
+    likelihood_ratio_pull that is E*[zeta | x] (control 'ddpm'), with J_i^T pull (base_mean_vjp)
+    J_i^T E*[zeta | x] = std_i grad V_i (control 'score')."""
+    u = u_model.reshape(*w.shape, -1)
+    return w * u.pow(2).sum(-1) - 2 * (u * pull.reshape(*w.shape, -1)).sum(-1)
 
 
 def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, reward_grad: RewardGrad,
@@ -227,7 +315,8 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
     if tuple(model_base.sample_shape) != shape:
         raise SolverError(f"The base model's sample shape {model_base.sample_shape} differs from {shape}.")
     grid = time_grid(cfg.steps, power=cfg.grid_power, device=device, dtype=dtype)
-    c_x, c_eps, std, factor = (v.to(dtype) for v in step_coefficients(model_base.schedule, grid))
+    c_x, c_eps, std, factor = (v.to(dtype) for v in step_coefficients(model_base.schedule, grid, cfg.control))
+    pairing = cfg.adjoint_pairing
     stochastic = torch.nonzero(std > 0).flatten().cpu()
     weight = torch.where(std > 0, std.clamp(min=1e-12) ** -cfg.weight_power, torch.zeros_like(std))
     if stochastic.numel() == 0:
@@ -238,11 +327,12 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
         raise SolverError("likelihood_ratio_share > 0 needs the reward's values (reward_value).")
     on_lr = torch.zeros(cfg.steps, dtype=torch.bool, device=device)
     on_lr[lr_steps] = True
+    ess_history: list[float] = []
+    beta_history: list[float] = []
     opt = Adam(params, lr=cfg.lr)
     g = torch.Generator().manual_seed(int(cfg.seed))
     losses: list[float] = []
     ema_q: float | None = None
-    reward_cap: float | None = None  # LR term: cap of r, from the first iteration's samples
     timings = cfg.timings
     for key in ("sampling", "reward", "adjoint", "regression"):
         timings.setdefault(key, 0.0)
@@ -266,27 +356,38 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
                 reward = reward_value(states[-1]).to(dtype).reshape(-1)
             if reward.numel() != m or not torch.isfinite(reward).all():
                 raise SolverDivergedError(f"The reward value is NaN/inf or of the wrong shape at iteration {it + 1}.")
+            capped = None
             if cfg.reward_cap_quantile is not None:
                 # a sampler outlier far off the manifold (PF-ODE density ~0) would take all the
-                # weight and pull the control after it; cap r where the first samples' tail starts
-                if reward_cap is None:
-                    reward_cap = float(torch.quantile(reward.double(), cfg.reward_cap_quantile))
-                reward = reward.clamp(max=reward_cap)
+                # weight and pull the control after it; cap r where this iteration's tail starts
+                cap = float(torch.quantile(reward.double(), cfg.reward_cap_quantile))
+                capped = reward > cap
+                reward = reward.clamp(max=cap)
         t_reward = time.perf_counter()
         with torch.no_grad():
             a_last = -reward_grad(states[-1]).to(dtype)
+            if lr_steps.numel() and capped is not None:  # grad of min(r, cap): zero above the cap
+                a_last[capped] = 0
         if a_last.shape != states[-1].shape or not torch.isfinite(a_last).all():
             raise SolverDivergedError(f"The reward gradient is NaN/inf or of the wrong shape at iteration {it + 1}.")
-        adj, eps_base = lean_adjoint(model_base, states, grid, a_last, c_x, c_eps, cfg.pairing == "current",
+        adj, eps_base = lean_adjoint(model_base, states, grid, a_last, c_x, c_eps, pairing == "current",
                                      chunk=cfg.adjoint_chunk)
-        if not torch.isfinite(adj[1:]).all():
+        if not torch.isfinite(adj if pairing == "current" else adj[1:]).all():
             raise SolverDivergedError(f"The adjoint became NaN/inf at iteration {it + 1}.")
         if lr_steps.numel():
             with torch.no_grad():
-                lr_u, lr_w = likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std)
+                lr_u, log_w = likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std)
+                lr_w = torch.ones_like(log_w)  # (rows off the LR steps are never read)
+                lr_w[lr_steps], ess, beta = path_weights(log_w[lr_steps], cfg.ess_floor)
+                lr_pull = likelihood_ratio_pull(lr_u, noise.z, lr_w)
+            if cfg.control == "score":  # the score-unit target J_i^T E*[zeta_i | x_i] = std_i grad V_i
+                lr_pull[lr_steps] = base_mean_vjp(model_base, states[lr_steps], grid[lr_steps], lr_pull[lr_steps],
+                                                  c_x[lr_steps], c_eps[lr_steps], cfg.adjoint_chunk)
+                ess_history.append(ess)
+                beta_history.append(beta)
         # 3-4. regression of u_i onto -std_i a_j, several Adam steps
         t2 = time.perf_counter()
-        target_adj = adj[1:] if cfg.pairing == "next" else adj[:-1]  # a_j (j = i + 1) or a_i
+        target_adj = adj[1:] if pairing == "next" else adj[:-1]  # a_j (j = i + 1) or a_i
         first_loss = None
         for _ in range(cfg.adam_steps):
             sel = choose_steps(stochastic, cfg.loss_steps, cfg.late_fraction, g).to(device)
@@ -298,7 +399,7 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             K, B = x.shape[:2]
             t = grid[sel].repeat_interleave(B)
             eps_ft = model_ft(x.reshape(K * B, *shape), t).reshape(x.shape)
-            u = -view(factor[sel]) * (eps_ft - eps_base[sel][:, rows])  # control of step i -> j
+            u = -view(factor[sel]) * (eps_ft - eps_base[sel][:, rows])  # control of step i -> j (regression units)
             residual = u + view(std[sel]) * target_adj[sel][:, rows]  # u_i + std_i a_j
             per_step = residual.pow(2).reshape(K, B, -1).sum(-1) * view(weight[sel])[..., 0]  # (K, B)
             per_traj = per_step.sum(0)  # (B,)
@@ -321,8 +422,7 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             picked = on_lr[sel]  # the selected steps that carry the likelihood-ratio term
             if picked.any():  # (the outlier rule above is the adjoint's alone)
                 i_lr = sel[picked]
-                lr_loss = likelihood_ratio_loss(u[picked], lr_u[i_lr][:, rows], noise.z[i_lr][:, rows],
-                                                lr_w[i_lr][:, rows])
+                lr_loss = likelihood_ratio_loss(u[picked], lr_pull[i_lr][:, rows], lr_w[i_lr][:, rows])
                 if not torch.isfinite(lr_loss).all():
                     raise SolverDivergedError(f"The likelihood-ratio loss became NaN/inf at iteration {it + 1}.")
                 loss = loss + lr_loss.sum() / (B * K)
@@ -356,6 +456,10 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
         losses.append(first_loss)
         if on_iteration is not None:
             on_iteration(it + 1, cfg.iterations, first_loss)
+    if ess_history:
+        cfg.health.update({"lr_ess_min": min(ess_history), "lr_ess_median": float(statistics.median(ess_history)),
+                           "lr_tempered_iterations": sum(b < 1 for b in beta_history),
+                           "lr_beta_min": min(beta_history)})
     if ema_params is not None and losses:
         with torch.no_grad():
             for e, p in zip(ema_params, params):

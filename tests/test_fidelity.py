@@ -1,0 +1,119 @@
+"""Solver fidelity on trained models, as users run them: every round reaches its exact tilt.
+
+A trained MLP on Gaussian data is, to a good approximation, a Gaussian model N(mu, S_hat) in
+its standardised features, and for a Gaussian model every S-MEME round has a closed form
+(DESIGN.md section 3): with the reward -lam log p(x, t_r),
+    Cov_k = (Cov_{k-1}^-1 - lam S_{r,k-1}^-1)^-1,  S_{r,k-1} = ab(t_r) Cov_{k-1} + (1 - ab(t_r)) I.
+S_hat is the pre-trained model's own covariance, read from its samples with a fine sampler
+(400 DDPM steps, where the chain's shrinkage is below 1%), and the tuned rounds are read the
+same way, so the share of the exact entropy gain reached,
+    share = log det(Cov_k^measured / S_hat) / log det(Cov_k^exact / S_hat),
+is a property of the solver and not of pre-training error. Rounds run with the explore
+defaults (ExploreConfig()) except lambda; round k+1 reads its reward from round k's tuned
+network (run_rounds, as the CLI and the app do).
+
+Bars: the issue asks for >= 90% of the exact tilt in one round (median of 3 seeds) and within
+10% of the exact 3-round result. The estimator's own spread: the log-det of a covariance from
+n = 8,000 samples has a standard error of about sqrt(2 d / n) nats (0.03-0.06 here) against
+gains of 0.3-1.4 nats, and rounds share their fixed noise, so the bars leave it no room to
+decide. Data and solver seeds (data 21-23, solver 5-7) were never used for tuning.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from smeme.explore import ExploreConfig, run_rounds
+from smeme.sampling import sample
+from smeme.store import Run
+
+pytestmark = pytest.mark.slow
+
+LAM = 0.3
+N_EVAL, EVAL_STEPS = 8000, 400
+PRETRAIN_STEPS = 800  # the truth is the trained model's own covariance, so a short fit will do
+SOLVER_SEEDS = (5, 6, 7)
+
+
+def correlated_gaussian_csv(path, d: int, seed: int, rows: int = 20000):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(d, d))
+    S = A @ A.T / d + 0.3 * np.eye(d)
+    x = rng.multivariate_normal(rng.normal(size=d) * 2, S, size=rows)
+    np.savetxt(path, x, delimiter=",", header=",".join(f"c{i}" for i in range(d)), comments="")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gaussian_runs(tmp_path_factory):
+    """d -> a pre-trained CSV run on correlated Gaussian data (built on first use)."""
+    from smeme.pipeline import pretrain_run
+
+    built: dict = {}
+
+    def get(d):
+        if d not in built:
+            root = tmp_path_factory.mktemp(f"gauss{d}")
+            csv = correlated_gaussian_csv(root / "data.csv", d, seed=20 + d)
+            built[d] = pretrain_run(root / "run", "csv", {"path": str(csv)}, steps=PRETRAIN_STEPS).folder
+        return built[d]
+    return get
+
+
+def model_cov(run: Run, k: int) -> np.ndarray:
+    x = sample(run.load_model(k), N_EVAL, steps=EVAL_STEPS, seed=99)
+    return np.cov(x.double().numpy().T)
+
+
+def exact_covs(run: Run, cov0: np.ndarray, rounds: int, t_r: float) -> list[np.ndarray]:
+    ab = float(run.schedule.ab(torch.tensor(t_r, dtype=torch.float64)))
+    eye = np.eye(len(cov0))
+    covs = [cov0]
+    for _ in range(rounds):
+        c = covs[-1]
+        covs.append(np.linalg.inv(np.linalg.inv(c) - LAM * np.linalg.inv(ab * c + (1 - ab) * eye)))
+    return covs
+
+
+def logdet_gain(c: np.ndarray, c0: np.ndarray) -> float:
+    return float(np.linalg.slogdet(c)[1] - np.linalg.slogdet(c0)[1])
+
+
+def run_gaussian_rounds(src, tmp_path, rounds: int, seed: int) -> list[float]:
+    """Each round's share of the exact cumulative entropy gain."""
+    dst = tmp_path / f"run_{seed}"
+    shutil.copytree(src, dst)
+    run = Run.open(dst)
+    config = ExploreConfig(lam=LAM, seed=seed, metrics_logp=False, metrics_n=1024)
+    run_rounds(run, rounds, config)
+    cov0 = model_cov(run, 0)
+    exact = exact_covs(run, cov0, rounds, config.t_r)
+    return [logdet_gain(model_cov(run, k), cov0) / logdet_gain(exact[k], cov0) for k in range(1, rounds + 1)]
+
+
+@pytest.mark.parametrize("d", [2, 3, 8])
+def test_one_round_reaches_the_exact_gaussian_tilt(gaussian_runs, tmp_path, d):
+    shares = [run_gaussian_rounds(gaussian_runs(d), tmp_path, 1, seed)[0] for seed in SOLVER_SEEDS]
+    assert statistics.median(shares) >= 0.90, f"d={d}: shares of the exact one-round gain {shares}"
+    assert statistics.median(shares) <= 1.10, f"d={d}: overshoot {shares}"
+
+
+def test_three_rounds_follow_the_exact_gaussian_recursion(gaussian_runs, tmp_path):
+    shares = run_gaussian_rounds(gaussian_runs(3), tmp_path, 3, SOLVER_SEEDS[0])
+    assert all(abs(s - 1) <= 0.10 for s in shares), f"shares of the exact cumulative gain by round: {shares}"
+
+
+def test_ess_health_is_reported_per_round(gaussian_runs, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(gaussian_runs(2), dst)
+    run = Run.open(dst)
+    run_rounds(run, 1, ExploreConfig(lam=LAM, iterations=3, metrics_logp=False, metrics_n=512))
+    m = run.metrics()[1]
+    assert 0 < m["lr_ess_min"] <= m["lr_ess_median"] <= 1
+    assert m["lr_tempered_iterations"] >= 0 and 0 < m["lr_beta_min"] <= 1
+    assert math.isfinite(m["solver_seconds"])
