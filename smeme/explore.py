@@ -13,6 +13,12 @@ The solver's optional likelihood-ratio term (on by default) also needs the rewar
 r_k(x) = -lam_k log p_{k-1}(x, t_r), from the frozen previous model's PF-ODE (smeme.density),
 which is what lets a round move mass between separated modes (solvers/adjoint_matching.py).
 
+The tuned network is a model of the round's tilt (the solver regresses in score units,
+solvers/adjoint_matching.py step 3), so the next round reads its reward from that network's
+score as users run it, and its samples, PF-ODE density and heatmaps all show the same model.
+Each round's metrics carry the solver's health (the likelihood-ratio weights' effective
+sample size, how often they were tempered) beside its solver seconds.
+
 Each finished round is checked (finite weights, on-support share not down by more than
 max_validity_drop against the previous round) and saved at once with its metrics; a
 rejected round raises ExploreError and leaves the previous round as the latest.
