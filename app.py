@@ -56,11 +56,15 @@ def run_section(all_runs):
               "off support (%)": None if r["off_support"] is None else round(100 * r["off_support"], 1),
               "status": r["status"]} for r in all_runs]
     st.dataframe(table, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 250))
-    folders = [r["folder"] for r in all_runs if r["latest"] is not None]
+    for r in all_runs:
+        if r.get("damaged"):
+            st.caption(f":material/warning: {r['name']} cannot be opened: {r['damaged']}")
+    folders = ui.openable(all_runs)
+    labels = {r["folder"]: ui.run_label(r) for r in all_runs}
     cur = st.session_state.get("run")
     c1, c2, c3 = st.columns([3, 1, 3], vertical_alignment="bottom")
     pick = c1.selectbox("Open a run", folders, index=folders.index(cur) if cur in folders else 0,
-                        format_func=lambda f: Path(f).name, key="home_pick")
+                        format_func=lambda f: labels.get(f, Path(f).name), key="home_pick")
     if c2.button("Open", key="home_open", width="stretch"):
         ui.select_run(pick)
         st.rerun()

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from .services import figures, jobs
-from .services.runs import list_runs, open_run, pick_default_run
+from .services.runs import damage_note, list_runs, open_problem, open_run, pick_default_run
 from .services.settings import content_blocks, runs_dir
 
 
@@ -66,11 +66,24 @@ def current_run():
             return None
         st.session_state["run"] = folder
     try:
-        return open_run(folder)
+        run = open_run(folder)
     except Exception as exc:  # noqa: BLE001 - e.g. still training, or damaged: say so
         if jobs.busy(folder) is None:
-            st.warning(f"Cannot open the run {Path(folder).name}: {exc}")
+            st.warning(open_problem(folder, exc))
         return None
+    note = damage_note(run)
+    if note:
+        st.warning(note)
+    return run
+
+
+def openable(rows: list[dict]) -> list[str]:
+    """The folders a run picker offers: runs that open, and damaged ones (opening says why)."""
+    return [r["folder"] for r in rows if r["latest"] is not None or r.get("damaged")]
+
+
+def run_label(row: dict) -> str:
+    return f"{row['name']} (damaged)" if row.get("damaged") else f"{row['name']} ({row['dataset']})"
 
 
 LOSS_REDRAW_S = 3.0
@@ -134,8 +147,8 @@ def sidebar() -> None:
     runs = list_runs()
     if not st.session_state.get("run"):
         current_run()  # resolves the session's run: URL (?run=), else default / newest
-    folders = [r["folder"] for r in runs if r["latest"] is not None]
-    names = {r["folder"]: f"{r['name']} ({r['dataset']})" for r in runs}
+    folders = openable(runs)
+    names = {r["folder"]: run_label(r) for r in runs}
     cur = st.session_state.get("run")
     with st.sidebar:
         if folders:

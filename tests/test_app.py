@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +21,9 @@ TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A cache with a tiny toy run (2 rounds) and a tiny triangles run (1 round)."""
+def built_cache(tmp_path_factory):
+    """Built once per module: a cache with a tiny toy run (2 rounds) and a tiny triangles run
+    (1 round). Tests never use it directly: each gets its own copy (`cache`)."""
     old = {k: os.environ.get(k) for k in ("SMEME_CACHE_DIR", "SMEME_APP_PRESET")}
     root = tmp_path_factory.mktemp("appcache")
     os.environ["SMEME_CACHE_DIR"] = str(root)
@@ -33,13 +36,25 @@ def cache(tmp_path_factory):
     for folder, k in ((toy, 2), (tri, 1)):
         job = launch.start_rounds(folder, k, settings.explore_defaults(runs.open_run(folder)))
         assert job.wait(120) and job.status == "done", job.error
-    yield {"root": root, "toy": str(toy.resolve()), "tri": str(tri.resolve())}
+    yield root
     jobs.wait_all(60)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture
+def cache(built_cache, tmp_path, monkeypatch):
+    """This test's own copy of the built cache (tests add rounds, runs and damage to it)."""
+    root = tmp_path / "cache"
+    shutil.copytree(built_cache, root)
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(root))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    yield {"root": root, "toy": str((root / "runs" / "toy-default").resolve()),
+           "tri": str((root / "runs" / "tri").resolve())}
+    jobs.wait_all(60)
 
 
 def app(run: str | None = None):
@@ -234,13 +249,19 @@ def test_explore_timeline_shows_what_a_perfect_solver_reaches(cache):
 
 def test_explore_second_tab_gets_a_clear_busy_message(cache):
     gate = threading.Event()
-    job = jobs.start(cache["toy"], "explore", lambda j: gate.wait(30), label="S-MEME rounds (3)")
+
+    def target(j):
+        j.update(0.25, "Round 3 of 5: solver iteration 1/4")
+        gate.wait(30)
+
+    job = jobs.start(cache["toy"], "explore", target, label="S-MEME rounds (3)")
     try:
         at = app(cache["toy"]).run()
         at.switch_page("pages/2_Explore.py").run()
         assert not at.exception
         assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled
-        assert any(p.value == 0.0 or p.value >= 0 for p in at.get("progress"))  # live progress shown
+        bars = [(p.value, p.text) for p in at.get("progress")]  # the other tab's job, live
+        assert any(v == 25 and t.startswith("Round 3 of 5: solver iteration 1/4") for v, t in bars), bars
         # the run's writes are refused in another tab (registry) ...
         with pytest.raises(jobs.JobBusy, match="busy"):
             launch.start_rounds(cache["toy"], 1, settings.explore_defaults())
@@ -257,11 +278,16 @@ def test_explore_stop_keeps_finished_rounds(cache):
     before = run.rounds()
     chosen = dict(settings.explore_defaults(run), iterations=50)
     job = launch.start_rounds(cache["toy"], 3, chosen)
+    deadline = time.time() + 120
+    while "solver iteration" not in job.snapshot()["message"] and job.running and time.time() < deadline:
+        time.sleep(0.05)  # stop it mid-round, once the solver is really running
     job.stop()
     assert job.wait(120)
-    assert job.status in ("cancelled", "done")
+    assert job.status == "cancelled", (job.status, job.error)
+    finished = [e["round"] for e in job.snapshot()["events"]]
     after = runs.open_run(cache["toy"]).rounds()
-    assert after[: len(before)] == before
+    assert after == before + finished  # the finished rounds are kept, the stopped one is dropped
+    assert len(finished) < 3
 
 
 # ------------------------------------------------------------------------------ compare
@@ -312,3 +338,72 @@ def test_compare_triangles_shows_types_validity_and_triangles(cache):
     bars = [f for f in figs(at) if "Side type" in json.dumps(f["layout"])][0]
     assert all(t["type"] == "bar" and "error_y" in t for t in bars["data"])
     assert len(bars["data"]) == len(runs.open_run(cache["tri"]).rounds())
+
+
+# ------------------------------------------------------------------------------ damaged runs
+
+PAGES = ("pages/1_Model.py", "pages/2_Explore.py", "pages/3_Compare.py", "pages/4_Images.py")
+
+
+def every_page_works(at):
+    """Home and every page render without an exception."""
+    at.run()
+    assert not at.exception, at.exception
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    return at
+
+
+def warnings_text(at) -> str:
+    return " ".join(w.value for w in at.warning)
+
+
+def test_a_damaged_metrics_json_is_listed_as_damaged_and_the_other_runs_work(cache):
+    (Path(cache["tri"]) / "metrics.json").write_text('{"rounds": {"0": ')
+    at = every_page_works(app())
+    at.switch_page("app.py").run()
+    table = at.dataframe[0].value
+    status = dict(zip(table["run"], table["status"]))
+    assert status["tri"].startswith("damaged: metrics.json in tri is damaged"), status
+    assert metrics(at)["Data set"] == "toy"  # the default run opens as before
+    # opening the damaged run says what is wrong and how to recover, on every page
+    assert "tri (damaged)" in at.selectbox(key="home_pick").options
+    at.selectbox(key="home_pick").set_value(cache["tri"])
+    at.button(key="home_open").click().run()
+    assert not at.exception
+    note = warnings_text(at)
+    assert "metrics.json is damaged, so its rounds cannot be listed" in note, note
+    assert "2 weights file(s) are still on disk" in note and "pre-train it again" in note
+    assert cache["root"].as_posix() not in note  # the server's paths stay on the server
+    every_page_works(at)
+    for page in PAGES[:3]:
+        at.switch_page(page).run()
+        assert "metrics.json is damaged" in warnings_text(at), page
+
+
+@pytest.mark.parametrize("damage", ["garbage", "foreign"])
+def test_a_damaged_round_file_leaves_the_earlier_rounds_working(cache, damage):
+    target = Path(cache["toy"]) / "round_2.safetensors"
+    if damage == "garbage":
+        target.write_bytes(b"\x00not a safetensors file")
+        why = "is damaged"
+    else:  # another run's weights (the triangles model has other shapes)
+        shutil.copy(Path(cache["tri"]) / "round_1.safetensors", target)
+        why = "tensor"
+    at = app(cache["toy"])
+    every_page_works(at)
+    at.switch_page("app.py").run()
+    note = warnings_text(at)
+    assert "Round(s) 2 of toy-default cannot be loaded" in note and why in note, note
+    assert "rounds 0, 1 still load" in note
+    assert metrics(at)["Rounds"] == "1"
+    assert "model samples, round 1" in fig_text(at)
+    table = at.dataframe[0].value
+    assert dict(zip(table["run"], table["status"]))["toy-default"] == "damaged round(s) 2"
+    # a new round never overwrites the damaged file: the job fails with one sentence
+    before = target.read_bytes()
+    job = launch.start_rounds(cache["toy"], 1, settings.explore_defaults(runs.open_run(cache["toy"])))
+    assert job.wait(120) and job.status == "failed"
+    assert "damaged" in job.error and "\n" not in job.error.strip(), job.error
+    assert target.read_bytes() == before
