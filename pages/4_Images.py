@@ -67,8 +67,11 @@ if kind.startswith("Digits"):
     try:
         run = runs.open_run(folder)
     except Exception as exc:  # noqa: BLE001 - still training or damaged: say which
-        st.warning(f"Cannot open {folder.name} yet: {exc}")
+        st.warning(runs.open_problem(folder, exc))
         st.stop()
+    note = runs.damage_note(run)
+    if note:
+        st.warning(note)
     rounds = run.rounds()
 
     with st.expander("Run S-MEME rounds", expanded=len(rounds) == 1):
@@ -118,37 +121,33 @@ if kind.startswith("Digits"):
 # ======================================================================================
 # Stable Diffusion
 else:
-    from smeme.images.sd import SDError, resolve_pipeline_folder
+    from smeme.images.sd import SDError
     from smeme.images.sd_metrics import find_metric_weights
     from smeme.images.sd_explore import SDRun, SDRunError
 
-    st.write("Load any local diffusers Stable Diffusion folder (nothing is downloaded). Rounds tune a LoRA "
+    st.write("Use a local diffusers Stable Diffusion pipeline (nothing is downloaded). Rounds tune a LoRA "
              "adapter with Adjoint Matching; trajectories use classifier-free guidance (w = 8). On a CPU a "
              "real SD round takes hours: run it on a GPU with `accelerate launch -m smeme.images.sd_explore ...`.")
-    src = st.text_input("Stable Diffusion folder", key="img_sd_src",
-                        placeholder="/path/to/stable-diffusion-v1-5 (a diffusers pipeline folder)")
-    ok_src = None
-    if src.strip():
-        try:
-            ok_src = resolve_pipeline_folder(src)
-            st.success(f"Found a diffusers pipeline in {ok_src}.")
-        except SDError as exc:
-            st.error(str(exc))
+    models = image_runs.sd_models()
+    sources = {src: label for label, src in models}
+    if not models:
+        st.info("No Stable Diffusion pipeline on this server: put a diffusers pipeline folder in the models "
+                "folder (SMEME_MODELS_DIR, default cache/models) or in the local Hugging Face cache.")
     weights = find_metric_weights()
     if weights.missing:
         st.info("Metrics: " + " ".join(weights.missing) + " Grids are shown without them.")
 
-    if ok_src is not None:
+    if models:
         with st.expander("Start or continue an SD run", expanded=True):
+            src = st.selectbox("Stable Diffusion model", list(sources), format_func=sources.get, key="img_sd_src")
             c1, c2, c3 = st.columns([2, 3, 1])
-            name = c1.text_input("Run name", value="sd-creative-architecture")
-            prompt = c2.text_input("Prompt", value="A creative architecture.")
-            more = c3.number_input("Rounds", 1, 10, 3)
-            if st.button("Run rounds", type="primary"):
-                folder = image_runs.sd_runs_dir() / name
+            name = c1.text_input("Run name", value="sd-creative-architecture", key="img_sd_name")
+            prompt = c2.text_input("Prompt", value="A creative architecture.", key="img_sd_prompt")
+            more = c3.number_input("Rounds", 1, 10, 3, key="img_sd_more")
+            if st.button("Run rounds", type="primary", key="img_sd_start"):
                 try:
-                    image_runs.start_sd_rounds(folder, ok_src, prompt, int(more))
-                    st.session_state["img_sd_run"] = str(folder)
+                    job = image_runs.start_sd_rounds(name, src, prompt, int(more))
+                    st.session_state["img_sd_run"] = job.folder
                 except (SDError, SDRunError, jobs.JobBusy) as exc:
                     st.error(str(exc))
 
@@ -162,10 +161,11 @@ else:
     ui.job_panel(str(folder), "explore", key="img_sd_explore")
     try:
         run = SDRun.open(folder)
+        sd_rounds, metrics = run.rounds(), run.metrics()
     except SDRunError as exc:
-        st.error(str(exc))
+        st.error(runs.open_problem(folder, exc))
         st.stop()
-    shown, n, seed = _grid_controls(run.rounds(), "img_s")
+    shown, n, seed = _grid_controls(sd_rounds, "img_s")
     left, right = st.columns([3, 2], gap="medium")
     with left:
         if shown and st.button("Draw the grid", help="Samples each round (cached in the run folder)."):
@@ -179,8 +179,7 @@ else:
         if img is not None:
             st.image(img)
     with right:
-        metrics = run.metrics()
-        st.dataframe(image_runs.metrics_table(metrics, run.rounds(), [
+        st.dataframe(image_runs.metrics_table(metrics, sd_rounds, [
             ("fid", "FID to round 0"), ("inception_cross_entropy", "Inception cross-entropy"),
             ("clip_score", "CLIP score"), ("seconds", "seconds")]), width="stretch")
         missing = next((m.get("missing_weights") for m in metrics.values() if m.get("missing_weights")), None)

@@ -200,3 +200,30 @@ def test_local_cache_folder_reads_the_cache_layout_and_never_fetches(tmp_path, m
     assert local_cache_folder("org/tiny-sd") is None  # ref without its snapshot
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     assert local_cache_folder("org/tiny-sd") == repo / "snapshots" / "abc123"
+
+
+def test_an_sd_round_is_visible_only_with_its_metrics(tiny_sd, tmp_path, monkeypatch):
+    """metrics.json is the SD run's manifest too (smeme.store.commit_round): an adapter file it
+    does not name is an orphan (a save that failed before its commit), invisible and overwritten."""
+    from smeme import store
+    from smeme.images.sd_explore import SDConfig, SDRun, SDRunError
+
+    run = SDRun.create(tmp_path / "run", SDConfig(source=str(tiny_sd), prompt="a house."))
+    adapter = {"a.lora_A.weight": torch.ones(2, 3), "a.lora_B.weight": torch.zeros(3, 2)}
+    run.round_path(1).write_bytes(b"an orphan from a failed save")
+    assert run.rounds() == [0]
+    # the commit fails (a full disk while writing metrics.json): the new adapter goes too
+    def full(*a, **k):
+        raise store.disk_full_error(run.folder / "metrics.json")
+    monkeypatch.setattr(store, "update_manifest", full)
+    with pytest.raises(store.DiskFullError, match="no space left"):
+        run.save_round(1, adapter, {"loss": [1.0]})
+    assert run.rounds() == [0] and not run.round_path(1).exists()
+    monkeypatch.undo()
+    run.save_round(1, adapter, {"loss": [1.0]})
+    assert run.rounds() == [0, 1] and run.metrics()[1] == {"loss": [1.0]}
+    with pytest.raises(SDRunError, match="already saved"):
+        run.save_round(1, adapter, {})
+    (run.folder / "metrics.json").write_text("{")
+    with pytest.raises(SDRunError, match="metrics.json in .* is damaged"):
+        run.rounds()

@@ -168,11 +168,14 @@ class SDRun:
         return self.folder / f"round_{int(k)}.safetensors"
 
     def rounds(self) -> list[int]:
+        """Round 0 (the pipeline) and each committed round after it: named in metrics.json
+        (the manifest, as in smeme.store) with its adapter file present, without a gap (round
+        k merges rounds 1..k). An adapter file the manifest does not name is an orphan of a
+        save that failed before its commit: invisible, and overwritten by the next save."""
+        named = self.metrics()
         done = [0]
-        k = 1
-        while self.round_path(k).exists():
-            done.append(k)
-            k += 1
+        while done[-1] + 1 in named and self.round_path(done[-1] + 1).is_file():
+            done.append(done[-1] + 1)
         return done
 
     @property
@@ -185,39 +188,36 @@ class SDRun:
         return folder_lock(self.folder)
 
     def metrics(self) -> dict[int, dict]:
-        path = self.folder / "metrics.json"
-        if not path.exists():
-            return {}
+        from ..store import StoreError, read_manifest
+
         try:
-            return {int(k): v for k, v in json.loads(path.read_text())["rounds"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SDRunError(f"metrics.json in {self.folder} is damaged ({exc}).") from None
+            return read_manifest(self.folder)
+        except StoreError as exc:
+            raise SDRunError(str(exc)) from None
 
     def set_metrics(self, k: int, metrics: dict) -> None:
-        from ..store import atomic_write_json, jsonable
+        from ..store import update_manifest
 
         with self.lock():
-            data = self.metrics()
-            data[int(k)] = jsonable(metrics)
-            atomic_write_json(self.folder / "metrics.json", {
-                "schema_version": SCHEMA_VERSION, "rounds": {str(r): data[r] for r in sorted(data)}})
+            self.metrics()  # a damaged manifest is an SDRunError, as on reading
+            update_manifest(self.folder, k, metrics)
 
     def save_round(self, k: int, adapter: dict, metrics: dict | None = None) -> None:
+        """Save round k's adapter, then its metrics record (the commit, smeme.store.commit_round)."""
         from safetensors.torch import save
 
-        from ..store import atomic_write_bytes
+        from ..store import commit_round
 
         k = int(k)
         with self.lock():
-            if self.round_path(k).exists():
+            latest = self.latest_round
+            if k <= latest:
                 raise SDRunError(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
-            if k != self.latest_round + 1:
-                raise SDRunError(f"Round {k} cannot follow round {self.latest_round}.")
+            if k != latest + 1:
+                raise SDRunError(f"Round {k} cannot follow round {latest}.")
             data = save({n: v.contiguous() for n, v in adapter.items()}, metadata={"format": "smeme-sd-lora",
                                                                                    "round": str(k)})
-            atomic_write_bytes(self.round_path(k), data)
-            if metrics is not None:
-                self.set_metrics(k, metrics)
+            commit_round(self.folder, k, self.round_path(k), data, metrics)
 
     def read_adapter(self, k: int) -> dict:
         from safetensors.torch import load

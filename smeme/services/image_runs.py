@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import jobs
-from .runs import open_run
-from .settings import cache_dir, runs_dir, setup
+from .runs import open_run, safe_name
+from .settings import cache_dir, models_dir, runs_dir, setup
 
 
 def digits_runs() -> list[Path]:
@@ -29,6 +29,20 @@ def digits_runs() -> list[Path]:
 
 def sd_runs_dir() -> Path:
     return cache_dir() / "sd_runs"
+
+
+def sd_run_folder(name: str) -> Path:
+    """The folder of the SD run named `name` in the app: always directly under cache/sd_runs."""
+    return sd_runs_dir() / safe_name(name, "sd-run")
+
+
+def sd_models() -> list[tuple[str, str]]:
+    """(label, source) of each Stable Diffusion pipeline the app may use: the folders under
+    the models directory (SMEME_MODELS_DIR, default cache/models) and the models in the local
+    Hugging Face cache. Nothing typed in a browser names a model folder."""
+    from ..images.sd import local_pipelines
+
+    return local_pipelines(models_dir())
 
 
 def sd_runs() -> list[Path]:
@@ -90,12 +104,17 @@ def start_digits_rounds(folder, more: int, lam: float) -> jobs.Job:
     return jobs.start(folder, "explore", target, label=f"S-MEME digits rounds ({int(more)})")
 
 
-def start_sd_rounds(folder, source, prompt: str, more: int) -> jobs.Job:
-    """Create (or reopen) the SD run in `folder` and run `more` rounds in a background job.
-    Raises SDError / SDRunError for a bad source or folder, JobBusy if the run is busy."""
-    from ..images.sd import SDConfig
+def start_sd_rounds(name: str, source: str, prompt: str, more: int) -> jobs.Job:
+    """Create (or reopen) the SD run called `name` (under cache/sd_runs) on `source`, one of
+    sd_models(), and run `more` rounds in a background job. Raises SDError / SDRunError for a
+    source that is not offered or a bad folder, JobBusy if the run is busy."""
+    from ..images.sd import SDConfig, SDError
     from ..images.sd_explore import SDRun
 
+    if str(source) not in {src for _, src in sd_models()}:
+        raise SDError("Choose a Stable Diffusion model from the list (the models folder or the local "
+                      "Hugging Face cache).")
+    folder = sd_run_folder(name)
     run = SDRun.create(folder, SDConfig(source=str(source), prompt=prompt))
 
     def target(job, run=run, more=int(more)):

@@ -4,6 +4,8 @@ the content pages, uploads and data-set checks.
 Environment:
 - SMEME_CACHE_DIR: where runs live (default: <repo>/cache); tests point it at a tmp dir.
 - SMEME_APP_PRESET: 'tiny' makes the app's defaults tiny (tests, the browser test).
+- SMEME_MODELS_DIR: where the Images page looks for Stable Diffusion pipeline folders
+  (default: <cache>/models); the local Hugging Face cache is searched too.
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ def cache_dir() -> Path:
 
 def runs_dir() -> Path:
     return cache_dir() / "runs"
+
+
+def models_dir() -> Path:
+    env = os.environ.get("SMEME_MODELS_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else cache_dir() / "models"
 
 
 def preset_name() -> str | None:
