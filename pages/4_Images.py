@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from smeme import ui
-from smeme.services import image_runs, jobs, runs, settings
+from smeme.services import access, image_runs, jobs, runs, settings
 
 settings.setup()
 st.title("Images: the same noise through every round")
@@ -36,26 +36,29 @@ def _grid_controls(rounds: list[int], key: str):
 # ======================================================================================
 # digits
 if kind.startswith("Digits"):
-    with st.expander("Pre-train a digits model", expanded=not image_runs.digits_runs()):
-        st.write("A diffusers UNet2DModel trained on scikit-learn's 8x8 digits (no download). By default "
-                 "digits 5-9 keep only a fraction of their images, so exploration has a visible target: "
-                 "their share should rise round by round.")
-        c1, c2, c3, c4 = st.columns(4)
-        name = c1.text_input("Run name", value=f"digits-{time.strftime('%m%d-%H%M')}")
-        steps = c2.number_input("Training steps", 50, 20000, 600, step=50,
-                                help="600 steps: readable digits in about 3-5 minutes on a 2-core CPU.")
-        frac = c3.slider("Share kept of digits 5-9", 0.05, 1.0, 0.2, 0.05)
-        seed = c4.number_input("Seed", 0, 10**6, 0)
-        if st.button("Pre-train", type="primary"):
-            folder = runs.new_run_folder("digits", name)
-            try:
-                image_runs.start_digits_training(folder, int(steps), float(frac), int(seed))
-                st.session_state["img_digits_run"] = str(folder)
-            except jobs.JobBusy as exc:
-                st.error(str(exc))
-        pending = st.session_state.get("img_digits_run")
-        if pending:
-            ui.job_panel(pending, "train", key="img_train")
+    if ui.viewer():
+        ui.viewer_note()
+    else:
+        with st.expander("Pre-train a digits model", expanded=not image_runs.digits_runs()):
+            st.write("A diffusers UNet2DModel trained on scikit-learn's 8x8 digits (no download). By default "
+                     "digits 5-9 keep only a fraction of their images, so exploration has a visible target: "
+                     "their share should rise round by round.")
+            c1, c2, c3, c4 = st.columns(4)
+            name = c1.text_input("Run name", value=f"digits-{time.strftime('%m%d-%H%M')}")
+            steps = c2.number_input("Training steps", 50, 20000, 600, step=50,
+                                    help="600 steps: readable digits in about 3-5 minutes on a 2-core CPU.")
+            frac = c3.slider("Share kept of digits 5-9", 0.05, 1.0, 0.2, 0.05)
+            seed = c4.number_input("Seed", 0, 10**6, 0)
+            if st.button("Pre-train", type="primary"):
+                folder = runs.new_run_folder("digits", name)
+                try:
+                    image_runs.start_digits_training(folder, int(steps), float(frac), int(seed), owner=ui.owner())
+                    st.session_state["img_digits_run"] = str(folder)
+                except (jobs.JobBusy, access.ReadOnlyError) as exc:
+                    st.error(str(exc))
+            pending = st.session_state.get("img_digits_run")
+            if pending:
+                ui.job_panel(pending, "train", key="img_train")
 
     digit_runs = image_runs.digits_runs()
     if not digit_runs:
@@ -74,17 +77,18 @@ if kind.startswith("Digits"):
         st.warning(note)
     rounds = run.rounds()
 
-    with st.expander("Run S-MEME rounds", expanded=len(rounds) == 1):
-        c1, c2, c3 = st.columns(3)
-        more = c1.number_input("Rounds to add", 1, 10, 3)
-        lam = c2.number_input("lambda (exploration strength)", 0.01, 0.9, 0.1, step=0.05,
-                              help="Each round fine-tunes towards p_prev^(1 - lambda) (paper: 0.1).")
-        if c3.button("Run rounds", type="primary"):
-            try:
-                image_runs.start_digits_rounds(folder, int(more), float(lam))
-            except jobs.JobBusy as exc:
-                st.error(str(exc))
-        ui.job_panel(str(folder), "explore", key="img_explore")
+    if not ui.viewer():
+        with st.expander("Run S-MEME rounds", expanded=len(rounds) == 1):
+            c1, c2, c3 = st.columns(3)
+            more = c1.number_input("Rounds to add", 1, 10, 3)
+            lam = c2.number_input("lambda (exploration strength)", 0.01, 0.9, 0.1, step=0.05,
+                                  help="Each round fine-tunes towards p_prev^(1 - lambda) (paper: 0.1).")
+            if c3.button("Run rounds", type="primary"):
+                try:
+                    image_runs.start_digits_rounds(folder, int(more), float(lam), owner=ui.owner())
+                except (jobs.JobBusy, access.ReadOnlyError) as exc:
+                    st.error(str(exc))
+    ui.job_panel(str(folder), "explore", key="img_explore")
 
     shown, n, seed = _grid_controls(rounds, "img_d")
     if not shown:
@@ -137,7 +141,9 @@ else:
     if weights.missing:
         st.info("Metrics: " + " ".join(weights.missing) + " Grids are shown without them.")
 
-    if models:
+    if models and ui.viewer():
+        ui.viewer_note()
+    elif models:
         with st.expander("Start or continue an SD run", expanded=True):
             src = st.selectbox("Stable Diffusion model", list(sources), format_func=sources.get, key="img_sd_src")
             c1, c2, c3 = st.columns([2, 3, 1])
@@ -146,9 +152,9 @@ else:
             more = c3.number_input("Rounds", 1, 10, 3, key="img_sd_more")
             if st.button("Run rounds", type="primary", key="img_sd_start"):
                 try:
-                    job = image_runs.start_sd_rounds(name, src, prompt, int(more))
+                    job = image_runs.start_sd_rounds(name, src, prompt, int(more), owner=ui.owner())
                     st.session_state["img_sd_run"] = job.folder
-                except (SDError, SDRunError, jobs.JobBusy) as exc:
+                except (SDError, SDRunError, jobs.JobBusy, access.ReadOnlyError) as exc:
                     st.error(str(exc))
 
     sd_runs = image_runs.sd_runs()

@@ -479,3 +479,187 @@ def test_sd_models_include_the_local_hugging_face_cache(cache, tiny_pipeline, tm
     assert not at.exception
     assert any("No Stable Diffusion pipeline on this server" in i.value for i in at.info)
     assert not [b for b in at.button if b.key == "img_sd_start"]
+
+
+# ------------------------------------------------------------------------------ viewer mode, who may stop
+
+def captions(at) -> str:
+    return " ".join(c.value for c in at.caption)
+
+
+def test_viewer_mode_shows_runs_and_rounds_but_every_write_is_refused(cache, monkeypatch):
+    from smeme.services import access, image_runs
+
+    monkeypatch.setenv("SMEME_VIEWER", "1")
+    at = every_page_works(app(cache["toy"]))
+    at.switch_page("app.py").run()
+    assert metrics(at)["Data set"] == "toy" and "viewer mode" in captions(at)
+    at.switch_page("pages/1_Model.py").run()
+    assert "m_train" not in {b.key for b in at.button} and not at.get("file_uploader")
+    assert metrics(at)["Data set"] == "toy" and "viewer mode" in captions(at)
+    at.switch_page("pages/2_Explore.py").run()
+    assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled and at.button(key="x_stop").disabled
+    assert "Metrics per round" in fig_text(at) and "viewer mode" in captions(at)
+    at.switch_page("pages/3_Compare.py").run()
+    at.selectbox(key="c_b_toy-default").set_value(1).run()  # stepping through rounds works
+    assert any(md.value.startswith("**round 1**") for md in at.markdown)
+    at.switch_page("pages/4_Images.py").run()
+    assert "Pre-train" not in {b.label for b in at.button}
+    # the services refuse too, not only the pages
+    before = sorted(p.name for p in Path(cache["toy"]).iterdir())
+    with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+        launch.start_rounds(cache["toy"], 1, settings.explore_defaults())
+    with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+        launch.start_training(settings.runs_dir() / "new", "toy")
+    with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+        settings.save_upload("a.csv", b"x,y\n1,2\n")
+    with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+        image_runs.start_sd_rounds("sd", "anything", "a prompt.", 1)
+    assert not settings.uploads_dir().exists() and not image_runs.sd_runs_dir().exists()
+    assert not (settings.runs_dir() / "new").exists()
+    assert sorted(p.name for p in Path(cache["toy"]).iterdir()) == before
+    assert jobs.wait_all(TIMEOUT)  # the pages' own heatmap jobs
+    gate = threading.Event()
+    job = jobs.start(cache["toy"], "heatmap", lambda j: gate.wait(30), writes=False)  # read-only work runs
+    try:
+        with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+            jobs.stop(cache["toy"], "heatmap", who=None)
+        assert not job.cancel.is_set()
+    finally:
+        gate.set()
+        job.wait(10)
+
+
+def test_viewer_mode_on_an_empty_cache_offers_no_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SMEME_VIEWER", "1")
+    at = app().run()
+    assert not at.exception
+    assert "train_default" not in {b.key for b in at.button}
+    assert "viewer mode" in captions(at)
+
+
+def test_a_job_is_stopped_only_by_the_session_that_started_it(cache, monkeypatch):
+    from smeme.services import access
+
+    monkeypatch.setenv("SMEME_SINGLE_USER", "0")  # as when serving a class
+    gate = threading.Event()
+
+    def target(j):
+        j.update(0.1, "Round 3: solver iteration 1/4")
+        gate.wait(30)
+
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/2_Explore.py").run()
+    mine = at.session_state["_smeme_owner"]
+    other = jobs.start(cache["toy"], "explore", target, owner="another-visitor")
+    try:
+        at.run()
+        assert at.button(key="x_job_stop").disabled and at.button(key="x_stop").disabled
+        with pytest.raises(access.ReadOnlyError, match="started by another visitor"):
+            jobs.stop(cache["toy"], "explore", who=mine)
+        assert not other.cancel.is_set()
+    finally:
+        gate.set()
+        other.wait(10)
+    gate.clear()
+    own = jobs.start(cache["toy"], "explore", target, owner=mine)
+    try:
+        at.run()
+        assert not at.button(key="x_job_stop").disabled
+        at.button(key="x_job_stop").click().run()
+        assert own.cancel.is_set()
+    finally:
+        gate.set()
+        own.wait(10)
+
+
+def test_single_user_mode_defaults():
+    from smeme.services import access
+
+    env = {k: os.environ.pop(k) for k in ("SMEME_SINGLE_USER", "SMEME_VIEWER") if k in os.environ}
+    try:
+        assert access.single_user("localhost") and access.single_user("127.0.0.1") and access.single_user(None)
+        assert not access.single_user("0.0.0.0")
+        os.environ["SMEME_SINGLE_USER"] = "1"
+        assert access.single_user("0.0.0.0")
+        del os.environ["SMEME_SINGLE_USER"]
+        os.environ["SMEME_VIEWER"] = "1"
+        assert not access.single_user("localhost")
+    finally:
+        for k in ("SMEME_SINGLE_USER", "SMEME_VIEWER"):
+            os.environ.pop(k, None)
+        os.environ.update(env)
+
+
+# ------------------------------------------------------------------------------ uploads
+
+CSV = b"x,y\n" + b"".join(f"{i % 7},{(i * 3) % 11}\n".encode() for i in range(300))
+
+
+def test_an_upload_is_parsed_once_per_content(cache, monkeypatch):
+    calls = []
+    real = settings.check_dataset
+    monkeypatch.setattr(settings, "check_dataset", lambda d, p: calls.append(p) or real(d, p))
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("csv").run()
+    at.file_uploader(key="m_csv").set_value(("points.csv", CSV, "text/csv")).run()
+    assert not at.exception and not at.error
+    at.number_input(key="m_seed").set_value(3).run()
+    at.number_input(key="m_steps").set_value(40).run()
+    assert len(calls) == 1, calls
+    assert not at.button(key="m_train").disabled
+    saved = list(settings.uploads_dir().glob("*.csv"))
+    assert len(saved) == 1 and saved[0].read_bytes() == CSV
+
+
+def test_uploads_have_a_quota_and_old_unused_ones_are_removed(cache, monkeypatch):
+    up = settings.uploads_dir()
+    first = settings.save_upload("a.csv", CSV)
+    monkeypatch.setenv("SMEME_UPLOADS_MB", str(1.5 * len(CSV) / 2 ** 20))
+    with pytest.raises(settings.UploadError, match=r"uploads folder is full .*SMEME_UPLOADS_MB"):
+        settings.save_upload("b.csv", CSV + b"1,1\n")
+    assert settings.save_upload("a.csv", CSV) == first  # the same content again: no new space needed
+    # the page says it in one sentence
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("csv").run()
+    at.file_uploader(key="m_csv").set_value(("c.csv", CSV + b"2,2\n", "text/csv")).run()
+    assert not at.exception
+    assert any("uploads folder is full" in e.value for e in at.error) and at.button(key="m_train").disabled
+    # uploads older than a day that no run uses are removed; one a run was trained on is kept
+    used = up / "used-0000.csv"
+    used.write_bytes(b"x,y\n1,2\n")
+    cfg_path = Path(cache["tri"]) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["dataset"].setdefault("params", {})["path"] = str(used)
+    cfg_path.write_text(json.dumps(cfg))
+    day_ago = time.time() - 25 * 3600
+    for p in up.glob("*.csv"):
+        os.utime(p, (day_ago, day_ago))
+    monkeypatch.delenv("SMEME_UPLOADS_MB")
+    new = settings.save_upload("b.csv", CSV + b"1,1\n")
+    assert sorted(p.name for p in up.glob("*.csv")) == sorted([new.name, used.name])
+    with pytest.raises(settings.UploadError, match="at most 200 MB"):
+        settings.save_upload("huge.csv", b"0" * (settings.UPLOAD_FILE_MB * 2 ** 20 + 1))
+
+
+def test_identical_uploads_at_once_never_share_a_temp_file(cache):
+    barrier = threading.Barrier(6)
+    out, errors = [], []
+
+    def save():
+        barrier.wait()
+        try:
+            out.append(settings.save_upload("same.csv", CSV))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(out)) == 1 and out[0].read_bytes() == CSV
+    assert [p.name for p in settings.uploads_dir().iterdir()] == [out[0].name]  # no temp file left
