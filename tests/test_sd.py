@@ -332,3 +332,109 @@ def test_v_prediction_checkpoints_are_converted_to_eps(tmp_path):
     run = SDRun.create(tmp_path / "run", SDConfig(source=str(folder), prompt="a house."), SDExploreConfig(**TINY_ROUND))
     assert run_sd_rounds(run, 1, metrics=False) == [1]
     assert np.isfinite(run.metrics()[1]["loss"]).all()
+
+
+class _ThreadRanks:
+    """What run_sd_rounds uses of accelerate.Accelerator, for `world` threads of this process:
+    reduce is a plain mean over the threads (a barrier, no torch.distributed), so each thread
+    draws the trajectories its rank would (seed + rank) and averages by hand."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.world, self.slots = world, [None] * world
+        self.barrier = threading.Barrier(world, timeout=300)
+
+    def rank(self, r: int):
+        shared = self
+
+        class Rank:
+            device = torch.device("cpu")
+            num_processes, process_index, is_main_process = shared.world, r, r == 0
+
+            def wait_for_everyone(self):
+                shared.barrier.wait()
+
+            def reduce(self, tensor, reduction="sum"):
+                shared.slots[r] = tensor.detach().clone()
+                shared.barrier.wait()
+                total = shared.slots[0].clone()
+                for other in shared.slots[1:]:
+                    total += other
+                shared.barrier.wait()  # all have read before the next reduce writes
+                return total / shared.world if reduction == "mean" else total
+
+        return Rank()
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_average_like_one_process_and_rank_0_alone_writes(tiny_sd, tmp_path):
+    """torch.distributed.run (gloo, 127.0.0.1) starts 2 ranks of tests/sd_ranks.py on the tiny
+    pipeline: one round with Accelerate averaging the LoRA gradients. Both ranks end with the
+    same UNet (adapter merged), only rank 0 wrote, and the round equals the same two ranks
+    emulated by threads of one process (same trajectories, averaged in Python)."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from smeme.images.sd_explore import SDConfig, SDExploreConfig, SDRun, run_sd_rounds
+
+    explore = dict(TINY_ROUND, adam_steps=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    out.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", SMEME_THREADS="1", ACCELERATE_USE_CPU="1",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(root / "tests" / "sd_ranks.py"),
+           "--pipeline", str(tiny_sd), "--folder", str(tmp_path / "mp"), "--out", str(out),
+           "--explore", json.dumps(explore)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["done"] for r in ranks] == [[1], [1]]
+    assert ranks[1]["written"] == []  # rank 0 alone wrote the run
+    assert {Path(p).name for p in ranks[0]["written"]} == {"config.json", "round_1.safetensors", "metrics.json"}
+    assert SDRun.open(tmp_path / "mp").rounds() == [0, 1]
+    unets = [load_file(str(out / f"unet_rank{r}.safetensors")) for r in (0, 1)]
+    assert unets[0].keys() == unets[1].keys()
+    assert all(torch.equal(unets[0][k], unets[1][k]) for k in unets[0])  # identical adapters
+
+    # the same two ranks as threads of this process
+    SDRun.create(tmp_path / "emu", SDConfig(source=str(tiny_sd), prompt="a house."),
+                 SDExploreConfig.from_dict(explore))
+    shared, got, errors = _ThreadRanks(2), {}, []
+    emulated = [SDRun.open(tmp_path / "emu") for _ in (0, 1)]
+    for run in emulated:
+        run.model_at(0)  # load each rank's pipeline here: loading is not thread-safe
+
+    def rank(r):
+        try:
+            run = emulated[r]
+            run_sd_rounds(run, 1, accelerator=shared.rank(r), metrics=False)
+            got[r] = {k: v.detach().clone() for k, v in run.model_at(1).unet.state_dict().items()}
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            shared.barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    pre = SDRun.open(tmp_path / "emu").model_at(0).unet.state_dict()
+    changed = [k for k in got[0] if not torch.allclose(got[0][k], pre[k])]
+    assert changed  # the round trained
+    for k in unets[0]:
+        assert torch.allclose(unets[0][k], got[0][k], atol=1e-6, rtol=1e-5), k
+    saved = load_file(str(tmp_path / "mp" / "round_1.safetensors"))
+    emu = load_file(str(tmp_path / "emu" / "round_1.safetensors"))
+    assert saved.keys() == emu.keys() and all(torch.allclose(saved[k], emu[k], atol=1e-6) for k in saved)

@@ -33,10 +33,13 @@ lr ~ 3e-7 x (70..280) = 2e-5..8e-5; we take the low end (S-MEME tilts a distribu
 little each round). It is a starting point to check on a GPU (bench/bench_images.py --sd PATH).
 
 Multi-GPU: `accelerate launch -m smeme.images.sd_explore --pipeline PATH --run DIR --rounds 3`
-(or `torchrun --nproc_per_node N -m smeme.images.sd_explore -- ...`; checked with 2 CPU processes).
+(or `torchrun --nproc_per_node N -m smeme.images.sd_explore ...`). On CPUs, `accelerate launch
+--cpu --num_processes 2` starts ONE process (Accelerate 1.15 needs mpirun for more); use
+`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 ...` (gloo), as the test does.
 Each process draws its own trajectories (seed offset by its rank); LoRA gradients are
-averaged across processes after every backward (a post-accumulate hook) so every rank
-takes the same Adam step and the adapters stay identical; rank 0 writes the run.
+averaged across processes after every backward (Accelerate's reduce, from a post-accumulate
+hook) so every rank takes the same Adam step and the adapters stay identical; rank 0 writes
+the run (tests/test_sd.py launches two CPU processes and checks all three).
 """
 from __future__ import annotations
 
@@ -321,16 +324,15 @@ def make_accelerator(cpu: bool = False):
 
 
 def _average_grads_across(params, accelerator):
-    """Average LoRA gradients over processes right after each backward (no-op for one)."""
+    """Average each LoRA gradient over the processes as soon as backward has accumulated it,
+    with Accelerate's reduce (an all-reduce over its process group: gloo on CPUs, NCCL on
+    GPUs); a no-op for one process. The solver's loop stays as it is: gradient clipping and
+    Adam then see the same mean gradient on every rank, so the adapters stay identical."""
     if accelerator is None or accelerator.num_processes <= 1:
         return []
-    import torch.distributed as dist
-
-    world = accelerator.num_processes
 
     def hook(p):
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad.div_(world)
+        p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
 
     return [p.register_post_accumulate_grad_hook(hook) for p in params]
 
