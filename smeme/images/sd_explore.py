@@ -424,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m smeme.images.sd_explore",
                                 description="S-MEME rounds on a local Stable Diffusion pipeline (LoRA, Adjoint Matching).")
     p.add_argument("--pipeline", help="local diffusers Stable Diffusion folder (or a model in the local HF cache)")
-    p.add_argument("--run", required=True, help="run folder (created on first use)")
+    p.add_argument("--run", "--run-folder", dest="run", required=True,
+                   help="run folder (created on first use); --run-folder under torchrun, whose own --run-path takes --run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt", default=None)
     p.add_argument("--lam", type=float, default=None)
