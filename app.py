@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from smeme import ui
-from smeme.services import cached, figures, jobs, launch, runs, settings
+from smeme.services import access, cached, figures, jobs, launch, runs, settings
 
 st.set_page_config(page_title="S-MEME", page_icon=":material/explore:", layout="wide")
 settings.warm_imports()
@@ -21,7 +21,10 @@ def home():
     train_job = jobs.get(default, "train")
     if not [r for r in all_runs if r["latest"] is not None] or (train_job and train_job.running):
         st.subheader("Start here")
-        if not (train_job and train_job.running):
+        if ui.viewer() and not (train_job and train_job.running):
+            st.info("No trained model on disk yet.")
+            ui.viewer_note()
+        elif not (train_job and train_job.running):
             st.info("No trained model on disk yet. Train the default toy model (two squares, 90% / 10% "
                     "of the mass) with one click; it takes under a minute.")
             if st.button("Train the default toy model", type="primary", key="train_default"):
@@ -29,10 +32,10 @@ def home():
                 try:
                     launch.start_training(default, "toy", steps=d["steps"], seed=0,
                                           model_params={"width": d["width"], "depth": d["depth"]},
-                                          label="Training the default toy model")
+                                          label="Training the default toy model", owner=ui.owner())
                     ui.select_run(default)
                     st.rerun()
-                except jobs.JobBusy as exc:
+                except (jobs.JobBusy, access.ReadOnlyError) as exc:
                     st.warning(str(exc))
         status = ui.job_panel(default, "train", key="home_train")
         if status == jobs.RUNNING:
@@ -56,16 +59,23 @@ def run_section(all_runs):
               "off support (%)": None if r["off_support"] is None else round(100 * r["off_support"], 1),
               "status": r["status"]} for r in all_runs]
     st.dataframe(table, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 250))
-    folders = [r["folder"] for r in all_runs if r["latest"] is not None]
+    for r in all_runs:
+        if r.get("damaged"):
+            st.caption(f":material/warning: {r['name']} cannot be opened: {r['damaged']}")
+    folders = ui.openable(all_runs)
+    labels = {r["folder"]: ui.run_label(r) for r in all_runs}
     cur = st.session_state.get("run")
     c1, c2, c3 = st.columns([3, 1, 3], vertical_alignment="bottom")
     pick = c1.selectbox("Open a run", folders, index=folders.index(cur) if cur in folders else 0,
-                        format_func=lambda f: Path(f).name, key="home_pick")
+                        format_func=lambda f: labels.get(f, Path(f).name), key="home_pick")
     if c2.button("Open", key="home_open", width="stretch"):
         ui.select_run(pick)
         st.rerun()
     with c3:
-        st.page_link("pages/1_Model.py", label="Start a new run (Model page)", icon=":material/add:")
+        if ui.viewer():
+            ui.viewer_note()
+        else:
+            st.page_link("pages/1_Model.py", label="Start a new run (Model page)", icon=":material/add:")
 
 
 def current_run_panel(run):

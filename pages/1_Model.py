@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from smeme import ui
-from smeme.services import cached, figures, jobs, launch, results, runs, settings
+from smeme.services import access, cached, figures, jobs, launch, results, runs, settings
 from smeme.data import DataError
 
 st.title("Model")
@@ -15,57 +15,62 @@ if training and ui.job_panel(training, "train", key="model_train") == jobs.RUNNI
     st.caption("Training continues in the background if you switch pages.")
     st.stop()
 
-with st.expander("Train a new model", expanded=st.session_state.get("run") is None):
-    st.markdown("\n".join(b for k, b in settings.content_blocks("model") if k == "md"))
-    dataset = st.radio("Data set", settings.DATASETS, horizontal=True, key="m_dataset",
-                       format_func={"toy": "toy (two squares)", "triangles": "triangles", "csv": "CSV upload"}.get)
-    params, problem = {}, None
-    if dataset == "toy":
-        params["dense_mass"] = st.slider("Mass in the dense square", 0.5, 0.99, 0.9, 0.01, key="m_dense")
-    elif dataset == "triangles":
-        c1, c2 = st.columns(2)
-        with c1:
-            st.markdown("**Side types**")
-            eq = st.slider("equilateral", 0.0, 0.3, 0.0, 0.01, key="m_eq")
-            iso = st.slider("isosceles", 0.0, 0.5, 0.01, 0.01, key="m_iso")
-        with c2:
-            st.markdown("**Angle types**")
-            right = st.slider("right", 0.0, 0.3, 0.0, 0.01, key="m_right")
-            obtuse = st.slider("obtuse", 0.0, 0.8, 0.15, 0.01, key="m_obtuse")
-        params, problem = settings.triangle_params(eq, iso, right, obtuse)
-    else:
-        up = st.file_uploader("CSV file (numeric columns with a header row)", type=["csv", "txt"], key="m_csv")
-        if up is None:
-            problem = "Upload a CSV file to train on it."
+if ui.viewer():
+    ui.viewer_note()
+else:
+    with st.expander("Train a new model", expanded=st.session_state.get("run") is None):
+        st.markdown("\n".join(b for k, b in settings.content_blocks("model") if k == "md"))
+        dataset = st.radio("Data set", settings.DATASETS, horizontal=True, key="m_dataset",
+                           format_func={"toy": "toy (two squares)", "triangles": "triangles", "csv": "CSV upload"}.get)
+        params, problem = {}, None
+        if dataset == "toy":
+            params["dense_mass"] = st.slider("Mass in the dense square", 0.5, 0.99, 0.9, 0.01, key="m_dense")
+        elif dataset == "triangles":
+            c1, c2 = st.columns(2)
+            with c1:
+                st.markdown("**Side types**")
+                eq = st.slider("equilateral", 0.0, 0.3, 0.0, 0.01, key="m_eq")
+                iso = st.slider("isosceles", 0.0, 0.5, 0.01, 0.01, key="m_iso")
+            with c2:
+                st.markdown("**Angle types**")
+                right = st.slider("right", 0.0, 0.3, 0.0, 0.01, key="m_right")
+                obtuse = st.slider("obtuse", 0.0, 0.8, 0.15, 0.01, key="m_obtuse")
+            params, problem = settings.triangle_params(eq, iso, right, obtuse)
         else:
-            params["path"] = str(settings.save_upload(up.name, up.getvalue()))
-    d = settings.training_defaults(dataset)
-    c1, c2, c3, c4 = st.columns(4)
-    width = c1.select_slider("Model width", [16, 32, 64, 128, 256], value=min(max(d["width"], 16), 256)
-                             if d["width"] in (16, 32, 64, 128, 256) else 128, key="m_width")
-    depth = c2.number_input("Hidden layers", 1, 6, d["depth"], key="m_depth")
-    steps = c3.number_input("Training steps", 10, 50_000, d["steps"], step=100, key="m_steps")
-    seed = c4.number_input("Seed", 0, 10_000, 0, key="m_seed")
-    name = st.text_input("Run name (optional)", key="m_name", placeholder=f"{dataset}-<date-time>")
-    if problem is None and dataset == "csv":
-        try:
-            settings.check_dataset(dataset, params)
-        except DataError as exc:
-            problem = str(exc)
-            st.error(f"This file cannot be used: {exc}")
-    elif problem is not None and dataset != "csv":
-        st.error(problem)
-    if st.button("Train", type="primary", disabled=problem is not None, key="m_train"):
-        folder = runs.new_run_folder(dataset, name or None)
-        try:
-            launch.start_training(folder, dataset, params, steps=int(steps), seed=int(seed),
-                                  model_params={"width": int(width), "depth": int(depth)})
-        except (jobs.JobBusy, DataError, ValueError) as exc:
-            st.error(str(exc))
-        else:
-            st.session_state["training"] = str(folder.resolve())
-            ui.select_run(folder)
-            st.rerun()
+            up = st.file_uploader("CSV file (numeric columns with a header row)", type=["csv", "txt"], key="m_csv")
+            if up is None:
+                problem = "Upload a CSV file to train on it."
+            else:
+                try:
+                    params["path"] = ui.saved_upload(up)
+                except settings.UploadError as exc:
+                    problem = str(exc)
+                    st.error(problem)
+        d = settings.training_defaults(dataset)
+        c1, c2, c3, c4 = st.columns(4)
+        width = c1.select_slider("Model width", [16, 32, 64, 128, 256], value=min(max(d["width"], 16), 256)
+                                 if d["width"] in (16, 32, 64, 128, 256) else 128, key="m_width")
+        depth = c2.number_input("Hidden layers", 1, 6, d["depth"], key="m_depth")
+        steps = c3.number_input("Training steps", 10, 50_000, d["steps"], step=100, key="m_steps")
+        seed = c4.number_input("Seed", 0, 10_000, 0, key="m_seed")
+        name = st.text_input("Run name (optional)", key="m_name", placeholder=f"{dataset}-<date-time>")
+        if problem is None and dataset == "csv":
+            problem = settings.check_dataset_once(dataset, params)  # parsed once per file content
+            if problem is not None:
+                st.error(f"This file cannot be used: {problem}")
+        elif problem is not None and dataset != "csv":
+            st.error(problem)
+        if st.button("Train", type="primary", disabled=problem is not None, key="m_train"):
+            folder = runs.new_run_folder(dataset, name or None)
+            try:
+                launch.start_training(folder, dataset, params, steps=int(steps), seed=int(seed),
+                                      model_params={"width": int(width), "depth": int(depth)}, owner=ui.owner())
+            except (jobs.JobBusy, access.ReadOnlyError, DataError, ValueError) as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["training"] = str(folder.resolve())
+                ui.select_run(folder)
+                st.rerun()
 
 # -------------------------------------------------------------------------------- result
 run = ui.current_run()
@@ -105,7 +110,7 @@ with right:
     elif runs.has_plane(run):
         folder = runs.run_folder(run)
         if jobs.get(folder, "heatmap") is None or not jobs.get(folder, "heatmap").running:
-            launch.start_heatmaps(folder, [0])
+            launch.start_heatmaps(folder, [0], owner=ui.owner())
         ui.job_panel(folder, "heatmap", show_loss=False, key="model_heat")
     else:
         st.caption("This data set has no 2-D plane to draw its density on.")

@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from smeme import ui
-from smeme.services import cached, figures, jobs, launch, results, runs, settings
+from smeme.services import access, cached, figures, jobs, launch, results, runs, settings
 
 st.title("Explore")
 run = ui.current_run()
@@ -34,19 +34,23 @@ k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
 seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
 
 busy = runs.busy_message(folder)
+explore_job = jobs.get(folder, "explore")
 b1, b2, b3 = st.columns(3)
-start_one = b1.button("Run next round", type="primary", disabled=busy is not None, key="x_one", width="stretch")
-start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None, key="x_k_btn", width="stretch")
-if b3.button("Stop", disabled=jobs.get(folder, "explore") is None or not jobs.get(folder, "explore").running,
-             key="x_stop", width="stretch"):
-    jobs.stop(folder, "explore")
+start_one = b1.button("Run next round", type="primary", disabled=busy is not None or ui.viewer(), key="x_one",
+                      width="stretch")
+start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None or ui.viewer(), key="x_k_btn",
+                    width="stretch")
+b3.button("Stop", disabled=explore_job is None or not explore_job.running or not ui.may_stop(explore_job),
+          key="x_stop", width="stretch", on_click=ui.stop_job, args=(folder, "explore"))
+if ui.viewer():
+    ui.viewer_note()
 if start_one or start_k:
     chosen = settings.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
                                        iterations=int(iters), seed=int(seed))
     try:
-        launch.start_rounds(folder, 1 if start_one else int(k_rounds), chosen)
+        launch.start_rounds(folder, 1 if start_one else int(k_rounds), chosen, owner=ui.owner())
         st.rerun()
-    except (jobs.JobBusy, ValueError) as exc:
+    except (jobs.JobBusy, access.ReadOnlyError, ValueError) as exc:
         st.error(str(exc))
 elif busy and (jobs.get(folder, "explore") is None or not jobs.get(folder, "explore").running):
     st.warning(busy)

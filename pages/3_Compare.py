@@ -38,7 +38,7 @@ if runs.has_plane(run):
     else:
         job = jobs.get(folder, "heatmap")
         if job is None or not job.running:
-            launch.start_heatmaps(folder, [a, b], res)
+            launch.start_heatmaps(folder, [a, b], res, owner=ui.owner())
         ui.job_panel(folder, "heatmap", show_loss=False, key="c_heat_job")
 else:
     st.caption("This data set has no 2-D plane to draw densities on.")

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from smeme import ui
-from smeme.services import image_runs, jobs, runs, settings
+from smeme.services import access, image_runs, jobs, runs, settings
 
 settings.setup()
 st.title("Images: the same noise through every round")
@@ -36,26 +36,29 @@ def _grid_controls(rounds: list[int], key: str):
 # ======================================================================================
 # digits
 if kind.startswith("Digits"):
-    with st.expander("Pre-train a digits model", expanded=not image_runs.digits_runs()):
-        st.write("A diffusers UNet2DModel trained on scikit-learn's 8x8 digits (no download). By default "
-                 "digits 5-9 keep only a fraction of their images, so exploration has a visible target: "
-                 "their share should rise round by round.")
-        c1, c2, c3, c4 = st.columns(4)
-        name = c1.text_input("Run name", value=f"digits-{time.strftime('%m%d-%H%M')}")
-        steps = c2.number_input("Training steps", 50, 20000, 600, step=50,
-                                help="600 steps: readable digits in about 3-5 minutes on a 2-core CPU.")
-        frac = c3.slider("Share kept of digits 5-9", 0.05, 1.0, 0.2, 0.05)
-        seed = c4.number_input("Seed", 0, 10**6, 0)
-        if st.button("Pre-train", type="primary"):
-            folder = runs.new_run_folder("digits", name)
-            try:
-                image_runs.start_digits_training(folder, int(steps), float(frac), int(seed))
-                st.session_state["img_digits_run"] = str(folder)
-            except jobs.JobBusy as exc:
-                st.error(str(exc))
-        pending = st.session_state.get("img_digits_run")
-        if pending:
-            ui.job_panel(pending, "train", key="img_train")
+    if ui.viewer():
+        ui.viewer_note()
+    else:
+        with st.expander("Pre-train a digits model", expanded=not image_runs.digits_runs()):
+            st.write("A diffusers UNet2DModel trained on scikit-learn's 8x8 digits (no download). By default "
+                     "digits 5-9 keep only a fraction of their images, so exploration has a visible target: "
+                     "their share should rise round by round.")
+            c1, c2, c3, c4 = st.columns(4)
+            name = c1.text_input("Run name", value=f"digits-{time.strftime('%m%d-%H%M')}")
+            steps = c2.number_input("Training steps", 50, 20000, 600, step=50,
+                                    help="600 steps: readable digits in about 3-5 minutes on a 2-core CPU.")
+            frac = c3.slider("Share kept of digits 5-9", 0.05, 1.0, 0.2, 0.05)
+            seed = c4.number_input("Seed", 0, 10**6, 0)
+            if st.button("Pre-train", type="primary"):
+                folder = runs.new_run_folder("digits", name)
+                try:
+                    image_runs.start_digits_training(folder, int(steps), float(frac), int(seed), owner=ui.owner())
+                    st.session_state["img_digits_run"] = str(folder)
+                except (jobs.JobBusy, access.ReadOnlyError) as exc:
+                    st.error(str(exc))
+            pending = st.session_state.get("img_digits_run")
+            if pending:
+                ui.job_panel(pending, "train", key="img_train")
 
     digit_runs = image_runs.digits_runs()
     if not digit_runs:
@@ -67,21 +70,25 @@ if kind.startswith("Digits"):
     try:
         run = runs.open_run(folder)
     except Exception as exc:  # noqa: BLE001 - still training or damaged: say which
-        st.warning(f"Cannot open {folder.name} yet: {exc}")
+        st.warning(runs.open_problem(folder, exc))
         st.stop()
+    note = runs.damage_note(run)
+    if note:
+        st.warning(note)
     rounds = run.rounds()
 
-    with st.expander("Run S-MEME rounds", expanded=len(rounds) == 1):
-        c1, c2, c3 = st.columns(3)
-        more = c1.number_input("Rounds to add", 1, 10, 3)
-        lam = c2.number_input("lambda (exploration strength)", 0.01, 0.9, 0.1, step=0.05,
-                              help="Each round fine-tunes towards p_prev^(1 - lambda) (paper: 0.1).")
-        if c3.button("Run rounds", type="primary"):
-            try:
-                image_runs.start_digits_rounds(folder, int(more), float(lam))
-            except jobs.JobBusy as exc:
-                st.error(str(exc))
-        ui.job_panel(str(folder), "explore", key="img_explore")
+    if not ui.viewer():
+        with st.expander("Run S-MEME rounds", expanded=len(rounds) == 1):
+            c1, c2, c3 = st.columns(3)
+            more = c1.number_input("Rounds to add", 1, 10, 3)
+            lam = c2.number_input("lambda (exploration strength)", 0.01, 0.9, 0.1, step=0.05,
+                                  help="Each round fine-tunes towards p_prev^(1 - lambda) (paper: 0.1).")
+            if c3.button("Run rounds", type="primary"):
+                try:
+                    image_runs.start_digits_rounds(folder, int(more), float(lam), owner=ui.owner())
+                except (jobs.JobBusy, access.ReadOnlyError) as exc:
+                    st.error(str(exc))
+    ui.job_panel(str(folder), "explore", key="img_explore")
 
     shown, n, seed = _grid_controls(rounds, "img_d")
     if not shown:
@@ -118,38 +125,36 @@ if kind.startswith("Digits"):
 # ======================================================================================
 # Stable Diffusion
 else:
-    from smeme.images.sd import SDError, resolve_pipeline_folder
+    from smeme.images.sd import SDError
     from smeme.images.sd_metrics import find_metric_weights
     from smeme.images.sd_explore import SDRun, SDRunError
 
-    st.write("Load any local diffusers Stable Diffusion folder (nothing is downloaded). Rounds tune a LoRA "
+    st.write("Use a local diffusers Stable Diffusion pipeline (nothing is downloaded). Rounds tune a LoRA "
              "adapter with Adjoint Matching; trajectories use classifier-free guidance (w = 8). On a CPU a "
              "real SD round takes hours: run it on a GPU with `accelerate launch -m smeme.images.sd_explore ...`.")
-    src = st.text_input("Stable Diffusion folder", key="img_sd_src",
-                        placeholder="/path/to/stable-diffusion-v1-5 (a diffusers pipeline folder)")
-    ok_src = None
-    if src.strip():
-        try:
-            ok_src = resolve_pipeline_folder(src)
-            st.success(f"Found a diffusers pipeline in {ok_src}.")
-        except SDError as exc:
-            st.error(str(exc))
+    models = image_runs.sd_models()
+    sources = {src: label for label, src in models}
+    if not models:
+        st.info("No Stable Diffusion pipeline on this server: put a diffusers pipeline folder in the models "
+                "folder (SMEME_MODELS_DIR, default cache/models) or in the local Hugging Face cache.")
     weights = find_metric_weights()
     if weights.missing:
         st.info("Metrics: " + " ".join(weights.missing) + " Grids are shown without them.")
 
-    if ok_src is not None:
+    if models and ui.viewer():
+        ui.viewer_note()
+    elif models:
         with st.expander("Start or continue an SD run", expanded=True):
+            src = st.selectbox("Stable Diffusion model", list(sources), format_func=sources.get, key="img_sd_src")
             c1, c2, c3 = st.columns([2, 3, 1])
-            name = c1.text_input("Run name", value="sd-creative-architecture")
-            prompt = c2.text_input("Prompt", value="A creative architecture.")
-            more = c3.number_input("Rounds", 1, 10, 3)
-            if st.button("Run rounds", type="primary"):
-                folder = image_runs.sd_runs_dir() / name
+            name = c1.text_input("Run name", value="sd-creative-architecture", key="img_sd_name")
+            prompt = c2.text_input("Prompt", value="A creative architecture.", key="img_sd_prompt")
+            more = c3.number_input("Rounds", 1, 10, 3, key="img_sd_more")
+            if st.button("Run rounds", type="primary", key="img_sd_start"):
                 try:
-                    image_runs.start_sd_rounds(folder, ok_src, prompt, int(more))
-                    st.session_state["img_sd_run"] = str(folder)
-                except (SDError, SDRunError, jobs.JobBusy) as exc:
+                    job = image_runs.start_sd_rounds(name, src, prompt, int(more), owner=ui.owner())
+                    st.session_state["img_sd_run"] = job.folder
+                except (SDError, SDRunError, jobs.JobBusy, access.ReadOnlyError) as exc:
                     st.error(str(exc))
 
     sd_runs = image_runs.sd_runs()
@@ -162,10 +167,11 @@ else:
     ui.job_panel(str(folder), "explore", key="img_sd_explore")
     try:
         run = SDRun.open(folder)
+        sd_rounds, metrics = run.rounds(), run.metrics()
     except SDRunError as exc:
-        st.error(str(exc))
+        st.error(runs.open_problem(folder, exc))
         st.stop()
-    shown, n, seed = _grid_controls(run.rounds(), "img_s")
+    shown, n, seed = _grid_controls(sd_rounds, "img_s")
     left, right = st.columns([3, 2], gap="medium")
     with left:
         if shown and st.button("Draw the grid", help="Samples each round (cached in the run folder)."):
@@ -179,8 +185,7 @@ else:
         if img is not None:
             st.image(img)
     with right:
-        metrics = run.metrics()
-        st.dataframe(image_runs.metrics_table(metrics, run.rounds(), [
+        st.dataframe(image_runs.metrics_table(metrics, sd_rounds, [
             ("fid", "FID to round 0"), ("inception_cross_entropy", "Inception cross-entropy"),
             ("clip_score", "CLIP score"), ("seconds", "seconds")]), width="stretch")
         missing = next((m.get("missing_weights") for m in metrics.values() if m.get("missing_weights")), None)

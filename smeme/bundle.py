@@ -14,7 +14,7 @@ folder, where the config must load, every round's weights must match the config'
 pickle. Only then is the folder renamed into place, so a refused import writes nothing.
 An existing run is replaced only with overwrite=True.
 
-Stable Diffusion runs (smeme.sd_explore) reference a pipeline folder instead of holding
+Stable Diffusion runs (smeme.images.sd_explore) reference a pipeline folder instead of holding
 round 0; their bundle carries the LoRA adapters, metrics and cached grids, which open and
 show without the pipeline (sampling more names the pipeline it needs).
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import CACHE_DIR, CONFIG_FILE, METRICS_FILE, StoreError, _atomic_write, folder_lock
+from .store import CACHE_DIR, CONFIG_FILE, METRICS_FILE, Run, StoreError, atomic_write, folder_lock
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: a round of the digits UNet is ~10 MB, an SD LoRA ~3 MB
@@ -78,12 +78,19 @@ def _loads_without_pickle(path: Path) -> bool:
         return False
 
 
+def _open_any(folder: Path):
+    """The run in `folder`: a registered kind (smeme.extensions, e.g. Stable Diffusion) or a
+    smeme.store run."""
+    from .extensions import RUN_KINDS, run_kind_of
+
+    kind = run_kind_of(folder)
+    return RUN_KINDS[kind][1](folder) if kind else Run.open(folder)
+
+
 def export_run(run_folder, out_zip) -> Path:
     """Write the run in `run_folder` as a bundle to `out_zip` (atomically); returns its path."""
-    from .grid import open_any_run
-
     folder = Path(run_folder)
-    open_any_run(folder)  # a clear error for a missing, foreign or damaged run
+    _open_any(folder)  # a clear error for a missing, foreign or damaged run
     out = Path(out_zip)
     if out.suffix.lower() != ".zip":
         raise BundleError(f"The bundle's file name must end in .zip, got {out.name}.")
@@ -100,7 +107,7 @@ def export_run(run_folder, out_zip) -> Path:
                 method = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
                 zf.write(folder / name, name, compress_type=method)
 
-    _atomic_write(out, write)
+    atomic_write(out, write)
     return out
 
 
@@ -216,9 +223,7 @@ def _check_feature_run(folder: Path) -> None:
 
 def _check_sd_run(folder: Path) -> None:
     """An SD run's adapters checked without its pipeline: LoRA pairs of the config's rank."""
-    from .sd_explore import SDRun
-
-    run = SDRun.open(folder)
+    run = _open_any(folder)
     run.metrics()
     rank = run.sd_config.lora_rank
     targets = tuple(run.sd_config.lora_targets)
@@ -248,7 +253,9 @@ def _check_sd_run(folder: Path) -> None:
 
 
 def _check_run(folder: Path) -> None:
-    from .sd_explore import SDRunError, is_sd_run
+    from .extensions import RUN_KINDS, run_kind_of
+
+    kind = run_kind_of(folder)
 
     for p in (folder / CACHE_DIR).glob("*") if (folder / CACHE_DIR).is_dir() else ():
         try:
@@ -257,13 +264,13 @@ def _check_run(folder: Path) -> None:
             raise BundleError(f"the cached array {CACHE_DIR}/{p.name} is not a plain .npy array "
                               "(arrays that need pickle are refused)") from None
     try:
-        (_check_sd_run if is_sd_run(folder) else _check_feature_run)(folder)
+        (_check_sd_run if kind == "sd" else _check_feature_run)(folder)
     except BundleError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a hostile run trips, it is refused in one sentence
         # the run's own messages name the temporary folder; name the member instead
         text = " ".join(str(exc).replace(f" in {folder}", "").replace(str(folder), "the bundle").split())
-        if not isinstance(exc, (StoreError, SDRunError)):
+        if not isinstance(exc, (StoreError, *(RUN_KINDS[kind][2] if kind else ()))):
             text = f"its run cannot be opened ({type(exc).__name__}: {text})"
         raise BundleError(text.rstrip(".")) from None
 

@@ -165,11 +165,15 @@ def _state_of(model) -> dict:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_weights(path: Path, model, metadata: dict | None = None) -> None:
+def weights_bytes(model, metadata: dict | None = None) -> bytes:
     from safetensors.torch import save
 
     meta = {"format": "smeme", **{k: str(v) for k, v in (metadata or {}).items()}}
-    atomic_write_bytes(path, save(_state_of(model), metadata=meta))
+    return save(_state_of(model), metadata=meta)
+
+
+def save_weights(path: Path, model, metadata: dict | None = None) -> None:
+    atomic_write_bytes(path, weights_bytes(model, metadata))
 
 
 def load_weights_into(path: Path, model) -> None:
@@ -202,11 +206,46 @@ def load_weights_into(path: Path, model) -> None:
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
 
-# -- the run ----------------------------------------------------------------------------
-def _write_manifest(folder: Path, rounds: dict) -> None:
+# -- the manifest (metrics.json) and the round commit -------------------------------------
+def write_manifest(folder: Path, rounds: dict) -> None:
     """metrics.json: each committed round's metrics record."""
     atomic_write_json(Path(folder) / METRICS_FILE, {
         "schema_version": SCHEMA_VERSION, "rounds": {str(r): rounds[r] for r in sorted(rounds)}})
+
+
+def read_manifest(folder: Path) -> dict[int, dict]:
+    """{round: metrics record} from metrics.json ({} when absent); StoreError when damaged."""
+    path = Path(folder) / METRICS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {int(k): v for k, v in data["rounds"].items()}
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StoreError(f"{METRICS_FILE} in {folder} is damaged ({exc}).") from None
+
+
+def update_manifest(folder: Path, k: int, metrics: dict) -> None:
+    """Set round k's record in metrics.json (the caller holds the folder lock)."""
+    data = read_manifest(folder)
+    data[int(k)] = jsonable(metrics)
+    write_manifest(folder, data)
+
+
+def commit_round(folder: Path, k: int, weights_path: Path, data: bytes, metrics: dict | None) -> None:
+    """Write round k's weights file, then name it in metrics.json (the commit point). Until
+    the commit the file is an orphan no reader sees; if the commit fails it is removed.
+    The caller holds the folder lock and has checked that round k is not committed."""
+    atomic_write_bytes(weights_path, data)
+    try:
+        update_manifest(folder, k, metrics or {})
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(weights_path).unlink()
+        raise
+
+
+# -- the run ----------------------------------------------------------------------------
 
 
 def _raise_disk_full(exc: BaseException, path) -> None:
@@ -314,7 +353,7 @@ class Run:
                 shutil.rmtree(target / CACHE_DIR, ignore_errors=True)  # an unfinished run's leftovers
                 atomic_write_json(target / CONFIG_FILE, cfg)
                 save_weights(target / "round_0.safetensors", model, {"round": 0})
-                _write_manifest(target, {0: jsonable(metrics or {})})  # the run exists from here on
+                write_manifest(target, {0: jsonable(metrics or {})})  # the run exists from here on
         except BaseException as exc:
             if temp is not None or created:
                 shutil.rmtree(target, ignore_errors=True)
@@ -422,31 +461,15 @@ class Run:
         with self.lock():
             if k in self.rounds():
                 raise StoreError(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
-            path = self.round_path(k)
-            save_weights(path, model, {"round": k})  # invisible until metrics.json names it
-            try:
-                self.set_metrics(k, metrics or {})
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                raise
+            commit_round(self.folder, k, self.round_path(k), weights_bytes(model, {"round": k}), metrics)
 
     # -- metrics ------------------------------------------------------------------------
     def metrics(self) -> dict[int, dict]:
-        path = self.folder / METRICS_FILE
-        if not path.exists():
-            return {}
-        try:
-            data = json.loads(path.read_text())
-            return {int(k): v for k, v in data["rounds"].items()}
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StoreError(f"{METRICS_FILE} in {self.folder} is damaged ({exc}).") from None
+        return read_manifest(self.folder)
 
     def set_metrics(self, k: int, metrics: dict) -> None:
         with self.lock():
-            data = self.metrics()
-            data[int(k)] = jsonable(metrics)
-            _write_manifest(self.folder, data)
+            update_manifest(self.folder, k, metrics)
 
     # -- cached arrays ------------------------------------------------------------------
     def cache_path(self, key: str) -> Path:

@@ -5,15 +5,19 @@ shows comes from smeme.services.
 """
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from .services import figures, jobs
-from .services.runs import list_runs, open_run, pick_default_run
+from .services import access, figures, jobs
+from .services.runs import damage_note, list_runs, open_problem, open_run, pick_default_run
 from .services.settings import content_blocks, runs_dir
+
+log = logging.getLogger("smeme.app")
 
 
 def render_content(name: str) -> None:
@@ -26,6 +30,42 @@ def render_content(name: str) -> None:
 
 def plot(fig, key: str | None = None) -> None:
     st.plotly_chart(fig, key=key, config=figures.PLOTLY_CONFIG, theme=None)
+
+
+def owner() -> str:
+    """This browser session's token: the jobs it starts are stored with it (who may stop them)."""
+    return st.session_state.setdefault("_smeme_owner", uuid.uuid4().hex)
+
+
+def viewer() -> bool:
+    """Read-only viewer mode (SMEME_VIEWER=1): pages hide training, rounds, stops and uploads."""
+    return access.viewer_mode()
+
+
+def viewer_note() -> None:
+    st.caption(":material/visibility: " + access.VIEWER_MESSAGE)
+
+
+def may_stop(job) -> bool:
+    return access.may_stop(job, owner(), st.get_option("server.address"))
+
+
+def stop_job(folder, kind: str) -> None:
+    """Stop the job for this session; a refusal (viewer mode, another visitor's job) is shown."""
+    try:
+        jobs.stop(folder, kind, owner(), st.get_option("server.address"))
+    except access.ReadOnlyError as exc:
+        st.session_state["_stop_refused"] = str(exc)
+
+
+def saved_upload(up) -> str:
+    """The server-side path of an uploaded file (saved once per upload, not on every rerun)."""
+    from .services.settings import save_upload
+
+    paths = st.session_state.setdefault("_upload_paths", {})
+    if up.file_id not in paths:
+        paths[up.file_id] = str(save_upload(up.name, up.getvalue()))
+    return paths[up.file_id]
 
 
 def select_run(folder) -> None:
@@ -66,11 +106,25 @@ def current_run():
             return None
         st.session_state["run"] = folder
     try:
-        return open_run(folder)
+        run = open_run(folder)
     except Exception as exc:  # noqa: BLE001 - e.g. still training, or damaged: say so
         if jobs.busy(folder) is None:
-            st.warning(f"Cannot open the run {Path(folder).name}: {exc}")
+            log.warning("cannot open the run %s", folder, exc_info=True)  # details for the server's log
+            st.warning(open_problem(folder, exc))
         return None
+    note = damage_note(run)
+    if note:
+        st.warning(note)
+    return run
+
+
+def openable(rows: list[dict]) -> list[str]:
+    """The folders a run picker offers: runs that open, and damaged ones (opening says why)."""
+    return [r["folder"] for r in rows if r["latest"] is not None or r.get("damaged")]
+
+
+def run_label(row: dict) -> str:
+    return f"{row['name']} (damaged)" if row.get("damaged") else f"{row['name']} ({row['dataset']})"
 
 
 LOSS_REDRAW_S = 3.0
@@ -113,8 +167,13 @@ def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = No
             return
         cols = st.columns([5, 1], vertical_alignment="center")
         cols[0].progress(snap["fraction"], text=f"{snap['message']}  ({snap['elapsed']:.0f} s)")
-        cols[1].button("Stop", key=f"{key}_stop", on_click=job.stop, disabled=snap["cancel_requested"],
-                       width="stretch")
+        allowed = may_stop(job)
+        cols[1].button("Stop", key=f"{key}_stop", on_click=stop_job, args=(job.folder, job.kind),
+                       disabled=snap["cancel_requested"] or not allowed, width="stretch",
+                       help=None if allowed else "Only the session that started this job can stop it.")
+        refused = st.session_state.pop("_stop_refused", None)
+        if refused:
+            st.warning(refused)
         if show_loss and snap["losses"]:
             drawn = st.session_state.setdefault("_job_loss_figures", {})
             hit = drawn.get(key)
@@ -131,11 +190,12 @@ def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = No
 
 def sidebar() -> None:
     """Run picker and running jobs, on every page."""
+    owner()  # this session's token from its first page on
     runs = list_runs()
     if not st.session_state.get("run"):
         current_run()  # resolves the session's run: URL (?run=), else default / newest
-    folders = [r["folder"] for r in runs if r["latest"] is not None]
-    names = {r["folder"]: f"{r['name']} ({r['dataset']})" for r in runs}
+    folders = openable(runs)
+    names = {r["folder"]: run_label(r) for r in runs}
     cur = st.session_state.get("run")
     with st.sidebar:
         if folders:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +21,9 @@ TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A cache with a tiny toy run (2 rounds) and a tiny triangles run (1 round)."""
+def built_cache(tmp_path_factory):
+    """Built once per module: a cache with a tiny toy run (2 rounds) and a tiny triangles run
+    (1 round). Tests never use it directly: each gets its own copy (`cache`)."""
     old = {k: os.environ.get(k) for k in ("SMEME_CACHE_DIR", "SMEME_APP_PRESET")}
     root = tmp_path_factory.mktemp("appcache")
     os.environ["SMEME_CACHE_DIR"] = str(root)
@@ -33,13 +36,25 @@ def cache(tmp_path_factory):
     for folder, k in ((toy, 2), (tri, 1)):
         job = launch.start_rounds(folder, k, settings.explore_defaults(runs.open_run(folder)))
         assert job.wait(120) and job.status == "done", job.error
-    yield {"root": root, "toy": str(toy.resolve()), "tri": str(tri.resolve())}
+    yield root
     jobs.wait_all(60)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture
+def cache(built_cache, tmp_path, monkeypatch):
+    """This test's own copy of the built cache (tests add rounds, runs and damage to it)."""
+    root = tmp_path / "cache"
+    shutil.copytree(built_cache, root)
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(root))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    yield {"root": root, "toy": str((root / "runs" / "toy-default").resolve()),
+           "tri": str((root / "runs" / "tri").resolve())}
+    jobs.wait_all(60)
 
 
 def app(run: str | None = None):
@@ -234,13 +249,19 @@ def test_explore_timeline_shows_what_a_perfect_solver_reaches(cache):
 
 def test_explore_second_tab_gets_a_clear_busy_message(cache):
     gate = threading.Event()
-    job = jobs.start(cache["toy"], "explore", lambda j: gate.wait(30), label="S-MEME rounds (3)")
+
+    def target(j):
+        j.update(0.25, "Round 3 of 5: solver iteration 1/4")
+        gate.wait(30)
+
+    job = jobs.start(cache["toy"], "explore", target, label="S-MEME rounds (3)")
     try:
         at = app(cache["toy"]).run()
         at.switch_page("pages/2_Explore.py").run()
         assert not at.exception
         assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled
-        assert any(p.value == 0.0 or p.value >= 0 for p in at.get("progress"))  # live progress shown
+        bars = [(p.value, p.text) for p in at.get("progress")]  # the other tab's job, live
+        assert any(v == 25 and t.startswith("Round 3 of 5: solver iteration 1/4") for v, t in bars), bars
         # the run's writes are refused in another tab (registry) ...
         with pytest.raises(jobs.JobBusy, match="busy"):
             launch.start_rounds(cache["toy"], 1, settings.explore_defaults())
@@ -257,11 +278,16 @@ def test_explore_stop_keeps_finished_rounds(cache):
     before = run.rounds()
     chosen = dict(settings.explore_defaults(run), iterations=50)
     job = launch.start_rounds(cache["toy"], 3, chosen)
+    deadline = time.time() + 120
+    while "solver iteration" not in job.snapshot()["message"] and job.running and time.time() < deadline:
+        time.sleep(0.05)  # stop it mid-round, once the solver is really running
     job.stop()
     assert job.wait(120)
-    assert job.status in ("cancelled", "done")
+    assert job.status == "cancelled", (job.status, job.error)
+    finished = [e["round"] for e in job.snapshot()["events"]]
     after = runs.open_run(cache["toy"]).rounds()
-    assert after[: len(before)] == before
+    assert after == before + finished  # the finished rounds are kept, the stopped one is dropped
+    assert len(finished) < 3
 
 
 # ------------------------------------------------------------------------------ compare
@@ -312,3 +338,328 @@ def test_compare_triangles_shows_types_validity_and_triangles(cache):
     bars = [f for f in figs(at) if "Side type" in json.dumps(f["layout"])][0]
     assert all(t["type"] == "bar" and "error_y" in t for t in bars["data"])
     assert len(bars["data"]) == len(runs.open_run(cache["tri"]).rounds())
+
+
+# ------------------------------------------------------------------------------ damaged runs
+
+PAGES = ("pages/1_Model.py", "pages/2_Explore.py", "pages/3_Compare.py", "pages/4_Images.py")
+
+
+def every_page_works(at):
+    """Home and every page render without an exception."""
+    at.run()
+    assert not at.exception, at.exception
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    return at
+
+
+def warnings_text(at) -> str:
+    return " ".join(w.value for w in at.warning)
+
+
+def test_a_damaged_metrics_json_is_listed_as_damaged_and_the_other_runs_work(cache):
+    (Path(cache["tri"]) / "metrics.json").write_text('{"rounds": {"0": ')
+    at = every_page_works(app())
+    at.switch_page("app.py").run()
+    table = at.dataframe[0].value
+    status = dict(zip(table["run"], table["status"]))
+    assert status["tri"].startswith("damaged: metrics.json in tri is damaged"), status
+    assert metrics(at)["Data set"] == "toy"  # the default run opens as before
+    # opening the damaged run says what is wrong and how to recover, on every page
+    assert "tri (damaged)" in at.selectbox(key="home_pick").options
+    at.selectbox(key="home_pick").set_value(cache["tri"])
+    at.button(key="home_open").click().run()
+    assert not at.exception
+    note = warnings_text(at)
+    assert "metrics.json is damaged, so its rounds cannot be listed" in note, note
+    assert "2 weights file(s) are still on disk" in note and "pre-train it again" in note
+    assert cache["root"].as_posix() not in note  # the server's paths stay on the server
+    every_page_works(at)
+    for page in PAGES[:3]:
+        at.switch_page(page).run()
+        assert "metrics.json is damaged" in warnings_text(at), page
+
+
+@pytest.mark.parametrize("damage", ["garbage", "foreign"])
+def test_a_damaged_round_file_leaves_the_earlier_rounds_working(cache, damage):
+    target = Path(cache["toy"]) / "round_2.safetensors"
+    if damage == "garbage":
+        target.write_bytes(b"\x00not a safetensors file")
+        why = "is damaged"
+    else:  # another run's weights (the triangles model has other shapes)
+        shutil.copy(Path(cache["tri"]) / "round_1.safetensors", target)
+        why = "tensor"
+    at = app(cache["toy"])
+    every_page_works(at)
+    at.switch_page("app.py").run()
+    note = warnings_text(at)
+    assert "Round(s) 2 of toy-default cannot be loaded" in note and why in note, note
+    assert "rounds 0, 1 still load" in note
+    assert metrics(at)["Rounds"] == "1"
+    assert "model samples, round 1" in fig_text(at)
+    table = at.dataframe[0].value
+    assert dict(zip(table["run"], table["status"]))["toy-default"] == "damaged round(s) 2"
+    # a new round never overwrites the damaged file: the job fails with one sentence
+    before = target.read_bytes()
+    job = launch.start_rounds(cache["toy"], 1, settings.explore_defaults(runs.open_run(cache["toy"])))
+    assert job.wait(120) and job.status == "failed"
+    assert "damaged" in job.error and "\n" not in job.error.strip(), job.error
+    assert target.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------ Stable Diffusion: no free paths
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from test_sd import make_tiny_pipeline
+
+    return make_tiny_pipeline(tmp_path_factory.mktemp("models_src") / "tiny-sd")
+
+
+def test_sd_models_are_chosen_from_the_configured_roots_and_names_stay_in_the_cache(cache, tiny_pipeline,
+                                                                                    tmp_path, monkeypatch):
+    from smeme.images.sd import SDError
+    from smeme.services import image_runs
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(tiny_pipeline, models / "tiny-sd")
+    (models / "not-a-pipeline").mkdir()
+    monkeypatch.setenv("SMEME_MODELS_DIR", str(models))
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/4_Images.py").run()
+    at.radio(key="img_kind").set_value("Stable Diffusion (local folder)").run()
+    assert not at.exception
+    # no box takes a server path: the model is picked from what the server lists
+    assert "img_sd_src" not in {t.key for t in at.text_input}
+    assert at.selectbox(key="img_sd_src").options == ["tiny-sd (models folder)"]  # not-a-pipeline is left out
+    # a hostile run name becomes one folder inside cache/sd_runs
+    at.text_input(key="img_sd_name").set_value("../../escaped")
+    at.number_input(key="img_sd_more").set_value(1)
+    at.button(key="img_sd_start").click().run()
+    assert not at.exception, at.exception
+    job = jobs.get(image_runs.sd_runs_dir() / "escaped", "explore")
+    assert job is not None
+    job.stop()
+    assert job.wait(120)
+    assert (image_runs.sd_runs_dir() / "escaped" / "config.json").is_file()
+    assert not (cache["root"].parent / "escaped").exists() and not (cache["root"] / "escaped").exists()
+    config = json.loads((image_runs.sd_runs_dir() / "escaped" / "config.json").read_text())
+    assert config["model"]["source"] == str((models / "tiny-sd").resolve())
+    # the service refuses a source it did not offer (a crafted request), before writing anything
+    with pytest.raises(SDError, match="Choose a Stable Diffusion model from the list"):
+        image_runs.start_sd_rounds("probe", "/etc", "a prompt.", 1)
+    assert not (image_runs.sd_runs_dir() / "probe").exists()
+    for name, folder in (("../x", "x"), ("/abs/path", "abs-path"), ("..", "sd-run"), (".hidden", "hidden")):
+        assert image_runs.sd_run_folder(name) == image_runs.sd_runs_dir() / folder
+
+
+def test_sd_models_include_the_local_hugging_face_cache(cache, tiny_pipeline, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from smeme.services import image_runs
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--org--tiny-sd"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    shutil.copytree(tiny_pipeline, repo / "snapshots" / "abc123")
+    (hub / "models--org--half" / "refs").mkdir(parents=True)  # a ref without its snapshot: not offered
+    (hub / "models--org--half" / "refs" / "main").write_text("nope")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("SMEME_MODELS_DIR", str(tmp_path / "no-models-here"))
+    assert image_runs.sd_models() == [("org/tiny-sd (Hugging Face cache)", "org/tiny-sd")]
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/4_Images.py").run()
+    at.radio(key="img_kind").set_value("Stable Diffusion (local folder)").run()
+    assert not at.exception
+    assert any("No Stable Diffusion pipeline on this server" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key == "img_sd_start"]
+
+
+# ------------------------------------------------------------------------------ viewer mode, who may stop
+
+def captions(at) -> str:
+    return " ".join(c.value for c in at.caption)
+
+
+def test_viewer_mode_shows_runs_and_rounds_but_every_write_is_refused(cache, monkeypatch):
+    from smeme.services import access, image_runs
+
+    monkeypatch.setenv("SMEME_VIEWER", "1")
+    at = every_page_works(app(cache["toy"]))
+    at.switch_page("app.py").run()
+    assert metrics(at)["Data set"] == "toy" and "viewer mode" in captions(at)
+    at.switch_page("pages/1_Model.py").run()
+    assert "m_train" not in {b.key for b in at.button} and not at.get("file_uploader")
+    assert metrics(at)["Data set"] == "toy" and "viewer mode" in captions(at)
+    at.switch_page("pages/2_Explore.py").run()
+    assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled and at.button(key="x_stop").disabled
+    assert "Metrics per round" in fig_text(at) and "viewer mode" in captions(at)
+    at.switch_page("pages/3_Compare.py").run()
+    at.selectbox(key="c_b_toy-default").set_value(1).run()  # stepping through rounds works
+    assert any(md.value.startswith("**round 1**") for md in at.markdown)
+    at.switch_page("pages/4_Images.py").run()
+    assert "Pre-train" not in {b.label for b in at.button}
+    # the services refuse too, not only the pages
+    before = sorted(p.name for p in Path(cache["toy"]).iterdir())
+    with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+        launch.start_rounds(cache["toy"], 1, settings.explore_defaults())
+    with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+        launch.start_training(settings.runs_dir() / "new", "toy")
+    with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+        settings.save_upload("a.csv", b"x,y\n1,2\n")
+    with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+        image_runs.start_sd_rounds("sd", "anything", "a prompt.", 1)
+    assert not settings.uploads_dir().exists() and not image_runs.sd_runs_dir().exists()
+    assert not (settings.runs_dir() / "new").exists()
+    assert sorted(p.name for p in Path(cache["toy"]).iterdir()) == before
+    assert jobs.wait_all(TIMEOUT)  # the pages' own heatmap jobs
+    gate = threading.Event()
+    job = jobs.start(cache["toy"], "heatmap", lambda j: gate.wait(30), writes=False)  # read-only work runs
+    try:
+        with pytest.raises(access.ReadOnlyError, match="viewer mode"):
+            jobs.stop(cache["toy"], "heatmap", who=None)
+        assert not job.cancel.is_set()
+    finally:
+        gate.set()
+        job.wait(10)
+
+
+def test_viewer_mode_on_an_empty_cache_offers_no_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SMEME_VIEWER", "1")
+    at = app().run()
+    assert not at.exception
+    assert "train_default" not in {b.key for b in at.button}
+    assert "viewer mode" in captions(at)
+
+
+def test_a_job_is_stopped_only_by_the_session_that_started_it(cache, monkeypatch):
+    from smeme.services import access
+
+    monkeypatch.setenv("SMEME_SINGLE_USER", "0")  # as when serving a class
+    gate = threading.Event()
+
+    def target(j):
+        j.update(0.1, "Round 3: solver iteration 1/4")
+        gate.wait(30)
+
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/2_Explore.py").run()
+    mine = at.session_state["_smeme_owner"]
+    other = jobs.start(cache["toy"], "explore", target, owner="another-visitor")
+    try:
+        at.run()
+        assert at.button(key="x_job_stop").disabled and at.button(key="x_stop").disabled
+        with pytest.raises(access.ReadOnlyError, match="started by another visitor"):
+            jobs.stop(cache["toy"], "explore", who=mine)
+        assert not other.cancel.is_set()
+    finally:
+        gate.set()
+        other.wait(10)
+    gate.clear()
+    own = jobs.start(cache["toy"], "explore", target, owner=mine)
+    try:
+        at.run()
+        assert not at.button(key="x_job_stop").disabled
+        at.button(key="x_job_stop").click().run()
+        assert own.cancel.is_set()
+    finally:
+        gate.set()
+        own.wait(10)
+
+
+def test_single_user_mode_defaults():
+    from smeme.services import access
+
+    env = {k: os.environ.pop(k) for k in ("SMEME_SINGLE_USER", "SMEME_VIEWER") if k in os.environ}
+    try:
+        assert access.single_user("localhost") and access.single_user("127.0.0.1") and access.single_user(None)
+        assert not access.single_user("0.0.0.0")
+        os.environ["SMEME_SINGLE_USER"] = "1"
+        assert access.single_user("0.0.0.0")
+        del os.environ["SMEME_SINGLE_USER"]
+        os.environ["SMEME_VIEWER"] = "1"
+        assert not access.single_user("localhost")
+    finally:
+        for k in ("SMEME_SINGLE_USER", "SMEME_VIEWER"):
+            os.environ.pop(k, None)
+        os.environ.update(env)
+
+
+# ------------------------------------------------------------------------------ uploads
+
+CSV = b"x,y\n" + b"".join(f"{i % 7},{(i * 3) % 11}\n".encode() for i in range(300))
+
+
+def test_an_upload_is_parsed_once_per_content(cache, monkeypatch):
+    calls = []
+    real = settings.check_dataset
+    monkeypatch.setattr(settings, "check_dataset", lambda d, p: calls.append(p) or real(d, p))
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("csv").run()
+    at.file_uploader(key="m_csv").set_value(("points.csv", CSV, "text/csv")).run()
+    assert not at.exception and not at.error
+    at.number_input(key="m_seed").set_value(3).run()
+    at.number_input(key="m_steps").set_value(40).run()
+    assert len(calls) == 1, calls
+    assert not at.button(key="m_train").disabled
+    saved = list(settings.uploads_dir().glob("*.csv"))
+    assert len(saved) == 1 and saved[0].read_bytes() == CSV
+
+
+def test_uploads_have_a_quota_and_old_unused_ones_are_removed(cache, monkeypatch):
+    up = settings.uploads_dir()
+    first = settings.save_upload("a.csv", CSV)
+    monkeypatch.setenv("SMEME_UPLOADS_MB", str(1.5 * len(CSV) / 2 ** 20))
+    with pytest.raises(settings.UploadError, match=r"uploads folder is full .*SMEME_UPLOADS_MB"):
+        settings.save_upload("b.csv", CSV + b"1,1\n")
+    assert settings.save_upload("a.csv", CSV) == first  # the same content again: no new space needed
+    # the page says it in one sentence
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("csv").run()
+    at.file_uploader(key="m_csv").set_value(("c.csv", CSV + b"2,2\n", "text/csv")).run()
+    assert not at.exception
+    assert any("uploads folder is full" in e.value for e in at.error) and at.button(key="m_train").disabled
+    # uploads older than a day that no run uses are removed; one a run was trained on is kept
+    used = up / "used-0000.csv"
+    used.write_bytes(b"x,y\n1,2\n")
+    cfg_path = Path(cache["tri"]) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["dataset"].setdefault("params", {})["path"] = str(used)
+    cfg_path.write_text(json.dumps(cfg))
+    day_ago = time.time() - 25 * 3600
+    for p in up.glob("*.csv"):
+        os.utime(p, (day_ago, day_ago))
+    monkeypatch.delenv("SMEME_UPLOADS_MB")
+    new = settings.save_upload("b.csv", CSV + b"1,1\n")
+    assert sorted(p.name for p in up.glob("*.csv")) == sorted([new.name, used.name])
+    with pytest.raises(settings.UploadError, match="at most 200 MB"):
+        settings.save_upload("huge.csv", b"0" * (settings.UPLOAD_FILE_MB * 2 ** 20 + 1))
+
+
+def test_identical_uploads_at_once_never_share_a_temp_file(cache):
+    barrier = threading.Barrier(6)
+    out, errors = [], []
+
+    def save():
+        barrier.wait()
+        try:
+            out.append(settings.save_upload("same.csv", CSV))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(out)) == 1 and out[0].read_bytes() == CSV
+    assert [p.name for p in settings.uploads_dir().iterdir()] == [out[0].name]  # no temp file left

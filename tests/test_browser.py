@@ -84,12 +84,21 @@ def nav(page, title: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=True).click()
 
 
+def damaged_run(folder: Path) -> None:
+    """A tiny toy run whose metrics.json is damaged: the app must list it and work on."""
+    from smeme.pipeline import pretrain_run
+
+    pretrain_run(folder, "toy", n=256, steps=20, preset="tiny")
+    (folder / "metrics.json").write_text('{"rounds": ')
+
+
 @pytest.fixture
 def server(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is absent (install Debian's chromium: apt-get install -y chromium)")
     pytest.importorskip("playwright.sync_api")
     port = free_port()
+    damaged_run(tmp_path / "cache" / "runs" / "broken-run")
     proc = start_server(tmp_path / "cache", port, {"SMEME_APP_PRESET": "tiny"})
     try:
         wait_healthy(port, proc)
@@ -108,11 +117,15 @@ def test_train_explore_compare_in_chromium(server):
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server)
+        # the damaged run in the cache breaks nothing: it is listed with its problem
+        expect(page.get_by_text("Train the default toy model")).to_be_visible(timeout=60_000)
+        assert not page.locator('[data-testid="stException"]').count()
 
         # Home: one click trains the default toy model (tiny preset), with progress
         page.get_by_role("button", name="Train the default toy model").click(timeout=60_000)
         expect(page.get_by_text("Model ready: toy-default")).to_be_visible(timeout=240_000)
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("broken-run cannot be opened: metrics.json in broken-run is damaged").first).to_be_visible(timeout=60_000)
         snap(page, ARTIFACTS / "browser_home.png", 1600)
 
         # Explore: one round

@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 
-def make_tiny_pipeline(folder, seed: int = 0):
+def make_tiny_pipeline(folder, seed: int = 0, prediction_type: str = "epsilon"):
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -43,7 +43,7 @@ def make_tiny_pipeline(folder, seed: int = 0):
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, sample_size=16)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012, clip_sample=False, steps_offset=1)
+                          beta_end=0.012, clip_sample=False, steps_offset=1, prediction_type=prediction_type)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(folder), safe_serialization=True)
@@ -200,3 +200,241 @@ def test_local_cache_folder_reads_the_cache_layout_and_never_fetches(tmp_path, m
     assert local_cache_folder("org/tiny-sd") is None  # ref without its snapshot
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     assert local_cache_folder("org/tiny-sd") == repo / "snapshots" / "abc123"
+
+
+def test_an_sd_round_is_visible_only_with_its_metrics(tiny_sd, tmp_path, monkeypatch):
+    """metrics.json is the SD run's manifest too (smeme.store.commit_round): an adapter file it
+    does not name is an orphan (a save that failed before its commit), invisible and overwritten."""
+    from smeme import store
+    from smeme.images.sd_explore import SDConfig, SDRun, SDRunError
+
+    run = SDRun.create(tmp_path / "run", SDConfig(source=str(tiny_sd), prompt="a house."))
+    adapter = {"a.lora_A.weight": torch.ones(2, 3), "a.lora_B.weight": torch.zeros(3, 2)}
+    run.round_path(1).write_bytes(b"an orphan from a failed save")
+    assert run.rounds() == [0]
+    # the commit fails (a full disk while writing metrics.json): the new adapter goes too
+    def full(*a, **k):
+        raise store.disk_full_error(run.folder / "metrics.json")
+    monkeypatch.setattr(store, "update_manifest", full)
+    with pytest.raises(store.DiskFullError, match="no space left"):
+        run.save_round(1, adapter, {"loss": [1.0]})
+    assert run.rounds() == [0] and not run.round_path(1).exists()
+    monkeypatch.undo()
+    run.save_round(1, adapter, {"loss": [1.0]})
+    assert run.rounds() == [0, 1] and run.metrics()[1] == {"loss": [1.0]}
+    with pytest.raises(SDRunError, match="already saved"):
+        run.save_round(1, adapter, {})
+    (run.folder / "metrics.json").write_text("{")
+    with pytest.raises(SDRunError, match="metrics.json in .* is damaged"):
+        run.rounds()
+
+
+TINY_ROUND = dict(iterations=1, trajectories=2, steps=4, adam_steps=1, loss_steps=2, lr=1e-2, sample_n=2,
+                  sample_steps=4)
+
+
+def test_the_guided_view_is_cfg_and_without_adapter_is_the_base(tiny_sd):
+    from smeme.images.sd import SDConfig, build_sd_model
+
+    m = build_sd_model(SDConfig(source=str(tiny_sd), prompt="a house.", guidance=8.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in m.unet.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1 * torch.randn_like(p))  # move the adapter off the identity
+        # the tiny tokenizer encodes every prompt alike: give the empty prompt its own embedding
+        m.uncond.add_(torch.randn_like(m.uncond))
+        x, t = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8])
+        ts = m.schedule.timestep(t).float()
+        n = x.shape[0]
+        e_c = m.unet(x, ts, encoder_hidden_states=m.cond.expand(n, -1, -1)).sample
+        e_u = m.unet(x, ts, encoder_hidden_states=m.uncond.expand(n, -1, -1)).sample
+        assert torch.allclose(m.cfg_view()(x, t), e_u + 8.0 * (e_c - e_u), atol=1e-5)
+        assert torch.allclose(m.cfg_view(1.0)(x, t), m(x, t), atol=1e-5)  # w = 1: the conditional model
+        assert not torch.allclose(e_u, e_c, atol=1e-4)  # the prompt matters
+        with m.adapter_disabled():
+            e_c0 = m.unet(x, ts, encoder_hidden_states=m.cond.expand(n, -1, -1)).sample
+            e_u0 = m.unet(x, ts, encoder_hidden_states=m.uncond.expand(n, -1, -1)).sample
+        off = m.cfg_view(3.0, adapter=False)(x, t)
+        assert torch.allclose(off, e_u0 + 3.0 * (e_c0 - e_u0), atol=1e-5)
+        assert not torch.allclose(off, m.cfg_view(3.0)(x, t), atol=1e-4)
+        assert torch.allclose(m.base_view()(x, t), e_c0, atol=1e-5)
+    assert all(p.requires_grad for p in m.lora_params)  # disabling the adapter keeps it trainable
+
+
+def _spy_rounds(monkeypatch, x, t):
+    """Record, for each round, the views adjoint_matching gets and the base's output at (x, t)."""
+    import importlib
+
+    am = importlib.import_module("smeme.solvers.adjoint_matching")
+    seen = []
+    real = am.adjoint_matching
+
+    def spy(model_ft, model_base, reward_grad, config=None, sampling_model=None, **kw):
+        with torch.no_grad():
+            seen.append({"ft": model_ft, "base": model_base, "sampler": sampling_model,
+                         "base_out": model_base(x, t).clone(), "reward": reward_grad(x).clone()})
+        return real(model_ft, model_base, reward_grad, config, sampling_model=sampling_model, **kw)
+
+    monkeypatch.setattr(am, "adjoint_matching", spy)
+    return seen
+
+
+def test_the_adjoint_sees_the_unguided_base_and_a_second_round_merges_the_first(tiny_sd, tmp_path, monkeypatch):
+    """Round k: the sampler is the guided tuned model, the adjoint's base and the reward are
+    pi_{k-1} without guidance; round 2 starts from round 1 merged (the merge chain)."""
+    from smeme.images.sd import SDBaseView, SDGuidedView, SDNoisePredictor, load_adapter_state
+    from smeme.images.sd_explore import SDConfig, SDExploreConfig, SDRun, run_sd_rounds
+    from smeme.models.base import score
+
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([0.2, 0.6])
+    seen = _spy_rounds(monkeypatch, x, t)
+    cfg = SDExploreConfig(lam=0.3, **TINY_ROUND)
+    run = SDRun.create(tmp_path / "run", SDConfig(source=str(tiny_sd), prompt="a house."), cfg)
+    assert run_sd_rounds(run, 2, metrics=False) == [1, 2] and run.rounds() == [0, 1, 2]
+    for r in seen:
+        assert isinstance(r["ft"], SDNoisePredictor) and isinstance(r["base"], SDBaseView)
+        assert isinstance(r["sampler"], SDGuidedView) and r["sampler"].w == 8.0 and r["sampler"].adapter
+        assert r["base"].model is r["ft"] and r["sampler"].model is r["ft"]  # one UNet
+    fresh = SDRun.open(tmp_path / "run")
+    with torch.no_grad():
+        pi0 = fresh.model_at(0)(x, t).clone()
+        pi1 = fresh.model_at(1)(x, t).clone()
+        assert torch.allclose(seen[0]["base_out"], pi0, atol=1e-5)
+        assert torch.allclose(seen[1]["base_out"], pi1, atol=1e-5)  # round 2's base is round 1
+        assert not torch.allclose(pi0, pi1, atol=1e-5)
+        # the reward gradient is lam * (-s_{k-1}(x, t_r)), from the unguided previous round
+        t_r = torch.full((2,), cfg.t_r)
+        base1 = fresh.model_at(1).base_view()
+        assert torch.allclose(seen[1]["reward"], 0.3 * -score(base1, x, t_r), atol=1e-4)
+        pi2 = fresh.model_at(2)(x, t).clone()
+        # the chain by hand: a fresh pipeline, round 1 merged, round 2 merged
+        chain = SDRun.open(tmp_path / "run").model_at(0)
+        for k in (1, 2):
+            load_adapter_state(chain.unet, fresh.read_adapter(k))
+            chain.merge_adapter()
+        assert torch.allclose(chain(x, t), pi2, atol=1e-5) and not torch.allclose(pi1, pi2, atol=1e-5)
+
+
+def test_v_prediction_checkpoints_are_converted_to_eps(tmp_path):
+    from smeme.images.sd import SDConfig, build_sd_model
+    from smeme.images.sd_explore import SDExploreConfig, SDRun, run_sd_rounds
+
+    folder = make_tiny_pipeline(tmp_path / "vpipe", prediction_type="v_prediction")
+    m = build_sd_model(SDConfig(source=str(folder), prompt="a house."))
+    assert m.prediction_type == "v_prediction"
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([0.1, 0.7])
+    with torch.no_grad():
+        v = m.unet(x, m.schedule.timestep(t).float(), encoder_hidden_states=m.cond.expand(2, -1, -1)).sample
+        ab = m.schedule.ab(t).reshape(-1, 1, 1, 1)
+        assert torch.allclose(m(x, t), ab.sqrt() * v + (1 - ab).sqrt() * x, atol=1e-5)
+    run = SDRun.create(tmp_path / "run", SDConfig(source=str(folder), prompt="a house."), SDExploreConfig(**TINY_ROUND))
+    assert run_sd_rounds(run, 1, metrics=False) == [1]
+    assert np.isfinite(run.metrics()[1]["loss"]).all()
+
+
+class _ThreadRanks:
+    """What run_sd_rounds uses of accelerate.Accelerator, for `world` threads of this process:
+    reduce is a plain mean over the threads (a barrier, no torch.distributed), so each thread
+    draws the trajectories its rank would (seed + rank) and averages by hand."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.world, self.slots = world, [None] * world
+        self.barrier = threading.Barrier(world, timeout=300)
+
+    def rank(self, r: int):
+        shared = self
+
+        class Rank:
+            device = torch.device("cpu")
+            num_processes, process_index, is_main_process = shared.world, r, r == 0
+
+            def wait_for_everyone(self):
+                shared.barrier.wait()
+
+            def reduce(self, tensor, reduction="sum"):
+                shared.slots[r] = tensor.detach().clone()
+                shared.barrier.wait()
+                total = shared.slots[0].clone()
+                for other in shared.slots[1:]:
+                    total += other
+                shared.barrier.wait()  # all have read before the next reduce writes
+                return total / shared.world if reduction == "mean" else total
+
+        return Rank()
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_average_like_one_process_and_rank_0_alone_writes(tiny_sd, tmp_path):
+    """torch.distributed.run (gloo, 127.0.0.1) starts 2 ranks of tests/sd_ranks.py on the tiny
+    pipeline: one round with Accelerate averaging the LoRA gradients. Both ranks end with the
+    same UNet (adapter merged), only rank 0 wrote, and the round equals the same two ranks
+    emulated by threads of one process (same trajectories, averaged in Python)."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from smeme.images.sd_explore import SDConfig, SDExploreConfig, SDRun, run_sd_rounds
+
+    explore = dict(TINY_ROUND, adam_steps=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    out.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", SMEME_THREADS="1", ACCELERATE_USE_CPU="1",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(root / "tests" / "sd_ranks.py"),
+           "--pipeline", str(tiny_sd), "--folder", str(tmp_path / "mp"), "--out", str(out),
+           "--explore", json.dumps(explore)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["done"] for r in ranks] == [[1], [1]]
+    assert ranks[1]["written"] == []  # rank 0 alone wrote the run
+    assert {Path(p).name for p in ranks[0]["written"]} == {"config.json", "round_1.safetensors", "metrics.json"}
+    assert SDRun.open(tmp_path / "mp").rounds() == [0, 1]
+    unets = [load_file(str(out / f"unet_rank{r}.safetensors")) for r in (0, 1)]
+    assert unets[0].keys() == unets[1].keys()
+    assert all(torch.equal(unets[0][k], unets[1][k]) for k in unets[0])  # identical adapters
+
+    # the same two ranks as threads of this process
+    SDRun.create(tmp_path / "emu", SDConfig(source=str(tiny_sd), prompt="a house."),
+                 SDExploreConfig.from_dict(explore))
+    shared, got, errors = _ThreadRanks(2), {}, []
+    emulated = [SDRun.open(tmp_path / "emu") for _ in (0, 1)]
+    for run in emulated:
+        run.model_at(0)  # load each rank's pipeline here: loading is not thread-safe
+
+    def rank(r):
+        try:
+            run = emulated[r]
+            run_sd_rounds(run, 1, accelerator=shared.rank(r), metrics=False)
+            got[r] = {k: v.detach().clone() for k, v in run.model_at(1).unet.state_dict().items()}
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            shared.barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    pre = SDRun.open(tmp_path / "emu").model_at(0).unet.state_dict()
+    changed = [k for k in got[0] if not torch.allclose(got[0][k], pre[k])]
+    assert changed  # the round trained
+    for k in unets[0]:
+        assert torch.allclose(unets[0][k], got[0][k], atol=1e-6, rtol=1e-5), k
+    saved = load_file(str(tmp_path / "mp" / "round_1.safetensors"))
+    emu = load_file(str(tmp_path / "emu" / "round_1.safetensors"))
+    assert saved.keys() == emu.keys() and all(torch.allclose(saved[k], emu[k], atol=1e-6) for k in saved)

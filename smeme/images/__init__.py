@@ -7,7 +7,7 @@ behind them load on first use, so the import itself is cheap (no torch, no diffu
 """
 from __future__ import annotations
 
-from ..extensions import register_dataset, register_model_kind, register_preset
+from ..extensions import register_dataset, register_model_kind, register_preset, register_run_kind
 
 
 def _make_digits(n=None, seed: int = 0, **params):
@@ -44,3 +44,18 @@ register_dataset("digits", _make_digits, _digits_domain)
 register_preset("digits", _digits_preset)
 register_model_kind("unet2d", _build_unet)
 register_model_kind("sd", _build_sd)
+
+
+def _is_sd_run(folder) -> bool:
+    from .sd_explore import is_sd_run
+
+    return is_sd_run(folder)
+
+
+def _open_sd_run(folder):
+    from .sd_explore import SDRun
+
+    return SDRun.open(folder)
+
+
+register_run_kind("sd", _is_sd_run, _open_sd_run, (ValueError,))  # SDRunError is a ValueError

@@ -95,6 +95,37 @@ def resolve_pipeline_folder(source) -> Path:
     return path
 
 
+def is_pipeline_folder(path) -> bool:
+    try:
+        resolve_pipeline_folder(path)
+    except SDError:
+        return False
+    return True
+
+
+def local_pipelines(models_dir) -> list[tuple[str, str]]:
+    """The Stable Diffusion pipelines on this machine, as (label, source) pairs: each pipeline
+    folder directly under `models_dir`, then each model of the local Hugging Face cache
+    (HF_HUB_CACHE, else HF_HOME/hub) that is one. Only these are offered in the app, so a
+    browser never names a server path."""
+    out = []
+    base = Path(models_dir)
+    if base.is_dir():
+        for p in sorted(base.iterdir()):
+            if p.is_dir() and is_pipeline_folder(p):
+                out.append((f"{p.name} (models folder)", str(p.resolve())))
+    from huggingface_hub import constants
+
+    hub = Path(constants.HF_HUB_CACHE)
+    if hub.is_dir():
+        for repo in sorted(hub.glob("models--*--*")):
+            repo_id = repo.name[len("models--"):].replace("--", "/", 1)
+            folder = local_cache_folder(repo_id)
+            if folder is not None and is_pipeline_folder(folder):
+                out.append((f"{repo_id} (Hugging Face cache)", repo_id))
+    return out
+
+
 def load_pipeline(source, device=None, dtype=torch.float32):
     """StableDiffusionPipeline from a local folder (HF_HUB_OFFLINE=1; no safety checker)."""
     path = resolve_pipeline_folder(source)

@@ -33,10 +33,13 @@ lr ~ 3e-7 x (70..280) = 2e-5..8e-5; we take the low end (S-MEME tilts a distribu
 little each round). It is a starting point to check on a GPU (bench/bench_images.py --sd PATH).
 
 Multi-GPU: `accelerate launch -m smeme.images.sd_explore --pipeline PATH --run DIR --rounds 3`
-(or `torchrun --nproc_per_node N -m smeme.images.sd_explore -- ...`; checked with 2 CPU processes).
+(or `torchrun --nproc_per_node N -m smeme.images.sd_explore ...`). On CPUs, `accelerate launch
+--cpu --num_processes 2` starts ONE process (Accelerate 1.15 needs mpirun for more); use
+`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 ...` (gloo), as the test does.
 Each process draws its own trajectories (seed offset by its rank); LoRA gradients are
-averaged across processes after every backward (a post-accumulate hook) so every rank
-takes the same Adam step and the adapters stay identical; rank 0 writes the run.
+averaged across processes after every backward (Accelerate's reduce, from a post-accumulate
+hook) so every rank takes the same Adam step and the adapters stay identical; rank 0 writes
+the run (tests/test_sd.py launches two CPU processes and checks all three).
 """
 from __future__ import annotations
 
@@ -168,11 +171,14 @@ class SDRun:
         return self.folder / f"round_{int(k)}.safetensors"
 
     def rounds(self) -> list[int]:
+        """Round 0 (the pipeline) and each committed round after it: named in metrics.json
+        (the manifest, as in smeme.store) with its adapter file present, without a gap (round
+        k merges rounds 1..k). An adapter file the manifest does not name is an orphan of a
+        save that failed before its commit: invisible, and overwritten by the next save."""
+        named = self.metrics()
         done = [0]
-        k = 1
-        while self.round_path(k).exists():
-            done.append(k)
-            k += 1
+        while done[-1] + 1 in named and self.round_path(done[-1] + 1).is_file():
+            done.append(done[-1] + 1)
         return done
 
     @property
@@ -185,39 +191,36 @@ class SDRun:
         return folder_lock(self.folder)
 
     def metrics(self) -> dict[int, dict]:
-        path = self.folder / "metrics.json"
-        if not path.exists():
-            return {}
+        from ..store import StoreError, read_manifest
+
         try:
-            return {int(k): v for k, v in json.loads(path.read_text())["rounds"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SDRunError(f"metrics.json in {self.folder} is damaged ({exc}).") from None
+            return read_manifest(self.folder)
+        except StoreError as exc:
+            raise SDRunError(str(exc)) from None
 
     def set_metrics(self, k: int, metrics: dict) -> None:
-        from ..store import atomic_write_json, jsonable
+        from ..store import update_manifest
 
         with self.lock():
-            data = self.metrics()
-            data[int(k)] = jsonable(metrics)
-            atomic_write_json(self.folder / "metrics.json", {
-                "schema_version": SCHEMA_VERSION, "rounds": {str(r): data[r] for r in sorted(data)}})
+            self.metrics()  # a damaged manifest is an SDRunError, as on reading
+            update_manifest(self.folder, k, metrics)
 
     def save_round(self, k: int, adapter: dict, metrics: dict | None = None) -> None:
+        """Save round k's adapter, then its metrics record (the commit, smeme.store.commit_round)."""
         from safetensors.torch import save
 
-        from ..store import atomic_write_bytes
+        from ..store import commit_round
 
         k = int(k)
         with self.lock():
-            if self.round_path(k).exists():
+            latest = self.latest_round
+            if k <= latest:
                 raise SDRunError(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
-            if k != self.latest_round + 1:
-                raise SDRunError(f"Round {k} cannot follow round {self.latest_round}.")
+            if k != latest + 1:
+                raise SDRunError(f"Round {k} cannot follow round {latest}.")
             data = save({n: v.contiguous() for n, v in adapter.items()}, metadata={"format": "smeme-sd-lora",
                                                                                    "round": str(k)})
-            atomic_write_bytes(self.round_path(k), data)
-            if metrics is not None:
-                self.set_metrics(k, metrics)
+            commit_round(self.folder, k, self.round_path(k), data, metrics)
 
     def read_adapter(self, k: int) -> dict:
         from safetensors.torch import load
@@ -321,16 +324,15 @@ def make_accelerator(cpu: bool = False):
 
 
 def _average_grads_across(params, accelerator):
-    """Average LoRA gradients over processes right after each backward (no-op for one)."""
+    """Average each LoRA gradient over the processes as soon as backward has accumulated it,
+    with Accelerate's reduce (an all-reduce over its process group: gloo on CPUs, NCCL on
+    GPUs); a no-op for one process. The solver's loop stays as it is: gradient clipping and
+    Adam then see the same mean gradient on every rank, so the adapters stay identical."""
     if accelerator is None or accelerator.num_processes <= 1:
         return []
-    import torch.distributed as dist
-
-    world = accelerator.num_processes
 
     def hook(p):
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad.div_(world)
+        p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
 
     return [p.register_post_accumulate_grad_hook(hook) for p in params]
 
@@ -422,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m smeme.images.sd_explore",
                                 description="S-MEME rounds on a local Stable Diffusion pipeline (LoRA, Adjoint Matching).")
     p.add_argument("--pipeline", help="local diffusers Stable Diffusion folder (or a model in the local HF cache)")
-    p.add_argument("--run", required=True, help="run folder (created on first use)")
+    p.add_argument("--run", "--run-folder", dest="run", required=True,
+                   help="run folder (created on first use); --run-folder under torchrun, whose own --run-path takes --run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt", default=None)
     p.add_argument("--lam", type=float, default=None)

@@ -18,6 +18,7 @@ Nothing here imports Streamlit: pages poll `get()` / `snapshot()`; tests drive i
 from __future__ import annotations
 
 import itertools
+import logging
 import multiprocessing
 import os
 import queue
@@ -26,6 +27,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from . import access
+
+log = logging.getLogger("smeme.jobs")
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
@@ -53,6 +58,7 @@ class Job:
     kind: str
     label: str = ""
     writes: bool = True
+    owner: str | None = None  # the app session that started it (smeme.services.access)
     id: int = field(default_factory=lambda: next(_ids))
     status: str = RUNNING
     fraction: float = 0.0
@@ -157,12 +163,15 @@ def _describe(job: Job) -> str:
 
 
 def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
-          writes: bool = True) -> Job:
+          writes: bool = True, owner: str | None = None) -> Job:
     """Start `target(job)` in a background thread and register it under (folder, kind).
 
     Raises JobBusy if a job of the same kind runs on this folder, or if `writes` and any
-    other writing job runs on it (two tabs training / exploring the same run).
+    other writing job runs on it (two tabs training / exploring the same run); ReadOnlyError
+    for a writing job in viewer mode. `owner` names the session that may stop it.
     """
+    if writes:
+        access.require_writer()
     key_folder = _norm(folder)
     with _REG_LOCK:
         for (f, k), other in _REGISTRY.items():
@@ -172,7 +181,7 @@ def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
                 raise JobBusy(
                     f"This run is busy: '{_describe(other)}' has been running for "
                     f"{other.elapsed:.0f} s (perhaps from another tab); wait for it or stop it first.")
-        job = Job(folder=key_folder, kind=kind, label=label, writes=writes)
+        job = Job(folder=key_folder, kind=kind, label=label, writes=writes, owner=owner)
         _REGISTRY[job.key] = job
 
     def body():
@@ -183,9 +192,11 @@ def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
         except _ChildFailed as exc:
             job.traceback = exc.traceback
             job._finish(FAILED, error=str(exc))
+            log.error("%s on %s failed: %s\n%s", _describe(job), key_folder, exc, exc.traceback or "")
         except BaseException as exc:  # noqa: BLE001 - reported to the page, never raised there
             job.traceback = traceback.format_exc()
             job._finish(FAILED, error=_message(exc))
+            log.error("%s on %s failed:\n%s", _describe(job), key_folder, job.traceback)
         else:
             job._finish(CANCELLED if job.cancel.is_set() else DONE, result=result)
 
@@ -322,10 +333,10 @@ def _relay(job: Job, func, args) -> Any:
 
 
 def start_process(folder, kind: str, func: Callable[..., Any], *args, label: str = "",
-                  writes: bool = True) -> Job:
+                  writes: bool = True, owner: str | None = None) -> Job:
     """Like `start`, but `func(job, *args)` runs in a child process. `func` must be a
     module-level function and `args` picklable; `job.update/log/cancel` work as in a thread."""
-    return start(folder, kind, lambda job: _relay(job, func, args), label=label, writes=writes)
+    return start(folder, kind, lambda job: _relay(job, func, args), label=label, writes=writes, owner=owner)
 
 
 def get(folder, kind: str) -> Job | None:
@@ -349,10 +360,13 @@ def busy(folder) -> Job | None:
     return None
 
 
-def stop(folder, kind: str) -> bool:
+def stop(folder, kind: str, who: str | None = None, server_address: str | None = None) -> bool:
+    """Ask the running job of (folder, kind) to stop, for session `who`: refused (ReadOnlyError)
+    in viewer mode and, unless single-user, for a job another session started."""
     job = get(folder, kind)
     if job is None or not job.running:
         return False
+    access.require_may_stop(job, who, server_address)
     job.stop()
     return True
 

@@ -12,10 +12,13 @@ from .settings import HEATMAP_RES, preset_name, setup
 
 
 def start_training(folder, dataset: str, dataset_params: dict | None = None, steps: int | None = None,
-                   seed: int = 0, model_params: dict | None = None, label: str | None = None) -> jobs.Job:
-    """Pre-train in a background process into `folder`; returns the Job (raises JobBusy)."""
+                   seed: int = 0, model_params: dict | None = None, label: str | None = None,
+                   owner: str | None = None) -> jobs.Job:
+    """Pre-train in a background process into `folder`; returns the Job (raises JobBusy, or
+    ReadOnlyError in viewer mode). `owner`: the session that may stop it."""
     return jobs.start_process(folder, "train", _train_job, str(folder), dataset, dict(dataset_params or {}),
-                              steps, seed, dict(model_params or {}), label=label or f"Training ({dataset})")
+                              steps, seed, dict(model_params or {}), label=label or f"Training ({dataset})",
+                              owner=owner)
 
 
 def _train_job(job, folder: str, dataset: str, dataset_params: dict, steps, seed: int, model_params: dict):
@@ -49,13 +52,13 @@ def _train_job(job, folder: str, dataset: str, dataset_params: dict, steps, seed
     return str(folder)
 
 
-def start_rounds(folder, rounds: int, settings: dict) -> jobs.Job:
+def start_rounds(folder, rounds: int, settings: dict, owner: str | None = None) -> jobs.Job:
     """Run `rounds` S-MEME rounds in a background process; each finished round is saved by
     explore.run_rounds and logged as a job event {'round', 'metrics'}."""
     from ..explore import ExploreConfig
     ExploreConfig(**settings)  # bad settings raise here, on the page, not in the worker
     return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), dict(settings),
-                              label=f"S-MEME rounds ({int(rounds)})")
+                              label=f"S-MEME rounds ({int(rounds)})", owner=owner)
 
 
 def _rounds_job(job, folder: str, rounds: int, settings: dict):
@@ -86,7 +89,7 @@ def _rounds_job(job, folder: str, rounds: int, settings: dict):
     return list(done or [])
 
 
-def start_heatmaps(folder, rounds, resolution: int = HEATMAP_RES) -> jobs.Job | None:
+def start_heatmaps(folder, rounds, resolution: int = HEATMAP_RES, owner: str | None = None) -> jobs.Job | None:
     """Compute the missing heatmaps of `rounds` in a background process (read-only job).
 
     Returns None when all are cached already. One heatmap job per run at a time."""
@@ -98,7 +101,7 @@ def start_heatmaps(folder, rounds, resolution: int = HEATMAP_RES) -> jobs.Job | 
     if existing is not None and existing.running:
         return existing
     return jobs.start_process(folder, "heatmap", _heatmap_job, str(folder), todo, int(resolution),
-                              label="Log-density heatmaps", writes=False)
+                              label="Log-density heatmaps", writes=False, owner=owner)
 
 
 def _heatmap_job(job, folder: str, todo: list[int], resolution: int):

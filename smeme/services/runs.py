@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..store import METRICS_FILE, Run, StoreError, load_weights_into
 from . import jobs
 from .results import flat_metrics
 from .settings import DEFAULT_RUN, runs_dir
@@ -19,7 +20,7 @@ _run_lock = threading.Lock()
 
 
 def folder_stamp(folder: Path) -> tuple:
-    """Changes whenever a round or the metrics are (re)written."""
+    """Changes whenever a round or the metrics are (re)written (or a round file is replaced)."""
     items = []
     for name in ("config.json", "metrics.json"):
         try:
@@ -27,13 +28,52 @@ def folder_stamp(folder: Path) -> tuple:
             items.append((name, st.st_mtime_ns, st.st_size))
         except OSError:
             items.append((name, None))
-    items.append(tuple(sorted(p.name for p in folder.glob("round_*"))))
+    rounds = []
+    for p in sorted(folder.glob("round_*")):
+        try:
+            st = p.stat()
+            rounds.append((p.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            rounds.append((p.name, None))
+    items.append(tuple(rounds))
     return tuple(items)
 
 
+class CheckedRun(Run):
+    """A run as the app shows it: a committed round whose weights file does not load (damaged,
+    foreign, wrong shapes) is left out of rounds() and named in `damaged` {round: reason}, so
+    the pages work with the rounds that do load. Such a round is never overwritten."""
+
+    def __init__(self, run: Run, damaged: dict[int, str]):
+        super().__init__(run.folder, run.config)
+        self.damaged = dict(damaged)
+
+    def rounds(self) -> list[int]:
+        return [k for k in super().rounds() if k not in self.damaged]
+
+    def save_round(self, k: int, model, metrics: dict | None = None) -> None:
+        if int(k) in self.damaged:
+            raise StoreError(f"Round {int(k)} of the run in {self.folder} is on disk but damaged "
+                             f"({self.damaged[int(k)]}); move {self.round_path(k).name} away to compute it again.")
+        super().save_round(k, model, metrics)
+
+
+def damaged_rounds(run: Run) -> dict[int, str]:
+    """{round: reason} for each committed round whose weights do not load into the run's model."""
+    out = {}
+    model = None
+    for k in Run.rounds(run):
+        try:
+            model = model or run.new_model()
+            load_weights_into(run.round_path(k), model)
+        except StoreError as exc:
+            out[k] = str(exc)
+    return out
+
+
 def open_run(folder):
-    """Run.open, memoised until the folder's config, metrics or rounds change."""
-    from ..store import Run
+    """Run.open with each round's weights checked (a CheckedRun), memoised until the folder's
+    config, metrics or rounds change. Raises StoreError when no round loads."""
     folder = Path(folder).resolve()
     key = str(folder)
     stamp = folder_stamp(folder)
@@ -41,10 +81,45 @@ def open_run(folder):
         hit = _run_cache.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-    run = Run.open(folder)
+    plain = Run.open(folder)
+    run = CheckedRun(plain, damaged_rounds(plain))
+    if not run.rounds():
+        first = run.damaged[min(run.damaged)]
+        raise StoreError(f"No round of the run {folder.name} loads: {first}")
     with _run_lock:
         _run_cache[key] = (stamp, run)
     return run
+
+
+def _short(text: str, folder) -> str:
+    """A message with the server's path to the run replaced by the run's name."""
+    folder = Path(folder)
+    return text.replace(str(folder.resolve()), folder.name).replace(str(folder), folder.name)
+
+
+def damage_note(run) -> str | None:
+    """What the app says about a run with damaged rounds: which, why, and what still loads."""
+    damaged = getattr(run, "damaged", None)
+    if not damaged:
+        return None
+    names = ", ".join(str(k) for k in sorted(damaged))
+    first = _short(damaged[min(damaged)].rstrip("."), run.folder)
+    good = run.rounds()
+    return (f"Round(s) {names} of {Path(run.folder).name} cannot be loaded ({first}); rounds "
+            f"{', '.join(str(k) for k in good)} still load and are shown. New rounds cannot follow a "
+            f"damaged one: restore its file (e.g. from a bundle) or move it away.")
+
+
+def open_problem(folder, exc: BaseException) -> str:
+    """Why a run does not open and what can still be done, in a sentence or two."""
+    name = Path(folder).name
+    text = _short(str(exc).strip() or type(exc).__name__, folder)
+    if f"{METRICS_FILE} in" in text and "damaged" in text:
+        weights = sorted(p.name for p in Path(folder).glob("round_*.safetensors"))
+        return (f"The run {name} cannot be opened: its {METRICS_FILE} is damaged, so its rounds cannot be "
+                f"listed ({len(weights)} weights file(s) are still on disk). Restore {METRICS_FILE} from a copy "
+                "(e.g. a bundle of this run), or remove the run folder and pre-train it again.")
+    return f"The run {name} cannot be opened: {text}"
 
 
 def run_dataset(run) -> str:
@@ -52,7 +127,8 @@ def run_dataset(run) -> str:
 
 
 def list_runs() -> list[dict]:
-    """Runs under cache/runs: name, folder, data set, rounds, latest metrics, busy job."""
+    """Runs under cache/runs: name, folder, data set, rounds, latest metrics, busy job; a run that
+    does not open has 'damaged' set to the reason (and 'latest' None), and every other run works."""
     base = runs_dir()
     out = []
     if not base.is_dir():
@@ -61,7 +137,7 @@ def list_runs() -> list[dict]:
         if not folder.is_dir():
             continue
         row = {"name": folder.name, "folder": str(folder.resolve()), "dataset": "?", "rounds": 0,
-               "latest": None, "entropy": None, "off_support": None, "status": ""}
+               "latest": None, "entropy": None, "off_support": None, "status": "", "damaged": None}
         job = jobs.busy(folder)
         if job is not None:
             row["status"] = f"{job.label or job.kind}: {job.fraction:.0%}"
@@ -73,26 +149,36 @@ def list_runs() -> list[dict]:
         try:
             run = open_run(folder)
             rounds = list(run.rounds())
+            row["dataset"] = run_dataset(run)
+            m = flat_metrics(run.metrics().get(rounds[-1], {}))
         except Exception as exc:  # noqa: BLE001 - a damaged run is listed with its problem
-            row["status"] = row["status"] or f"unreadable: {exc}"
+            if job is None:
+                row["damaged"] = _short(str(exc).strip() or type(exc).__name__, folder)
+                row["status"] = f"damaged: {row['damaged']}"
             out.append(row)
             continue
-        row["dataset"] = run_dataset(run)
         row["rounds"] = max(len(rounds) - 1, 0)
-        if rounds:
-            row["latest"] = rounds[-1]
-            m = flat_metrics(run.metrics().get(rounds[-1], {}))
-            row["entropy"] = m.get("entropy")
-            row["off_support"] = m.get("off_support")
+        row["latest"] = rounds[-1]
+        row["entropy"] = m.get("entropy")
+        row["off_support"] = m.get("off_support")
+        if run.damaged:
+            row["status"] = f"damaged round(s) {', '.join(str(k) for k in sorted(run.damaged))}"
         out.append(row)
     return out
 
 
+def safe_name(name: str | None, fallback: str) -> str:
+    """A name typed in the app as one folder name: letters, digits, '_', '.', '-' only, no
+    leading dot (so never '..', a path or a hidden file), at most 80 characters."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name or ""))[:80].strip("-.")
+    return stem or fallback
+
+
 def new_run_folder(dataset: str, name: str | None = None) -> Path:
+    """A new folder under cache/runs for `name` (made safe; '-2', '-3'... if it exists)."""
     base = runs_dir()
     base.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}").strip("-.")
-    stem = stem or dataset
+    stem = safe_name(name or f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}", dataset)
     folder, i = base / stem, 2
     while folder.exists():
         folder, i = base / f"{stem}-{i}", i + 1

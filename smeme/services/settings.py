@@ -4,6 +4,8 @@ the content pages, uploads and data-set checks.
 Environment:
 - SMEME_CACHE_DIR: where runs live (default: <repo>/cache); tests point it at a tmp dir.
 - SMEME_APP_PRESET: 'tiny' makes the app's defaults tiny (tests, the browser test).
+- SMEME_MODELS_DIR: where the Images page looks for Stable Diffusion pipeline folders
+  (default: <cache>/models); the local Hugging Face cache is searched too.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import dataclasses
 import os
 import re
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from . import jobs
@@ -31,6 +34,11 @@ def cache_dir() -> Path:
 
 def runs_dir() -> Path:
     return cache_dir() / "runs"
+
+
+def models_dir() -> Path:
+    env = os.environ.get("SMEME_MODELS_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else cache_dir() / "models"
 
 
 def preset_name() -> str | None:
@@ -143,18 +151,86 @@ def triangle_params(equilateral: float, isosceles: float, right: float, obtuse: 
             "angle_shares": {"acute": max(acute, 0.0), "right": right, "obtuse": obtuse}}, None
 
 
+UPLOAD_FILE_MB = 200  # as .streamlit/config.toml's server.maxUploadSize
+UPLOAD_KEEP_HOURS = 24  # an upload no run uses is removed this long after its last upload
+
+
+class UploadError(ValueError):
+    """An upload is refused (too large, the uploads folder is full); the message says why."""
+
+
+def uploads_dir() -> Path:
+    return cache_dir() / "uploads"
+
+
+def uploads_quota_mb() -> float:
+    """The uploads folder's size limit in MB: SMEME_UPLOADS_MB, default 512."""
+    try:
+        return float(os.environ.get("SMEME_UPLOADS_MB", "") or 512)
+    except ValueError:
+        return 512.0
+
+
+def uploads_in_use() -> set[str]:
+    """The uploads some run was trained on (its config's dataset.params.path)."""
+    import json
+    used = set()
+    base = runs_dir()
+    for cfg in base.glob("*/config.json") if base.is_dir() else ():
+        try:
+            path = json.loads(cfg.read_text())["dataset"]["params"]["path"]
+            used.add(os.path.realpath(path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return used
+
+
+def clean_uploads(now: float | None = None) -> list[Path]:
+    """Remove the uploads no run uses that were last uploaded over UPLOAD_KEEP_HOURS ago."""
+    import time
+    up = uploads_dir()
+    if not up.is_dir():
+        return []
+    now = time.time() if now is None else now
+    used = uploads_in_use()
+    removed = []
+    for p in up.glob("*.csv"):
+        try:
+            old = now - p.stat().st_mtime > UPLOAD_KEEP_HOURS * 3600
+            if old and os.path.realpath(p) not in used:
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
 def save_upload(name: str, data: bytes) -> Path:
-    """Keep an uploaded CSV under cache/uploads (content-addressed) and return its path."""
+    """Keep an uploaded CSV under cache/uploads, named by its content (sha256), and return its
+    path. Refused in viewer mode (ReadOnlyError), over UPLOAD_FILE_MB, or when the uploads
+    folder would exceed its quota (UploadError); old uploads no run uses are removed first."""
     import hashlib
-    up = cache_dir() / "uploads"
+    from . import access
+    from ..store import atomic_write_bytes
+    access.require_writer()
+    if len(data) > UPLOAD_FILE_MB * 2 ** 20:
+        raise UploadError(f"The file is {len(data) / 2 ** 20:.0f} MB; uploads may be at most {UPLOAD_FILE_MB} MB.")
+    up = uploads_dir()
     up.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(data).hexdigest()[:12]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem)[:40] or "upload"
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem)[:40].strip("-.") or "upload"
     path = up / f"{stem}-{digest}.csv"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    if path.exists():
+        os.utime(path)  # uploaded again: kept another UPLOAD_KEEP_HOURS
+        return path
+    clean_uploads()
+    held = sum(p.stat().st_size for p in up.glob("*.csv") if p.is_file())
+    quota = uploads_quota_mb()
+    if held + len(data) > quota * 2 ** 20:
+        raise UploadError(f"The uploads folder is full ({held / 2 ** 20:.0f} MB of {quota:.0f} MB, "
+                          "SMEME_UPLOADS_MB); uploads no run uses are removed after "
+                          f"{UPLOAD_KEEP_HOURS} hours, or free space in {up.name}/.")
+    atomic_write_bytes(path, data)  # a unique temp name per writer, renamed into place
     return path
 
 
@@ -163,3 +239,30 @@ def check_dataset(dataset: str, params: dict):
     from ..data import make_dataset
     p = dict(params)
     return make_dataset(dataset, seed=int(p.pop("seed", 0)), **p)
+
+
+_checked: "OrderedDict[str, str | None]" = OrderedDict()
+_checked_lock = threading.Lock()
+_CHECKED_MAX = 32
+
+
+def check_dataset_once(dataset: str, params: dict) -> str | None:
+    """The DataError sentence for these settings, or None when the data set builds; memoised,
+    so that a CSV upload (its path names its content's hash) is parsed once, not on every rerun."""
+    import json
+    from ..data import DataError
+    key = json.dumps([dataset, params], sort_keys=True, default=str)
+    with _checked_lock:
+        if key in _checked:
+            _checked.move_to_end(key)
+            return _checked[key]
+    try:
+        check_dataset(dataset, params)
+        problem = None
+    except DataError as exc:
+        problem = str(exc)
+    with _checked_lock:
+        _checked[key] = problem
+        while len(_checked) > _CHECKED_MAX:
+            _checked.popitem(last=False)
+    return problem
