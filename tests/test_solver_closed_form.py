@@ -158,7 +158,11 @@ def test_wrong_pairing_is_caught_by_the_linear_test():
 
 
 ENT_S = torch.diag(torch.tensor([1.0, 0.25], dtype=F64))
-LAM, T_R, ENT_STEPS = 0.5, 0.01, 50
+# t_r = 0.05, the explore default. The SOC-weighted loss weighs step i by std_i^2, so the tuned
+# score is pinned down only where that weight is not tiny: measured on this round 1, the score
+# change at t = 0.03, 0.1 and 0.3 was 0.99-1.06 of the exact one, at t = 0.01 1.5x and at 0.003
+# 3.7x. A reward read at t_r = 0.01 would judge that unfitted corner, not the solver.
+LAM, T_R, ENT_STEPS = 0.5, 0.05, 50
 
 
 def ent_config(seed, iterations=40):
