@@ -7,9 +7,11 @@ Writes `rows` draws of a 3-component 2-D mixture (weights 0.5 / 0.3 / 0.2, diffe
 covariances, overlapping tails) to a CSV, pre-trains with the CSV defaults through
 `smeme.pipeline.pretrain_run` (--train / --model override single settings), then compares
 `logp_run` (the PF-ODE) on `points` fresh draws with the exact mixture log-density in raw
-units: mean absolute error (nats), Spearman correlation, training seconds. The same density
-code run on the exact mixture (an analytic GaussianMixtureModel in the run's standardised
-space) separates the ODE solve's error from the trained model's.
+units: mean absolute error (nats), Spearman correlation, training seconds (wall; and the
+CPU seconds of pretrain_run with its round-0 metrics, about what a quiet machine takes at
+one thread). The same density code run on the exact mixture (an analytic
+GaussianMixtureModel in the run's standardised space) separates the ODE solve's error
+from the trained model's.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +78,10 @@ def measure(folder, seed: int = 0, rows: int = 20_000, points: int = 2_000, trai
     held = mix.sample_data(points, g)
     csv = Path(folder) / "mixture.csv"
     pd.DataFrame(data, columns=["x", "y"]).to_csv(csv, index=False)
+    cpu = time.process_time()
     run = pretrain_run(Path(folder) / "run", "csv", {"path": csv}, train_params=train_params,
                        model_params=model_params)
+    cpu = time.process_time() - cpu  # ~ quiet-machine seconds at one thread, whatever the load
     truth = mix.log_prob(held, 0.0).numpy()
     kw = density_kw or {}
     if kw:
@@ -85,7 +90,8 @@ def measure(folder, seed: int = 0, rows: int = 20_000, points: int = 2_000, trai
         est = logp_run(run, 0, held.numpy())
     ode = log_prob_raw(standardised_mixture(run), run.domain, run.standardizer, held.numpy(), **kw)
     return {"model": errors(est, truth), "ode_on_exact_mixture": errors(ode, truth),
-            "train_seconds": run.metrics().get(0, {}).get("train", {}).get("seconds"), "train": run.config["train"], "model_config": run.config["model"], "run": run}
+            "train_seconds": run.metrics().get(0, {}).get("train", {}).get("seconds"),
+            "pretrain_run_cpu_seconds": round(cpu, 1), "train": run.config["train"], "model_config": run.config["model"], "run": run}
 
 
 def main() -> None:

@@ -62,17 +62,17 @@ def get_preset(name: str) -> Preset:
     raise ValueError(f"Unknown preset '{name}'; choose one of {', '.join(sorted([*PRESETS, *REGISTERED]))}.")
 
 
-CSV_ROWS_PER_STEP, CSV_MIN_STEPS, CSV_MAX_STEPS = 5, 1000, 6000
+CSV_ROWS_PER_STEP, CSV_MIN_STEPS, CSV_MAX_STEPS = 5, 1000, 5000
 
 
 def sized_preset(name: str, rows: int) -> Preset:
     """The preset for data set `name`, sized to a data set of `rows` rows.
 
-    Only 'csv' scales (every other preset, 'tiny' included, comes back as is): its steps
-    grow with the rows, about CSV_ROWS_PER_STEP rows a step, between CSV_MIN_STEPS and
-    CSV_MAX_STEPS: a small file gets few passes (more would fit its sampling noise), and the
-    cap bounds the cost. The columns change nothing: at width 128 a step of a 64-column
-    file costs about 1.3 times a 2-column one.
+    Only 'csv' scales (every other preset, 'tiny' included, comes back as is): one step per
+    CSV_ROWS_PER_STEP rows, kept between CSV_MIN_STEPS and CSV_MAX_STEPS. 4,000 steps at
+    20,000 rows is what the 0.08-nat target needed (BENCHMARKS.md, issue 14); a smaller
+    file has less to learn and is fitted sooner, and the cap bounds the cost (CPU at one
+    thread: 12.8 ms a step for 2 columns, 16.0 ms for 64: at most ~64 s and ~80 s).
     """
     chosen = get_preset(name)
     if name != "csv":
