@@ -41,13 +41,13 @@ def pretrain_run(folder, dataset: str, dataset_params: dict | None = None, n: in
 def _pretrain_unlocked(folder, dataset, dataset_params, n, steps, seed, model_params, progress, cancel,
                        force, preset, train_params) -> Run:
     from .data import make_dataset
-    from .presets import get_preset
+    from .presets import sized_preset
     from .train import pretrain
 
     check_target(folder, force=force)  # again: it may have changed before the lock was ours
     dataset_params = dict(dataset_params or {})
     ds = make_dataset(dataset, n=n, seed=seed, **dict(dataset_params))
-    chosen = get_preset(preset or dataset)
+    chosen = sized_preset(preset or dataset, len(ds.raw))
     model_cfg = {**chosen.model, **(model_params or {})}
     overrides = {k: v for k, v in (train_params or {}).items() if v is not None}
     if steps is not None:

@@ -44,9 +44,10 @@ def test_gaussian_log_prob_matches_closed_form():
     assert err.mean() < 0.02, err.mean()
 
 
-def test_mlp_fast_path_matches_autograd(monkeypatch):
+@pytest.mark.parametrize("prior_skip", [0.0, 1.0])
+def test_mlp_fast_path_matches_autograd(monkeypatch, prior_skip):
     torch.manual_seed(0)
-    model = MLPNoisePredictor(MLPConfig(dim=3, width=32, depth=2), SCH).double()
+    model = MLPNoisePredictor(MLPConfig(dim=3, width=32, depth=2, prior_skip=prior_skip), SCH).double()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(50, 3, dtype=torch.float64)
@@ -54,6 +55,13 @@ def test_mlp_fast_path_matches_autograd(monkeypatch):
     monkeypatch.setattr(density, "_is_plain_mlp", lambda m: False)
     slow = density.log_prob(model, x, steps=6)
     assert torch.allclose(fast, slow, atol=1e-8)
+
+
+def test_untrained_prior_skip_mlp_is_standard_normal():
+    model = MLPNoisePredictor(MLPConfig(dim=2, prior_skip=1.0), SCH).double()  # zero output layer
+    x = torch.randn(40, 2, dtype=torch.float64)
+    expected = -0.5 * (x**2).sum(1) - math.log(2 * math.pi)
+    assert torch.allclose(density.log_prob(model, x), expected, atol=1e-4)
 
 
 def test_chunking_and_progress_do_not_change_result():
