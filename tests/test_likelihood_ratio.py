@@ -18,7 +18,7 @@ from smeme.sampling import FixedNoise, sample_ddpm, time_grid
 from smeme.schedule import VPSchedule
 from smeme.solvers import (AdjointMatchingConfig, ResidualNoisePredictor, SolverDivergedError, SolverError,
                            adjoint_matching, gaussian_sampler_moments)
-from smeme.solvers.adjoint_matching import (base_mean_vjp, effective_sample_share, likelihood_ratio_loss,
+from smeme.solvers.adjoint_matching import (effective_sample_share, likelihood_ratio_loss,
                                             likelihood_ratio_pull, likelihood_ratio_terms, path_weights,
                                             step_coefficients)
 from smeme.tilt import exact_rounds
@@ -69,7 +69,7 @@ def test_loss_minimiser_is_the_weighted_mean_of_the_noise_increment():
 
 def test_linear_reward_tilts_the_model_with_the_term_on():
     """With the term on every step, the solver still lands on the exact tilt N(S w, S) seen
-    through the chain (the term's target is J^T E*[zeta], the adjoint's, in score units)."""
+    through the chain, within 10% per axis."""
     S = torch.diag(torch.tensor([1.0, 0.04], dtype=F64))
     steps = 30
     base = GaussianModel(torch.zeros(2), S, SCH)
@@ -86,22 +86,6 @@ def test_linear_reward_tilts_the_model_with_the_term_on():
     ratio = shift / (m1 - m0)
     assert torch.allclose(ratio, torch.ones(2, dtype=F64), atol=0.1), ratio
     assert cfg.health["lr_ess_min"] > 0.5  # a linear reward this size keeps the weights healthy
-
-
-def test_base_mean_vjp_is_the_transposed_jacobian_of_the_step():
-    """J^T v of the base's mean step against the closed form for a Gaussian base:
-    d mean / dx = c_x I - c_eps sqrt(1 - ab) C_t^-1."""
-    S = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=F64)
-    base = GaussianModel(torch.zeros(2), S, SCH)
-    grid = time_grid(10, dtype=F64)
-    c_x, c_eps, _, _ = step_coefficients(SCH, grid)
-    x, v = torch.randn(3, 5, 2, dtype=F64), torch.randn(3, 5, 2, dtype=F64)
-    steps = torch.tensor([1, 4, 8])
-    got = base_mean_vjp(base, x, grid[steps], v, c_x[steps], c_eps[steps], chunk=2)
-    for k, i in enumerate(steps):
-        ab = SCH.ab(grid[i])
-        J = c_x[i] * torch.eye(2, dtype=F64) - c_eps[i] * (1 - ab).sqrt() * torch.linalg.inv(ab * S + (1 - ab) * torch.eye(2, dtype=F64))
-        torch.testing.assert_close(got[k], v[k] @ J, rtol=1e-9, atol=1e-12)
 
 
 def test_weights_are_tempered_to_the_ess_floor():

@@ -46,8 +46,13 @@ One iteration:
    constant |xi_i|^2 / w_i (same gradient; no overflow when a weight is tiny). It uses the
    reward's values, so mass moves between modes without paths through the gap. The term is
    added to the Adjoint Matching loss on the earliest `likelihood_ratio_share` of the
-   stochastic steps (where the flow decides between modes); both terms have the optimal
-   control as their minimiser. Same base, sep 1.5: see BENCHMARKS.md.
+   stochastic steps (where the flow decides between modes). With control 'score' the term
+   regresses the same score-unit u_i; its target E*[zeta_i | x_i] = std_i E*[grad V_j | x_i] is
+   the tilt one step later than the adjoint's grad V_i (J_i^T of it would match exactly, but
+   measured worse: the self-normalised weights lean towards the sampling chain, which is the
+   tilted model's DDPM chain and not the tilted base chain). The weights are tempered so that
+   their effective sample size stays >= ess_floor x m (path_weights); each iteration's share
+   goes to cfg.health. Same base, sep 1.5: see BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -202,22 +207,6 @@ def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_las
     return adj, eps_base
 
 
-def base_mean_vjp(model_base: NoisePredictor, x: Tensor, t: Tensor, v: Tensor, c_x: Tensor, c_eps: Tensor,
-                  chunk: int | None = None) -> Tensor:
-    """(d mean_base(x_k) / d x_k)^T v_k = c_x v_k - c_eps J_eps_base(x_k)^T v_k for states x (K, m, ...)
-    at times t (K,), all steps at once (rows in blocks of `chunk` x m)."""
-    K, m = x.shape[:2]
-    flat_x, flat_v = x.reshape(K * m, *x.shape[2:]), v.reshape(K * m, *v.shape[2:])
-    flat_t = t.repeat_interleave(m)
-    out = torch.empty_like(flat_v)
-    for rows in _row_chunks(K * m, None if chunk is None else chunk * 4):
-        xr = flat_x[rows].detach().requires_grad_(True)
-        with torch.enable_grad():
-            (out[rows],) = torch.autograd.grad(model_base(xr, flat_t[rows]), xr, grad_outputs=flat_v[rows])
-    view = lambda c: c.reshape(-1, 1, *([1] * (x.dim() - 2)))  # noqa: E731
-    return (view(c_x) * v - view(c_eps) * out.reshape(v.shape)).detach()
-
-
 def choose_steps(stochastic: Tensor, k: int | None, late_fraction: float, g: torch.Generator) -> Tensor:
     """A subsample of k stochastic step indices: the last round(k * late_fraction) (near
     the data) always, the rest uniformly without replacement from the earlier ones."""
@@ -286,9 +275,8 @@ def likelihood_ratio_pull(u_sampled: Tensor, xi: Tensor, w: Tensor) -> Tensor:
 
 def likelihood_ratio_loss(u_model: Tensor, pull: Tensor, w: Tensor) -> Tensor:
     """Per (step, trajectory): w |u|^2 - 2 u . pull, the gradient of w |u - pull / w|^2 without its
-    constant |pull|^2 / w (unbounded as w -> 0). Minimiser: E[pull | x] / E[w | x]; with pull from
-    likelihood_ratio_pull that is E*[zeta | x] (control 'ddpm'), with J_i^T pull (base_mean_vjp)
-    J_i^T E*[zeta | x] = std_i grad V_i (control 'score')."""
+    constant |pull|^2 / w (unbounded as w -> 0). Minimiser: E[pull | x] / E[w | x], which for the
+    pull of likelihood_ratio_pull is E*[zeta | x] = std_i E*[grad V_j(x_j) | x_i] (Stein's lemma)."""
     u = u_model.reshape(*w.shape, -1)
     return w * u.pow(2).sum(-1) - 2 * (u * pull.reshape(*w.shape, -1)).sum(-1)
 
@@ -380,9 +368,6 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
                 lr_w = torch.ones_like(log_w)  # (rows off the LR steps are never read)
                 lr_w[lr_steps], ess, beta = path_weights(log_w[lr_steps], cfg.ess_floor)
                 lr_pull = likelihood_ratio_pull(lr_u, noise.z, lr_w)
-            if cfg.control == "score":  # the score-unit target J_i^T E*[zeta_i | x_i] = std_i grad V_i
-                lr_pull[lr_steps] = base_mean_vjp(model_base, states[lr_steps], grid[lr_steps], lr_pull[lr_steps],
-                                                  c_x[lr_steps], c_eps[lr_steps], cfg.adjoint_chunk)
                 ess_history.append(ess)
                 beta_history.append(beta)
         # 3-4. regression of u_i onto -std_i a_j, several Adam steps
