@@ -143,11 +143,14 @@ def test_toy_exact_rounds_leak_past_five_percent_at_lam_03(toy_exact):
 
 
 def test_toy_one_default_round_reaches_the_closed_form_gain(toy_seeded):
-    """Round 1 of the defaults (lam 0.1), median of the seeds: the issue asks for at least the
-    closed-form one-round gain; 10% is left for the k-NN estimate's noise (~0.006 nats)."""
+    """Round 1 of the defaults (lam 0.1), median of the seeds: at least the closed-form one-round
+    gain (the exact rounds gain 26-28% more, so this is a lower bound a correct solver meets;
+    10% is left for the k-NN estimate's noise, ~0.006 nats), and the sparse share among
+    on-support samples, which is what the closed form describes, within 10% of it."""
     runs = toy_seeded(0.1)
     cf = runs[0][1]["closed_form"]
-    sparse, gain, off = _median_round(runs, 1)
+    _, gain, off = _median_round(runs, 1)
+    sparse = statistics.median(m[1]["sparse_share_on_support"] for m in runs)
     assert gain >= 0.9 * cf["entropy_gain"], (gain, cf["entropy_gain"])
     assert abs(sparse - cf["sparse_share"]) <= 0.1 * cf["sparse_share"], (sparse, cf["sparse_share"])
     assert off <= 0.05
