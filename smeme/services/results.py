@@ -80,3 +80,20 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def solver_health(m: dict) -> str | None:
+    """One line on how the round's solve went: the likelihood-ratio weights' effective sample
+    size (share of the trajectories; tempered when it fell below the floor) and, for the toy,
+    the share of the closed form's log-odds shift reached. None when the round has neither."""
+    parts = []
+    if metric_number(m.get("lr_ess_min")) is not None:
+        parts.append(f"likelihood-ratio weights: effective sample size {m['lr_ess_min']:.0%} of the "
+                     f"trajectories at worst, {m.get('lr_ess_median', m['lr_ess_min']):.0%} typical")
+        tempered = int(m.get("lr_tempered_iterations") or 0)
+        if tempered:
+            parts.append(f"tempered in {tempered} iteration{'s' if tempered > 1 else ''} "
+                         f"(down to beta {m.get('lr_beta_min', 1.0):.2f})")
+    if metric_number(m.get("tilt_share_closed_form")) is not None:
+        parts.append(f"{m['tilt_share_closed_form']:.0%} of the closed form's shift of the sparse square reached")
+    return "; ".join(parts) + "." if parts else None
