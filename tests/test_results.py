@@ -1,0 +1,15 @@
+"""The app's one-line solver health summary (smeme.services.results.solver_health)."""
+from smeme.services.results import solver_health
+
+
+def test_solver_health_names_ess_tempering_and_share():
+    line = solver_health({"lr_ess_min": 0.12, "lr_ess_median": 0.9, "lr_tempered_iterations": 2,
+                          "lr_beta_min": 0.81, "tilt_share_closed_form": 0.93})
+    assert "12% of the trajectories at worst, 90% typical" in line
+    assert "tempered in 2 iterations (down to beta 0.81)" in line
+    assert "93% of the closed form's shift" in line
+
+
+def test_solver_health_is_silent_without_the_numbers():
+    assert solver_health({"entropy_knn": 1.0}) is None
+    assert "tempered" not in solver_health({"lr_ess_min": 0.5, "lr_ess_median": 0.8, "lr_tempered_iterations": 0})
