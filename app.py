@@ -104,6 +104,7 @@ pages = [
     st.Page(home, title="Home", icon=":material/home:", default=True),
     st.Page("pages/1_Model.py", title="Model", icon=":material/model_training:"),
     st.Page("pages/2_Explore.py", title="Explore", icon=":material/explore:"),
+    st.Page("pages/5_Rounds.py", title="Rounds", icon=":material/slideshow:"),
     st.Page("pages/3_Compare.py", title="Compare", icon=":material/compare:"),
 ]
 if (HERE / "pages" / "4_Images.py").exists():

@@ -34,12 +34,9 @@ k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
 seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
 
 busy = runs.busy_message(folder)
-b1, b2, b3 = st.columns(3)
+b1, b2 = st.columns(2)  # the job panel below carries the one Stop button while rounds run
 start_one = b1.button("Run next round", type="primary", disabled=busy is not None, key="x_one", width="stretch")
 start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None, key="x_k_btn", width="stretch")
-if b3.button("Stop", disabled=jobs.get(folder, "explore") is None or not jobs.get(folder, "explore").running,
-             key="x_stop", width="stretch"):
-    jobs.stop(folder, "explore")
 if start_one or start_k:
     chosen = settings.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
                                        iterations=int(iters), seed=int(seed))

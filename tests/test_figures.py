@@ -19,10 +19,21 @@ OVERLAY = [{"name": "square", "x": [0, 1, 1, 0, 0], "y": [0, 0, 1, 1, 0], "mode"
 
 def test_loss_curve_raw_and_smoothed():
     fig = figures.loss_curve([(i, 1.0 / (i + 1)) for i in range(100)])
-    assert [t.name for t in fig.data][0] == "loss"
-    assert len(fig.data) == 2 and len(fig.data[0].x) == 100
+    assert [t.name for t in fig.data] == ["loss at each step", "loss (moving mean of 25 steps)"]
+    assert len(fig.data[0].x) == 100
     assert fig.layout.yaxis.type == "log"
     assert len(figures.loss_curve([]).data) == 1  # empty history still draws
+    assert len(figures.loss_curve([0.5, 0.4, 0.3]).data) == 1  # no "mean of 1"
+
+
+def test_loss_curve_log_ticks_are_labelled_in_full():
+    # 1 .. 0.01 spans two decades: one tick per decade, no bare '2' / '5' between them
+    fig = figures.loss_curve([(i, 1.0 / (i + 1)) for i in range(100)])
+    assert list(fig.layout.yaxis.tickvals) == [0.01, 0.1, 1.0]
+    assert list(fig.layout.yaxis.ticktext) == ["0.01", "0.1", "1"]
+    # within one decade: 1-2-5 steps, written out
+    assert figures.log_ticks(0.15, 0.6) == [0.2, 0.5]
+    assert figures.log_ticks(0.31, 0.39) == [0.31, 0.39]  # no 1-2-5 value inside: the ends
 
 
 def test_scatter_panels_share_axes_and_overlay():

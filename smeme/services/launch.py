@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import jobs
 from .cached import compute_heatmap, data_sample, heatmap_cached, samples
-from .runs import open_run
+from .runs import has_plane, is_image_run, open_run
 from .settings import HEATMAP_RES, preset_name, setup
 
 
@@ -15,7 +15,8 @@ def start_training(folder, dataset: str, dataset_params: dict | None = None, ste
                    seed: int = 0, model_params: dict | None = None, label: str | None = None) -> jobs.Job:
     """Pre-train in a background process into `folder`; returns the Job (raises JobBusy)."""
     return jobs.start_process(folder, "train", _train_job, str(folder), dataset, dict(dataset_params or {}),
-                              steps, seed, dict(model_params or {}), label=label or f"Training ({dataset})")
+                              steps, seed, dict(model_params or {}), label=label or f"Training ({dataset})",
+                              then=heatmaps_after)
 
 
 def _train_job(job, folder: str, dataset: str, dataset_params: dict, steps, seed: int, model_params: dict):
@@ -55,7 +56,21 @@ def start_rounds(folder, rounds: int, settings: dict) -> jobs.Job:
     from ..explore import ExploreConfig
     ExploreConfig(**settings)  # bad settings raise here, on the page, not in the worker
     return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), dict(settings),
-                              label=f"S-MEME rounds ({int(rounds)})")
+                              label=f"S-MEME rounds ({int(rounds)})", then=heatmaps_after)
+
+
+def heatmaps_after(job: jobs.Job) -> jobs.Job | None:
+    """Queue the heatmaps of every finished round of the job's run once the job has ended
+    (also after a stop or a failure: the rounds saved so far deserve theirs), so that the
+    rounds view, Compare and the perfect-solver line are ready without a visit to the Model
+    page. Runs after the job, never beside it: a round never shares the CPU with them."""
+    try:
+        run = open_run(job.folder)
+    except Exception:  # noqa: BLE001 - e.g. a training stopped before round 0 was saved
+        return None
+    if is_image_run(run) or not has_plane(run):
+        return None
+    return start_heatmaps(job.folder, run.rounds())
 
 
 def _rounds_job(job, folder: str, rounds: int, settings: dict):
