@@ -14,7 +14,7 @@ folder, where the config must load, every round's weights must match the config'
 pickle. Only then is the folder renamed into place, so a refused import writes nothing.
 An existing run is replaced only with overwrite=True.
 
-Stable Diffusion runs (smeme.sd_explore) reference a pipeline folder instead of holding
+Stable Diffusion runs (smeme.images.sd_explore) reference a pipeline folder instead of holding
 round 0; their bundle carries the LoRA adapters, metrics and cached grids, which open and
 show without the pipeline (sampling more names the pipeline it needs).
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import CACHE_DIR, CONFIG_FILE, METRICS_FILE, StoreError, _atomic_write, folder_lock
+from .store import CACHE_DIR, CONFIG_FILE, METRICS_FILE, StoreError, atomic_write, folder_lock
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: a round of the digits UNet is ~10 MB, an SD LoRA ~3 MB
@@ -80,7 +80,7 @@ def _loads_without_pickle(path: Path) -> bool:
 
 def export_run(run_folder, out_zip) -> Path:
     """Write the run in `run_folder` as a bundle to `out_zip` (atomically); returns its path."""
-    from .grid import open_any_run
+    from .images.grid import open_any_run
 
     folder = Path(run_folder)
     open_any_run(folder)  # a clear error for a missing, foreign or damaged run
@@ -100,7 +100,7 @@ def export_run(run_folder, out_zip) -> Path:
                 method = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
                 zf.write(folder / name, name, compress_type=method)
 
-    _atomic_write(out, write)
+    atomic_write(out, write)
     return out
 
 
@@ -216,7 +216,7 @@ def _check_feature_run(folder: Path) -> None:
 
 def _check_sd_run(folder: Path) -> None:
     """An SD run's adapters checked without its pipeline: LoRA pairs of the config's rank."""
-    from .sd_explore import SDRun
+    from .images.sd_explore import SDRun
 
     run = SDRun.open(folder)
     run.metrics()
@@ -248,7 +248,7 @@ def _check_sd_run(folder: Path) -> None:
 
 
 def _check_run(folder: Path) -> None:
-    from .sd_explore import SDRunError, is_sd_run
+    from .images.sd_explore import SDRunError, is_sd_run
 
     for p in (folder / CACHE_DIR).glob("*") if (folder / CACHE_DIR).is_dir() else ():
         try:

@@ -241,7 +241,7 @@ def cmd_logp(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .grid import open_any_run
+    from .images.grid import open_any_run
 
     run = open_any_run(args.run)  # a feature run or a Stable Diffusion run
     metrics = run.metrics()
@@ -442,15 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("budget", parents=[common], help="one budget of solver iterations over K = 1, 2, ... "
                        "rounds (the paper's Figure 2d), one JSON line per K")
     p.add_argument("--run", required=True, help="the run whose round 0 every K starts from (never changed)")
-    p.add_argument("--iterations", required=True, type=_positive_int, help="solver iterations in all (N)")
+    p.add_argument("--iterations", required=True, type=_int_in(1, MAX_ITERATIONS * MAX_ROUNDS),
+                   help="solver iterations in all (N)")
     p.add_argument("--rounds", default="1,2,3,4", help="the K's, comma-separated (default 1,2,3,4)")
     p.add_argument("--lam", type=float)
-    p.add_argument("--seed", type=_nonneg_int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--force", action="store_true", help="redo the branches of an earlier sweep with these settings")
     # advanced (CI-sized sweeps): solver and metric sizes
-    p.add_argument("--trajectories", type=_positive_int, help=argparse.SUPPRESS)
-    p.add_argument("--solver-steps", type=_positive_int, help=argparse.SUPPRESS)
-    p.add_argument("--metrics-n", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument("--trajectories", type=_int_in(1, MAX_SAMPLES), help=argparse.SUPPRESS)
+    p.add_argument("--solver-steps", type=_int_in(1, MAX_SAMPLE_STEPS), help=argparse.SUPPRESS)
+    p.add_argument("--metrics-n", type=_int_in(1, MAX_SAMPLES), help=argparse.SUPPRESS)
     p.add_argument("--no-logp", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_budget)
 

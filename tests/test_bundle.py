@@ -272,8 +272,8 @@ def make_sd_run(folder, rank=4):
     import torch
     from safetensors.torch import save
 
-    from smeme.models.sd import SDConfig
-    from smeme.sd_explore import SDExploreConfig
+    from smeme.images.sd import SDConfig
+    from smeme.images.sd_explore import SDExploreConfig
     from smeme.store import atomic_write_json
 
     folder.mkdir(parents=True)

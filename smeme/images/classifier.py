@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .optim import Adam
+from ..optim import Adam
 
 FEATURE_DIM = 64
 
