@@ -4,7 +4,8 @@ from pathlib import Path
 import streamlit as st
 
 from smeme import ui
-from smeme.services import cached, figures, jobs, launch, runs, settings
+from smeme.bundle import BundleError
+from smeme.services import bundles, cached, figures, jobs, launch, runs, settings
 
 st.set_page_config(page_title="S-MEME", page_icon=":material/explore:", layout="wide")
 settings.warm_imports()
@@ -37,6 +38,7 @@ def home():
         status = ui.job_panel(default, "train", key="home_train")
         if status == jobs.RUNNING:
             return
+        share_section(None)
     else:
         run_section(all_runs)
 
@@ -66,6 +68,39 @@ def run_section(all_runs):
         st.rerun()
     with c3:
         st.page_link("pages/1_Model.py", label="Start a new run (Model page)", icon=":material/add:")
+    share_section(run)
+
+
+def share_section(run):
+    """Download the current run as a bundle; open a bundle someone else made."""
+    st.subheader("Share a run")
+    left, right = st.columns(2, gap="large")
+    with left:
+        if run is not None:
+            folder = runs.run_folder(run)
+            st.download_button(f"Download {Path(folder).name} as a bundle (.zip)",
+                               data=lambda: bundles.bundle_bytes(folder), file_name=bundles.bundle_file_name(folder),
+                               mime="application/zip", key="home_bundle", on_click="ignore",
+                               icon=":material/download:")
+            st.caption("A bundle holds the run's settings, every round's weights and its metrics and cached "
+                       "results; open it on another machine with the uploader here or `python -m smeme import`.")
+    with right:
+        up = st.file_uploader("Open a run bundle (.zip)", type=["zip"], key="home_upload")
+        done = st.session_state.setdefault("_bundles_opened", {})  # upload id -> folder or error
+        if up is not None:
+            if up.file_id not in done:
+                try:
+                    done[up.file_id] = ("ok", str(bundles.import_upload(up.name, up.getvalue())))
+                except BundleError as exc:
+                    done[up.file_id] = ("error", str(exc))
+                else:
+                    ui.select_run(done[up.file_id][1])
+                    st.rerun()
+            outcome, text = done[up.file_id]
+            if outcome == "error":
+                st.error(text)
+            else:
+                st.success(f"Opened the bundle as the run {Path(text).name}.")
 
 
 def current_run_panel(run):
