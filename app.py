@@ -141,6 +141,7 @@ pages = [
     st.Page("pages/2_Explore.py", title="Explore", icon=":material/explore:"),
     st.Page("pages/5_Rounds.py", title="Rounds", icon=":material/slideshow:"),
     st.Page("pages/3_Compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/6_Budget.py", title="Budget", icon=":material/stacked_line_chart:"),
 ]
 if (HERE / "pages" / "4_Images.py").exists():
     pages.append(st.Page("pages/4_Images.py", title="Images", icon=":material/image:"))
