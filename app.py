@@ -5,7 +5,7 @@ import streamlit as st
 
 from smeme import ui
 from smeme.bundle import BundleError
-from smeme.services import bundles, cached, figures, jobs, launch, runs, settings
+from smeme.services import bundles, cached, demo, figures, jobs, launch, runs, settings
 
 st.set_page_config(page_title="S-MEME", page_icon=":material/explore:", layout="wide")
 settings.warm_imports()
@@ -18,6 +18,12 @@ def home():
 
     default = runs.default_run_folder()
     all_runs = runs.list_runs()
+    preparing = demo.job()
+    if preparing is not None and preparing.running:
+        demo_section()
+        st.divider()
+        ui.render_content("home")
+        return
 
     train_job = jobs.get(default, "train")
     if not [r for r in all_runs if r["latest"] is not None] or (train_job and train_job.running):
@@ -38,6 +44,7 @@ def home():
         status = ui.job_panel(default, "train", key="home_train")
         if status == jobs.RUNNING:
             return
+        demo_section()
         share_section(None)
     else:
         run_section(all_runs)
@@ -68,7 +75,38 @@ def run_section(all_runs):
         st.rerun()
     with c3:
         st.page_link("pages/1_Model.py", label="Start a new run (Model page)", icon=":material/add:")
+    demo_section()
     share_section(run)
+
+
+def demo_section():
+    """'Prepare the demo': the toy and triangles models, 3 rounds each, in the background."""
+    st.subheader("Demo")
+    state = demo.status()
+    if demo.job() is not None and demo.job().running:
+        st.caption("Preparing the demo: the toy and triangles models are trained, then explored for "
+                   f"{demo.ROUNDS} rounds each. You can close the page; it goes on in the background.")
+        ui.job_panel(demo.demo_folder(), demo.KIND, show_loss=False, key="home_demo")
+        return
+    ui.job_panel(demo.demo_folder(), demo.KIND, show_loss=False, key="home_demo")  # how the last one ended
+    if all(r["ready"] for r in state):
+        cols = st.columns(len(state))
+        for col, r in zip(cols, state):
+            if col.button(f"Open {r['name']} ({r['rounds']} rounds)", key=f"home_demo_open_{r['name']}",
+                          width="stretch"):
+                ui.select_run(r["folder"])
+                st.rerun()
+        st.caption("The demo is ready. Open a run, then step through its rounds on the Rounds page.")
+        return
+    st.caption(f"Train the toy and triangles models and run {demo.ROUNDS} S-MEME rounds on each, in the "
+               "background, so that a class can start from finished runs (a few minutes on a laptop). Runs "
+               "already there are kept and completed.")
+    if st.button("Prepare the demo", key="home_demo_start", icon=":material/school:"):
+        try:
+            demo.start_demo()
+            st.rerun()
+        except jobs.JobBusy as exc:
+            st.warning(str(exc))
 
 
 def share_section(run):
