@@ -27,8 +27,8 @@ if runs.is_image_run(run):
                 ui.plot(figures.class_histogram(f["shares"], k, f["prev_shares"], f["y_max"]), key="r_classes")
 else:
     missing = stepper.missing_heatmaps(run)
-    if missing and not runs.busy_message(folder):
-        launch.start_heatmaps(folder, missing)
+    if missing:
+        launch.start_heatmaps(folder, missing)  # deferred while rounds run (their job queues them)
     ui.job_panel(folder, "heatmap", show_loss=False, key="r_heat")
     views = stepper.category_views(run)
     pair = None
@@ -60,4 +60,5 @@ else:
 
 ui.round_stepper(rounds, draw, key="r")
 if jobs.get(folder, "explore") is not None and jobs.get(folder, "explore").running:
-    st.caption("Rounds are running on the Explore page; new rounds join the slider when they finish.")
+    st.caption("Rounds are running on the Explore page; new rounds join the slider when they finish, and "
+               "the heatmaps are computed once the rounds end.")

@@ -400,14 +400,21 @@ def forget(folder, kind: str) -> None:
             del _REGISTRY[job.key]
 
 
+def _pending() -> list[Job]:
+    """Jobs still running, or finished but still in their `then` (which may queue more)."""
+    with _REG_LOCK:
+        return [j for j in _REGISTRY.values() if j.running or (j._thread is not None and j._thread.is_alive())]
+
+
 def wait_all(timeout: float = 60.0) -> bool:
     """Wait for every running job, and for the jobs they queue when they end (`then`; a
     job's wait covers its `then`). True if all finished within `timeout`."""
     deadline = time.time() + timeout
     while True:
-        running = active()
-        if not running:
+        pending = _pending()
+        if not pending:
             return True
-        for job in running:
-            if not job.wait(max(deadline - time.time(), 0.0)):
-                return False
+        for job in pending:
+            job.wait(max(deadline - time.time(), 0.0))
+        if time.time() >= deadline:
+            return not _pending()

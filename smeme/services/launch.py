@@ -55,6 +55,8 @@ def start_rounds(folder, rounds: int, settings: dict) -> jobs.Job:
     explore.run_rounds and logged as a job event {'round', 'metrics'}."""
     from ..explore import ExploreConfig
     ExploreConfig(**settings)  # bad settings raise here, on the page, not in the worker
+    # heatmaps never run beside a round: stop them; the rounds job queues them again when it ends
+    jobs.stop(folder, "heatmap")
     return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), dict(settings),
                               label=f"S-MEME rounds ({int(rounds)})", then=heatmaps_after)
 
@@ -112,6 +114,9 @@ def start_heatmaps(folder, rounds, resolution: int = HEATMAP_RES) -> jobs.Job | 
     existing = jobs.get(folder, "heatmap")
     if existing is not None and existing.running:
         return existing
+    rounds_job = jobs.get(folder, "explore")
+    if rounds_job is not None and rounds_job.running:
+        return None  # never beside a round: its job queues the heatmaps when it ends
     return jobs.start_process(folder, "heatmap", _heatmap_job, str(folder), todo, int(resolution),
                               label="Log-density heatmaps", writes=False)
 
