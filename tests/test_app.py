@@ -439,3 +439,22 @@ def test_budget_view_draws_one_line_per_k(cache):
     # the same settings again: one sentence, unless asked to replace them
     at.button(key="b_start").click().run()
     assert any("run with these settings before" in e.value for e in at.error)
+
+
+def test_rounds_of_a_csv_run_show_a_chosen_pair_of_columns(cache, tmp_path):
+    from smeme.pipeline import pretrain_run
+    rng = np.random.default_rng(0)
+    table = tmp_path / "three.csv"
+    table.write_text("height,weight,age\n" + "\n".join(",".join(f"{v:.3f}" for v in row)
+                                                      for row in rng.normal(size=(400, 3))))
+    folder = settings.runs_dir() / "csv3"
+    pretrain_run(folder, "csv", dataset_params={"path": str(table)}, preset="tiny", steps=20)
+    assert jobs.wait_all(TIMEOUT)
+    at = app(str(folder.resolve())).run()
+    at.switch_page("pages/5_Rounds.py").run()
+    assert not at.exception
+    assert at.button(key="r_play").disabled  # one round: nothing to play
+    at.selectbox(key="r_col_y").set_value(2).run()
+    settle(at)
+    text = fig_text(at)
+    assert "height against age, round 0" in text and "log-density, round 0" in text
