@@ -21,7 +21,7 @@ if runs.is_image_run(run):
     def draw(k):
         f = stepper.digits_frame(run, k)
         left, right = st.columns([3, 2], gap="medium")
-        left.image(f["row"], caption=[f"round {k}"] * len(f["row"]), width=96, clamp=True)
+        left.image(list(f["row"]), caption=[f"round {k}"] * len(f["row"]), width=96, clamp=True)
         with right:
             if f["shares"]:
                 ui.plot(figures.class_histogram(f["shares"], k, f["prev_shares"], f["y_max"]), key="r_classes")

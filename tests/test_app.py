@@ -458,3 +458,27 @@ def test_rounds_of_a_csv_run_show_a_chosen_pair_of_columns(cache, tmp_path):
     settle(at)
     text = fig_text(at)
     assert "height against age, round 0" in text and "log-density, round 0" in text
+
+
+# ------------------------------------------------------------------------------ demo
+
+@pytest.mark.slow
+def test_home_prepares_the_demo_in_the_background(tmp_path, monkeypatch):
+    from smeme.services import demo
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    at = app().run()
+    at.button(key="home_demo_start").click().run()
+    assert not at.exception
+    assert demo.job() is not None and demo.job().running
+    assert any(p.proto.text.startswith("Training the toy model") for p in at.get("progress"))
+    settle(at)
+    assert demo.job().status == "done", demo.job().error
+    labels = [b.label for b in at.button]
+    assert "Open toy-default (3 rounds)" in labels and "Open triangles-demo (3 rounds)" in labels
+    for r in demo.status():
+        run = runs.open_run(r["folder"])
+        assert run.rounds() == [0, 1, 2, 3]
+        assert all(cached.heatmap_cached(run, k) is not None for k in run.rounds())  # ready for the rounds view
+    at.button(key="home_demo_open_triangles-demo").click().run()
+    assert at.session_state["run"] == demo.status()[1]["folder"]

@@ -1,6 +1,6 @@
 """Take the README tour's screenshots (docs/tour/*.png) against a real `streamlit run app.py`.
 
-    python docs/tour/take_screenshots.py CACHE_DIR [--tiny]
+    python docs/tour/take_screenshots.py CACHE_DIR [--budget N] [--tiny]
 
 Prepares the demo into CACHE_DIR (the Home page's "Prepare the demo": the toy and triangles
 models, 3 rounds each; runs already there are kept) and a budget sweep on the toy, starts the
@@ -19,7 +19,7 @@ OUT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 
-def prepare(cache: Path, tiny: bool) -> None:
+def prepare(cache: Path, tiny: bool, budget: int) -> None:
     os.environ["SMEME_CACHE_DIR"] = str(cache)
     if tiny:
         os.environ["SMEME_APP_PRESET"] = "tiny"
@@ -32,7 +32,7 @@ def prepare(cache: Path, tiny: bool) -> None:
             raise SystemExit(f"The demo could not be prepared: {job.error or job.status}")
     toy = settings.runs_dir() / "toy-default"
     d = settings.explore_defaults(runs.open_run(toy))
-    n = 4 * int(d["iterations"])
+    n = budget
     if len(sweeps.budget_rows(toy, n, [1, 2, 3, 4], d["lam"], d["seed"])) < 4:
         job = sweeps.start_budget(toy, n, [1, 2, 3, 4], d, force=True)
         while not job.wait(10):
@@ -93,7 +93,8 @@ def shoot(cache: Path, tiny: bool) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cache", type=Path)
+    ap.add_argument("--budget", type=int, default=24, help="solver iterations in all for the budget sweep")
     ap.add_argument("--tiny", action="store_true", help="tiny models (a quick check of this script)")
     args = ap.parse_args()
-    prepare(args.cache.resolve(), args.tiny)
+    prepare(args.cache.resolve(), args.tiny, args.budget)
     shoot(args.cache.resolve(), args.tiny)

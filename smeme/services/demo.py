@@ -91,8 +91,9 @@ def _wait(job: jobs.Job, sub: jobs.Job, share: tuple[float, float], label: str) 
 
 def _prepare(job: jobs.Job):
     stages = _stages()
+    slices = len(stages) + 1  # the last slice: the heatmaps the last rounds queued
     for i, (label, name, start) in enumerate(stages):
-        share = (i / len(stages), (i + 1) / len(stages))
+        share = (i / slices, (i + 1) / slices)
         if job.cancel.is_set():
             raise jobs.JobCancelled()
         job.update(share[0], f"{label}...")
@@ -104,7 +105,7 @@ def _prepare(job: jobs.Job):
             _wait(job, sub, share, label)
     for name, _ in RUNS:  # the heatmaps the last rounds queued
         for other in jobs.active(runs_dir() / name):
-            _wait(job, other, (0.99, 0.99), f"Log-density heatmaps of {name}")
+            _wait(job, other, (len(stages) / slices, 1.0), f"Log-density heatmaps of {name}")
     job.update(1.0, "The demo is ready.")
     return [r["folder"] for r in status()]
 
