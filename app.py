@@ -133,6 +133,7 @@ def share_section(run):
                     done[up.file_id] = ("error", str(exc))
                 else:
                     ui.select_run(done[up.file_id][1])
+                    st.session_state.pop("home_pick", None)  # the run list's picker shows it too
                     st.rerun()
             outcome, text = done[up.file_id]
             if outcome == "error":

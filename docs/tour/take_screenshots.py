@@ -46,7 +46,7 @@ def shrink(path: Path) -> None:
     img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
-def shoot(cache: Path, tiny: bool) -> None:
+def shoot(cache: Path, tiny: bool, budget: int) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from tests.test_browser import free_port, launch_browser, nav, start_server, stop_server, wait_healthy
@@ -79,6 +79,9 @@ def shoot(cache: Path, tiny: bool) -> None:
             expect(page.get_by_text("log-density, round 2").first).to_be_visible(timeout=60_000)
             snap("3_rounds_toy.png", 1100)
             nav(page, "Budget")
+            box = page.get_by_label("Budget N (solver iterations in all)")
+            box.fill(str(budget))
+            box.press("Enter")
             expect(page.get_by_text("One budget of solver iterations").first).to_be_visible(timeout=120_000)
             snap("5_budget.png", 1100)
             page.goto(f"http://127.0.0.1:{port}/?run=triangles-demo")
@@ -97,4 +100,4 @@ if __name__ == "__main__":
     ap.add_argument("--tiny", action="store_true", help="tiny models (a quick check of this script)")
     args = ap.parse_args()
     prepare(args.cache.resolve(), args.tiny, args.budget)
-    shoot(args.cache.resolve(), args.tiny)
+    shoot(args.cache.resolve(), args.tiny, args.budget)
