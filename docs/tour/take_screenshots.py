@@ -61,6 +61,10 @@ def shoot(cache: Path, tiny: bool, budget: int) -> None:
 
             def snap(name: str, height: int) -> None:
                 page.set_viewport_size({"width": 1280, "height": height})
+                page.wait_for_timeout(1500)
+                # a resize redraws the page: wait until no element is still a placeholder
+                page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')",
+                                       timeout=60_000)
                 page.wait_for_timeout(2500)
                 page.screenshot(path=str(OUT / name))
                 shrink(OUT / name)
@@ -68,6 +72,7 @@ def shoot(cache: Path, tiny: bool, budget: int) -> None:
 
             page.goto(f"http://127.0.0.1:{port}/?run=toy-default")
             expect(page.get_by_text("The demo is ready")).to_be_visible(timeout=120_000)
+            expect(page.get_by_role("button", name="Open triangles-demo (3 rounds)")).to_be_visible(timeout=60_000)
             snap("1_home.png", 1300)
             nav(page, "Explore")
             expect(page.get_by_text("Metrics per round").first).to_be_visible(timeout=120_000)
