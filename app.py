@@ -4,7 +4,8 @@ from pathlib import Path
 import streamlit as st
 
 from smeme import ui
-from smeme.services import access, cached, figures, jobs, launch, runs, settings
+from smeme.bundle import BundleError
+from smeme.services import access, bundles, cached, demo, figures, jobs, launch, runs, settings
 
 st.set_page_config(page_title="S-MEME", page_icon=":material/explore:", layout="wide")
 settings.warm_imports()
@@ -17,6 +18,12 @@ def home():
 
     default = runs.default_run_folder()
     all_runs = runs.list_runs()
+    preparing = demo.job()
+    if preparing is not None and preparing.running:
+        demo_section()
+        st.divider()
+        ui.render_content("home")
+        return
 
     train_job = jobs.get(default, "train")
     if not [r for r in all_runs if r["latest"] is not None] or (train_job and train_job.running):
@@ -40,6 +47,8 @@ def home():
         status = ui.job_panel(default, "train", key="home_train")
         if status == jobs.RUNNING:
             return
+        demo_section()
+        share_section(None)
     else:
         run_section(all_runs)
 
@@ -76,6 +85,77 @@ def run_section(all_runs):
             ui.viewer_note()
         else:
             st.page_link("pages/1_Model.py", label="Start a new run (Model page)", icon=":material/add:")
+    demo_section()
+    share_section(run)
+
+
+def demo_section():
+    """'Prepare the demo': the toy and triangles models, 3 rounds each, in the background."""
+    st.subheader("Demo")
+    state = demo.status()
+    if demo.job() is not None and demo.job().running:
+        st.caption("Preparing the demo: the toy and triangles models are trained, then explored for "
+                   f"{demo.ROUNDS} rounds each. You can close the page; it goes on in the background.")
+        ui.job_panel(demo.demo_folder(), demo.KIND, show_loss=False, key="home_demo")
+        return
+    ui.job_panel(demo.demo_folder(), demo.KIND, show_loss=False, key="home_demo")  # how the last one ended
+    if all(r["ready"] for r in state):
+        cols = st.columns(len(state))
+        for col, r in zip(cols, state):
+            if col.button(f"Open {r['name']} ({r['rounds']} rounds)", key=f"home_demo_open_{r['name']}",
+                          width="stretch"):
+                ui.select_run(r["folder"])
+                st.rerun()
+        st.caption("The demo is ready. Open a run, then step through its rounds on the Rounds page.")
+        return
+    st.caption(f"Train the toy and triangles models and run {demo.ROUNDS} S-MEME rounds on each, in the "
+               "background, so that a class can start from finished runs (a few minutes on a laptop). Runs "
+               "already there are kept and completed.")
+    if ui.viewer():
+        ui.viewer_note()
+        return
+    if st.button("Prepare the demo", key="home_demo_start", icon=":material/school:"):
+        try:
+            demo.start_demo()
+            st.rerun()
+        except jobs.JobBusy as exc:
+            st.warning(str(exc))
+
+
+def share_section(run):
+    """Download the current run as a bundle; open a bundle someone else made."""
+    st.subheader("Share a run")
+    left, right = st.columns(2, gap="large")
+    with left:
+        if run is not None:
+            folder = runs.run_folder(run)
+            st.download_button(f"Download {Path(folder).name} as a bundle (.zip)",
+                               data=lambda: bundles.bundle_bytes(folder), file_name=bundles.bundle_file_name(folder),
+                               mime="application/zip", key="home_bundle", on_click="ignore",
+                               icon=":material/download:")
+            st.caption("A bundle holds the run's settings, every round's weights and its metrics and cached "
+                       "results; open it on another machine with the uploader here or `python -m smeme import`.")
+    with right:
+        if ui.viewer():
+            ui.viewer_note()
+            return
+        up = st.file_uploader("Open a run bundle (.zip)", type=["zip"], key="home_upload")
+        done = st.session_state.setdefault("_bundles_opened", {})  # upload id -> folder or error
+        if up is not None:
+            if up.file_id not in done:
+                try:
+                    done[up.file_id] = ("ok", str(bundles.import_upload(up.name, up.getvalue())))
+                except (BundleError, access.ReadOnlyError) as exc:
+                    done[up.file_id] = ("error", str(exc))
+                else:
+                    ui.select_run(done[up.file_id][1])
+                    st.session_state.pop("home_pick", None)  # the run list's picker shows it too
+                    st.rerun()
+            outcome, text = done[up.file_id]
+            if outcome == "error":
+                st.error(text)
+            else:
+                st.success(f"Opened the bundle as the run {Path(text).name}.")
 
 
 def current_run_panel(run):
@@ -114,7 +194,9 @@ pages = [
     st.Page(home, title="Home", icon=":material/home:", default=True),
     st.Page("pages/1_Model.py", title="Model", icon=":material/model_training:"),
     st.Page("pages/2_Explore.py", title="Explore", icon=":material/explore:"),
+    st.Page("pages/5_Rounds.py", title="Rounds", icon=":material/slideshow:"),
     st.Page("pages/3_Compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/6_Budget.py", title="Budget", icon=":material/stacked_line_chart:"),
 ]
 if (HERE / "pages" / "4_Images.py").exists():
     pages.append(st.Page("pages/4_Images.py", title="Images", icon=":material/image:"))

@@ -34,14 +34,11 @@ k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
 seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
 
 busy = runs.busy_message(folder)
-explore_job = jobs.get(folder, "explore")
-b1, b2, b3 = st.columns(3)
+b1, b2 = st.columns(2)  # the job panel below carries the one Stop button while rounds run
 start_one = b1.button("Run next round", type="primary", disabled=busy is not None or ui.viewer(), key="x_one",
                       width="stretch")
 start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None or ui.viewer(), key="x_k_btn",
                     width="stretch")
-b3.button("Stop", disabled=explore_job is None or not explore_job.running or not ui.may_stop(explore_job),
-          key="x_stop", width="stretch", on_click=ui.stop_job, args=(folder, "explore"))
 if ui.viewer():
     ui.viewer_note()
 if start_one or start_k:

@@ -37,8 +37,8 @@ if runs.has_plane(run):
             hm_a, hm_b, overlay=cached.overlay(run), names=names)), key="c_heat")
     else:
         job = jobs.get(folder, "heatmap")
-        if job is None or not job.running:
-            launch.start_heatmaps(folder, [a, b], res, owner=ui.owner())
+        if (job is None or not job.running) and launch.start_heatmaps(folder, [a, b], res, owner=ui.owner()) is None:
+            st.caption("The heatmaps are computed when the rounds running on this run end.")
         ui.job_panel(folder, "heatmap", show_loss=False, key="c_heat_job")
 else:
     st.caption("This data set has no 2-D plane to draw densities on.")

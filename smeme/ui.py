@@ -166,7 +166,7 @@ def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = No
                 st.rerun(scope="app")
             return
         cols = st.columns([5, 1], vertical_alignment="center")
-        cols[0].progress(snap["fraction"], text=f"{snap['message']}  ({snap['elapsed']:.0f} s)")
+        cols[0].progress(snap["fraction"], text=jobs.progress_text(snap))
         allowed = may_stop(job)
         cols[1].button("Stop", key=f"{key}_stop", on_click=stop_job, args=(job.folder, job.kind),
                        disabled=snap["cancel_requested"] or not allowed, width="stretch",
@@ -197,6 +197,9 @@ def sidebar() -> None:
     folders = openable(runs)
     names = {r["folder"]: run_label(r) for r in runs}
     cur = st.session_state.get("run")
+    if cur and cur not in folders:  # the run the page acts on, still training (or just imported)
+        folders.insert(0, cur)
+        names.setdefault(cur, f"{Path(cur).name} (in preparation)")
     with st.sidebar:
         if folders:
             idx = folders.index(cur) if cur in folders else None
@@ -244,3 +247,49 @@ def metric_row(tl: pd.DataFrame) -> None:
 def compare_metrics(ra: dict, rb: dict, names: tuple[str, str]) -> None:
     """Headline metrics of round b, with the change from round a."""
     _headline(rb, ra, f"**{names[1]}** (change from {names[0]})")
+
+
+PLAY_EVERY_S = 1.5
+
+
+def round_stepper(rounds: list[int], draw, key: str = "step", every: float = PLAY_EVERY_S) -> int:
+    """A 'Round' slider with a Play / Pause button over `rounds`; `draw(k)` draws round k.
+
+    Slider, button and frame live in one fragment: moving the slider reruns only the
+    fragment (draw(k) should be a cache lookup). While playing, the fragment reruns every
+    `every` seconds and each run shows the next round; at the last round it stops. Play and
+    Pause rerun the whole page, which (re)registers the fragment with or without its timer.
+    Returns the round shown."""
+    at, playing, fresh = f"{key}_round", f"{key}_playing", f"{key}_fresh"
+    if st.session_state.get(at) not in rounds:
+        st.session_state[at] = rounds[-1]
+
+    @st.fragment(run_every=every if st.session_state.get(playing) else None)
+    def stepper():
+        c1, c2 = st.columns([1, 8], vertical_alignment="bottom")
+        if c1.button("Pause" if st.session_state.get(playing) else "Play", key=f"{key}_play",
+                     icon=":material/pause:" if st.session_state.get(playing) else ":material/play_arrow:",
+                     disabled=len(rounds) < 2, width="stretch"):
+            start = not st.session_state.get(playing)
+            st.session_state[playing] = start
+            if start:
+                st.session_state[fresh] = True  # this click's own run shows the round it starts from
+                if st.session_state[at] == rounds[-1]:
+                    st.session_state[at] = rounds[0]
+            st.rerun(scope="app")
+        if st.session_state.get(playing) and not st.session_state.pop(fresh, False):
+            later = [r for r in rounds if r > st.session_state[at]]
+            if later:
+                st.session_state[at] = later[0]
+            if len(later) <= 1:  # the last round is on screen now: stop, and drop the timer
+                st.session_state[playing] = False
+                st.session_state[fresh] = True
+        with c2:
+            k = st.select_slider("Round", options=rounds, key=at,
+                                 format_func=lambda r: f"{r} (pre-trained)" if r == 0 else str(r))
+        draw(k)
+        if st.session_state.pop(fresh, False) and not st.session_state.get(playing):
+            st.rerun(scope="app")  # played to the end: rerun once without the timer
+
+    stepper()
+    return st.session_state[at]

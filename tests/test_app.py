@@ -33,10 +33,13 @@ def built_cache(tmp_path_factory):
     tri = settings.runs_dir() / "tri"
     pretrain_run(toy, "toy", n=2000, preset="tiny")
     pretrain_run(tri, "triangles", n=1024, preset="tiny")
+    queued = {}
     for folder, k in ((toy, 2), (tri, 1)):
         job = launch.start_rounds(folder, k, settings.explore_defaults(runs.open_run(folder)))
         assert job.wait(120) and job.status == "done", job.error
-    yield root
+        queued[folder.name] = (job, jobs.get(folder, "heatmap"))  # the heatmaps the rounds queued
+    assert jobs.wait_all(240)
+    yield root, queued
     jobs.wait_all(60)
     for k, v in old.items():
         if v is None:
@@ -48,12 +51,13 @@ def built_cache(tmp_path_factory):
 @pytest.fixture
 def cache(built_cache, tmp_path, monkeypatch):
     """This test's own copy of the built cache (tests add rounds, runs and damage to it)."""
+    built, queued = built_cache
     root = tmp_path / "cache"
-    shutil.copytree(built_cache, root)
+    shutil.copytree(built, root)
     monkeypatch.setenv("SMEME_CACHE_DIR", str(root))
     monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
-    yield {"root": root, "toy": str((root / "runs" / "toy-default").resolve()),
-           "tri": str((root / "runs" / "tri").resolve())}
+    toy, tri = str((root / "runs" / "toy-default").resolve()), str((root / "runs" / "tri").resolve())
+    yield {"root": root, "toy": toy, "tri": tri, "queued": {toy: queued["toy-default"], tri: queued["tri"]}}
     jobs.wait_all(60)
 
 
@@ -85,6 +89,11 @@ def fig_text(at) -> str:
 
 def metrics(at) -> dict:
     return {m.label: m.value for m in at.metric}
+
+
+def picker(at):
+    """The value the sidebar's run picker shows."""
+    return [s for s in at.selectbox if str(s.key).startswith("_sidebar_run_")][0].value
 
 
 def settle(at, page: str | None = None):
@@ -165,6 +174,9 @@ def test_model_page_trains_triangles_with_chosen_settings(cache):
     assert not at.exception
     folder = str((settings.runs_dir() / "tri-small").resolve())
     assert at.session_state["run"] == folder
+    at.switch_page("app.py").run()  # (AppTest draws the sidebar with app.py, not with a page alone)
+    assert picker(at) == folder  # while it trains, the picker shows the run the page acts on, not a blank
+    at.switch_page("pages/1_Model.py").run()
     settle(at)
     run = runs.open_run(folder)
     assert run.config["dataset"]["name"] == "triangles"
@@ -262,6 +274,7 @@ def test_explore_second_tab_gets_a_clear_busy_message(cache):
         assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled
         bars = [(p.value, p.text) for p in at.get("progress")]  # the other tab's job, live
         assert any(v == 25 and t.startswith("Round 3 of 5: solver iteration 1/4") for v, t in bars), bars
+        assert [b.label for b in at.button].count("Stop") == 1  # one Stop while rounds run
         # the run's writes are refused in another tab (registry) ...
         with pytest.raises(jobs.JobBusy, match="busy"):
             launch.start_rounds(cache["toy"], 1, settings.explore_defaults())
@@ -663,3 +676,161 @@ def test_identical_uploads_at_once_never_share_a_temp_file(cache):
         t.join()
     assert not errors and len(set(out)) == 1 and out[0].read_bytes() == CSV
     assert [p.name for p in settings.uploads_dir().iterdir()] == [out[0].name]  # no temp file left
+
+
+# ------------------------------------------------------------------------------ heatmaps after rounds
+
+def test_each_finished_round_gets_its_heatmap_without_a_model_page_visit(cache):
+    assert jobs.wait_all(TIMEOUT * 2)
+    for folder in (cache["toy"], cache["tri"]):
+        run = runs.open_run(folder)
+        assert all(cached.heatmap_cached(run, k) is not None for k in run.rounds()), folder
+        explore, heat = cache["queued"][folder]
+        assert heat is not None and heat.status == "done"
+        assert heat.started >= explore.finished  # queued after the rounds, never beside them
+
+
+def test_new_rounds_stop_a_heatmap_job_of_their_run(cache):
+    gate = threading.Event()
+    heat = jobs.start(cache["tri"], "heatmap", lambda j: gate.wait(30) if not j.cancel.wait(30) else None,
+                      writes=False)
+    try:
+        job = launch.start_rounds(cache["tri"], 1, dict(settings.explore_defaults(runs.open_run(cache["tri"]))))
+        assert heat.cancel.is_set()  # the round does not share the CPU with heatmaps
+        job.stop()
+        assert jobs.wait_all(TIMEOUT * 2)
+    finally:
+        gate.set()
+
+
+# ------------------------------------------------------------------------------ rounds
+
+def frame_of(at) -> dict:
+    return [f for f in figs(at) if any("log-density, round" in a.get("text", "")
+                                        for a in f["layout"].get("annotations", []))][0]
+
+
+def test_rounds_slider_changes_the_shown_round_on_fixed_axes(cache):
+    assert jobs.wait_all(TIMEOUT * 2)
+    latest = runs.open_run(cache["toy"]).latest_round
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/5_Rounds.py").run()
+    assert not at.exception
+    assert at.select_slider(key="r_round").value == latest
+    last = frame_of(at)
+    assert f"log-density, round {latest}" in json.dumps(last["layout"])
+    assert f"Where the samples land, round {latest}" in fig_text(at)
+    at.select_slider(key="r_round").set_value(1).run()
+    first = frame_of(at)
+    text = json.dumps(first["layout"])
+    assert "log-density, round 1" in text and "samples, round 1 over round 0's" in text
+    assert {t.get("name") for t in first["data"]} >= {"round 0", "round 1: dense"}  # round 0 faint behind
+    # one colour scale and one set of axes for every round
+    heat = lambda f: [t for t in f["data"] if t["type"] == "heatmap"][0]  # noqa: E731
+    assert (heat(first)["zmin"], heat(first)["zmax"]) == (heat(last)["zmin"], heat(last)["zmax"])
+    assert first["layout"]["xaxis2"]["range"] == last["layout"]["xaxis2"]["range"]
+    assert first["layout"]["yaxis"]["range"] == last["layout"]["yaxis"]["range"]
+
+
+def test_rounds_play_advances_round_by_round_and_stops_at_the_last(cache):
+    latest = runs.open_run(cache["tri"]).latest_round
+    assert latest >= 1
+    at = app(cache["tri"]).run()
+    at.switch_page("pages/5_Rounds.py").run()
+    at.select_slider(key="r_round").set_value(0).run()
+    at.button(key="r_play").click().run()
+    assert not at.exception
+    assert at.select_slider(key="r_round").value == 0 and at.session_state["r_playing"]
+    assert at.button(key="r_play").label == "Pause"
+    shown = []
+    for _ in range(latest):
+        at.run()  # one timer tick of the playing fragment
+        shown.append(at.select_slider(key="r_round").value)
+    assert shown == list(range(1, latest + 1))
+    assert not at.session_state["r_playing"] and at.button(key="r_play").label == "Play"
+    assert "Side type, round" in fig_text(at) and "Angle type, round" in fig_text(at)
+
+
+# ------------------------------------------------------------------------------ bundles
+
+def test_a_bundle_uploaded_in_the_app_opens_as_a_run(cache):
+    from smeme.services import bundles
+    data = bundles.bundle_bytes(cache["tri"])
+    at = app(cache["toy"]).run()
+    at.file_uploader(key="home_upload").set_value(("from a colleague.zip", data, "application/zip")).run()
+    assert not at.exception
+    folder = str((settings.runs_dir() / "from-a-colleague").resolve())
+    assert at.session_state["run"] == folder
+    assert picker(at) == folder
+    assert metrics(at)["Data set"] == "triangles"
+    assert runs.open_run(folder).metrics() == runs.open_run(cache["tri"]).metrics()
+    # a damaged file: one sentence, nothing added, the current run stays
+    at.file_uploader(key="home_upload").set_value(("broken.zip", data[: len(data) // 2], "application/zip")).run()
+    assert not at.exception
+    assert [e.value for e in at.error] and at.error[0].value.startswith("The bundle broken.zip is refused:")
+    assert not (settings.runs_dir() / "broken").exists()
+    assert at.session_state["run"] == folder
+    assert {b.label for b in at.get("download_button")} >= {"Download from-a-colleague as a bundle (.zip)"}
+
+
+# ------------------------------------------------------------------------------ budget
+
+def test_budget_view_draws_one_line_per_k(cache):
+    at = app(cache["toy"]).run()
+    at.switch_page("pages/6_Budget.py").run()
+    assert not at.exception
+    at.multiselect(key="b_ks").set_value([1, 2])
+    at.number_input(key="b_iters").set_value(2)
+    at.button(key="b_start").click().run()
+    assert not at.exception and not at.error
+    settle(at)
+    lines = [f for f in figs(at) if "One budget of solver iterations" in json.dumps(f["layout"])][0]
+    assert [t["name"] for t in lines["data"]] == ["K = 1 (2 iterations a round)", "K = 2 (1 iterations a round)"]
+    assert [len(arr(t["x"])) for t in lines["data"]] == [2, 3]  # rounds 0..K
+    assert jobs.get(cache["toy"], "budget").status == "done"
+    # the same settings again: one sentence, unless asked to replace them
+    at.button(key="b_start").click().run()
+    assert any("run with these settings before" in e.value for e in at.error)
+
+
+def test_rounds_of_a_csv_run_show_a_chosen_pair_of_columns(cache, tmp_path):
+    from smeme.pipeline import pretrain_run
+    rng = np.random.default_rng(0)
+    table = tmp_path / "three.csv"
+    table.write_text("height,weight,age\n" + "\n".join(",".join(f"{v:.3f}" for v in row)
+                                                      for row in rng.normal(size=(400, 3))))
+    folder = settings.runs_dir() / "csv3"
+    pretrain_run(folder, "csv", dataset_params={"path": str(table)}, preset="tiny", steps=20)
+    assert jobs.wait_all(TIMEOUT)
+    at = app(str(folder.resolve())).run()
+    at.switch_page("pages/5_Rounds.py").run()
+    assert not at.exception
+    assert at.button(key="r_play").disabled  # one round: nothing to play
+    at.selectbox(key="r_col_y").set_value(2).run()
+    settle(at)
+    text = fig_text(at)
+    assert "height against age, round 0" in text and "log-density, round 0" in text
+
+
+# ------------------------------------------------------------------------------ demo
+
+@pytest.mark.slow
+def test_home_prepares_the_demo_in_the_background(tmp_path, monkeypatch):
+    from smeme.services import demo
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    at = app().run()
+    at.button(key="home_demo_start").click().run()
+    assert not at.exception
+    assert demo.job() is not None and demo.job().running
+    assert any(p.proto.text.startswith("Training the toy model") for p in at.get("progress"))
+    settle(at)
+    assert demo.job().status == "done", demo.job().error
+    labels = [b.label for b in at.button]
+    assert "Open toy-default (3 rounds)" in labels and "Open triangles-demo (3 rounds)" in labels
+    for r in demo.status():
+        run = runs.open_run(r["folder"])
+        assert run.rounds() == [0, 1, 2, 3]
+        assert all(cached.heatmap_cached(run, k) is not None for k in run.rounds())  # ready for the rounds view
+    at.button(key="home_demo_open_triangles-demo").click().run()
+    assert at.session_state["run"] == demo.status()[1]["folder"]

@@ -1,4 +1,5 @@
-"""End to end in a real headless Chromium: train a tiny toy model, run one round, compare.
+"""End to end in a real headless Chromium: train a tiny toy model, run one round, compare,
+step through the rounds.
 
 Starts `streamlit run app.py` on 127.0.0.1 with an empty cache (SMEME_CACHE_DIR=tmp) and
 the tiny preset (SMEME_APP_PRESET=tiny); drives it with Playwright; saves screenshots to
@@ -144,6 +145,19 @@ def test_train_explore_compare_in_chromium(server):
         expect(page.locator('[data-testid="stMetric"]').filter(has_text="Entropy (k-NN)")).to_be_visible(timeout=60_000)
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=60_000)
         snap(page, ARTIFACTS / "browser_compare.png", 2400)
+
+        # Rounds: step back with the keyboard on the "Round" slider, then Play to the last round
+        nav(page, "Rounds")
+        expect(page.get_by_text("log-density, round 1").first).to_be_visible(timeout=120_000)
+        page.get_by_role("slider").first.focus()
+        page.keyboard.press("ArrowLeft")
+        expect(page.get_by_text("log-density, round 0").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Where the samples land, round 0").first).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Play").click()
+        expect(page.get_by_text("log-density, round 1").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("samples, round 1 over round 0's").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("button", name="Play")).to_be_visible(timeout=60_000)  # stopped at the end
+        snap(page, ARTIFACTS / "browser_rounds.png", 1800)
         assert not page.get_by_text("Traceback").count()
         assert not page.locator('[data-testid="stException"]').count()
         browser.close()

@@ -19,10 +19,21 @@ OVERLAY = [{"name": "square", "x": [0, 1, 1, 0, 0], "y": [0, 0, 1, 1, 0], "mode"
 
 def test_loss_curve_raw_and_smoothed():
     fig = figures.loss_curve([(i, 1.0 / (i + 1)) for i in range(100)])
-    assert [t.name for t in fig.data][0] == "loss"
-    assert len(fig.data) == 2 and len(fig.data[0].x) == 100
+    assert [t.name for t in fig.data] == ["loss at each step", "loss (moving mean of 25 steps)"]
+    assert len(fig.data[0].x) == 100
     assert fig.layout.yaxis.type == "log"
     assert len(figures.loss_curve([]).data) == 1  # empty history still draws
+    assert len(figures.loss_curve([0.5, 0.4, 0.3]).data) == 1  # no "mean of 1"
+
+
+def test_loss_curve_log_ticks_are_labelled_in_full():
+    # 1 .. 0.01 spans two decades: one tick per decade, no bare '2' / '5' between them
+    fig = figures.loss_curve([(i, 1.0 / (i + 1)) for i in range(100)])
+    assert list(fig.layout.yaxis.tickvals) == [0.01, 0.1, 1.0]
+    assert list(fig.layout.yaxis.ticktext) == ["0.01", "0.1", "1"]
+    # within one decade: 1-2-5 steps, written out
+    assert figures.log_ticks(0.15, 0.6) == [0.2, 0.5]
+    assert figures.log_ticks(0.31, 0.39) == [0.31, 0.39]  # no 1-2-5 value inside: the ends
 
 
 def test_scatter_panels_share_axes_and_overlay():
@@ -110,3 +121,14 @@ def test_loss_curve_thins_long_histories_but_keeps_the_ends_and_the_mean():
     assert raw.y[-1] == pytest.approx(1 / 3000)
     # the running mean is taken before thinning: the last point averages the last 10 losses
     assert mean.y[-1] == pytest.approx(np.mean([1.0 / (i + 1) for i in range(2990, 3000)]))
+
+
+def test_class_histogram_and_budget_lines():
+    fig = figures.class_histogram({"0": 0.5, "7": 0.5}, 2, previous={"0": 1.0}, y_max=1.0)
+    assert [t.name for t in fig.data] == ["round 1", "round 2"]
+    assert list(fig.data[1].y) == [0.5, 0, 0, 0, 0, 0, 0, 0.5, 0, 0] and list(fig.layout.yaxis.range) == [0, 1]
+    rows = [{"rounds": 2, "iterations_per_round": 5, "entropy_knn_per_round": [1.0, 1.2, None]},
+            {"rounds": 1, "iterations_per_round": 10, "entropy_knn_per_round": [1.0, 1.1]}]
+    fig = figures.budget_lines(rows)
+    assert [t.name for t in fig.data] == ["K = 1 (10 iterations a round)", "K = 2 (5 iterations a round)"]
+    assert list(fig.data[1].x) == [0, 1, 2] and np.isnan(fig.data[1].y[2])  # a missing entropy is a gap

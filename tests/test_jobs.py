@@ -174,3 +174,28 @@ def test_process_job_stop_failure_and_a_dead_worker(tmp_path):
     dead = jobs.start_process(tmp_path, "heatmap", _child_exits, writes=False)
     assert dead.wait(60) and dead.status == "failed"
     assert "ended without a result (exit code 3)" in dead.error
+
+
+def test_time_left_from_elapsed_and_fraction():
+    assert jobs.time_left(0.25, 30.0) == pytest.approx(90.0)
+    assert jobs.time_left(0.01, 30.0) is None  # too little done to tell
+    assert jobs.time_left(0.5, 0.5) is None  # start-up time is no rate
+    assert jobs.format_time_left(90.0) == "about 2 min left"
+    assert jobs.format_time_left(42.0) == "about 40 s left"
+    assert jobs.progress_text({"message": "Training", "elapsed": 30.0, "eta": 90.0}) == \
+        "Training  (30 s, about 2 min left)"
+    assert jobs.progress_text({"message": "Training", "elapsed": 1.0, "eta": None}) == "Training  (1 s)"
+
+
+def test_then_runs_after_the_job_and_wait_all_waits_for_what_it_queues(tmp_path):
+    order = []
+
+    def follow_up(job):
+        order.append(("then", job.status))
+        jobs.start(tmp_path, "after", lambda j: (time.sleep(0.2), order.append("after")), writes=False)
+
+    job = jobs.start(tmp_path, "first", lambda j: order.append("first"), then=follow_up)
+    assert jobs.wait_all(10)
+    assert order == ["first", ("then", jobs.DONE), "after"]
+    assert jobs.get(tmp_path, "after").status == jobs.DONE
+    assert job.snapshot()["eta"] is None

@@ -22,8 +22,9 @@ LAYERS = [
     ("solvers", ["smeme.solvers"]),
     ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics"]),
     ("store", ["smeme.store"]),
-    ("pipeline, bundles, budget", ["smeme.pipeline", "smeme.bundle", "smeme.budget"]),
+    ("pipeline, budget", ["smeme.pipeline", "smeme.budget"]),
     ("images", ["smeme.images"]),
+    ("bundles", ["smeme.bundle"]),  # a bundle carries point runs and image (SD) runs alike
     ("services", ["smeme.services"]),
     ("ui and cli", ["smeme.ui", "smeme.cli", "smeme.__main__"]),
     ("pages", ["app", "pages"]),

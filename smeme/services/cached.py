@@ -96,6 +96,15 @@ def samples_cached(run, k: int, n: int = SAMPLES_N, seed: int = SAMPLES_SEED) ->
     return None if arr is None else _mem_put((folder, key, _round_stamp(run, k)), arr)
 
 
+def digits_row(run, k: int, n: int = 8, seed: int = SAMPLES_SEED) -> np.ndarray:
+    """Round k's row of a digits grid under fixed noise: uint8 images (n, h, w); cached on disk."""
+    def compute():
+        from ..images.grid import grid_arrays
+        setup()
+        return grid_arrays(run, [k], n=n, seed=seed)[k]
+    return _cached_array(run, f"digits_row_r{k}_n{n}_s{seed}", k, compute)
+
+
 def data_sample(run, n: int = SAMPLES_N) -> np.ndarray | None:
     """Up to n rows of the training data (saved at training time; rebuilt for CLI runs)."""
     def rebuild():

@@ -87,16 +87,31 @@ def loss_curve(losses: Sequence[tuple[int, float]] | Sequence[float], title: str
     keep = np.unique(np.linspace(0, len(vals) - 1, max_points).round().astype(int)) if len(vals) > max_points \
         else slice(None)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=steps[keep], y=vals[keep], mode="lines", name="loss",
+    fig.add_trace(go.Scatter(x=steps[keep], y=vals[keep], mode="lines", name="loss at each step",
                              line=dict(color=PALETTE[0], width=1), opacity=0.35))
-    if len(vals) >= 2:
-        w = max(1, min(smooth, len(vals) // 4 or 1))
+    w = min(smooth, len(vals) // 4)
+    if w >= 2:  # a mean over fewer steps would only redraw the raw curve
         smoothed = pd.Series(vals).rolling(w, min_periods=1).mean().to_numpy()
-        fig.add_trace(go.Scatter(x=steps[keep], y=smoothed[keep], mode="lines", name=f"mean of {w}",
-                                 line=dict(color=PALETTE[0], width=2)))
+        fig.add_trace(go.Scatter(x=steps[keep], y=smoothed[keep], mode="lines",
+                                 name=f"loss (moving mean of {w} steps)", line=dict(color=PALETTE[0], width=2)))
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="loss", type="log" if log_y and len(vals) and np.all(vals > 0) else "linear")
+    if log_y and len(vals) and np.all(np.isfinite(vals)) and np.all(vals > 0):
+        # plotly's own log ticks label the values between decades with a bare '2' and '5'
+        tickvals = log_ticks(float(vals.min()), float(vals.max()))
+        fig.update_yaxes(title_text="loss", type="log", tickvals=tickvals, ticktext=[f"{v:g}" for v in tickvals])
+    else:
+        fig.update_yaxes(title_text="loss", type="linear")
     return _layout(fig, title, height=300)
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis over [lo, hi], each labelled in full: one per decade when
+    the range spans two decades or more, else 1-2-5 steps (so a short range still has labels)."""
+    first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    steps = (1.0,) if last - first >= 2 else (1.0, 2.0, 5.0)
+    vals = [m * 10.0 ** e for e in range(first, last + 1) for m in steps]
+    inside = [float(f"{v:.3g}") for v in vals if lo / 1.2 <= v <= hi * 1.2]
+    return inside or [float(f"{lo:.3g}"), float(f"{hi:.3g}")]
 
 
 # --------------------------------------------------------------------------------------
@@ -266,6 +281,114 @@ def heatmap_compare(hm_a: dict, hm_b: dict, overlay: Sequence[dict] | None = Non
 
 
 # --------------------------------------------------------------------------------------
+# one round at a time (the step-through)
+
+PREVIOUS_COLOR = "rgba(130,130,130,0.28)"
+
+
+def _round_points(fig: go.Figure, pts, prev, cats, k: int, max_points: int, **pos) -> None:
+    """Round k's points over the previous round's, drawn faint behind them."""
+    if prev is not None:
+        p = _xy(prev)[:max_points]
+        fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers", name=f"round {k - 1}",
+                                 marker=dict(size=4, color=PREVIOUS_COLOR), legendgroup="previous"), **pos)
+    xy = _xy(pts)[:max_points]
+    if cats is None:
+        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"round {k}",
+                                 marker=dict(size=4, color=PALETTE[1], opacity=0.7)), **pos)
+        return
+    cats = np.asarray(cats)[:max_points]
+    for j, c in enumerate(sorted(set(cats.tolist()), key=str)):
+        m = cats == c
+        fig.add_trace(go.Scatter(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"round {k}: {c}",
+                                 marker=dict(size=4, opacity=0.75,
+                                             color=CATEGORY_COLORS.get(str(c), PALETTE[j % len(PALETTE)]))), **pos)
+
+
+def round_frame(k: int, hm: dict | None, points, prev_points=None, overlay: Sequence[dict] | None = None,
+                labels: tuple[str, str] = ("x", "y"), colors=None, zrange: tuple[float, float] | None = None,
+                ranges: tuple | None = None, max_points: int = 500, height: int = 440) -> go.Figure:
+    """Round k: its log-density heatmap (left; a note while it is computed) and its samples
+    under the fixed noise, round k-1's faint behind them (right). `zrange` and `ranges` are
+    fixed by the caller over all rounds, so that frames differ only where the model did."""
+    fig = make_subplots(rows=1, cols=2, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[f"log-density, round {k}",
+                                        f"samples, round {k}" + (f" over round {k - 1}'s" if prev_points is not None
+                                                                 else "")])
+    if hm is not None:
+        z = np.asarray(hm["logp"], dtype=float)
+        lo, hi = zrange or display_range(z)
+        fig.add_trace(go.Heatmap(x=hm["xs"], y=hm["ys"], z=np.clip(z, lo, hi), zmin=lo, zmax=hi,
+                                 colorscale=HEAT_SCALE, showlegend=False,
+                                 colorbar=dict(title=dict(text="log p", side="right"), x=-0.12, xanchor="right",
+                                               thickness=12, len=0.9),
+                                 hovertemplate="(%{x:.2f}, %{y:.2f}): log p = %{z:.2f}<extra></extra>"), row=1, col=1)
+    else:
+        fig.add_annotation(text="log-density: being computed in the background", showarrow=False,
+                           xref="x domain", yref="y domain", x=0.5, y=0.5, font=dict(color="#666"))
+    _round_points(fig, points, prev_points, colors, k, max_points, row=1, col=2)
+    for col in (1, 2):
+        for tr in _overlay_traces(overlay):
+            fig.add_trace(tr, row=1, col=col)
+    fig.update_xaxes(title_text=labels[0], matches="x")
+    fig.update_yaxes(matches="y")
+    fig.update_yaxes(title_text=labels[1], col=1)
+    if ranges:
+        fig.update_xaxes(range=list(ranges[0]))
+        fig.update_yaxes(range=list(ranges[1]))
+    fig = _layout(fig, None, height=height, subtitles=True)
+    fig.update_layout(margin=dict(l=110, r=20, t=45, b=95), height=height + 40)
+    return fig
+
+
+def pair_scatter(k: int, points, prev_points=None, labels: tuple[str, str] = ("x", "y"),
+                 ranges: tuple | None = None, max_points: int = 500, height: int = 380) -> go.Figure:
+    """Two chosen columns of round k's samples over round k-1's (a CSV's category view)."""
+    fig = go.Figure()
+    _round_points(fig, points, prev_points, None, k, max_points)
+    fig.update_xaxes(title_text=labels[0])
+    fig.update_yaxes(title_text=labels[1])
+    if ranges:
+        fig.update_xaxes(range=list(ranges[0]))
+        fig.update_yaxes(range=list(ranges[1]))
+    return _legend_room(_layout(fig, f"{labels[0]} against {labels[1]}, round {k}", height=height))
+
+
+def class_histogram(shares: dict, k: int, previous: dict | None = None, y_max: float | None = None,
+                    height: int = 320) -> go.Figure:
+    """Predicted digit classes of round k (bars) beside round k-1's (faint): shares = {'0': 0.1, ...}."""
+    classes = [str(d) for d in range(10)]
+    fig = go.Figure()
+    if previous:
+        fig.add_trace(go.Bar(x=classes, y=[float(previous.get(c, 0.0)) for c in classes], name=f"round {k - 1}",
+                             marker_color=PREVIOUS_COLOR))
+    fig.add_trace(go.Bar(x=classes, y=[float(shares.get(c, 0.0)) for c in classes], name=f"round {k}",
+                         marker_color=PALETTE[1]))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="predicted digit", type="category")
+    fig.update_yaxes(title_text="share", range=[0.0, float(y_max)] if y_max else None, rangemode="tozero")
+    return _legend_room(_layout(fig, f"Digit classes, round {k}", height=height))
+
+
+# --------------------------------------------------------------------------------------
+# the paper's Figure 2d
+
+def budget_lines(rows: Sequence[dict], height: int = 380) -> go.Figure:
+    """Entropy per round for each K of a budget sweep, one line per K (the paper's Figure 2d):
+    rows carry 'rounds' (K), 'iterations_per_round' and 'entropy_knn_per_round' (rounds 0..K)."""
+    fig = go.Figure()
+    for i, row in enumerate(sorted(rows, key=lambda r: r["rounds"])):
+        ys = [np.nan if v is None else float(v) for v in row.get("entropy_knn_per_round") or []]
+        fig.add_trace(go.Scatter(x=list(range(len(ys))), y=ys, mode="lines+markers",
+                                 name=f"K = {row['rounds']} ({row['iterations_per_round']} iterations a round)",
+                                 line=dict(color=PALETTE[i % len(PALETTE)])))
+    fig.update_xaxes(title_text="round", dtick=1)
+    fig.update_yaxes(title_text="entropy (k-NN, nats)")
+    return _legend_room(_layout(fig, "One budget of solver iterations over K rounds: entropy per round",
+                                height=height))
+
+
+# --------------------------------------------------------------------------------------
 # metrics over rounds
 
 def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, str]]]],
@@ -309,10 +432,13 @@ def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, s
     return fig
 
 
-def category_bars(shares: pd.DataFrame, title: str | None = None, height: int = 340) -> go.Figure:
+def category_bars(shares: pd.DataFrame, title: str | None = None, height: int = 340,
+                  y_max: float | None = None, categories: Sequence[str] | None = None) -> go.Figure:
     """Grouped bars: x = category, one bar per round, 95% CI error bars.
 
-    `shares`: columns round, category, share, and optionally lo, hi.
+    `shares`: columns round, category, share, and optionally lo, hi. `y_max` and
+    `categories` fix the share axis and the bars' order (e.g. the same over every frame of
+    a step-through, so that a bar that grows is a share that grew).
     """
     fig = go.Figure()
     for i, (rnd, sub) in enumerate(shares.groupby("round", sort=True)):
@@ -324,6 +450,10 @@ def category_bars(shares: pd.DataFrame, title: str | None = None, height: int = 
                              marker_color=PALETTE[i % len(PALETTE)]))
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="share", rangemode="tozero")
+    if y_max is not None:
+        fig.update_yaxes(range=[0.0, float(y_max)])
+    if categories is not None:
+        fig.update_xaxes(categoryorder="array", categoryarray=list(categories))
     fig = _layout(fig, title, height=height)
     fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
     return fig

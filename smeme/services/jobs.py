@@ -117,6 +117,7 @@ class Job:
                 "losses": list(self.losses), "events": list(self.events),
                 "error": self.error, "elapsed": self.elapsed,
                 "cancel_requested": self.cancel.is_set(),
+                "eta": time_left(self.fraction, self.elapsed) if self.status == RUNNING else None,
             }
 
     def stop(self) -> None:
@@ -158,17 +159,46 @@ _REGISTRY: dict[tuple[str, str], Job] = _sys._smeme_jobs[0]
 _REG_LOCK = _sys._smeme_jobs[1]
 
 
+ETA_MIN_FRACTION = 0.03  # below this the rate is mostly start-up cost, not a forecast
+ETA_MIN_ELAPSED = 2.0
+
+
+def time_left(fraction: float, elapsed: float) -> float | None:
+    """Seconds left if the job goes on at the rate it has had (elapsed / fraction); None
+    while too little is done to tell."""
+    if fraction < ETA_MIN_FRACTION or elapsed < ETA_MIN_ELAPSED or fraction >= 1.0:
+        return None
+    return elapsed * (1.0 - fraction) / fraction
+
+
+def format_time_left(seconds: float | None) -> str:
+    """'about 40 s left', 'about 3 min left'; '' when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5):.0f} s left"
+    return f"about {round(seconds / 60):.0f} min left"
+
+
+def progress_text(snap: dict) -> str:
+    """A running job's progress line: its message, the time so far and an estimate of the rest."""
+    left = format_time_left(snap.get("eta"))
+    return f"{snap['message']}  ({snap['elapsed']:.0f} s" + (f", {left})" if left else ")")
+
+
 def _describe(job: Job) -> str:
     return job.label or job.kind
 
 
 def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
-          writes: bool = True, owner: str | None = None) -> Job:
+          writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None) -> Job:
     """Start `target(job)` in a background thread and register it under (folder, kind).
 
     Raises JobBusy if a job of the same kind runs on this folder, or if `writes` and any
     other writing job runs on it (two tabs training / exploring the same run); ReadOnlyError
     for a writing job in viewer mode. `owner` names the session that may stop it.
+    `then(job)`, if given, runs in the same thread once the job has finished (any status),
+    e.g. to queue follow-up work that must not compete with this job; its errors are ignored.
     """
     if writes:
         access.require_writer()
@@ -199,6 +229,11 @@ def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
             log.error("%s on %s failed:\n%s", _describe(job), key_folder, job.traceback)
         else:
             job._finish(CANCELLED if job.cancel.is_set() else DONE, result=result)
+        if then is not None:
+            try:
+                then(job)
+            except Exception:  # noqa: BLE001 - follow-up work is a nicety; the job's outcome stands
+                job.traceback = (job.traceback or "") + traceback.format_exc()
 
     t = threading.Thread(target=body, name=f"smeme-{kind}-{job.id}", daemon=True)
     job._thread = t
@@ -333,10 +368,11 @@ def _relay(job: Job, func, args) -> Any:
 
 
 def start_process(folder, kind: str, func: Callable[..., Any], *args, label: str = "",
-                  writes: bool = True, owner: str | None = None) -> Job:
+                  writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None) -> Job:
     """Like `start`, but `func(job, *args)` runs in a child process. `func` must be a
     module-level function and `args` picklable; `job.update/log/cancel` work as in a thread."""
-    return start(folder, kind, lambda job: _relay(job, func, args), label=label, writes=writes, owner=owner)
+    return start(folder, kind, lambda job: _relay(job, func, args), label=label, writes=writes, owner=owner,
+                 then=then)
 
 
 def get(folder, kind: str) -> Job | None:
@@ -379,10 +415,21 @@ def forget(folder, kind: str) -> None:
             del _REGISTRY[job.key]
 
 
+def _pending() -> list[Job]:
+    """Jobs still running, or finished but still in their `then` (which may queue more)."""
+    with _REG_LOCK:
+        return [j for j in _REGISTRY.values() if j.running or (j._thread is not None and j._thread.is_alive())]
+
+
 def wait_all(timeout: float = 60.0) -> bool:
-    """Wait for every running job (tests, shutdown). True if all finished."""
+    """Wait for every running job, and for the jobs they queue when they end (`then`; a
+    job's wait covers its `then`). True if all finished within `timeout`."""
     deadline = time.time() + timeout
-    for job in active():
-        if not job.wait(max(deadline - time.time(), 0.0)):
-            return False
-    return True
+    while True:
+        pending = _pending()
+        if not pending:
+            return True
+        for job in pending:
+            job.wait(max(deadline - time.time(), 0.0))
+        if time.time() >= deadline:
+            return not _pending()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import jobs
 from .cached import compute_heatmap, data_sample, heatmap_cached, samples
-from .runs import open_run
+from .runs import has_plane, is_image_run, open_run
 from .settings import HEATMAP_RES, preset_name, setup
 
 
@@ -18,7 +18,7 @@ def start_training(folder, dataset: str, dataset_params: dict | None = None, ste
     ReadOnlyError in viewer mode). `owner`: the session that may stop it."""
     return jobs.start_process(folder, "train", _train_job, str(folder), dataset, dict(dataset_params or {}),
                               steps, seed, dict(model_params or {}), label=label or f"Training ({dataset})",
-                              owner=owner)
+                              owner=owner, then=heatmaps_after)
 
 
 def _train_job(job, folder: str, dataset: str, dataset_params: dict, steps, seed: int, model_params: dict):
@@ -57,8 +57,24 @@ def start_rounds(folder, rounds: int, settings: dict, owner: str | None = None) 
     explore.run_rounds and logged as a job event {'round', 'metrics'}."""
     from ..explore import ExploreConfig
     ExploreConfig(**settings)  # bad settings raise here, on the page, not in the worker
+    # heatmaps never run beside a round: stop them; the rounds job queues them again when it ends
+    jobs.stop(folder, "heatmap")
     return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), dict(settings),
-                              label=f"S-MEME rounds ({int(rounds)})", owner=owner)
+                              label=f"S-MEME rounds ({int(rounds)})", owner=owner, then=heatmaps_after)
+
+
+def heatmaps_after(job: jobs.Job) -> jobs.Job | None:
+    """Queue the heatmaps of every finished round of the job's run once the job has ended
+    (also after a stop or a failure: the rounds saved so far deserve theirs), so that the
+    rounds view, Compare and the perfect-solver line are ready without a visit to the Model
+    page. Runs after the job, never beside it: a round never shares the CPU with them."""
+    try:
+        run = open_run(job.folder)
+    except Exception:  # noqa: BLE001 - e.g. a training stopped before round 0 was saved
+        return None
+    if is_image_run(run) or not has_plane(run):
+        return None
+    return start_heatmaps(job.folder, run.rounds(), owner=job.owner)
 
 
 def _rounds_job(job, folder: str, rounds: int, settings: dict):
@@ -100,6 +116,9 @@ def start_heatmaps(folder, rounds, resolution: int = HEATMAP_RES, owner: str | N
     existing = jobs.get(folder, "heatmap")
     if existing is not None and existing.running:
         return existing
+    rounds_job = jobs.get(folder, "explore")
+    if rounds_job is not None and rounds_job.running:
+        return None  # never beside a round: its job queues the heatmaps when it ends
     return jobs.start_process(folder, "heatmap", _heatmap_job, str(folder), todo, int(resolution),
                               label="Log-density heatmaps", writes=False, owner=owner)
 
