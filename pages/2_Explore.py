@@ -58,6 +58,9 @@ def show_results():
     tl = cached.timeline(r)
     if len(tl):
         ui.metric_row(tl)
+        health = results.solver_health(r.metrics().get(r.latest_round, {}))
+        if health:
+            st.caption(f"Solver health, round {r.latest_round}: {health}")
     ui.plot(cached.figure(r, ("timeline",), lambda: figures.timeline(tl, runs.timeline_panels(r),
                                                                        title="Metrics per round")),
             key="x_timeline")
