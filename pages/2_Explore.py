@@ -7,14 +7,7 @@ from smeme import ui
 from smeme.services import access, cached, figures, jobs, launch, results, runs, settings
 
 st.title("Explore")
-run = ui.current_run()
-if run is None:
-    st.info("Open or train a model first (Home or Model page).")
-    st.page_link("pages/1_Model.py", label="Model page", icon=":material/model_training:")
-    st.stop()
-if runs.is_image_run(run):
-    st.info("This is an image run: its rounds are shown on the Images page.")
-    st.stop()
+run = ui.run_or_stop("This is an image run: its rounds are shown on the Images page.")
 folder = runs.run_folder(run)
 st.caption(f"Run **{Path(folder).name}** ({runs.run_dataset(run)}), {len(run.rounds()) - 1} round(s) so far.")
 ui.render_content("explore")

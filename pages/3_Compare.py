@@ -7,13 +7,7 @@ from smeme import ui
 from smeme.services import cached, figures, jobs, launch, results, runs, settings
 
 st.title("Compare rounds")
-run = ui.current_run()
-if run is None:
-    st.info("Open or train a model first (Home or Model page).")
-    st.stop()
-if runs.is_image_run(run):
-    st.info("This is an image run: its rounds are shown on the Images page.")
-    st.stop()
+run = ui.run_or_stop("This is an image run: its rounds are shown on the Images page.")
 folder = runs.run_folder(run)
 rounds = run.rounds()
 ui.render_content("compare")

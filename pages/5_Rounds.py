@@ -5,10 +5,7 @@ from smeme import ui
 from smeme.services import cached, figures, jobs, launch, runs, stepper
 
 st.title("Round by round")
-run = ui.current_run()
-if run is None:
-    st.info("Open or train a model first (Home or Model page).")
-    st.stop()
+run = ui.run_or_stop()
 folder = runs.run_folder(run)
 rounds = run.rounds()
 st.caption("Each frame is one round's model. The samples come from the same fixed noise in every round, so a "

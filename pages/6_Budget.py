@@ -6,13 +6,7 @@ from smeme.explore import ExploreError
 from smeme.services import figures, jobs, runs, settings, sweeps
 
 st.title("One budget, more rounds")
-run = ui.current_run()
-if run is None:
-    st.info("Open or train a model first (Home or Model page).")
-    st.stop()
-if runs.is_image_run(run):
-    st.info("The budget sweep runs on the 2-D and table data sets; image runs have their own page.")
-    st.stop()
+run = ui.run_or_stop("The budget sweep runs on the 2-D and table data sets; image runs have their own page.")
 folder = runs.run_folder(run)
 st.markdown("The paper's Figure 2d: the same number of solver iterations N, spent as K rounds of N / K iterations "
             "each, starting every time from this run's pre-trained model. Each round re-reads its reward from "

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from .services import access, figures, jobs
-from .services.runs import damage_note, list_runs, open_problem, open_run, pick_default_run
+from .services.runs import damage_note, is_image_run, list_runs, open_problem, open_run, pick_default_run
 from .services.settings import content_blocks, runs_dir
 
 log = logging.getLogger("smeme.app")
@@ -90,6 +90,20 @@ def training_folder() -> str | None:
     pick = next((j.folder for j in running if name and Path(j.folder).name == name), running[-1].folder)
     st.session_state["training"] = pick  # keep showing it (and how it ended) in this session
     return pick
+
+
+def run_or_stop(image_note: str | None = None):
+    """The session's run for a page; stops the page with a note when there is none, or, with
+    `image_note`, when it is an image run (whose rounds have their own page)."""
+    run = current_run()
+    if run is None:
+        st.info("Open or train a model first (Home or Model page).")
+        st.page_link("pages/1_Model.py", label="Model page", icon=":material/model_training:")
+        st.stop()
+    if image_note is not None and is_image_run(run):
+        st.info(image_note)
+        st.stop()
+    return run
 
 
 def current_run():

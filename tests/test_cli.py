@@ -1,7 +1,6 @@
 """The command line, end to end in subprocesses: `python -m smeme ...`."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -34,13 +33,6 @@ def base_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     return folder
-
-
-@pytest.fixture
-def run_copy(base_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(base_run, dst)
-    return dst
 
 
 def snapshot(folder):

@@ -47,13 +47,6 @@ def base_run(tmp_path_factory):
 
 
 @pytest.fixture
-def run_copy(base_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(base_run, dst)
-    return dst
-
-
-@pytest.fixture
 def disk_full(monkeypatch):
     """disk_full(name, skip=0): the (skip+1)-th and later writes of file `name` through the
     store's atomic writer fail with ENOSPC at fsync, as on a full disk."""
