@@ -113,7 +113,7 @@ def test_home_offers_one_click_default_training_on_an_empty_cache(tmp_path, monk
     monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
     at = app().run()
     assert not at.exception
-    assert [b.label for b in at.button] == ["Train the default toy model"]
+    assert [b.label for b in at.button] == ["Train the default toy model", "Prepare the demo"]
     assert any("No trained model" in i.value for i in at.info)
     assert len(at.latex) >= 3  # the objective, the first variation, mirror descent
     at.button(key="train_default").click().run()
@@ -215,8 +215,8 @@ def test_explore_runs_a_round_and_the_timeline_grows(cache):
     at = app(cache["tri"]).run()
     at.switch_page("pages/2_Explore.py").run()
     assert not at.exception
-    assert [b.label for b in at.button][:3] == ["Run next round", "Run 3 rounds", "Stop"]
-    assert at.button(key="x_stop").disabled
+    assert [b.label for b in at.button][:2] == ["Run next round", "Run 3 rounds"]
+    assert "Stop" not in [b.label for b in at.button]  # nothing to stop
     tl = [f for f in figs(at) if "Metrics per round" in json.dumps(f["layout"])][0]
     n_before = len(arr(tl["data"][0]["x"]))
     at.radio(key="x_solver").set_value("student-teacher")
@@ -511,7 +511,8 @@ def test_viewer_mode_shows_runs_and_rounds_but_every_write_is_refused(cache, mon
     assert "m_train" not in {b.key for b in at.button} and not at.get("file_uploader")
     assert metrics(at)["Data set"] == "toy" and "viewer mode" in captions(at)
     at.switch_page("pages/2_Explore.py").run()
-    assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled and at.button(key="x_stop").disabled
+    assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled
+    assert "Stop" not in [b.label for b in at.button]
     assert "Metrics per round" in fig_text(at) and "viewer mode" in captions(at)
     at.switch_page("pages/3_Compare.py").run()
     at.selectbox(key="c_b_toy-default").set_value(1).run()  # stepping through rounds works
@@ -568,7 +569,7 @@ def test_a_job_is_stopped_only_by_the_session_that_started_it(cache, monkeypatch
     other = jobs.start(cache["toy"], "explore", target, owner="another-visitor")
     try:
         at.run()
-        assert at.button(key="x_job_stop").disabled and at.button(key="x_stop").disabled
+        assert at.button(key="x_job_stop").disabled  # the job panel's Stop: the page's one Stop
         with pytest.raises(access.ReadOnlyError, match="started by another visitor"):
             jobs.stop(cache["toy"], "explore", who=mine)
         assert not other.cancel.is_set()
