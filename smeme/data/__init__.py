@@ -44,7 +44,10 @@ def _builder(name: str):
 def _check_params(name: str, build, params: dict) -> None:
     """Refuse parameters the builder does not take, listing those it does (n and seed have
     their own options)."""
-    accepted = [p for p in inspect.signature(build).parameters if p not in ("n", "seed")]
+    signature = inspect.signature(build).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        return  # a lazy wrapper (a registered data set) passes them on; the builder itself checks
+    accepted = [p for p in signature if p not in ("n", "seed")]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         listed = ", ".join(accepted) if accepted else "none"
