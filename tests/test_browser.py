@@ -119,7 +119,7 @@ def test_train_explore_compare_in_chromium(server):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server)
         # the damaged run in the cache breaks nothing: it is listed with its problem
-        expect(page.get_by_text("Train the default toy model")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("button", name="Train the default toy model")).to_be_visible(timeout=60_000)
         assert not page.locator('[data-testid="stException"]').count()
 
         # Home: one click trains the default toy model (tiny preset), with progress

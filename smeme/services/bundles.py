@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..bundle import BundleError, export_run, import_bundle
+from . import access
 from .runs import folder_stamp, new_run_folder
 from .settings import cache_dir, runs_dir
 
