@@ -57,6 +57,7 @@ from ..config import ConfigBase
 from ..models.base import score
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 
+from .digits_rounds import IMAGE_CONTROL
 from .sd import SDConfig, SDError, SDNoisePredictor, build_sd_model, load_adapter_state
 from .sd_metrics import find_metric_weights, sd_metrics
 
@@ -381,7 +382,7 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
 
         am = AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
                                    adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
-                                   clip_grad_norm=cfg.clip_grad_norm,
+                                   clip_grad_norm=cfg.clip_grad_norm, control=IMAGE_CONTROL,
                                    seed=cfg.seed * 7919 + k * 104729 + rank)
         hooks = _average_grads_across(model.lora_params, accelerator)
         start = time.perf_counter()
