@@ -190,7 +190,8 @@ def check_round(model, prev_cov, target_cov, steps, seed, what):
     want, before = chain_cov(target_cov, steps), chain_cov(prev_cov, steps)
     ratio = C.diag() / want.diag()
     assert torch.all((ratio - 1).abs() < 0.10), f"{what}, {steps} steps: Cov / Cov* = {ratio.tolist()}"
-    assert abs(float(C[0, 1])) < 0.05
+    rho = float(C[0, 1] / (C[0, 0] * C[1, 1]).sqrt())  # the exact tilt keeps the axes uncorrelated
+    assert abs(rho) < 0.05, f"{what}: correlation {rho:.3f}"  # (sampling sd at 20,000 samples: 0.007)
     g, g_star = gain(C, before), gain(want, before)
     assert abs(g / g_star - 1) < 0.10, f"{what}, {steps} steps: entropy gain {g:.3f} vs closed form {g_star:.3f}"
 
