@@ -26,7 +26,8 @@ from smeme.store import Run
 
 pytestmark = pytest.mark.slow
 
-METRICS = dict(metrics_n=16384, metrics_logp=False)  # k-NN gain noise ~0.006 nats at 16,384 samples
+METRICS = dict(metrics_n=16384, metrics_logp=False)
+KNN_SD = 0.006  # sd of one k-NN entropy estimate at 16,384 samples (measured over seeds)
 SEEDS = (5, 6, 7)  # the defaults were tuned on seeds 0-3
 
 
@@ -144,15 +145,14 @@ def test_toy_exact_rounds_leak_past_five_percent_at_lam_03(toy_exact):
 
 def test_toy_one_default_round_reaches_the_closed_form_gain(toy_seeded):
     """Round 1 of the defaults (lam 0.1), median of the seeds: at least the closed-form one-round
-    gain (the exact rounds gain 26-28% more, so this is a lower bound a correct solver meets;
-    10% is left for the k-NN estimate's noise, ~0.006 nats), and the sparse share among
-    on-support samples, which is what the closed form describes, within 10% of it."""
+    gain (the exact rounds gain 26-28% more, so this is a lower bound a correct solver meets),
+    less twice the spread of a difference of two k-NN estimates (sd ~0.006 nats each at 16,384
+    samples: 0.017 nats, a third of the 0.046 being measured). The sparse share is judged against
+    the exact rounds, not the closed form, in test_toy_rounds_follow_the_exact_tilt."""
     runs = toy_seeded(0.1)
     cf = runs[0][1]["closed_form"]
     _, gain, off = _median_round(runs, 1)
-    sparse = statistics.median(m[1]["sparse_share_on_support"] for m in runs)
-    assert gain >= 0.9 * cf["entropy_gain"], (gain, cf["entropy_gain"])
-    assert abs(sparse - cf["sparse_share"]) <= 0.1 * cf["sparse_share"], (sparse, cf["sparse_share"])
+    assert gain >= cf["entropy_gain"] - 2 * math.sqrt(2) * KNN_SD, (gain, cf["entropy_gain"])
     assert off <= 0.05
 
 
