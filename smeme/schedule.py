@@ -33,6 +33,11 @@ class DiscreteSchedule:
 
     Index i = t * (N - 1); log ab is interpolated linearly between entries so that
     `beta(t)` (the PF-ODE drift coefficient) is well defined and piecewise constant.
+    t = 0 itself is the data (ab = 1), not the table's first entry (SD 1.5: 0.99915, noise of
+    std 0.029): the sampler's last step then lands on the network's clean estimate with no
+    noise added, as diffusers' DDPM step does at timestep 0 (alpha_prod_t_prev = 1). Networks
+    are never evaluated at t = 0 (DDPM evaluates at the start of each step, densities and
+    training at t >= t_min > 0).
     """
 
     def __init__(self, alphas_cumprod):
@@ -58,8 +63,8 @@ class DiscreteSchedule:
     def ab(self, t: Tensor) -> Tensor:
         lo, frac = self._index(t)
         log_ab = self._log_ab.to(t.device)
-        out = log_ab[lo] * (1 - frac) + log_ab[lo + 1] * frac
-        return out.exp().to(t.dtype)
+        out = (log_ab[lo] * (1 - frac) + log_ab[lo + 1] * frac).exp()
+        return torch.where(t == 0, torch.ones_like(out), out).to(t.dtype)
 
     def beta(self, t: Tensor) -> Tensor:
         lo, _ = self._index(t)

@@ -1,0 +1,95 @@
+"""Share of the exact tilt a toy round reaches against its seconds, for the solver's size knobs.
+
+    SMEME_THREADS=1 python bench/bench_round_curve.py --run DIR [--lam 0.1] [--seeds 5,6,7]
+        [--configs 2048x15,1024x15,1024x10,512x15]
+
+Each config TxI is one round of ExploreConfig defaults with T trajectories and I iterations
+(optionally `:oN` for N reward-ODE steps, e.g. 1024x15:o4, or `:key=value` for any other
+ExploreConfig number). The share is the round's log-odds
+shift of the sparse square over round 0 (16,384 fixed-noise samples) divided by the exact one
+(smeme.tilt: the run's own PF-ODE density tilted on a 200^2 grid), the truth the toy tests use.
+Prints one JSON line per (config, seed) and one summary line per config (medians).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def parse_config(text: str) -> dict:
+    """'1024x15' -> trajectories and iterations; then ':oN' (reward-ODE steps) or ':key=value'
+    (any other ExploreConfig field, a number), e.g. '1024x30:weight_ema=0.999:lr=5e-4'."""
+    size, *extras = text.split(":")
+    trajectories, iterations = (int(v) for v in size.split("x"))
+    out = {"trajectories": trajectories, "iterations": iterations}
+    for extra in extras:
+        if "=" in extra:
+            key, value = extra.split("=", 1)
+            out[key] = float(value)
+        elif extra.startswith("o"):
+            out["reward_ode_steps"] = int(extra[1:])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True, help="a pre-trained toy run (only read)")
+    ap.add_argument("--lam", type=float, default=0.1)
+    ap.add_argument("--seeds", default="5,6,7")
+    ap.add_argument("--configs", default="2048x15,1024x15,1024x10,512x15", help="separated by commas")
+    args = ap.parse_args()
+
+    from smeme.threads import configure
+
+    configure()
+    import torch
+
+    from smeme.explore import ExploreConfig, run_rounds
+    from smeme.store import Run
+    from smeme.tilt import run_exact_rounds
+
+    src = Run.open(args.run)
+    t_r = ExploreConfig().t_r
+    exact = run_exact_rounds(src, [args.lam], t_r, 0, resolution=200)
+    exact_shift = logit(exact[1]["shares"]["region"]["sparse"]) - logit(exact[0]["shares"]["region"]["sparse"])
+    print(json.dumps({"torch_threads": torch.get_num_threads(), "lam": args.lam, "exact_logodds_shift": exact_shift,
+                      "load_avg_1min": os.getloadavg()[0]}), flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for text in args.configs.split(","):
+        knobs = parse_config(text)
+        rows = []
+        for seed in seeds:
+            work = Path(tempfile.mkdtemp(prefix="bench_curve_")) / "run"
+            shutil.copytree(src.folder, work)
+            run = Run.open(work)
+            cfg = ExploreConfig(lam=args.lam, seed=seed, metrics_n=16384, metrics_logp=False, **knobs)
+            start = time.perf_counter()
+            run_rounds(run, 1, cfg)
+            wall = time.perf_counter() - start
+            m0, m1 = run.metrics()[0], run.metrics()[1]
+            shift = logit(m1["sparse_share"]) - logit(m0["sparse_share"])
+            row = {"config": text, "seed": seed, "solver_s": round(m1["solver_seconds"], 2), "round_s": round(wall, 2),
+                   "share_of_exact_shift": round(shift / exact_shift, 3), "sparse_share": m1["sparse_share"],
+                   "on_support": m1["on_support"], "load_avg_1min": round(os.getloadavg()[0], 2)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            shutil.rmtree(work.parent, ignore_errors=True)
+        print(json.dumps({"config": text, **knobs,
+                          "median_solver_s": statistics.median(r["solver_s"] for r in rows),
+                          "median_share": statistics.median(r["share_of_exact_shift"] for r in rows),
+                          "shares": [r["share_of_exact_shift"] for r in rows]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
