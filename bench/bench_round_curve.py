@@ -12,9 +12,7 @@ Prints one JSON line per (config, seed) and one summary line per config (medians
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -22,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def logit(p: float) -> float:
-    return math.log(p / (1 - p))
+from toy_truth import exact_logodds_shift, logit, toy_round_parser
 
 
 def parse_config(text: str) -> dict:
@@ -43,10 +39,7 @@ def parse_config(text: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--run", required=True, help="a pre-trained toy run (only read)")
-    ap.add_argument("--lam", type=float, default=0.1)
-    ap.add_argument("--seeds", default="5,6,7")
+    ap = toy_round_parser("5,6,7")
     ap.add_argument("--configs", default="2048x15,1024x15,1024x10,512x15", help="separated by commas")
     args = ap.parse_args()
 
@@ -57,12 +50,9 @@ def main() -> None:
 
     from smeme.explore import ExploreConfig, run_rounds
     from smeme.store import Run
-    from smeme.tilt import run_exact_rounds
 
     src = Run.open(args.run)
-    t_r = ExploreConfig().t_r
-    exact = run_exact_rounds(src, [args.lam], t_r, 0, resolution=200)
-    exact_shift = logit(exact[1]["shares"]["region"]["sparse"]) - logit(exact[0]["shares"]["region"]["sparse"])
+    exact_shift = exact_logodds_shift(src, args.lam, ExploreConfig().t_r)
     print(json.dumps({"torch_threads": torch.get_num_threads(), "lam": args.lam, "exact_logodds_shift": exact_shift,
                       "load_avg_1min": os.getloadavg()[0]}), flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
