@@ -32,11 +32,12 @@ def main() -> None:
     from smeme.density import log_prob
     from smeme.explore import ExploreConfig
     from smeme.sampling import sample, time_grid
+    from smeme.solvers.adjoint_matching import AdjointMatchingConfig, cap_reward
     from smeme.store import Run
 
     run = Run.open(args.run)
     model = run.load_model(0).eval()
-    defaults = ExploreConfig()
+    defaults, quantile = ExploreConfig(), AdjointMatchingConfig().reward_cap_quantile
     x = sample(model, args.n, steps=defaults.steps, seed=11, grid=time_grid(defaults.steps))
     logp = {s: log_prob(model, x, steps=s, t_min=defaults.t_r).double()
             for s in (defaults.reward_ode_steps, 2 * defaults.reward_ode_steps, args.reference_steps)}
@@ -53,9 +54,7 @@ def main() -> None:
                "low_1pct_max_abs": float(err[low].abs().max())}
         for lam in (float(v) for v in args.lam.split(",")):
             def weights(lp):
-                r = -lam * lp
-                r = r.clamp(max=float(torch.quantile(r, 0.999)))
-                return torch.softmax(r, 0) * len(r)
+                return torch.softmax(cap_reward(-lam * lp, quantile)[0], 0) * len(lp)
             w, w_ref = weights(values), weights(ref)
             row[f"lam{lam:g}_weights_tv"] = float((w - w_ref).abs().mean() / 2)
             if sparse is not None:

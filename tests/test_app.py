@@ -3,6 +3,7 @@ rendered metrics and figures checked. Tiny models (SMEME_APP_PRESET=tiny) in a t
 cache (SMEME_CACHE_DIR), so the real cache/ is never touched."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,27 @@ from smeme.services import jobs
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 60
+
+
+@contextlib.contextmanager
+def held_job(folder, kind, progress=None, **start):
+    """A job of `kind` on `folder` that runs until it is stopped or the block ends (after a
+    (fraction, text) `progress` update, if given); leaving the block releases it and waits."""
+    release = threading.Event()
+
+    def target(job):
+        if progress is not None:
+            job.update(*progress)
+        deadline = time.monotonic() + 30
+        while not (release.is_set() or job.cancel.is_set()) and time.monotonic() < deadline:
+            release.wait(0.05)
+
+    job = jobs.start(folder, kind, target, **start)
+    try:
+        yield job
+    finally:
+        release.set()
+        job.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -260,14 +282,8 @@ def test_explore_timeline_shows_what_a_perfect_solver_reaches(cache):
 
 
 def test_explore_second_tab_gets_a_clear_busy_message(cache):
-    gate = threading.Event()
-
-    def target(j):
-        j.update(0.25, "Round 3 of 5: solver iteration 1/4")
-        gate.wait(30)
-
-    job = jobs.start(cache["toy"], "explore", target, label="S-MEME rounds (3)")
-    try:
+    with held_job(cache["toy"], "explore", (0.25, "Round 3 of 5: solver iteration 1/4"),
+                  label="S-MEME rounds (3)") as job:
         at = app(cache["toy"]).run()
         at.switch_page("pages/2_Explore.py").run()
         assert not at.exception
@@ -281,9 +297,6 @@ def test_explore_second_tab_gets_a_clear_busy_message(cache):
         # ... and Stop in this tab stops the other tab's job
         at.button(key="x_job_stop").click().run()
         assert job.cancel.is_set()
-    finally:
-        gate.set()
-        job.wait(10)
 
 
 def test_explore_stop_keeps_finished_rounds(cache):
@@ -533,15 +546,10 @@ def test_viewer_mode_shows_runs_and_rounds_but_every_write_is_refused(cache, mon
     assert not (settings.runs_dir() / "new").exists()
     assert sorted(p.name for p in Path(cache["toy"]).iterdir()) == before
     assert jobs.wait_all(TIMEOUT)  # the pages' own heatmap jobs
-    gate = threading.Event()
-    job = jobs.start(cache["toy"], "heatmap", lambda j: gate.wait(30), writes=False)  # read-only work runs
-    try:
+    with held_job(cache["toy"], "heatmap", writes=False) as job:  # read-only work runs
         with pytest.raises(access.ReadOnlyError, match="viewer mode"):
             jobs.stop(cache["toy"], "heatmap", who=None)
         assert not job.cancel.is_set()
-    finally:
-        gate.set()
-        job.wait(10)
 
 
 def test_viewer_mode_on_an_empty_cache_offers_no_training(tmp_path, monkeypatch):
@@ -557,35 +565,21 @@ def test_a_job_is_stopped_only_by_the_session_that_started_it(cache, monkeypatch
     from smeme.services import access
 
     monkeypatch.setenv("SMEME_SINGLE_USER", "0")  # as when serving a class
-    gate = threading.Event()
-
-    def target(j):
-        j.update(0.1, "Round 3: solver iteration 1/4")
-        gate.wait(30)
-
+    progress = (0.1, "Round 3: solver iteration 1/4")
     at = app(cache["toy"]).run()
     at.switch_page("pages/2_Explore.py").run()
     mine = at.session_state["_smeme_owner"]
-    other = jobs.start(cache["toy"], "explore", target, owner="another-visitor")
-    try:
+    with held_job(cache["toy"], "explore", progress, owner="another-visitor") as other:
         at.run()
         assert at.button(key="x_job_stop").disabled  # the job panel's Stop: the page's one Stop
         with pytest.raises(access.ReadOnlyError, match="started by another visitor"):
             jobs.stop(cache["toy"], "explore", who=mine)
         assert not other.cancel.is_set()
-    finally:
-        gate.set()
-        other.wait(10)
-    gate.clear()
-    own = jobs.start(cache["toy"], "explore", target, owner=mine)
-    try:
+    with held_job(cache["toy"], "explore", progress, owner=mine) as own:
         at.run()
         assert not at.button(key="x_job_stop").disabled
         at.button(key="x_job_stop").click().run()
         assert own.cancel.is_set()
-    finally:
-        gate.set()
-        own.wait(10)
 
 
 def test_single_user_mode_defaults():
@@ -692,16 +686,11 @@ def test_each_finished_round_gets_its_heatmap_without_a_model_page_visit(cache):
 
 
 def test_new_rounds_stop_a_heatmap_job_of_their_run(cache):
-    gate = threading.Event()
-    heat = jobs.start(cache["tri"], "heatmap", lambda j: gate.wait(30) if not j.cancel.wait(30) else None,
-                      writes=False)
-    try:
+    with held_job(cache["tri"], "heatmap", writes=False) as heat:
         job = launch.start_rounds(cache["tri"], 1, dict(settings.explore_defaults(runs.open_run(cache["tri"]))))
         assert heat.cancel.is_set()  # the round does not share the CPU with heatmaps
         job.stop()
         assert jobs.wait_all(TIMEOUT * 2)
-    finally:
-        gate.set()
 
 
 # ------------------------------------------------------------------------------ rounds

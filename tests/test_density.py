@@ -191,15 +191,15 @@ def test_reward_values_give_the_exact_tilt_weights(lam):
     2 steps: 30% and more.)"""
     from smeme.explore import ExploreConfig
     from smeme.sampling import sample, time_grid
+    from smeme.solvers.adjoint_matching import AdjointMatchingConfig, cap_reward
 
-    cfg = ExploreConfig()
+    cfg, quantile = ExploreConfig(), AdjointMatchingConfig().reward_cap_quantile
     covs = torch.stack([torch.eye(2) * 0.05, torch.eye(2) * 0.05]).double()
     model = GaussianMixtureModel([0.9, 0.1], torch.tensor([[-0.5, 0.0], [1.5, 0.0]]).double(), covs, SCH)
     x = sample(model, 4096, steps=cfg.steps, seed=2, grid=time_grid(cfg.steps, dtype=torch.float64))
 
     def weights(logp):
-        r = -lam * logp
-        return torch.softmax(r.clamp(max=float(torch.quantile(r, 0.999))), 0) * len(r)
+        return torch.softmax(cap_reward(-lam * logp, quantile)[0], 0) * len(logp)
 
     w = weights(density.log_prob(model, x, steps=cfg.reward_ode_steps, t_min=cfg.t_r))
     w_exact = weights(model.log_prob(x, cfg.t_r))

@@ -219,6 +219,18 @@ def choose_steps(stochastic: Tensor, k: int | None, late_fraction: float, g: tor
     return torch.cat([pick.sort().values, late])
 
 
+def cap_reward(reward: Tensor, quantile: float | None) -> tuple[Tensor, Tensor | None]:
+    """r capped at its own `quantile` and where the cap binds (unchanged and None when off).
+
+    A sampler outlier far off the manifold (PF-ODE density ~0) would otherwise take all the
+    likelihood-ratio weight and pull the control after it; the cap sits where this
+    iteration's tail starts."""
+    if quantile is None:
+        return reward, None
+    cap = float(torch.quantile(reward.double(), quantile))
+    return reward.clamp(max=cap), reward > cap
+
+
 def likelihood_ratio_terms(states: Tensor, eps_base: Tensor, z: Tensor, reward: Tensor, c_x: Tensor,
                            c_eps: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
     """The sampled controls and path weights of the likelihood-ratio term, per step.
@@ -344,13 +356,7 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
                 reward = reward_value(states[-1]).to(dtype).reshape(-1)
             if reward.numel() != m or not torch.isfinite(reward).all():
                 raise SolverDivergedError(f"The reward value is NaN/inf or of the wrong shape at iteration {it + 1}.")
-            capped = None
-            if cfg.reward_cap_quantile is not None:
-                # a sampler outlier far off the manifold (PF-ODE density ~0) would take all the
-                # weight and pull the control after it; cap r where this iteration's tail starts
-                cap = float(torch.quantile(reward.double(), cfg.reward_cap_quantile))
-                capped = reward > cap
-                reward = reward.clamp(max=cap)
+            reward, capped = cap_reward(reward, cfg.reward_cap_quantile)
         t_reward = time.perf_counter()
         with torch.no_grad():
             a_last = -reward_grad(states[-1]).to(dtype)
