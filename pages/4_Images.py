@@ -130,7 +130,8 @@ else:
     from smeme.images.sd_explore import SDRun, SDRunError
 
     st.write("Use a local diffusers Stable Diffusion pipeline (nothing is downloaded). Rounds tune a LoRA "
-             "adapter with Adjoint Matching; trajectories use classifier-free guidance (w = 8). On a CPU a "
+             "adapter with Adjoint Matching on the guided model (classifier-free guidance, w = 8, as the "
+             "paper), the one sampling draws from. On a CPU a "
              "real SD round takes hours: run it on a GPU with `accelerate launch -m smeme.images.sd_explore ...`.")
     models = image_runs.sd_models()
     sources = {src: label for label, src in models}

@@ -262,6 +262,14 @@ def test_the_guided_view_is_cfg_and_without_adapter_is_the_base(tiny_sd):
     assert all(p.requires_grad for p in m.lora_params)  # disabling the adapter keeps it trainable
 
 
+def distinct_uncond(model, seed: int = 5):
+    """The tiny tokenizer encodes every prompt alike: give the empty prompt its own embedding
+    (the same one for every call, so two loads of a run agree)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.uncond.copy_(model.cond + torch.randn(model.cond.shape, generator=g).to(model.cond.dtype))
+
+
 def _spy_rounds(monkeypatch, x, t):
     """Record, for each round, the views adjoint_matching gets and the base's output at (x, t)."""
     import importlib
@@ -280,10 +288,11 @@ def _spy_rounds(monkeypatch, x, t):
     return seen
 
 
-def test_the_adjoint_sees_the_unguided_base_and_a_second_round_merges_the_first(tiny_sd, tmp_path, monkeypatch):
-    """Round k: the sampler is the guided tuned model, the adjoint's base and the reward are
-    pi_{k-1} without guidance; round 2 starts from round 1 merged (the merge chain)."""
-    from smeme.images.sd import SDBaseView, SDGuidedView, SDNoisePredictor, load_adapter_state
+def test_the_round_explores_the_guided_model_and_a_second_round_merges_the_first(tiny_sd, tmp_path, monkeypatch):
+    """Round k (paper section 8): the tuned model and sampler are the guided eps with the adapter
+    on, the adjoint's base and the reward the guided pi_{k-1}; round 2 starts from round 1
+    merged (the merge chain)."""
+    from smeme.images.sd import SDGuidedTunedView, SDGuidedView, load_adapter_state
     from smeme.images.sd_explore import SDConfig, SDExploreConfig, SDRun, run_sd_rounds
     from smeme.models.base import score
 
@@ -291,23 +300,28 @@ def test_the_adjoint_sees_the_unguided_base_and_a_second_round_merges_the_first(
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([0.2, 0.6])
     seen = _spy_rounds(monkeypatch, x, t)
     cfg = SDExploreConfig(lam=0.3, **TINY_ROUND)
-    run = SDRun.create(tmp_path / "run", SDConfig(source=str(tiny_sd), prompt="a house."), cfg)
+    run = SDRun.create(tmp_path / "run", SDConfig(source=str(tiny_sd), prompt="a house.", guidance=3.0), cfg)
+    distinct_uncond(run.model_at(0))  # the cached predictor the rounds will use
     assert run_sd_rounds(run, 2, metrics=False) == [1, 2] and run.rounds() == [0, 1, 2]
     for r in seen:
-        assert isinstance(r["ft"], SDNoisePredictor) and isinstance(r["base"], SDBaseView)
-        assert isinstance(r["sampler"], SDGuidedView) and r["sampler"].w == 8.0 and r["sampler"].adapter
-        assert r["base"].model is r["ft"] and r["sampler"].model is r["ft"]  # one UNet
+        assert isinstance(r["ft"], SDGuidedTunedView) and r["ft"].w == 3.0 and r["sampler"] is None
+        assert isinstance(r["base"], SDGuidedView) and r["base"].w == 3.0 and not r["base"].adapter
+        assert r["base"].model is r["ft"].model  # one UNet
+        trainable = [p for p in r["ft"].parameters() if p.requires_grad]
+        assert trainable and {id(p) for p in trainable} == {id(p) for p in r["ft"].model.lora_params}
     fresh = SDRun.open(tmp_path / "run")
+    distinct_uncond(fresh.model_at(0))
     with torch.no_grad():
-        pi0 = fresh.model_at(0)(x, t).clone()
-        pi1 = fresh.model_at(1)(x, t).clone()
+        pi0 = fresh.model_at(0).cfg_view(3.0)(x, t).clone()
+        pi1 = fresh.model_at(1).cfg_view(3.0)(x, t).clone()
         assert torch.allclose(seen[0]["base_out"], pi0, atol=1e-5)
-        assert torch.allclose(seen[1]["base_out"], pi1, atol=1e-5)  # round 2's base is round 1
+        assert torch.allclose(seen[1]["base_out"], pi1, atol=1e-5)  # round 2's base is round 1, guided
         assert not torch.allclose(pi0, pi1, atol=1e-5)
-        # the reward gradient is lam * (-s_{k-1}(x, t_r)), from the unguided previous round
+        # the reward gradient is lam * (-s_{k-1}(x, t_r)), from the guided previous round
         t_r = torch.full((2,), cfg.t_r)
-        base1 = fresh.model_at(1).base_view()
-        assert torch.allclose(seen[1]["reward"], 0.3 * -score(base1, x, t_r), atol=1e-4)
+        guided1 = fresh.model_at(1).cfg_view(3.0, adapter=False)
+        assert torch.allclose(seen[1]["reward"], 0.3 * -score(guided1, x, t_r), atol=1e-4)
+        assert not torch.allclose(seen[1]["reward"], 0.3 * -score(fresh.model_at(1).base_view(), x, t_r), atol=1e-4)
         pi2 = fresh.model_at(2)(x, t).clone()
         # the chain by hand: a fresh pipeline, round 1 merged, round 2 merged
         chain = SDRun.open(tmp_path / "run").model_at(0)

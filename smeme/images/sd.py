@@ -12,11 +12,12 @@ Views over ONE UNet (so memory holds one copy of SD):
   of every round the previous adapter is merged into the UNet's weights and the adapter is
   reset to zero (B = 0), so "adapter disabled" is exactly pi_{k-1} and the tuned model
   starts there (`merge_adapter`).
-- `.cfg_view(w)`: classifier-free guidance eps_u + w (eps_c - eps_u) with the adapter on,
-  used ONLY to draw trajectories (Adjoint Matching's official code found guidance inside
-  the adjoint blows up).
-The views hold the predictor without registering it as a submodule, so freezing a view
-never touches the tuned weights.
+- `.cfg_view(w, adapter)`: classifier-free guidance eps_u + w (eps_c - eps_u), with the
+  adapter on (what inference samples) or off (the guided pi_{k-1}: an S-MEME round's base).
+- `.guided_tuned_view(w)`: the same guided eps with the adapter on, as the model a solver
+  fine-tunes: it registers the predictor, so the solver finds the LoRA weights.
+The other views hold the predictor without registering it as a submodule, so freezing a
+view never touches the tuned weights.
 
 Time: continuous t in [0, 1] maps to the scheduler's table index t * (N - 1) through
 `DiscreteSchedule.from_scheduler(pipe.scheduler)`. v-prediction checkpoints are converted
@@ -157,7 +158,7 @@ class SDConfig(ConfigBase):
     prompt: str = "A creative architecture."
     negative_prompt: str = ""
     resolution: int | None = None  # pixels; None: the UNet's sample_size x the VAE factor
-    guidance: float = 8.0  # CFG scale for drawing trajectories (paper: w = 8)
+    guidance: float = 8.0  # CFG scale of the model explored and sampled (paper: w = 8)
     lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_targets: tuple = DEFAULT_TARGETS
@@ -309,6 +310,9 @@ class SDNoisePredictor(NoisePredictor):
     def cfg_view(self, w: float | None = None, adapter: bool = True) -> "SDGuidedView":
         return SDGuidedView(self, self.config.guidance if w is None else float(w), adapter)
 
+    def guided_tuned_view(self, w: float | None = None) -> "SDGuidedTunedView":
+        return SDGuidedTunedView(self, self.config.guidance if w is None else float(w))
+
     def merge_adapter(self) -> None:
         merge_adapter(self.unet)
 
@@ -352,7 +356,7 @@ class SDBaseView(_View):
 
 
 class SDGuidedView(_View):
-    """Classifier-free guidance eps_u + w (eps_c - eps_u); for drawing trajectories only."""
+    """Classifier-free guidance eps_u + w (eps_c - eps_u), with or without the adapter (no weights)."""
 
     def __init__(self, model: SDNoisePredictor, w: float, adapter: bool = True):
         super().__init__(model)
@@ -364,6 +368,21 @@ class SDGuidedView(_View):
             return self.model.guided(x, t, self.w)
         with self.model.adapter_disabled():
             return self.model.guided(x, t, self.w)
+
+
+class SDGuidedTunedView(NoisePredictor):
+    """The guided tuned model eps_u + w (eps_c - eps_u), adapter on, as a solver's model: the
+    predictor is a submodule, so its LoRA weights (the only ones with requires_grad) are found."""
+
+    def __init__(self, model: SDNoisePredictor, w: float):
+        super().__init__()
+        self.model = model
+        self.w = float(w)
+        self.schedule = model.schedule
+        self.sample_shape = model.sample_shape
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.model.guided(x, t, self.w)
 
 
 def build_sd_model(config: SDConfig, device=None) -> SDNoisePredictor:

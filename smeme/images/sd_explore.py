@@ -15,10 +15,14 @@ Writes are atomic (smeme.store helpers) and a writer holds the folder lock.
 
 Round k (paper Algorithm 1 with Algorithm 2 as the solver, Appendix G scaled to LoRA):
 merge round k-1's adapter into the UNet and reset the adapter to zero, so "adapter
-disabled" is pi_{k-1} (the frozen base for the adjoint and the reward) and the tuned model
-starts there; the reward gradient is lam * (-s_{k-1}(x, t_r)) with the base's
-conditional score; trajectories are drawn with classifier-free guidance (w = 8) from the
-tuned model; guidance stays out of the adjoint.
+disabled" is pi_{k-1} and the tuned model starts there. The model explored is the GUIDED one,
+eps_u + w (eps_c - eps_u) with w = 8, as in the paper (section 8: the guided velocity is
+fine-tuned and the tuned model sampled with the same guidance): the trajectories, the
+control, the adjoint's base and the reward gradient lam * (-s_{k-1}(x, t_r)) all use the
+guided eps (`guided_round_problem`). Tuning only the conditional eps while sampling with
+guidance would apply w delta_c - (w - 1) delta_u: anywhere from delta_c to w delta_c of the
+tilt, depending on how the adapter moves the unconditional eps (tests/test_sd_guidance.py
+builds that case exactly). Cost: every solver forward runs the UNet on 2x the batch.
 
 Defaults (paper Appendix G: 4 trajectories of 60 DDPM steps, 10 Adam steps per
 iteration with batch 8, 20 iterations per round, K = 3, lambda = 0.1, Adam lr 3e-7 for
@@ -317,6 +321,26 @@ def sample_latents(model: SDNoisePredictor, n: int, seed: int, steps: int, batch
     return torch.cat(outs)
 
 
+def guided_round_problem(model, w: float, lam: float, t_r: float):
+    """One S-MEME round on the guided model (paper section 8): (tuned, base, reward_grad).
+
+    tuned: the guided eps with the adapter on (the solver's model and its sampler); base: the
+    guided eps with the adapter off (pi_{k-1}, frozen: the adjoint's VJPs and eps_base);
+    reward_grad(x) = lam * (-s_{k-1}(x, t_r)) from the guided pi_{k-1}. `model` is anything
+    with the predictor's guided(x, t, w) and adapter_disabled() (SDNoisePredictor; the tests'
+    analytic stand-in).
+    """
+    from .sd import SDGuidedTunedView, SDGuidedView
+
+    tuned, base = SDGuidedTunedView(model, w), SDGuidedView(model, w, adapter=False)
+
+    def reward_grad(x):
+        t = torch.full((x.shape[0],), t_r, dtype=x.dtype, device=x.device)
+        return lam * (-score(base, x, t))  # grad r = -lam * s_{k-1}(x, t_r)
+
+    return tuned, base, reward_grad
+
+
 # -- multi-process helpers (Accelerate) ---------------------------------------------------------
 def make_accelerator(cpu: bool = False):
     from accelerate import Accelerator
@@ -373,13 +397,8 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
             break
         k = run.latest_round + 1
         model = run.model_at(k - 1, device)  # rounds 1..k-1 merged; adapter at zero = pi_{k-1}
-        base = model.base_view()
         lam, t_r = float(cfg.lam), float(cfg.t_r)
-
-        def reward_grad(x, base=base):
-            t = torch.full((x.shape[0],), t_r, dtype=x.dtype, device=x.device)
-            return lam * (-score(base, x, t))  # grad r = -lam * s_{k-1}(x, t_r)
-
+        tuned, base, reward_grad = guided_round_problem(model, run.sd_config.guidance, lam, t_r)
         am = AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
                                    adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
                                    clip_grad_norm=cfg.clip_grad_norm, control=IMAGE_CONTROL,
@@ -388,8 +407,7 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
         start = time.perf_counter()
         it_cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
         try:
-            losses = adjoint_matching(model, base, reward_grad, am, sampling_model=model.cfg_view(),
-                                      on_iteration=it_cb, cancel=cancel)
+            losses = adjoint_matching(tuned, base, reward_grad, am, on_iteration=it_cb, cancel=cancel)
         except SolverDivergedError as exc:
             run.drop_cached_model()  # the cached UNet holds a broken adapter
             raise SDRunError(f"Round {k} was rejected: {exc}") from None
@@ -402,7 +420,8 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
             break
         adapter = model.adapter_state()
         info = {"loss": losses, "seconds": round(seconds, 2), "timings": dict(am.timings),
-                "lam": lam, "t_r": t_r, "solver": "adjoint_matching", "lora_lr": cfg.lr}
+                "lam": lam, "t_r": t_r, "solver": "adjoint_matching", "lora_lr": cfg.lr,
+                "guidance": float(run.sd_config.guidance)}
         if is_main:
             run.save_round(k, adapter, info)
         if accelerator is not None:
