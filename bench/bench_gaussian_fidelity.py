@@ -1,7 +1,7 @@
 """One round on a trained MLP of correlated d-dim Gaussian data: share of the exact gain, per knob.
 
     SMEME_THREADS=1 python bench/bench_gaussian_fidelity.py --d 8 [--seeds 5,6,7]
-        [--variants ";iterations=30;likelihood_ratio_share=0.0"] [--folder /tmp/gauss8]
+        [--variants ";iterations=30;likelihood_ratio_share=0.0"] [--folder /tmp/gauss8] [--pretrain-steps 0]
 
 The data, pre-training and the truth are tests/test_fidelity.py's (imported from there):
 share = log det(Cov_1 / Cov_0) / log det(Cov_1^exact / Cov_0), covariances from 8,000 samples
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="5,6,7")
     ap.add_argument("--variants", default="", help="';'-separated; '' is the defaults")
     ap.add_argument("--folder", help="where the pre-trained run is kept (default: a temporary folder)")
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="pre-training steps (default: the test's PRETRAIN_STEPS; 0: the CSV preset's, sized to the rows)")
     args = ap.parse_args()
 
     from smeme.threads import configure
@@ -73,7 +75,8 @@ def main() -> None:
     if not (root / "run" / "metrics.json").exists():
         root.mkdir(parents=True, exist_ok=True)
         csv = correlated_gaussian_csv(root / "data.csv", args.d, seed=20 + args.d)
-        pretrain_run(root / "run", "csv", {"path": str(csv)}, steps=PRETRAIN_STEPS)
+        steps = PRETRAIN_STEPS if args.pretrain_steps is None else (args.pretrain_steps or None)
+        pretrain_run(root / "run", "csv", {"path": str(csv)}, steps=steps)
     src = Run.open(root / "run")
     t_r = ExploreConfig().t_r
     cov0 = model_cov(src, 0)

@@ -169,7 +169,7 @@ def test_student_teacher_raises_the_toy_entropy(toy_src, tmp_path):
 def test_triangles_rounds_keep_validity_and_raise_isosceles_and_obtuse(triangles_src, tmp_path):
     run = _copy(triangles_src, tmp_path)
     rounds = 3
-    run_rounds(run, rounds, ExploreConfig(**METRICS))
+    run_rounds(run, rounds, ExploreConfig(**{**run.domain.explore_defaults(), **METRICS}))  # the CLI's and app's defaults
     m = run.metrics()
 
     def share(k, key, label):
