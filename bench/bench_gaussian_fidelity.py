@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="5,6,7")
     ap.add_argument("--variants", default="", help="';'-separated; '' is the defaults")
     ap.add_argument("--folder", help="where the pre-trained run is kept (default: a temporary folder)")
+    ap.add_argument("--data-seed", type=int, default=None, help="the data's seed (default: the test's, 20 + d)")
+    ap.add_argument("--independent", action="store_true", help="independent columns (the test's other data)")
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="pre-training steps (default: the test's PRETRAIN_STEPS; 0: the CSV preset's, sized to the rows)")
     args = ap.parse_args()
@@ -65,7 +67,8 @@ def main() -> None:
     from smeme.threads import configure
 
     configure()
-    from test_fidelity import LAM, PRETRAIN_STEPS, correlated_gaussian_csv, exact_covs, logdet_gain, model_cov
+    from test_fidelity import (LAM, PRETRAIN_STEPS, correlated_gaussian_csv, exact_covs, independent_gaussian_csv,
+                               logdet_gain, model_cov)
 
     from smeme.explore import ExploreConfig, run_rounds
     from smeme.pipeline import pretrain_run
@@ -74,7 +77,9 @@ def main() -> None:
     root = Path(args.folder or tempfile.mkdtemp(prefix=f"gauss{args.d}_"))
     if not (root / "run" / "metrics.json").exists():
         root.mkdir(parents=True, exist_ok=True)
-        csv = correlated_gaussian_csv(root / "data.csv", args.d, seed=20 + args.d)
+        make = independent_gaussian_csv if args.independent else correlated_gaussian_csv
+        csv = make(root / "data.csv", args.d, seed=(40 if args.independent else 20) + args.d
+                   if args.data_seed is None else args.data_seed)
         steps = PRETRAIN_STEPS if args.pretrain_steps is None else (args.pretrain_steps or None)
         pretrain_run(root / "run", "csv", {"path": str(csv)}, steps=steps)
     src = Run.open(root / "run")
@@ -90,7 +95,8 @@ def main() -> None:
             shutil.copytree(src.folder, work)
             run = Run.open(work)
             start = time.perf_counter()
-            run_rounds(run, 1, ExploreConfig(lam=LAM, seed=seed, metrics_logp=False, **parse_variant(variant)))
+            run_rounds(run, 1, ExploreConfig(**{**run.domain.explore_defaults(), "lam": LAM, "seed": seed,
+                                                "metrics_logp": False, **parse_variant(variant)}))
             seconds = time.perf_counter() - start
             shares.append(logdet_gain(model_cov(run, 1), cov0) / want)
             health = {k: v for k, v in run.metrics()[1].items() if k.startswith("lr_")}

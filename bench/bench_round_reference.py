@@ -41,8 +41,10 @@ def main() -> None:
 
     run = Run.open(args.run)
     explore = ExploreConfig.from_dict((run.config or {}).get("explore", {}))
-    rounds = run.rounds()
-    lams = lam_history_from_config(run.config, rounds[-1]) or [explore.lam] * rounds[-1]
+    rounds, recorded = run.rounds(), run.metrics()
+    fallback = lam_history_from_config(run.config, rounds[-1]) or [explore.lam] * rounds[-1]
+    lams = [float(recorded.get(k, {}).get("lam", fallback[k - 1])) for k in rounds[1:]]  # each round's own record
+    t_rs = [float(recorded.get(k, {}).get("t_r", explore.t_r)) for k in rounds[1:]]
     load0 = os.getloadavg()[0]
 
     def samples_of(k):
@@ -64,8 +66,8 @@ def main() -> None:
         prev = run.load_model(k - 1)
         z_k = samples_of(k)
 
-        def reward(z, lam=lams[k - 1]):
-            return -lam * log_prob(prev, z, steps=args.ode_steps, t_min=explore.t_r).detach().double().numpy()
+        def reward(z, lam=lams[k - 1], t_r=t_rs[k - 1]):
+            return -lam * log_prob(prev, z, steps=args.ode_steps, t_min=t_r).detach().double().numpy()
 
         r_prev, r_k = reward(z_prev), reward(z_k)
         w = np.exp(r_prev - r_prev.max())
@@ -81,7 +83,7 @@ def main() -> None:
                      "exact_validity_cumulative": round(cumulative, 4),
                      "ess_share": round(float(1 / (w @ w) / len(w)), 3)})
         z_prev, v_prev = z_k, v_k
-    print(json.dumps({"run": str(args.run), "n": args.n, "steps": args.steps, "t_r": explore.t_r,
+    print(json.dumps({"run": str(args.run), "n": args.n, "steps": args.steps, "t_r": t_rs,
                       "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2), "rounds": rows},
                      indent=1))
 

@@ -84,9 +84,9 @@ def _mlp_eps_jvp(model: MLPNoisePredictor, x: Tensor, t: Tensor, probes: Tensor)
         tan = torch.ops.aten.silu_backward(tan.expand(tan.shape[0], *pre.shape), pre.expand(tan.shape[0], *pre.shape))
         pre = torch.addmm(layer.bias, hidden, layer.weight.T)
         tan = tan @ layer.weight.T
-    gain = model.skip_gain(t, x.dtype)  # the skip's Jacobian is gain * I
-    if gain is not None:
-        pre, tan = pre + gain * x, tan + gain * probes
+    skip = model.skip(x, t)  # linear in x: its Jacobian times a probe is the skip of the probe
+    if skip is not None:
+        pre, tan = pre + skip, tan + model.skip(probes, t)
     return pre, tan
 
 
