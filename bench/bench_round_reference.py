@@ -35,15 +35,13 @@ def main() -> None:
     configure()
     from smeme.density import log_prob
     from smeme.explore import ExploreConfig
-    from smeme.metrics import lam_history_from_config
     from smeme.sampling import sample
     from smeme.store import Run
 
     run = Run.open(args.run)
     explore = ExploreConfig.from_dict((run.config or {}).get("explore", {}))
     rounds, recorded = run.rounds(), run.metrics()
-    fallback = lam_history_from_config(run.config, rounds[-1]) or [explore.lam] * rounds[-1]
-    lams = [float(recorded.get(k, {}).get("lam", fallback[k - 1])) for k in rounds[1:]]  # each round's own record
+    lams = [float(recorded.get(k, {}).get("lam", explore.lam)) for k in rounds[1:]]  # each round's own record
     t_rs = [float(recorded.get(k, {}).get("t_r", explore.t_r)) for k in rounds[1:]]
     load0 = os.getloadavg()[0]
 

@@ -9,8 +9,8 @@ S_hat is the pre-trained model's own covariance, read from its samples with a fi
 same way, so the share of the exact entropy gain reached,
     share = log det(Cov_k^measured / S_hat) / log det(Cov_k^exact / S_hat),
 is a property of the solver and not of pre-training error. Rounds run with the explore
-defaults of CSV runs (ExploreConfig with CsvDomain.explore_defaults()) except lambda; round k+1 reads its reward from round k's tuned
-network (run_rounds, as the CLI and the app do).
+defaults of CSV runs (ExploreConfig with CsvDomain.explore_defaults()) except lambda; round
+k+1 reads its reward from round k's tuned network (run_rounds, as the CLI and the app do).
 
 Bars: the issue asks for >= 90% of the exact tilt in one round (median of 3 seeds) and within
 10% of the exact 3-round result. The estimator's own spread: the log-det of a covariance from

@@ -14,8 +14,8 @@ Views over ONE UNet (so memory holds one copy of SD):
   starts there (`merge_adapter`).
 - `.cfg_view(w, adapter)`: classifier-free guidance eps_u + w (eps_c - eps_u), with the
   adapter on (what inference samples) or off (the guided pi_{k-1}: an S-MEME round's base).
-- `.guided_tuned_view(w)`: the same guided eps with the adapter on, as the model a solver
-  fine-tunes: it registers the predictor, so the solver finds the LoRA weights.
+- `SDGuidedTunedView(model, w)`: the same guided eps with the adapter on, as the model a
+  solver fine-tunes: it registers the predictor, so the solver finds the LoRA weights.
 The other views hold the predictor without registering it as a submodule, so freezing a
 view never touches the tuned weights.
 
@@ -309,9 +309,6 @@ class SDNoisePredictor(NoisePredictor):
 
     def cfg_view(self, w: float | None = None, adapter: bool = True) -> "SDGuidedView":
         return SDGuidedView(self, self.config.guidance if w is None else float(w), adapter)
-
-    def guided_tuned_view(self, w: float | None = None) -> "SDGuidedTunedView":
-        return SDGuidedTunedView(self, self.config.guidance if w is None else float(w))
 
     def merge_adapter(self) -> None:
         merge_adapter(self.unet)

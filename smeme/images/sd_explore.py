@@ -62,7 +62,8 @@ from ..models.base import score
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 
 from .digits_rounds import IMAGE_CONTROL
-from .sd import SDConfig, SDError, SDNoisePredictor, build_sd_model, load_adapter_state
+from .sd import (SDConfig, SDError, SDGuidedTunedView, SDGuidedView, SDNoisePredictor, build_sd_model,
+                 load_adapter_state)
 from .sd_metrics import find_metric_weights, sd_metrics
 
 SCHEMA_VERSION = 1
@@ -330,8 +331,6 @@ def guided_round_problem(model, w: float, lam: float, t_r: float):
     with the predictor's guided(x, t, w) and adapter_disabled() (SDNoisePredictor; the tests'
     analytic stand-in).
     """
-    from .sd import SDGuidedTunedView, SDGuidedView
-
     tuned, base = SDGuidedTunedView(model, w), SDGuidedView(model, w, adapter=False)
 
     def reward_grad(x):

@@ -34,7 +34,7 @@ class MLPConfig(ConfigBase):
     # a few matrices away. Why: with prior_skip, a direction whose standardised variance is ~1
     # (an independent column) leaves the net's output at ~0 there, and a round's Adam steps
     # could not grow it from nothing: independent 2-D columns got 0.46 of a round's exact tilt
-    # (0.92 with prior_skip off, 0.93-0.98 with this; a d = 8 Gaussian 0.84-0.87 -> 0.94).
+    # (0.92 with prior_skip off, 0.93-0.98 with one power; a d = 8 Gaussian 0.84-0.87 -> 0.94).
     # n = 3 rather than 1: over 3 rounds of a 3-D Gaussian, n = 1 fell to 0.82 of the exact
     # recursion where n = 3 kept 0.89-0.90 at the same budget (BENCHMARKS.md).
     linear_skip: int = 0
