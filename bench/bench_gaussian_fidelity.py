@@ -48,7 +48,10 @@ def parse_variant(text: str) -> dict:
     out = {}
     for part in filter(None, text.split(",")):
         key, value = part.split("=")
-        out[key] = float(value) if any(c in value for c in ".e") else int(value)
+        try:
+            out[key] = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:  # a word, e.g. likelihood_ratio_target=next
+            out[key] = value
     return out
 
 

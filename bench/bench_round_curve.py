@@ -20,19 +20,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from toy_truth import exact_logodds_shift, logit, toy_round_parser
+from toy_truth import exact_logodds_shift, logit, round0_sparse_share, toy_round_parser
+
+METRICS_N = 16384  # fixed-noise samples a round (and round 0) is read on
 
 
 def parse_config(text: str) -> dict:
     """'1024x15' -> trajectories and iterations; then ':oN' (reward-ODE steps) or ':key=value'
-    (any other ExploreConfig field, a number), e.g. '1024x30:weight_ema=0.999:lr=5e-4'."""
+    (any other ExploreConfig field, a number or a word), e.g. '1024x30:weight_ema=0.999:lr=5e-4'."""
     size, *extras = text.split(":")
     trajectories, iterations = (int(v) for v in size.split("x"))
     out = {"trajectories": trajectories, "iterations": iterations}
     for extra in extras:
         if "=" in extra:
             key, value = extra.split("=", 1)
-            out[key] = float(value)
+            try:
+                out[key] = float(value)
+            except ValueError:  # a word, e.g. likelihood_ratio_target=current
+                out[key] = value
         elif extra.startswith("o"):
             out["reward_ode_steps"] = int(extra[1:])
     return out
@@ -53,6 +58,7 @@ def main() -> None:
 
     src = Run.open(args.run)
     exact_shift = exact_logodds_shift(src, args.lam, ExploreConfig().t_r)
+    share0 = round0_sparse_share(src, METRICS_N)
     print(json.dumps({"torch_threads": torch.get_num_threads(), "lam": args.lam, "exact_logodds_shift": exact_shift,
                       "load_avg_1min": os.getloadavg()[0]}), flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -63,12 +69,12 @@ def main() -> None:
             work = Path(tempfile.mkdtemp(prefix="bench_curve_")) / "run"
             shutil.copytree(src.folder, work)
             run = Run.open(work)
-            cfg = ExploreConfig(lam=args.lam, seed=seed, metrics_n=16384, metrics_logp=False, **knobs)
+            cfg = ExploreConfig(lam=args.lam, seed=seed, metrics_n=METRICS_N, metrics_logp=False, **knobs)
             start = time.perf_counter()
             run_rounds(run, 1, cfg)
             wall = time.perf_counter() - start
-            m0, m1 = run.metrics()[0], run.metrics()[1]
-            shift = logit(m1["sparse_share"]) - logit(m0["sparse_share"])
+            m1 = run.metrics()[1]
+            shift = logit(m1["sparse_share"]) - logit(share0)
             row = {"config": text, "seed": seed, "solver_s": round(m1["solver_seconds"], 2), "round_s": round(wall, 2),
                    "share_of_exact_shift": round(shift / exact_shift, 3), "sparse_share": m1["sparse_share"],
                    "on_support": m1["on_support"], "load_avg_1min": round(os.getloadavg()[0], 2)}

@@ -65,8 +65,11 @@ class ExploreConfig(ConfigBase):
     # half as much (its signal and the adjoint's heavy tail add up). The term carries the
     # signal on every trajectory. With it (lr 2e-3), 1,024 trajectories x 25 iterations left
     # round 1's sparse share (lam 0.1) at 0.091-0.113 over seeds 0-2 (exact tilt 0.098);
-    # 2,048 x 15 gave 0.097-0.098 for seeds 0-3, in about the same time.
-    trajectories: int = 2048
+    # 2,048 x 15 gave 0.097-0.098 for seeds 0-3, in about the same time. With the adjoint term
+    # off on the likelihood-ratio steps (adjoint_weight_on_lr_steps below) 1,024 trajectories
+    # reach 0.94-1.06 (lam 0.1) and 0.87-1.03 (lam 0.3) of the exact log-odds shift (seeds 5-9)
+    # in half the time of 2,048 (BENCHMARKS.md, issue 14).
+    trajectories: int = 1024
     steps: int = 50
     adam_steps: int = 2
     # None: 2e-3 * sqrt(lam_k / 0.3). Adam moves the weights by ~lr a step whatever the
@@ -82,6 +85,18 @@ class ExploreConfig(ConfigBase):
     # 8: with 6 steps, round 1 at lam 0.3 overshot in 2 of 3 seeds (sparse share 0.191-0.204 against
     # an exact 0.147; 8 steps: 0.131-0.147), though r at the squares' centres moved by only 0.02
     reward_ode_steps: int = 8
+    # Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers. Both
+    # regress the same control, but there the lean adjoint is heavy-tailed (trajectories through
+    # the toy's decision region carry it ~60x backwards) and swung one round's tilt by +-50%
+    # between solver seeds (toy, lam 0.1, seeds 5-9: 0.49-1.46 of the exact log-odds shift); with
+    # the likelihood-ratio term alone there 0.92-1.05. 0 also spares the backward pass over them.
+    adjoint_weight_on_lr_steps: float = 0.0
+    # The likelihood-ratio term's target: 'next' E*[zeta_i | x_i], the tilt one step later, or
+    # 'current' J_i^T of it = std_i grad V_i, step i's own (exact on an analytic Gaussian base with
+    # a linear reward, where 'next' over-tilts the wide axis by 11-18%). On trained models 'next'
+    # measured closer to the exact tilt (one round, seeds 5-7 / 5-9: Gaussian CSV d = 8 0.93 vs
+    # 0.905, d = 3 0.96 vs 0.93, toy 0.98 vs 1.05) and costs no VJPs, so it stays the default.
+    likelihood_ratio_target: str = "next"
     outlier_mode: str = "off"  # Adjoint Matching's outlier rule ('off' | 'drop' (official code) | 'scale'); see above
     # Toy, lam 0.1: each iterate's sparse share swung over 0.08-0.14 (closed form 0.102); the
     # EMA of the weights after a 20% burn-in landed on 0.101-0.108 (seeds 0-3). None: off.
@@ -156,6 +171,8 @@ class ExploreConfig(ConfigBase):
                                                         "outlier_mode": self.outlier_mode, "weight_ema": self.weight_ema,
                                                         "average_start": self.average_start,
                                                         "likelihood_ratio_share": self.likelihood_ratio_share,
+                                                        "adjoint_weight_on_lr_steps": self.adjoint_weight_on_lr_steps,
+                                                        "likelihood_ratio_target": self.likelihood_ratio_target,
                                                         **self.solver_options})
             return StudentTeacherConfig.from_dict({**common, **self.solver_options})
         except (SolverError, TypeError) as exc:

@@ -83,8 +83,29 @@ def toy_exact(toy_src):
 
 
 @pytest.fixture(scope="module")
-def toy_seeded(toy_src, tmp_path_factory):
-    """lam -> the metrics of 3 rounds for each seed in SEEDS (computed once per lam)."""
+def toy_round0(toy_src):
+    """Round 0's metrics on the rounds' own fixed noise (METRICS): pre-training measured it on
+    4,096 samples, whose sparse share's logit sits 0.013 off the 16,384-sample one, 6% of the
+    lam-0.1 round's shift, the same for every seed."""
+    from smeme.metrics import round_metrics
+
+    run = Run.open(toy_src)
+    return {**round_metrics(run, run.load_model(0).eval(), 0, n=METRICS["metrics_n"], logp=METRICS["metrics_logp"]),
+            "sparse_flags": _sparse_flags(run, 0)}
+
+
+def _sparse_flags(run, k):
+    """Which of round k's metric samples (the same fixed noise for every round) land in the sparse square."""
+    from smeme.metrics import round_samples
+
+    raw = round_samples(run, run.load_model(k).eval(), METRICS["metrics_n"])
+    return run.domain.categories(raw)["region"] == "sparse"
+
+
+@pytest.fixture(scope="module")
+def toy_seeded(toy_src, toy_round0, tmp_path_factory):
+    """lam -> the metrics of 3 rounds for each seed in SEEDS (computed once per lam), round 0's
+    measured as the rounds are (toy_round0)."""
     done: dict = {}
 
     def get(lam):
@@ -95,7 +116,11 @@ def toy_seeded(toy_src, tmp_path_factory):
                 shutil.copytree(toy_src, dst)
                 run = Run.open(dst)
                 run_rounds(run, 3, ExploreConfig(lam=lam, seed=seed, **METRICS))
-                done[lam].append(run.metrics())
+                m = run.metrics()
+                for k in (1, 2, 3):
+                    m[k]["sparse_flags"] = _sparse_flags(run, k)
+                    assert m[k]["sparse_share"] == pytest.approx(m[k]["sparse_flags"].mean())  # the metrics' samples
+                done[lam].append({**m, 0: toy_round0})
         return done[lam]
     return get
 
@@ -112,21 +137,29 @@ def _median_round(runs, k):
             med(lambda m: 1 - m[k]["on_support"]))
 
 
+def _paired_logodds_sd(flags0, flags_k) -> float:
+    """Sampling sd of logit(share_k) - logit(share_0) read on the same fixed noise: the delta
+    method on the paired indicators, sd(I_k / (p_k (1 - p_k)) - I_0 / (p_0 (1 - p_0))) / sqrt(n)."""
+    def scaled(flags):
+        p = flags.mean()
+        return flags / (p * (1 - p))
+    return float((scaled(flags_k) - scaled(flags0)).std() / math.sqrt(len(flags0)))
+
+
 @pytest.mark.parametrize("lam", [0.1, 0.3])
 def test_toy_rounds_follow_the_exact_tilt(toy_seeded, toy_exact, lam):
     """Each round's log-odds shift of the sparse square, median of 3 unseen seeds, against the
     exact rounds of the pre-trained model's own density (smeme.tilt): within 10%, plus twice
-    the k-NN-free binomial spread of the shift itself (n samples a round, sd of a logit
-    1 / sqrt(n p (1 - p)), two rounds' worth), which at lam 0.1 is most of the signal."""
+    the sampling sd of the shift itself (round k and round 0 read on the same fixed noise, so the
+    sd is that of the paired difference, from the samples; the median seed's)."""
     runs, exact = toy_seeded(lam), toy_exact[lam]
-    n = runs[0][0]["n"]
     s0_exact = exact[0]["shares"]["region"]["sparse"]
     for k in (1, 2, 3):
         sparse, _, off = _median_round(runs, k)
-        s0 = statistics.median(m[0]["sparse_share"] for m in runs)
+        s0 = runs[0][0]["sparse_share"]
         want = _logit(exact[k]["shares"]["region"]["sparse"]) - _logit(s0_exact)
         got = _logit(sparse) - _logit(s0)
-        spread = math.sqrt(2 / (n * sparse * (1 - sparse)))
+        spread = statistics.median(_paired_logodds_sd(m[0]["sparse_flags"], m[k]["sparse_flags"]) for m in runs)
         tol = 0.10 + 2 * spread / abs(want)
         assert abs(got / want - 1) <= tol, f"round {k}: log-odds shift {got:.3f} vs exact {want:.3f} (tol {tol:.2f})"
         off_exact = 1 - exact[k]["on_support"]

@@ -18,7 +18,7 @@ from smeme.sampling import FixedNoise, sample_ddpm, time_grid
 from smeme.schedule import VPSchedule
 from smeme.solvers import (AdjointMatchingConfig, ResidualNoisePredictor, SolverDivergedError, SolverError,
                            adjoint_matching, gaussian_sampler_moments)
-from smeme.solvers.adjoint_matching import (effective_sample_share, likelihood_ratio_loss,
+from smeme.solvers.adjoint_matching import (base_mean_vjp, effective_sample_share, lean_adjoint, likelihood_ratio_loss,
                                             likelihood_ratio_pull, likelihood_ratio_terms, path_weights,
                                             step_coefficients)
 from smeme.tilt import exact_rounds
@@ -67,17 +67,21 @@ def test_loss_minimiser_is_the_weighted_mean_of_the_noise_increment():
     assert float(f.detach()) == pytest.approx(0.25 + 0.8, abs=0.02)
 
 
-def test_linear_reward_tilts_the_model_with_the_term_on():
-    """With the term on every step, the solver still lands on the exact tilt N(S w, S) seen
-    through the chain, within 10% per axis."""
+@pytest.mark.parametrize("share, adjoint_weight, target, trajectories",
+                         [(1.0, 1.0, "next", 256), (0.8, 0.0, "current", 1024)])
+def test_linear_reward_tilts_the_model_with_the_term_on(share, adjoint_weight, target, trajectories):
+    """With the term on every step beside the adjoint's, or alone on the earliest 80% of them with
+    the J^T target (smeme.explore's settings; the term's own noise needs more trajectories there),
+    the solver still lands on the exact tilt N(S w, S) seen through the chain, within 10% per axis."""
     S = torch.diag(torch.tensor([1.0, 0.04], dtype=F64))
     steps = 30
     base = GaussianModel(torch.zeros(2), S, SCH)
     torch.manual_seed(0)
     ft = ResidualNoisePredictor(base, MLPNoisePredictor(MLPConfig(2, width=32, depth=2, time_dim=16), SCH).double())
     w = torch.tensor([1.0, -2.0], dtype=F64)
-    cfg = AdjointMatchingConfig(iterations=30, trajectories=256, steps=steps, lr=3e-3, loss_steps=None,
-                                likelihood_ratio_share=1.0)
+    cfg = AdjointMatchingConfig(iterations=30, trajectories=trajectories, steps=steps, lr=3e-3, loss_steps=None,
+                                likelihood_ratio_share=share, adjoint_weight_on_lr_steps=adjoint_weight,
+                                likelihood_ratio_target=target)
     adjoint_matching(ft, base, lambda x: w.expand_as(x), cfg, reward_value=lambda x: x @ w)
     m0, _ = gaussian_sampler_moments(torch.zeros(2), S, SCH, steps=steps)
     m1, _ = gaussian_sampler_moments(S @ w, S, SCH, steps=steps)
@@ -86,6 +90,40 @@ def test_linear_reward_tilts_the_model_with_the_term_on():
     ratio = shift / (m1 - m0)
     assert torch.allclose(ratio, torch.ones(2, dtype=F64), atol=0.1), ratio
     assert 0 < cfg.health["lr_ess_min"] <= cfg.health["lr_ess_median"] <= 1  # reported per round
+
+
+def test_base_mean_vjp_is_the_transposed_jacobian_of_the_step():
+    """J^T v of the base's mean step against the closed form for a Gaussian base:
+    d mean / dx = c_x I - c_eps sqrt(1 - ab) C_t^-1."""
+    S = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=F64)
+    base = GaussianModel(torch.zeros(2), S, SCH)
+    grid = time_grid(10, dtype=F64)
+    c_x, c_eps, _, _ = step_coefficients(SCH, grid)
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(3, 5, 2, generator=g, dtype=F64), torch.randn(3, 5, 2, generator=g, dtype=F64)
+    steps = torch.tensor([1, 4, 8])
+    got = base_mean_vjp(base, x, grid[steps], v, c_x[steps], c_eps[steps], chunk=2)
+    for k, i in enumerate(steps):
+        ab = SCH.ab(grid[i])
+        J = c_x[i] * torch.eye(2, dtype=F64) - c_eps[i] * (1 - ab).sqrt() * torch.linalg.inv(ab * S + (1 - ab) * torch.eye(2, dtype=F64))
+        torch.testing.assert_close(got[k], v[k] @ J, rtol=1e-9, atol=1e-12)
+
+
+def test_backward_pass_stops_at_the_earliest_adjoint_read():
+    """lean_adjoint(first=k) gives the same adjoints from step k on and the same eps_base at every
+    step as the full pass; below k it leaves a_i = 0 (never read: the loss weight is 0 there)."""
+    base = GaussianModel(torch.tensor([0.3, -0.2]), torch.tensor([[0.5, 0.2], [0.2, 0.3]]), SCH)
+    steps, m = 12, 16
+    grid = time_grid(steps, power=1.5, dtype=F64)
+    noise = FixedNoise.from_seed(4, m, (2,), steps, dtype=F64)
+    _, states = sample_ddpm(base, noise, grid=grid, return_trajectory=True)
+    c_x, c_eps, _, _ = step_coefficients(SCH, grid)
+    a_last = states[-1] * 0.5
+    full_adj, full_eps = lean_adjoint(base, states, grid, a_last, c_x, c_eps, first=0)
+    adj, eps = lean_adjoint(base, states, grid, a_last, c_x, c_eps, first=7)
+    torch.testing.assert_close(adj[7:], full_adj[7:], rtol=0, atol=0)
+    torch.testing.assert_close(eps, full_eps, rtol=0, atol=0)
+    assert adj[:7].abs().max() == 0 and full_adj[:7].abs().max() > 0
 
 
 def test_weights_are_tempered_to_the_ess_floor():
@@ -147,6 +185,15 @@ def test_bad_settings_and_bad_reward_values_are_refused():
         AdjointMatchingConfig(ess_floor=1.5)
     with pytest.raises(SolverError, match="control"):
         AdjointMatchingConfig(control="euler")
+    for bad in (-0.5, float("nan"), "all"):
+        with pytest.raises(SolverError, match="adjoint_weight_on_lr_steps"):
+            AdjointMatchingConfig(adjoint_weight_on_lr_steps=bad)
+    from smeme.explore import ExploreConfig, ExploreError
+
+    with pytest.raises(ExploreError, match="adjoint_weight_on_lr_steps must be a finite number >= 0"):
+        ExploreConfig(adjoint_weight_on_lr_steps=-1.0)
+    with pytest.raises(ExploreError, match="likelihood_ratio_target must be 'next' or 'current'"):
+        ExploreConfig(likelihood_ratio_target="later")
     with pytest.raises(SolverError, match="reward_value"):
         adjoint_matching(ft, base, grad, AdjointMatchingConfig(likelihood_ratio_share=0.5, **small))
     nan_values = lambda x: torch.full((x.shape[0],), float("nan"))  # noqa: E731

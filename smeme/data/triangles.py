@@ -152,14 +152,6 @@ class TriangleDomain(Domain):
         sides = sort_sides(raw)
         return is_valid(sides) & (sides[:, 2] < 1.0)
 
-    def explore_defaults(self) -> dict:
-        # 1,024 trajectories (not 2,048): measured against each round's exact tilt by importance
-        # weights (bench/bench_round_reference.py), 3 rounds at lam 0.1 reached 0.96 / 0.91 /
-        # 1.05 of the exact reward gain (2,048: 0.93 / 0.96 / 1.05) with the same validity
-        # (0.9715 +- 0.0009 after round 3 at 32,768 samples, as the exact rounds' 0.974), in half
-        # the solver time (5.0 s a round; BENCHMARKS.md).
-        return {"trajectories": 1024}
-
     def categories(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         lab = _labels(raw, self.tol, self.right_tol_deg)
         return {"side_type": lab["side_type"], "angle_type": lab["angle_type"]}

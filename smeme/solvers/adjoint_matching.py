@@ -47,12 +47,21 @@ One iteration:
    reward's values, so mass moves between modes without paths through the gap. The term is
    added to the Adjoint Matching loss on the earliest `likelihood_ratio_share` of the
    stochastic steps (where the flow decides between modes). With control 'score' the term
-   regresses the same score-unit u_i; its target E*[zeta_i | x_i] = std_i E*[grad V_j | x_i] is
-   the tilt one step later than the adjoint's grad V_i (J_i^T of it would match exactly, but
-   measured worse: the self-normalised weights lean towards the sampling chain, which is the
-   tilted model's DDPM chain and not the tilted base chain). The weights are tempered so that
+   regresses the same score-unit u_i; E*[zeta_i | x_i] = std_i E*[grad V_j | x_i] is the tilt one
+   step later than the adjoint's grad V_i = J_i^T E*[grad V_j | x_i] (J_i: the base mean step's
+   Jacobian at x_i, known given x_i). likelihood_ratio_target 'current' regresses onto J_i^T of
+   the pull (one VJP of the base per selected step), whose minimiser is std_i grad V_i exactly;
+   'next' onto the pull itself, which over-tilts where J_i > 1 (a unit-variance axis: sqrt(ab_j /
+   ab_i), up to 1.35 on the first step of a 50-step grid). With the adjoint term in full on the
+   same steps 'current' measured worse (0.86 against 0.96 of a narrow axis' shift); alone there
+   it lands a linear reward's tilt within 6% per axis. The weights are tempered so that
    their effective sample size stays >= ess_floor x m (path_weights); each iteration's share
    goes to cfg.health. Same base, sep 1.5: see BENCHMARKS.md.
+   On those steps the two terms are two estimators of (nearly) the same control, and the lean
+   adjoint's is the heavy-tailed one (it grows ~60x backwards on the few toy trajectories that
+   cross the region where the flow picks a square), so `adjoint_weight_on_lr_steps` < 1 weighs
+   it down there (smeme.explore uses 0: the adjoint term then covers only the latest steps, and
+   the backward pass stops at the earliest step it reads).
 """
 from __future__ import annotations
 
@@ -109,6 +118,11 @@ class AdjointMatchingConfig(ConfigBase):
     # LR term: the path weights are tempered (w ~ exp(beta log w), beta < 1) whenever their effective
     # sample size at some step falls below ess_floor x m (healthy rounds: 0.85-0.95 of m)
     ess_floor: float = 0.1
+    # weight of the Adjoint Matching term on the steps that carry the likelihood-ratio term (1: both in full)
+    adjoint_weight_on_lr_steps: float = 1.0
+    # the LR term's target: 'next' E*[zeta_i | x_i] = std_i E*[grad V_j | x_i] (the tilt one step later),
+    # 'current' J_i^T of it = std_i grad V_i (the adjoint's; one VJP of the base per selected step)
+    likelihood_ratio_target: str = "next"
     timings: dict = field(default_factory=dict, repr=False, compare=False)  # filled: seconds per phase
     # filled: the LR weights' effective sample size (share of m) per iteration, and the tempering used
     health: dict = field(default_factory=dict, repr=False, compare=False)
@@ -142,6 +156,12 @@ class AdjointMatchingConfig(ConfigBase):
             raise SolverError(f"ess_floor must lie in (0, 1), got {self.ess_floor}.")
         if not 0 <= self.likelihood_ratio_share <= 1:
             raise SolverError(f"likelihood_ratio_share must lie in [0, 1], got {self.likelihood_ratio_share}.")
+        if not (isinstance(self.adjoint_weight_on_lr_steps, (int, float))
+                and math.isfinite(self.adjoint_weight_on_lr_steps) and self.adjoint_weight_on_lr_steps >= 0):
+            raise SolverError("adjoint_weight_on_lr_steps must be a finite number >= 0, "
+                              f"got {self.adjoint_weight_on_lr_steps!r}.")
+        if self.likelihood_ratio_target not in ("next", "current"):
+            raise SolverError(f"likelihood_ratio_target must be 'next' or 'current', got {self.likelihood_ratio_target!r}.")
         if self.control not in ("score", "ddpm"):
             raise SolverError(f"control must be 'score' or 'ddpm', got {self.control!r}.")
         if self.pairing not in (None, "next", "current"):
@@ -177,24 +197,23 @@ def _row_chunks(n: int, chunk: int | None):
 
 
 def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_last: Tensor,
-                 c_x: Tensor, c_eps: Tensor, need_first: bool, chunk: int | None = None):
-    """Backward pass a_i = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1} (no graph kept).
+                 c_x: Tensor, c_eps: Tensor, first: int = 0, chunk: int | None = None):
+    """Backward pass a_i = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1} (no graph kept), down to a_first.
 
-    Returns adjoints (M+1, m, ...) and eps_base at every step (M, m, ...). The VJP of
-    step 0 is only needed for a_0 (pairing 'current'); otherwise eps_base there is
-    evaluated without a graph.
+    Returns adjoints (M+1, m, ...) and eps_base at every step (M, m, ...). Below `first` no
+    adjoint is read (its loss weight is 0): a_i is left 0 there and eps_base is evaluated
+    without a graph.
     """
     M, n = states.shape[0] - 1, states.shape[1]
-    adj = torch.empty_like(states)
+    adj = torch.zeros_like(states)
     eps_base = torch.empty_like(states[:-1])
     adj[M] = a = a_last
     for i in range(M - 1, -1, -1):
         t_i = grid[i].expand(n)
-        if i == 0 and not need_first:
+        if i < first:
             with torch.no_grad():
-                eps_base[0] = model_base(states[0], t_i)
-            adj[0] = float("nan")
-            break
+                eps_base[i] = model_base(states[i], t_i)
+            continue
         vjp = torch.empty_like(a)
         for rows in _row_chunks(n, chunk):  # toy MLP, 2,048 rows: blocks of 1,024 took 0.21 s a pass, of 256 0.30 s
             x = states[i, rows].detach().requires_grad_(True)
@@ -205,6 +224,22 @@ def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_las
         a = (c_x[i] * a - c_eps[i] * vjp).detach()  # a_i = (d mean_i / d x_i)^T a_{i+1}
         adj[i] = a
     return adj, eps_base
+
+
+def base_mean_vjp(model_base: NoisePredictor, x: Tensor, t: Tensor, v: Tensor, c_x: Tensor, c_eps: Tensor,
+                  chunk: int | None = None) -> Tensor:
+    """J_i^T v for the base's mean step mean_i(x) = c_x x - c_eps eps_base(x, t_i), per step:
+    x, v (K, B, ...), t, c_x, c_eps (K,); no graph kept."""
+    K, B = x.shape[:2]
+    flat_x, flat_v = x.reshape(K * B, *x.shape[2:]), v.reshape(K * B, *v.shape[2:])
+    flat_t = t.repeat_interleave(B)
+    vjp = torch.empty_like(flat_v)
+    for rows in _row_chunks(K * B, chunk):
+        xr = flat_x[rows].detach().requires_grad_(True)
+        with torch.enable_grad():
+            (vjp[rows],) = torch.autograd.grad(model_base(xr, flat_t[rows]), xr, grad_outputs=flat_v[rows])
+    view = lambda c: c.reshape(K, 1, *([1] * (x.dim() - 2)))  # noqa: E731
+    return (view(c_x) * v - view(c_eps) * vjp.reshape(v.shape)).detach()
 
 
 def choose_steps(stochastic: Tensor, k: int | None, late_fraction: float, g: torch.Generator) -> Tensor:
@@ -327,6 +362,10 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
         raise SolverError("likelihood_ratio_share > 0 needs the reward's values (reward_value).")
     on_lr = torch.zeros(cfg.steps, dtype=torch.bool, device=device)
     on_lr[lr_steps] = True
+    weight = torch.where(on_lr, weight * cfg.adjoint_weight_on_lr_steps, weight)
+    # the backward pass stops at the earliest adjoint a loss reads (a_i for 'current', a_{i+1} for 'next')
+    with_adjoint = torch.nonzero(weight > 0).flatten()
+    first_adjoint = (int(with_adjoint[0]) + (pairing == "next")) if with_adjoint.numel() else cfg.steps
     ess_history: list[float] = []
     beta_history: list[float] = []
     opt = Adam(params, lr=cfg.lr)
@@ -364,9 +403,9 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
                 a_last[capped] = 0
         if a_last.shape != states[-1].shape or not torch.isfinite(a_last).all():
             raise SolverDivergedError(f"The reward gradient is NaN/inf or of the wrong shape at iteration {it + 1}.")
-        adj, eps_base = lean_adjoint(model_base, states, grid, a_last, c_x, c_eps, pairing == "current",
+        adj, eps_base = lean_adjoint(model_base, states, grid, a_last, c_x, c_eps, first_adjoint,
                                      chunk=cfg.adjoint_chunk)
-        if not torch.isfinite(adj if pairing == "current" else adj[1:]).all():
+        if not torch.isfinite(adj[first_adjoint:]).all():
             raise SolverDivergedError(f"The adjoint became NaN/inf at iteration {it + 1}.")
         if lr_steps.numel():
             with torch.no_grad():
@@ -413,7 +452,11 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             picked = on_lr[sel]  # the selected steps that carry the likelihood-ratio term
             if picked.any():  # (the outlier rule above is the adjoint's alone)
                 i_lr = sel[picked]
-                lr_loss = likelihood_ratio_loss(u[picked], lr_pull[i_lr][:, rows], lr_w[i_lr][:, rows])
+                pull = lr_pull[i_lr][:, rows]
+                if cfg.likelihood_ratio_target == "current":  # E[J^T pull | x] / E[w | x] = std_i grad V_i
+                    pull = base_mean_vjp(model_base, x[picked], grid[i_lr], pull, c_x[i_lr], c_eps[i_lr],
+                                         chunk=cfg.adjoint_chunk)
+                lr_loss = likelihood_ratio_loss(u[picked], pull, lr_w[i_lr][:, rows])
                 if not torch.isfinite(lr_loss).all():
                     raise SolverDivergedError(f"The likelihood-ratio loss became NaN/inf at iteration {it + 1}.")
                 loss = loss + lr_loss.sum() / (B * K)
