@@ -182,6 +182,9 @@ def current_run_panel(run):
     with left:
         pts = cached.samples(run, k)
         data = cached.data_sample(run)
+        note = cached.data_note(run)
+        if note:
+            st.caption(note)
         panels = ([("training data", cached.plane(run, data))] if data is not None else []) + \
                  [(f"model samples, round {k}", cached.plane(run, pts))]
         ui.plot(cached.figure(run, ("home-scatter", k), lambda: figures.scatter_panels(

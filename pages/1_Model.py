@@ -97,6 +97,9 @@ left, right = st.columns(2, gap="medium")
 with left:
     pts = cached.samples(run, 0)
     data = cached.data_sample(run)
+    note = cached.data_note(run)
+    if note:
+        st.caption(note)
     panels = (([("training data", cached.plane(run, data))] if data is not None else [])
               + [("model samples", cached.plane(run, pts))])
     ui.plot(cached.figure(run, ("model-scatter",), lambda: figures.scatter_panels(

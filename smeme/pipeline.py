@@ -31,22 +31,53 @@ def pretrain_run(folder, dataset: str, dataset_params: dict | None = None, n: in
     force=True, and only after the new run is completely written), and an existing folder's
     lock is taken before training, so a run another process is writing is refused at once.
     Round-0 metrics are computed after the round is saved; if they fail, the trained round is kept.
+    A csv run keeps the rows it trained on (see pretrain_rows): its config names no file.
     """
+    from .data import make_dataset
+
+    params = dict(dataset_params or {})
+
+    def build():
+        ds = make_dataset(dataset, n=n, seed=seed, **dict(params))
+        return ds, ({} if dataset == "csv" else params), (ds.raw if dataset == "csv" else None)
+
+    return _pretrain_locked(folder, dataset, build, steps, seed, model_params, progress, cancel, force,
+                            preset, train_params)
+
+
+def pretrain_rows(folder, rows, columns, n: int | None = None, steps: int | None = None, seed: int = 0,
+                  model_params: dict | None = None, progress=None, cancel=None, force: bool = False,
+                  preset: str | None = None, train_params: dict | None = None) -> Run:
+    """Pre-train a csv run on `rows` (n x len(columns) numbers in memory, e.g. read from a
+    file or drawn by hand), checked as a CSV file's are (DataError). The run keeps the rows it
+    trained on (smeme.store TRAINING_ROWS_FILE, sha256 in its config), so it is self-contained:
+    it travels in a bundle and its data panel never reads a file outside the run."""
+    from .data.csv import dataset_from_rows
+
+    def build():
+        ds = dataset_from_rows(rows, columns, n=n, seed=seed)
+        return ds, {}, ds.raw
+
+    return _pretrain_locked(folder, "csv", build, steps, seed, model_params, progress, cancel, force,
+                            preset, train_params)
+
+
+def _pretrain_locked(folder, dataset, build, steps, seed, model_params, progress, cancel, force, preset,
+                     train_params) -> Run:
     check_target(folder, force=force)
     with folder_lock(folder) if Path(folder).is_dir() else contextlib.nullcontext():
-        return _pretrain_unlocked(folder, dataset, dataset_params, n, steps, seed, model_params,
-                                  progress, cancel, force, preset, train_params)
+        check_target(folder, force=force)  # again: it may have changed before the lock was ours
+        return _pretrain_unlocked(folder, dataset, build, steps, seed, model_params, progress, cancel,
+                                  force, preset, train_params)
 
 
-def _pretrain_unlocked(folder, dataset, dataset_params, n, steps, seed, model_params, progress, cancel,
-                       force, preset, train_params) -> Run:
-    from .data import make_dataset
+def _pretrain_unlocked(folder, dataset, build, steps, seed, model_params, progress, cancel, force, preset,
+                       train_params) -> Run:
+    """Train on build()'s (data set, params to record, rows to keep or None) and save round 0."""
     from .presets import sized_preset
     from .train import pretrain
 
-    check_target(folder, force=force)  # again: it may have changed before the lock was ours
-    dataset_params = dict(dataset_params or {})
-    ds = make_dataset(dataset, n=n, seed=seed, **dict(dataset_params))
+    ds, recorded_params, rows = build()
     chosen = sized_preset(preset or dataset, len(ds.raw))
     model_cfg = {**chosen.model, **(model_params or {})}
     overrides = {k: v for k, v in (train_params or {}).items() if v is not None}
@@ -57,7 +88,7 @@ def _pretrain_unlocked(folder, dataset, dataset_params, n, steps, seed, model_pa
     if history["cancelled"]:
         raise Cancelled(f"Pre-training was cancelled after {history['steps_done']} of {tcfg.steps} steps; nothing was saved.")
     config = {
-        "dataset": {"name": dataset, "params": _jsonable_params(dataset_params), "n": int(len(ds.raw)),
+        "dataset": {"name": dataset, "params": _jsonable_params(recorded_params), "n": int(len(ds.raw)),
                     "seed": int(seed), "columns": list(ds.domain.columns),
                     "domain": ds.domain.to_config(), "info": _jsonable_params(ds.info)},
         "model": history["model_config"],
@@ -67,7 +98,8 @@ def _pretrain_unlocked(folder, dataset, dataset_params, n, steps, seed, model_pa
     losses = history["loss"]
     train_info = {"seconds": round(history["seconds"], 3), "steps": history["steps_done"],
                   "final_loss": float(np.mean(losses[-50:])) if losses else None}
-    run = Run.create(folder, config, model, standardizer, metrics={"train": train_info}, overwrite=force)
+    run = Run.create(folder, config, model, standardizer, metrics={"train": train_info}, overwrite=force,
+                     rows=rows)
     try:
         run.save_array("train_loss", np.asarray(losses, dtype=np.float32))
     except (OSError, StoreError) as exc:  # a cache beside the committed round; the round is kept

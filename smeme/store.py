@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.base import Standardizer
+from .safe_io import read_capped_bytes, read_json
 
 # torch is imported where weights are handled, so commands that fail on their input
 # (a bad CSV, an existing run folder) answer before paying for torch's import.
@@ -42,6 +44,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 CACHE_DIR = "cache"
+TRAINING_ROWS_FILE = "training_rows.npy"  # the rows a CSV run was trained on (float64, n x columns)
+MAX_TRAINING_ROWS_BYTES = (512 << 20) + (1 << 20)  # 1,000,000 rows x 64 columns of float64, and a header
 REQUIRED_SECTIONS = ("dataset", "model", "schedule", "standardizer")
 
 
@@ -216,13 +220,17 @@ def write_manifest(folder: Path, rounds: dict) -> None:
 def read_manifest(folder: Path) -> dict[int, dict]:
     """{round: metrics record} from metrics.json ({} when absent); StoreError when damaged."""
     path = Path(folder) / METRICS_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
+    data = read_json(path, StoreError, f"{METRICS_FILE} in {folder}")
     try:
-        data = json.loads(path.read_text())
-        return {int(k): v for k, v in data["rounds"].items()}
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise StoreError(f"{METRICS_FILE} in {folder} is damaged ({exc}).") from None
+        rounds = {int(k): v for k, v in data["rounds"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise StoreError(f"{METRICS_FILE} in {folder} is damaged ({type(exc).__name__}: {exc}).") from None
+    if any(k < 0 or not isinstance(v, dict) for k, v in rounds.items()):
+        raise StoreError(f"{METRICS_FILE} in {folder} is damaged: each round needs a number of 0 or more and a "
+                         "record (a JSON object).")
+    return rounds
 
 
 def update_manifest(folder: Path, k: int, metrics: dict) -> None:
@@ -245,6 +253,44 @@ def commit_round(folder: Path, k: int, weights_path: Path, data: bytes, metrics:
         raise
 
 
+# -- the training rows ------------------------------------------------------------------
+def training_rows_bytes(rows) -> tuple[bytes, dict]:
+    """The .npy bytes of `rows` (a finite 2-D float64 array) and the record that config.json
+    keeps of them: {'sha256', 'shape'}."""
+    rows = np.ascontiguousarray(np.asarray(rows, dtype=np.float64))
+    if rows.ndim != 2 or not rows.size or not np.all(np.isfinite(rows)):
+        raise ValueError("Training rows must be a non-empty 2-D array of finite numbers.")
+    buf = io.BytesIO()
+    np.save(buf, rows, allow_pickle=False)
+    blob = buf.getvalue()
+    return blob, {"sha256": hashlib.sha256(blob).hexdigest(), "shape": [int(n) for n in rows.shape]}
+
+
+def read_training_rows(folder, record) -> np.ndarray:
+    """The run's TRAINING_ROWS_FILE, checked against `record` (its config's dataset.training_rows):
+    a regular file (not a link) of at most MAX_TRAINING_ROWS_BYTES, with that sha256, a plain
+    float64 array of that shape, finite. StoreError (one sentence) otherwise."""
+    folder = Path(folder)
+    where = f"{TRAINING_ROWS_FILE} in {folder}"
+    if not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
+            and isinstance(record.get("shape"), list) and len(record["shape"]) == 2
+            and all(type(n) is int and n > 0 for n in record["shape"])):
+        raise StoreError(f"{CONFIG_FILE} in {folder} is damaged: dataset.training_rows needs a sha256 and a "
+                         "shape of two positive whole numbers.")
+    blob = read_capped_bytes(folder / TRAINING_ROWS_FILE, MAX_TRAINING_ROWS_BYTES, StoreError, where,
+                             follow_links=False)
+    if hashlib.sha256(blob).hexdigest() != record["sha256"]:
+        raise StoreError(f"{where} is damaged: its sha256 checksum differs from the one config.json records.")
+    try:
+        rows = np.load(io.BytesIO(blob), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise StoreError(f"{where} is damaged: it is not a plain .npy array ({exc}).") from None
+    if rows.dtype != np.float64 or list(rows.shape) != record["shape"] or not np.all(np.isfinite(rows)):
+        raise StoreError(f"{where} is damaged: it is not the finite float64 array of shape "
+                         f"{tuple(record['shape'])} that config.json records.")
+    return rows
+
+
 # -- the run ----------------------------------------------------------------------------
 
 
@@ -256,12 +302,9 @@ def _raise_disk_full(exc: BaseException, path) -> None:
 
 def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise StoreError(f"{folder} is not an smeme run: it has no {CONFIG_FILE}.")
-    try:
-        cfg = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{CONFIG_FILE} in {folder} is damaged: it is not valid JSON ({exc}).") from None
+    cfg = read_json(path, StoreError, f"{CONFIG_FILE} in {folder}")
     if not isinstance(cfg, dict):
         raise StoreError(f"{CONFIG_FILE} in {folder} is damaged: it does not hold a JSON object.")
     version = cfg.get("schema_version")
@@ -282,7 +325,7 @@ def is_run(folder) -> bool:
     return (folder / CONFIG_FILE).exists() and (folder / METRICS_FILE).exists()
 
 
-_UNFINISHED_NAMES = {CONFIG_FILE, LOCK_FILE, "round_0.safetensors", CACHE_DIR}
+_UNFINISHED_NAMES = {CONFIG_FILE, LOCK_FILE, "round_0.safetensors", CACHE_DIR, TRAINING_ROWS_FILE}
 
 
 def is_unfinished_run(folder) -> bool:
@@ -321,11 +364,13 @@ class Run:
     # -- create / open ----------------------------------------------------------------
     @classmethod
     def create(cls, folder, config: dict, model, standardizer: Standardizer,
-               metrics: dict | None = None, overwrite: bool = False) -> "Run":
-        """Write config.json, round_0.safetensors and (the commit point) metrics.json.
+               metrics: dict | None = None, overwrite: bool = False, rows=None) -> "Run":
+        """Write config.json, the training rows (when given), round_0.safetensors and (the
+        commit point) metrics.json.
 
         `config` holds 'dataset' (with 'domain'), 'model' and optionally 'train';
-        the schedule and standardizer are filled in here. An existing run is replaced
+        the schedule and standardizer are filled in here. `rows` (n x columns) are kept in
+        the run as TRAINING_ROWS_FILE, their sha256 and shape in dataset.training_rows. An existing run is replaced
         only with overwrite=True, and then only once the new one is completely written.
         On failure a folder this call created is removed; an empty or unfinished one is
         left as it was found (reusable).
@@ -341,6 +386,10 @@ class Run:
                 raise ValueError(f"A run's config needs a '{s}' section (a dict).")
         if not isinstance(cfg["dataset"].get("domain"), dict):
             raise ValueError("A run's config needs dataset.domain (the domain's to_config()).")
+        rows_blob = None
+        if rows is not None:
+            rows_blob, record = training_rows_bytes(rows)
+            cfg["dataset"] = {**cfg["dataset"], "training_rows": record}
         replace = is_run(folder)
         created = not folder.exists()
         target, temp = folder, None
@@ -352,13 +401,17 @@ class Run:
             with folder_lock(target):
                 shutil.rmtree(target / CACHE_DIR, ignore_errors=True)  # an unfinished run's leftovers
                 atomic_write_json(target / CONFIG_FILE, cfg)
+                if rows_blob is not None:
+                    atomic_write_bytes(target / TRAINING_ROWS_FILE, rows_blob)
+                else:  # an unfinished run's leftover
+                    (target / TRAINING_ROWS_FILE).unlink(missing_ok=True)
                 save_weights(target / "round_0.safetensors", model, {"round": 0})
                 write_manifest(target, {0: jsonable(metrics or {})})  # the run exists from here on
         except BaseException as exc:
             if temp is not None or created:
                 shutil.rmtree(target, ignore_errors=True)
             elif not replace:  # the folder was there (empty or unfinished): leave it reusable, without a half run
-                for name in (CONFIG_FILE, "round_0.safetensors"):
+                for name in (CONFIG_FILE, TRAINING_ROWS_FILE, "round_0.safetensors"):
                     with contextlib.suppress(OSError):
                         (target / name).unlink()
             if temp is not None and isinstance(exc, DiskFullError) and exc.path.parent == temp:
@@ -470,6 +523,17 @@ class Run:
     def set_metrics(self, k: int, metrics: dict) -> None:
         with self.lock():
             update_manifest(self.folder, k, metrics)
+
+    # -- the training rows -----------------------------------------------------------------
+    def training_rows(self) -> np.ndarray | None:
+        """The rows the run was trained on, kept in the run (CSV runs): checked against the
+        sha256 and shape its config records. None for a run that keeps none (generated data
+        sets rebuild theirs from the config; CSV runs made before rows were kept in the run
+        have none: their data file is never read). StoreError when the file is damaged."""
+        record = self.config.get("dataset", {}).get("training_rows")
+        if record is None:
+            return None
+        return read_training_rows(self.folder, record)
 
     # -- cached arrays ------------------------------------------------------------------
     def cache_path(self, key: str) -> Path:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A module may import its own layer or any layer below it, never above.
 LAYERS = [
-    ("base", ["smeme", "smeme.threads", "smeme.schedule", "smeme.extensions", "smeme.config"]),
+    ("base", ["smeme", "smeme.threads", "smeme.schedule", "smeme.extensions", "smeme.config", "smeme.safe_io"]),
     ("data", ["smeme.data"]),
     ("models", ["smeme.models"]),
     ("sampling / density / training", ["smeme.sampling", "smeme.density", "smeme.train", "smeme.presets"]),
@@ -24,7 +24,7 @@ LAYERS = [
     ("store", ["smeme.store"]),
     ("pipeline, budget", ["smeme.pipeline", "smeme.budget"]),
     ("images", ["smeme.images"]),
-    ("bundles", ["smeme.bundle"]),  # a bundle carries point runs and image (SD) runs alike
+    ("bundles", ["smeme.bundle", "smeme.run_schema"]),  # a bundle carries point runs and image (SD) runs alike
     ("services", ["smeme.services"]),
     ("ui and cli", ["smeme.ui", "smeme.cli", "smeme.__main__"]),
     ("pages", ["app", "pages"]),

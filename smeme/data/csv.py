@@ -3,7 +3,10 @@
 Raw = features = the file's columns. Files on which no density exists are refused with a
 `DataError` naming the problem: text, empty, NaN or inf cells, cells too large to
 standardise (|value| > 1e150), too few or too many rows or columns, a constant column,
-perfectly collinear columns.
+perfectly collinear columns. Only a regular file of at most MAX_FILE_BYTES is read (a FIFO,
+a device or a folder is refused before a byte is read). `dataset_from_rows` makes the same
+data set from rows already in memory; a run keeps the rows it trained on (smeme.store), so
+nothing of it names or reads the file again.
 
 On-support measure ("on the data manifold"): a point is on the support when its nearest
 reference data point, in per-column standardised units, is no farther than the data's
@@ -24,6 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
+from ..safe_io import read_capped_bytes
 from . import DataError
 from .base import Dataset, Domain
 
@@ -36,13 +40,14 @@ COLLINEAR_RTOL = 1e-6        # smallest / largest singular value of the standard
 NN_QUANTILE = 0.99
 MAX_ABS = 1e150              # larger magnitudes overflow the squares that standardising sums
 NAN_WORDS = {"nan", "-nan", "+nan", "na", "n/a", "null", "none", "#n/a"}
+MAX_FILE_BYTES = 256 << 20   # 1,000,000 rows of a dozen numbers; uploads in the app are smaller
 
 
 class CsvDomain(Domain):
     name = "csv"
 
     def __init__(self, columns, nn_threshold, reference_points, center, scale,
-                 low=None, high=None, median=None, path=None):
+                 low=None, high=None, median=None):
         self.columns = list(columns)
         self.nn_threshold = float(nn_threshold)
         self.reference_points = np.asarray(reference_points, dtype=np.float64)
@@ -52,7 +57,6 @@ class CsvDomain(Domain):
         self.low = ref.min(axis=0) if low is None else np.asarray(low, dtype=np.float64)
         self.high = ref.max(axis=0) if high is None else np.asarray(high, dtype=np.float64)
         self.median = np.median(ref, axis=0) if median is None else np.asarray(median, dtype=np.float64)
-        self.path = path
         self._nn = NearestNeighbors(n_neighbors=1).fit(self._unit(ref))
 
     def _unit(self, raw: np.ndarray) -> np.ndarray:
@@ -98,16 +102,17 @@ class CsvDomain(Domain):
             "reference_points": self.reference_points.tolist(),
             "center": self.center.tolist(), "scale": self.scale.tolist(),
             "low": self.low.tolist(), "high": self.high.tolist(), "median": self.median.tolist(),
-            "path": self.path,
         }
 
     @classmethod
     def from_config(cls, cfg: dict) -> "CsvDomain":
-        keys = ("columns", "nn_threshold", "reference_points", "center", "scale", "low", "high", "median", "path")
+        """Rebuild from to_config(); runs made before runs kept their rows also hold a 'path',
+        which is ignored (never read)."""
+        keys = ("columns", "nn_threshold", "reference_points", "center", "scale", "low", "high", "median")
         return cls(**{k: cfg.get(k) for k in keys})
 
     @classmethod
-    def fit(cls, data: np.ndarray, columns, seed: int = 0, path=None) -> "CsvDomain":
+    def fit(cls, data: np.ndarray, columns, seed: int = 0) -> "CsvDomain":
         """Choose the reference subsample and measure the 99th-percentile NN distance."""
         n, d = data.shape
         rng = np.random.default_rng(seed)
@@ -122,17 +127,13 @@ class CsvDomain(Domain):
         nn_dist = np.where(in_ref, dist[:, 1], dist[:, 0])  # leave-one-out for reference rows
         threshold = float(np.quantile(nn_dist, NN_QUANTILE))
         return cls(columns, threshold, data[ref_idx], center, scale,
-                   low=data.min(axis=0), high=data.max(axis=0), median=np.median(data, axis=0), path=path)
+                   low=data.min(axis=0), high=data.max(axis=0), median=np.median(data, axis=0))
 
 
 # -- reading and checking ----------------------------------------------------------------------
 def _read_text(path) -> str:
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise DataError(f"Cannot read the CSV file '{path}': {e.strerror or e}.") from None
+    blob = read_capped_bytes(path, MAX_FILE_BYTES, DataError, f"The CSV file '{path}'")
     if not blob.strip():
         raise DataError(f"The CSV file '{path}' is empty.")
     try:
@@ -142,7 +143,10 @@ def _read_text(path) -> str:
 
 
 def _check_header(text: str, path: str) -> list[str]:
-    header = next(_csv.reader(io.StringIO(text)), [])
+    try:
+        header = next(_csv.reader(io.StringIO(text)), [])
+    except _csv.Error as e:  # e.g. a bare carriage return or a NUL byte in the header line
+        raise DataError(f"The header line of the CSV file '{path}' cannot be read as CSV ({e}).") from None
     names = [h.strip() for h in header]
     if len(names) < MIN_COLS:
         raise DataError(f"The CSV file '{path}' has {len(names)} column; at least {MIN_COLS} are needed.")
@@ -190,18 +194,34 @@ def _first_bad_cell(text: str, names: list[str], col: str) -> str:
     return f"Column '{col}' is not numeric."
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()).rstrip(".")
+    return text[:200] or type(exc).__name__
+
+
+def _bad_column(text: str, names: list[str], col: str, path: str) -> str:
+    """_first_bad_cell's sentence, or a plain one when the column cannot be re-read alone."""
+    try:
+        return _first_bad_cell(text, names, col)
+    except (pd.errors.ParserError, _csv.Error, ValueError, OverflowError):
+        return f"Column '{col}' of '{path}' is not all numbers."
+
+
 def read_numeric_csv(path) -> pd.DataFrame:
     """The file as a float64 DataFrame, or a DataError naming what is wrong with it."""
     text = _read_text(path)
     names = _check_header(text, os.fspath(path))
     try:
         frame = pd.read_csv(io.StringIO(text), skipinitialspace=True, index_col=False, nrows=MAX_ROWS + 1)
-    except pd.errors.ParserError as e:
+    except (pd.errors.ParserError, _csv.Error, ValueError, OverflowError) as e:
         ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
         if ragged:
             want, line, got = ragged.groups()
             raise DataError(f"Line {line} of '{os.fspath(path)}' has {got} fields but the header has {want}.") from None
-        raise DataError(f"Cannot parse '{os.fspath(path)}' as CSV: {str(e).strip().rstrip('.')}.") from None
+        raise DataError(f"Cannot parse '{os.fspath(path)}' as CSV: {_one_line(e)}.") from None
+    if len(frame.columns) != len(names):
+        raise DataError(f"Cannot parse '{os.fspath(path)}' as CSV: its header line reads as {len(names)} "
+                        f"columns but its table as {len(frame.columns)}.")
     frame.columns = names
     if len(frame) < MIN_ROWS:
         raise DataError(f"The CSV file '{os.fspath(path)}' has {len(frame)} rows; at least {MIN_ROWS} are needed.")
@@ -211,7 +231,7 @@ def read_numeric_csv(path) -> pd.DataFrame:
         values = frame[col]
         numeric = values.dtype.kind in "iuf"
         if not numeric or not np.all(np.isfinite(values.to_numpy(dtype=np.float64) if numeric else [])):
-            raise DataError(_first_bad_cell(text, names, col))
+            raise DataError(_bad_column(text, names, col, os.fspath(path)))
         huge = np.flatnonzero(np.abs(values.to_numpy(dtype=np.float64)) > MAX_ABS)
         if huge.size:
             row = int(huge[0])
@@ -244,15 +264,45 @@ def check_density_exists(data: np.ndarray, columns: list[str]) -> None:
 def load_csv(path, n: int | None = None, seed: int = 0) -> Dataset:
     """Load and check a numeric CSV; with n, keep a random subsample of n rows."""
     frame = read_numeric_csv(path)
-    columns = list(frame.columns)
-    data = frame.to_numpy(dtype=np.float64)
+    return dataset_from_rows(frame.to_numpy(dtype=np.float64), list(frame.columns), n=n, seed=seed)
+
+
+def _check_rows(rows, columns) -> tuple[np.ndarray, list[str]]:
+    """Rows given in memory (not read from a file) as a checked float64 array and names."""
+    try:
+        data = np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError("The rows must be a table of numbers.") from None
+    columns = [str(c).strip() for c in columns]
+    if data.ndim != 2:
+        raise DataError(f"The rows must form a table (rows x columns), got an array of shape {data.shape}.")
+    if len(columns) != data.shape[1]:
+        raise DataError(f"The rows have {data.shape[1]} columns but {len(columns)} column names are given.")
+    if not MIN_COLS <= len(columns) <= MAX_COLS:
+        raise DataError(f"The data has {len(columns)} columns; {MIN_COLS} to {MAX_COLS} are supported.")
+    if not all(columns) or len(set(columns)) != len(columns):
+        raise DataError("Each column needs its own, non-empty name.")
+    if not MIN_ROWS <= len(data) <= MAX_ROWS:
+        raise DataError(f"The data has {len(data):,} rows; {MIN_ROWS} to {MAX_ROWS:,} are supported.")
+    bad = np.argwhere(~np.isfinite(data) | (np.abs(np.nan_to_num(data)) > MAX_ABS))
+    if bad.size:
+        row, col = (int(v) for v in bad[0])
+        raise DataError(f"Column '{columns[col]}' row {row + 1} holds {data[row, col]:g}; values must be finite "
+                        f"and at most {MAX_ABS:g} in magnitude.")
+    return data, columns
+
+
+def dataset_from_rows(rows, columns, n: int | None = None, seed: int = 0) -> Dataset:
+    """The csv data set of rows already in memory (n x columns numbers, e.g. a file's or
+    drawn by hand), checked as a file's would be; with n, a random subsample of n rows.
+    Nothing names a file: a run trained on it keeps these rows (smeme.store)."""
+    data, columns = _check_rows(rows, columns)
     check_density_exists(data, columns)
     if n is not None and n < len(data):
         if n < MIN_ROWS:
             raise DataError(f"A subsample of {n} rows is too small; at least {MIN_ROWS} are needed.")
         keep = np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False))
-        data, frame = data[keep], frame.iloc[keep].reset_index(drop=True)
-    domain = CsvDomain.fit(data, columns, seed=seed, path=os.path.abspath(os.fspath(path)))
-    info = {"name": "csv", "params": {"path": os.path.abspath(os.fspath(path)), "n": n, "seed": seed},
-            "rows": len(data)}
-    return Dataset(domain=domain, raw=data, table=frame, info=info)
+        data = data[keep]
+    domain = CsvDomain.fit(data, columns, seed=seed)
+    info = {"name": "csv", "params": {"n": n, "seed": seed}, "rows": len(data)}
+    return Dataset(domain=domain, raw=data, table=pd.DataFrame(data, columns=columns), info=info)

@@ -106,20 +106,48 @@ def digits_row(run, k: int, n: int = 8, seed: int = SAMPLES_SEED) -> np.ndarray:
 
 
 def data_sample(run, n: int = SAMPLES_N) -> np.ndarray | None:
-    """Up to n rows of the training data (saved at training time; rebuilt for CLI runs)."""
+    """Up to n rows of the training data, or None (see data_note): a csv run's own kept rows;
+    a generated data set (toy, triangles, digits) rebuilt from its config's parameters. No
+    file outside the run is ever read: a csv run that keeps no rows (made before runs kept
+    them) has none to show."""
+    if run_dataset(run) == "csv":
+        key = (run_folder(run), "training_rows", folder_stamp(Path(run_folder(run))))
+        hit = _mem_get(key)
+        if hit is not None:
+            return hit[:n]
+        try:
+            rows = run.training_rows()
+        except Exception:  # noqa: BLE001 - a damaged rows file: data_note says so
+            return None
+        return None if rows is None else _mem_put(key, rows)[:n]
+
     def rebuild():
         from ..data import make_dataset
         cfg = run.config.get("dataset", {})
-        name = cfg.get("name") if isinstance(cfg, dict) else cfg
-        params = dict(cfg.get("params", {})) if isinstance(cfg, dict) else {}
+        params = dict(cfg.get("params", {}))
         params.pop("n", None)
+        params.pop("path", None)  # only csv data sets name a file, and they are never rebuilt
         seed = params.pop("seed", 0)
-        ds = make_dataset(name, seed=seed, **params)
+        ds = make_dataset(run_dataset(run), seed=seed, **params)
         return ds.raw[:n]
     try:
         return _cached_array(run, f"data_n{n}", None, rebuild)
-    except Exception:  # noqa: BLE001 - data no longer available (e.g. a moved CSV)
+    except Exception:  # noqa: BLE001 - e.g. a data set of an extension not installed here
         return None
+
+
+def data_note(run) -> str | None:
+    """Why the data panel shows no training data, in one sentence (None when it does)."""
+    if run_dataset(run) != "csv" or data_sample(run) is not None:
+        return None
+    if run.config.get("dataset", {}).get("training_rows") is None:
+        return ("The training rows are not stored in this run (it was trained before runs kept their data), "
+                "so only the model's samples are shown.")
+    try:
+        run.training_rows()
+    except Exception as exc:  # noqa: BLE001
+        return f"The training rows of this run cannot be shown: {str(exc).replace(str(run_folder(run)), 'the run')}"
+    return None
 
 
 def samples_csv(run, k: int, n: int = SAMPLES_N, seed: int = SAMPLES_SEED) -> bytes:

@@ -172,16 +172,20 @@ def uploads_quota_mb() -> float:
 
 
 def uploads_in_use() -> set[str]:
-    """The uploads some run was trained on (its config's dataset.params.path)."""
-    import json
+    """The uploads a run's config still names (dataset.params.path of CSV runs made before
+    runs kept their training rows; newer runs name no file). Only the names are compared:
+    no file a config names is opened. A config that cannot be read names none."""
+    from ..safe_io import read_json
     used = set()
     base = runs_dir()
+    up = str(uploads_dir())
     for cfg in base.glob("*/config.json") if base.is_dir() else ():
         try:
-            path = json.loads(cfg.read_text())["dataset"]["params"]["path"]
-            used.add(os.path.realpath(path))
-        except (OSError, ValueError, KeyError, TypeError):
+            path = read_json(cfg, ValueError)["dataset"]["params"]["path"]
+        except (ValueError, KeyError, TypeError, IndexError):
             continue
+        if isinstance(path, str) and os.path.dirname(os.path.normpath(path)) == up:
+            used.add(os.path.normpath(path))
     return used
 
 
@@ -197,7 +201,7 @@ def clean_uploads(now: float | None = None) -> list[Path]:
     for p in up.glob("*.csv"):
         try:
             old = now - p.stat().st_mtime > UPLOAD_KEEP_HOURS * 3600
-            if old and os.path.realpath(p) not in used:
+            if old and os.path.normpath(p) not in used:
                 p.unlink()
                 removed.append(p)
         except OSError:
