@@ -1,18 +1,29 @@
 """Run bundles: one zip file that carries a run to another machine or cache.
 
 A bundle holds exactly what a run needs and nothing else:
-    config.json, metrics.json (if any), round_<k>.safetensors, cache/<key>.npy
-(no .lock, no temporary files). Binary members are stored, JSON members deflated, so a
-genuine bundle never has a highly compressed large member.
+    config.json, metrics.json (if any), round_<k>.safetensors, training_rows.npy (a csv run's
+    rows, checksummed in config.json), cache/<key>.npy
+(no .lock, no temporary files, no cached training-data sample). Binary members are stored,
+JSON members deflated, so a genuine bundle is hardly compressed at all.
 
 Import treats the zip as hostile. Everything is checked before the run appears:
 member names (no absolute paths, `..`, backslashes or unexpected files), member kinds
-(regular files only: no links), count and sizes (declared and actually read), compression
-ratio, duplicates; then the members are extracted into a temporary folder inside the runs
-folder, where the config must load, every round's weights must match the config's model
-(tensor names and shapes, read with safetensors) and every cached array must load without
-pickle. Only then is the folder renamed into place, so a refused import writes nothing.
-An existing run is replaced only with overwrite=True.
+(regular files only: no links), count and sizes, duplicates, and from the central directory,
+before a byte is written: at most MAX_TOTAL_BYTES uncompressed in all, at most MAX_TOTAL_RATIO
+times the zip file's own size in all (above RATIO_FLOOR), each large member at most MAX_RATIO,
+and room on the disk. While extracting, the bytes actually written are counted against each
+member's declared size and the total (declared sizes can lie). Then, in a temporary folder
+inside the runs folder, config.json must follow its run kind's strict schema (smeme.run_schema:
+no unknown field at any level, no file named), every round file must be named in metrics.json
+and match the config's model (tensor names, shapes, finite values, read with safetensors),
+kept training rows must match their checksum, and every cached array must load without pickle.
+Only then is the folder renamed into place, so a refused import writes nothing. An existing run
+is replaced only with overwrite=True.
+
+Export packs a run only through import's own checks (it imports the zip it wrote into a
+temporary folder first) and never follows a symbolic link: a linked config.json or round
+file is refused. A csv run made before runs kept their rows is packed without the file path
+its config named.
 
 Stable Diffusion runs (smeme.images.sd_explore) reference a pipeline folder instead of holding
 round 0; their bundle carries the LoRA adapters, metrics and cached grids, which open and
@@ -21,23 +32,28 @@ show without the pipeline (sampling more names the pipeline it needs).
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import re
 import shutil
 import stat
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .store import CACHE_DIR, CONFIG_FILE, METRICS_FILE, Run, StoreError, atomic_write, folder_lock
+from .safe_io import MAX_JSON_BYTES, parse_json, read_json, size_text
+from .store import (CACHE_DIR, CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE, Run, StoreError, atomic_write,
+                    folder_lock, read_training_rows)
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: a round of the digits UNet is ~10 MB, an SD LoRA ~3 MB
 MAX_TOTAL_BYTES = 2 << 30  # 2 GiB uncompressed in all
-MAX_JSON_BYTES = 64 << 20  # config.json / metrics.json
-MAX_RATIO = 100  # uncompressed / compressed, for members above RATIO_FLOOR bytes
+MAX_RATIO = 100  # uncompressed / compressed, for a member above RATIO_FLOOR bytes
+MAX_TOTAL_RATIO = 20  # all members uncompressed / the zip file's size, once above RATIO_FLOOR
 RATIO_FLOOR = 1 << 20
 _CHUNK = 1 << 20
 _ROUND_RE = re.compile(r"^round_(\d{1,6})\.safetensors$")
@@ -50,23 +66,35 @@ class BundleError(StoreError):
 
 
 def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.0f} MiB" if n < (1 << 30) else f"{n / (1 << 30):.0f} GiB"
+    return size_text(n)
 
 
 # -- export -------------------------------------------------------------------------------
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _members_of(folder: Path) -> list[str]:
-    """The names (relative to the run folder) a bundle of this run holds."""
+    """The names (relative to the run folder) a bundle of this run holds: what import accepts.
+    A cached array that is a link, needs pickle or does not load is left out (caches are
+    recomputed), and so is the cached training-data sample (data_n*: rebuilt from the config,
+    or read from the run's own rows)."""
     names = [CONFIG_FILE]
-    if (folder / METRICS_FILE).is_file():
-        names.append(METRICS_FILE)
-    names += sorted((p.name for p in folder.iterdir() if _ROUND_RE.match(p.name) and p.is_file()),
+    for name in (METRICS_FILE, TRAINING_ROWS_FILE):
+        if os.path.lexists(folder / name):
+            names.append(name)
+    names += sorted((p.name for p in folder.iterdir() if _ROUND_RE.match(p.name) and os.path.lexists(p)),
                     key=lambda n: int(_ROUND_RE.match(n).group(1)))
     cache = folder / CACHE_DIR
-    if cache.is_dir():
+    if cache.is_dir() and not _is_link(cache):
         for p in sorted(cache.iterdir()):
             name = f"{CACHE_DIR}/{p.name}"
-            if _CACHE_RE.match(name) and p.is_file() and not p.is_symlink() and _loads_without_pickle(p):
-                names.append(name)  # an unreadable cache entry is left out: caches are recomputed
+            if (_CACHE_RE.match(name) and not p.name.startswith("data_n") and not _is_link(p) and p.is_file()
+                    and _loads_without_pickle(p)):
+                names.append(name)
     return names
 
 
@@ -87,28 +115,104 @@ def _open_any(folder: Path):
     return RUN_KINDS[kind][1](folder) if kind else Run.open(folder)
 
 
+def _packed_config(folder: Path) -> bytes | None:
+    """config.json as the bundle carries it: None for the file as it is; new bytes for a csv
+    run made before runs kept their rows, without the file path its config named (never read)."""
+    cfg = read_json(folder / CONFIG_FILE, BundleError, f"{CONFIG_FILE} in {folder}")
+    ds = cfg.get("dataset") if isinstance(cfg, dict) else None
+    if not (isinstance(ds, dict) and ds.get("name") == "csv"):
+        return None
+    legacy = [(ds, "params"), (ds.get("info"), "params"), (ds, "domain")]
+    holders = [h.get(key) for h, key in legacy if isinstance(h, dict)]
+    if not any(isinstance(h, dict) and "path" in h for h in holders):
+        return None
+    for h in holders:
+        if isinstance(h, dict):
+            h.pop("path", None)
+    return json.dumps(cfg, indent=2, sort_keys=True).encode()
+
+
+def _copy_member(zf: zipfile.ZipFile, path: Path, name: str) -> None:
+    """Stream the regular file `path` into the zip as `name`, never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise BundleError(f"{name} cannot be packed ({why})") from None
+    with os.fdopen(fd, "rb") as src:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{name} is not a regular file")
+        member = zipfile.ZipInfo(name, date_time=time.localtime(info.st_mtime)[:6])
+        member.external_attr = (stat.S_IFREG | 0o644) << 16
+        member.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
+        with zf.open(member, "w", force_zip64=info.st_size > (1 << 30)) as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+
+
 def export_run(run_folder, out_zip) -> Path:
-    """Write the run in `run_folder` as a bundle to `out_zip` (atomically); returns its path."""
+    """Write the run in `run_folder` as a bundle to `out_zip` (atomically); returns its path.
+    What it packs passes import's checks first (else BundleError naming why); a file already
+    at `out_zip` is kept when the export is refused."""
     folder = Path(run_folder)
-    _open_any(folder)  # a clear error for a missing, foreign or damaged run
     out = Path(out_zip)
     if out.suffix.lower() != ".zip":
         raise BundleError(f"The bundle's file name must end in .zip, got {out.name}.")
     if not out.parent.is_dir():
         raise BundleError(f"Cannot write {out}: the folder {out.parent} does not exist.")
+    if _is_link(folder / CONFIG_FILE):
+        raise BundleError(f"The run in {folder} cannot be exported: its {CONFIG_FILE} is a symbolic link, "
+                          "and a bundle never follows one.")
+    _open_any(folder)  # a clear error for a missing, foreign or damaged run
+    try:
+        _pack_checked(folder, out)
+    except BundleError as exc:
+        reason = getattr(exc, "reason", None) or " ".join(str(exc).replace(f" in {folder}", "").split()).rstrip(".")
+        raise BundleError(f"The run in {folder} cannot be exported: {reason}.") from None
+    return out
+
+
+def _pack_checked(folder: Path, out: Path) -> None:
+    """Pack the run into a temporary file beside `out`, import it into a temporary folder
+    (import's checks), then rename it to `out`."""
+    from .store import disk_full_error
+
     names = _members_of(folder)
+    linked = next((n for n in names if _is_link(folder / n)), None)
+    if linked:
+        raise BundleError(f"{linked} is a symbolic link, and a bundle never follows one")
     total = sum((folder / n).stat().st_size for n in names)
     if total > MAX_TOTAL_BYTES:
-        raise BundleError(f"The run in {folder} holds {_mib(total)}, more than a bundle may ({_mib(MAX_TOTAL_BYTES)}).")
-
-    def write(f):
-        with zipfile.ZipFile(f, "w") as zf:
+        raise BundleError(f"it holds {_mib(total)}, more than a bundle may ({_mib(MAX_TOTAL_BYTES)})")
+    config_bytes = _packed_config(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as zf:
             for name in names:
-                method = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
-                zf.write(folder / name, name, compress_type=method)
+                if name == CONFIG_FILE and config_bytes is not None:
+                    zf.writestr(name, config_bytes, compress_type=zipfile.ZIP_DEFLATED)
+                else:
+                    _copy_member(zf, folder / name, name)
+        _check_packed(Path(tmp), out.parent)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(out) from None
+        raise BundleError(f"{out} cannot be written ({exc.strerror or exc})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
-    atomic_write(out, write)
-    return out
+
+def _check_packed(zip_path: Path, where: Path) -> None:
+    """Import the packed zip into a temporary folder beside the output: export packs only
+    what import accepts."""
+    check_dir = Path(tempfile.mkdtemp(prefix=f".{zip_path.name}.check-", dir=where))
+    try:
+        import_bundle(zip_path, check_dir, name="run")
+    finally:
+        shutil.rmtree(check_dir, ignore_errors=True)
 
 
 # -- import: checks on the zip's directory -----------------------------------------------
@@ -120,14 +224,15 @@ def _check_name(name: str) -> str:
         return f"the member name {name!r} is an absolute path"
     if ".." in name.split("/"):
         return f"the member name {name!r} climbs out of the run with '..'"
-    if name in (CONFIG_FILE, METRICS_FILE) or _ROUND_RE.match(name) or _CACHE_RE.match(name):
+    if name in (CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE) or _ROUND_RE.match(name) or _CACHE_RE.match(name):
         return ""
     return (f"it holds the unexpected file {name!r} (a bundle holds only config.json, metrics.json, "
-            "round_<k>.safetensors and cache/<key>.npy)")
+            f"round_<k>.safetensors, {TRAINING_ROWS_FILE} and cache/<key>.npy)")
 
 
-def _check_directory(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    """The members to extract, or BundleError for the first reason to refuse the zip."""
+def _check_directory(zf: zipfile.ZipFile, zip_bytes: int) -> list[zipfile.ZipInfo]:
+    """The members to extract, or BundleError for the first reason to refuse the zip
+    (`zip_bytes`: the zip file's own size, which, unlike its directory, cannot lie)."""
     infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
         raise BundleError(f"it has {len(infos)} members, more than a bundle may ({MAX_MEMBERS})")
@@ -165,11 +270,28 @@ def _check_directory(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
         members.append(info)
     if CONFIG_FILE not in seen:
         raise BundleError("it has no config.json, so it is not an smeme run")
+    if total > RATIO_FLOOR and total > MAX_TOTAL_RATIO * zip_bytes:
+        raise BundleError(f"its members add up to {_mib(total)} from a zip of {_mib(zip_bytes)}, compressed more "
+                          f"than {MAX_TOTAL_RATIO}:1 in all, as zip bombs are")
     return members
 
 
-def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
-    """Copy one member to `target`, never reading more bytes than it declares."""
+def _extract_all(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], staged: Path) -> None:
+    """Extract the checked members into `staged`, counting the bytes actually written: no
+    member past its declared size, the whole past MAX_TOTAL_BYTES never."""
+    declared = sum(info.file_size for info in members)
+    free = shutil.disk_usage(staged).free
+    if declared > free:
+        raise BundleError(f"its {_mib(declared)} do not fit in the {_mib(free)} free on the disk of the runs folder")
+    written = 0
+    for info in members:
+        written += _extract(zf, info, staged / info.filename)
+        if written > min(declared, MAX_TOTAL_BYTES):
+            raise BundleError(f"its members hold more bytes than they declare ({written} written)")
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> int:
+    """Copy one member to `target`, never reading more bytes than it declares; the bytes written."""
     if "/" in info.filename:
         target.parent.mkdir(exist_ok=True)
     written = 0
@@ -181,6 +303,7 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
             dst.write(chunk)
     if written != info.file_size:
         raise BundleError(f"the member {info.filename!r} holds fewer bytes than it declares")
+    return written
 
 
 # -- import: checks on the extracted run --------------------------------------------------
@@ -192,7 +315,8 @@ def _check_feature_run(folder: Path) -> None:
 
     run = Run.open(folder)
     run.domain  # the data set's domain rebuilds from the config
-    run.metrics()
+    _check_round_files(folder, run.metrics(), first=0)
+    _check_training_rows(folder, run)
     try:
         with torch.device("meta"):  # shapes only: a hostile config cannot make us allocate its model
             model = run.new_model()
@@ -221,10 +345,42 @@ def _check_feature_run(folder: Path) -> None:
             raise BundleError(f"{where} is not a readable safetensors file ({exc})") from None
 
 
+def _check_round_files(folder: Path, named: dict, first: int) -> None:
+    """Every round file is one metrics.json names, and every round it names from `first` on
+    has its file (an SD run's round 0 is its pipeline, not a file)."""
+    for p in folder.iterdir():
+        m = _ROUND_RE.match(p.name)
+        if m and (int(m.group(1)) not in named or p.name != f"round_{int(m.group(1))}.safetensors"):
+            raise BundleError(f"it holds {p.name}, a round that its {METRICS_FILE} does not name")
+    missing = sorted(k for k in named if k >= first and not (folder / f"round_{k}.safetensors").is_file())
+    if missing:
+        raise BundleError(f"its {METRICS_FILE} names round {missing[0]}, but round_{missing[0]}.safetensors "
+                          "is not in it")
+
+
+def _check_training_rows(folder: Path, run) -> None:
+    """A csv run's kept rows match the checksum and shape its config records; no other run
+    holds rows."""
+    dataset = run.config["dataset"]
+    record = dataset.get("training_rows")
+    if record is None:
+        if os.path.lexists(folder / TRAINING_ROWS_FILE):
+            raise BundleError(f"it holds {TRAINING_ROWS_FILE}, which its {CONFIG_FILE} does not record")
+        return
+    if dataset.get("name") != "csv":
+        raise BundleError(f"its {CONFIG_FILE} records training rows, which only csv runs keep")
+    rows = read_training_rows(folder, record)
+    if rows.shape[1] != len(run.domain.columns):
+        raise BundleError(f"{TRAINING_ROWS_FILE} has {rows.shape[1]} columns but the data set has "
+                          f"{len(run.domain.columns)}")
+
+
 def _check_sd_run(folder: Path) -> None:
     """An SD run's adapters checked without its pipeline: LoRA pairs of the config's rank."""
     run = _open_any(folder)
-    run.metrics()
+    _check_round_files(folder, run.metrics(), first=1)
+    if os.path.lexists(folder / TRAINING_ROWS_FILE):
+        raise BundleError(f"it holds {TRAINING_ROWS_FILE}, which a Stable Diffusion run does not keep")
     rank = run.sd_config.lora_rank
     targets = tuple(run.sd_config.lora_targets)
     stray = sorted(set(_ROUND_RE.match(p.name).group(1) for p in folder.iterdir() if _ROUND_RE.match(p.name))
@@ -254,23 +410,33 @@ def _check_sd_run(folder: Path) -> None:
 
 def _check_run(folder: Path) -> None:
     from .extensions import RUN_KINDS, run_kind_of
+    from .run_schema import check_point_config, check_sd_config
 
-    kind = run_kind_of(folder)
-
+    cfg = read_json(folder / CONFIG_FILE, BundleError, CONFIG_FILE)
+    if not isinstance(cfg, dict):
+        raise BundleError(f"its {CONFIG_FILE} does not hold a JSON object")
+    if os.path.lexists(folder / METRICS_FILE):
+        metrics = read_json(folder / METRICS_FILE, BundleError, METRICS_FILE)
+        unknown = sorted(set(metrics) - {"schema_version", "rounds"}) if isinstance(metrics, dict) else ["(not an object)"]
+        if unknown:
+            raise BundleError(f"its {METRICS_FILE} has the unknown top-level field {unknown[0]!r}")
     for p in (folder / CACHE_DIR).glob("*") if (folder / CACHE_DIR).is_dir() else ():
         try:
             np.load(p, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError):
             raise BundleError(f"the cached array {CACHE_DIR}/{p.name} is not a plain .npy array "
                               "(arrays that need pickle are refused)") from None
+    kind = None
     try:
+        kind = "sd" if cfg.get("kind") == "sd" else run_kind_of(folder)
+        (check_sd_config if kind == "sd" else check_point_config)(cfg)
         (_check_sd_run if kind == "sd" else _check_feature_run)(folder)
     except BundleError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a hostile run trips, it is refused in one sentence
         # the run's own messages name the temporary folder; name the member instead
         text = " ".join(str(exc).replace(f" in {folder}", "").replace(str(folder), "the bundle").split())
-        if not isinstance(exc, (StoreError, *(RUN_KINDS[kind][2] if kind else ()))):
+        if not isinstance(exc, (StoreError, *(RUN_KINDS[kind][2] if kind in RUN_KINDS else ()))):
             text = f"its run cannot be opened ({type(exc).__name__}: {text})"
         raise BundleError(text.rstrip(".")) from None
 
@@ -290,27 +456,30 @@ def import_bundle(zip_path, runs_dir, name: str | None = None, overwrite: bool =
     if runs_dir.exists() and not runs_dir.is_dir():
         raise BundleError(f"The runs folder {runs_dir} is not a folder.")
     dest = runs_dir / name
-    if dest.exists() and not overwrite:
+    if os.path.lexists(dest) and not overwrite:
         raise BundleError(f"A run named {name!r} already exists in {runs_dir}; choose another name or "
                           "pass --force to replace it.")
     made_runs_dir = not runs_dir.exists()
     work = None
     try:
+        source = _open_regular(zip_path)
         try:
-            zf = zipfile.ZipFile(zip_path)
-        except (zipfile.BadZipFile, OSError) as exc:
+            zf = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            source.close()
             raise BundleError(f"it is not a readable zip file ({exc})") from None
-        with zf:
-            members = _check_directory(zf)
+        with source, zf:
+            members = _check_directory(zf, os.fstat(source.fileno()).st_size)
             runs_dir.mkdir(parents=True, exist_ok=True)
             work = Path(tempfile.mkdtemp(prefix=f".{name}.import-", dir=runs_dir))
             staged = work / "run"
             staged.mkdir()
             try:
-                for info in members:
-                    _extract(zf, info, staged / info.filename)
+                _extract_all(zf, members, staged)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
-                    RuntimeError) as exc:
+                    RuntimeError, ValueError) as exc:
+                if isinstance(exc, BundleError):
+                    raise
                 raise BundleError(f"a member cannot be read ({type(exc).__name__}: {exc})") from None
         _check_run(staged)
         _move_into_place(staged, dest, work)
@@ -319,13 +488,27 @@ def import_bundle(zip_path, runs_dir, name: str | None = None, overwrite: bool =
         reason = str(exc).rstrip(".")
         if reason[1:2].islower():  # 'The run ...' reads on after a colon as 'the run ...'
             reason = reason[0].lower() + reason[1:]
-        raise BundleError(f"The bundle {zip_path.name} is refused: {reason}.") from None
+        refused = BundleError(f"The bundle {zip_path.name} is refused: {reason}.")
+        refused.reason = reason
+        raise refused from None
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
         if made_runs_dir:
             with contextlib.suppress(OSError):
                 runs_dir.rmdir()  # only when still empty (a refused import)
+
+
+def _open_regular(path: Path):
+    """The bundle file opened for reading, refused unless it is a regular file (no FIFO, device)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise BundleError(f"it cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleError("it is not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def _move_into_place(staged: Path, dest: Path, work: Path) -> None:
@@ -336,8 +519,12 @@ def _move_into_place(staged: Path, dest: Path, work: Path) -> None:
         except OSError as exc:
             raise BundleError(f"The run could not be moved into {dest} ({exc}).") from None
         return
-    if not dest.is_dir():
+    if not dest.is_dir() or _is_link(dest):
         raise BundleError(f"{dest} exists and is not a run folder; choose another name.")
     with folder_lock(dest):  # never replace a run that a process is writing to
         os.rename(dest, work / "old")
-    os.rename(staged, dest)
+    try:
+        os.rename(staged, dest)
+    except OSError as exc:
+        os.rename(work / "old", dest)  # the old run stays as it was
+        raise BundleError(f"The run could not be moved into {dest} ({exc.strerror or exc}).") from None

@@ -314,5 +314,9 @@ def test_sd_adapter_of_the_wrong_rank_is_refused(tmp_path, runs):
     config = json.loads((src / "config.json").read_text())
     config["model"]["lora_rank"] = 8
     (src / "config.json").write_text(json.dumps(config))
-    zip_path = export_run(src, tmp_path / "sd.zip")
+    with pytest.raises(BundleError, match="cannot be exported: round_1.safetensors.*rank-8 LoRA"):
+        export_run(src, tmp_path / "sd.zip")  # export packs only what import accepts
+    assert not (tmp_path / "sd.zip").exists()
+    zip_path = write_zip(tmp_path / "sd.zip", [(str(p.relative_to(src)), p.read_bytes())
+                                               for p in sorted(src.rglob("*")) if p.is_file()])
     assert_refused(zip_path, runs, ["round_1.safetensors", "rank-8 LoRA"])

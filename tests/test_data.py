@@ -1,5 +1,6 @@
 """Data sets: toy closed forms, triangle generator and labels, CSV checks, configs."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -225,8 +226,8 @@ def test_csv_file_level_refusals(tmp_path):
     empty.write_text("")
     latin = tmp_path / "latin.csv"
     latin.write_bytes("x,y\n".encode() + "é,1\n".encode("latin-1"))
-    for path, message in [(empty, "is empty"), (latin, "not utf-8"), (tmp_path / "missing.csv", "cannot read"),
-                          (tmp_path, "cannot read")]:
+    for path, message in [(empty, "is empty"), (latin, "not utf-8"), (tmp_path / "missing.csv", "cannot be read"),
+                          (tmp_path, "is a folder, not a regular file")]:
         with pytest.raises(DataError, match="(?i)" + message):
             load_csv(path)
 
@@ -256,3 +257,61 @@ def test_make_dataset_dispatch_errors():
     with pytest.raises(DataError, match="Unknown data set"):
         domain_from_config({"name": "nope"})
     assert domain_from_config(ToyDomain(0.8).to_config()).dense_mass == 0.8
+
+
+# -- reading a data file: what it is and how large, checked before a byte is read ------------
+def test_a_csv_that_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)  # reading it would block forever: it must not even be opened for a blocking read
+    cases = [(fifo, "is a FIFO (named pipe), not a regular file"), (tmp_path, "is a folder, not a regular file")]
+    if os.path.exists("/dev/zero"):
+        cases.append(("/dev/zero", "is a device, not a regular file"))  # endless: a memory blow-up if read
+    for path, words in cases:
+        with pytest.raises(DataError) as err:
+            load_csv(path)
+        assert str(err.value) == f"The CSV file '{path}' {words}; it is not read."
+
+
+def test_a_csv_larger_than_the_cap_is_refused_naming_the_cap(tmp_path, good_rows, monkeypatch):
+    import smeme.data.csv as csv_module
+
+    path = _write(tmp_path, "big.csv", ["x", "y", "z"], good_rows)
+    monkeypatch.setattr(csv_module, "MAX_FILE_BYTES", 1024)
+    with pytest.raises(DataError, match=r"^The CSV file '.*big.csv' is [\d.]+ KiB, more than the 1 KiB that may be read\.$"):
+        load_csv(path)
+    assert csv_module.MAX_FILE_BYTES < path.stat().st_size
+
+
+@pytest.mark.parametrize("header", [b"a,b\rc\n", b"x\r,y\n", b"\xff\xfe,b\n", b'"a,b\n'])
+def test_a_header_that_the_csv_reader_refuses_is_a_data_error_naming_the_file(tmp_path, header):
+    path = tmp_path / "odd.csv"
+    path.write_bytes(header + b"\n".join(b"%d,%d" % (i, i * i % 7) for i in range(150)) + b"\n")
+    with pytest.raises(DataError) as err:
+        load_csv(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message and message.endswith("."), message
+
+
+def test_random_bytes_are_a_data_error_naming_the_file(tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(20):
+        path = tmp_path / f"random{i}.csv"
+        path.write_bytes(rng.integers(0, 256, 400, dtype=np.uint8).tobytes())
+        with pytest.raises(DataError) as err:
+            load_csv(path)
+        assert str(path) in str(err.value) or "Column" in str(err.value), str(err.value)
+
+
+def test_rows_in_memory_make_the_same_data_set_as_their_file_and_name_no_file(tmp_path, good_rows):
+    from smeme.data.csv import dataset_from_rows
+
+    path = _write(tmp_path, "ok.csv", ["x", "y", "z"], good_rows)
+    from_file = load_csv(path, n=120, seed=3)
+    from_rows = dataset_from_rows(np.array(good_rows), ["x", "y", "z"], n=120, seed=3)
+    assert np.array_equal(from_file.raw, from_rows.raw)
+    assert from_file.domain.to_config() == from_rows.domain.to_config()
+    assert str(tmp_path) not in json.dumps([from_file.domain.to_config(), from_file.info])
+    with pytest.raises(DataError, match="row 5 holds nan"):
+        dataset_from_rows(np.where(np.arange(150)[:, None] == 4, np.nan, np.array(good_rows)), ["x", "y", "z"])
+    with pytest.raises(DataError, match="3 columns but 2 column names"):
+        dataset_from_rows(np.array(good_rows), ["x", "y"])

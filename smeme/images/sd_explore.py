@@ -48,7 +48,7 @@ the run (tests/test_sd.py launches two CPU processes and checks all three).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigBase
+from ..safe_io import read_json
 from ..models.base import score
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 
@@ -105,8 +106,8 @@ def is_sd_run(folder) -> bool:
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("kind") == KIND
-    except (OSError, ValueError, AttributeError):
+        return read_json(path, SDRunError).get("kind") == KIND
+    except (SDRunError, AttributeError):
         return False
 
 
@@ -156,12 +157,9 @@ class SDRun:
         folder = Path(folder)
         if not folder.is_dir():
             raise SDRunError(f"The run folder {folder} does not exist.")
-        try:
-            cfg = json.loads((folder / "config.json").read_text())
-        except FileNotFoundError:
-            raise SDRunError(f"{folder} is not an smeme run: it has no config.json.") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SDRunError(f"config.json in {folder} is damaged ({exc}).") from None
+        if not os.path.lexists(folder / "config.json"):
+            raise SDRunError(f"{folder} is not an smeme run: it has no config.json.")
+        cfg = read_json(folder / "config.json", SDRunError, f"config.json in {folder}")
         if not isinstance(cfg, dict) or cfg.get("kind") != KIND:
             raise SDRunError(f"{folder} is not a Stable Diffusion run (config.json has no kind 'sd').")
         if cfg.get("schema_version") != SCHEMA_VERSION:

@@ -2,11 +2,11 @@
 cache/sd_runs, and the background jobs that pre-train digits and run image rounds."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from ..safe_io import read_json
 from . import access, jobs
 from .runs import open_run, safe_name
 from .settings import cache_dir, models_dir, runs_dir, setup
@@ -19,10 +19,10 @@ def digits_runs() -> list[Path]:
     if base.is_dir():
         for f in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
-                cfg = json.loads((f / "config.json").read_text())
+                cfg = read_json(f / "config.json", ValueError)
                 if cfg.get("dataset", {}).get("name") == "digits":
                     out.append(f)
-            except (OSError, ValueError, AttributeError):
+            except (ValueError, AttributeError):
                 continue
     return out
 
