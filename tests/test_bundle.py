@@ -320,3 +320,203 @@ def test_sd_adapter_of_the_wrong_rank_is_refused(tmp_path, runs):
     zip_path = write_zip(tmp_path / "sd.zip", [(str(p.relative_to(src)), p.read_bytes())
                                                for p in sorted(src.rglob("*")) if p.is_file()])
     assert_refused(zip_path, runs, ["round_1.safetensors", "rank-8 LoRA"])
+
+
+# -- issue 21: self-contained runs, a strict schema, total caps, export = import's checks --------
+SECRET = "SECRET-MARKER-7f3a"
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    from smeme.pipeline import pretrain_rows
+
+    rows = np.random.default_rng(5).normal(size=(300, 3)) * [1.0, 2.0, 0.5] + [10.0, -3.0, 0.25]
+    folder = tmp_path_factory.mktemp("csvrun") / "csv"
+    pretrain_rows(folder, rows, ["height", "weight", "age"], preset="tiny", steps=20)
+    return folder, rows
+
+
+@pytest.fixture(scope="module")
+def csv_zip(csv_run, tmp_path_factory):
+    return export_run(csv_run[0], tmp_path_factory.mktemp("csvzips") / "csv.zip")
+
+
+def secret_file(tmp_path):
+    """A file outside every run, a valid numeric CSV whose bytes are easy to spot."""
+    path = tmp_path / "secret.csv"
+    path.write_text(f"{SECRET}_a,{SECRET}_b\n" + "\n".join(f"{987654.0 + i},{i * i}" for i in range(200)) + "\n")
+    return path
+
+
+def edited_config(zip_path, edit) -> list:
+    entries = members(zip_path)
+    config = json.loads(dict((i.filename, d) for i, d in entries)["config.json"])
+    edit(config)
+    return [(i, json.dumps(config).encode() if i.filename == "config.json" else d) for i, d in entries]
+
+
+def test_csv_round_trip_keeps_the_rows_and_their_checksum(csv_run, csv_zip, tmp_path):
+    from smeme.services import cached
+    from smeme.store import Run
+
+    folder, rows = csv_run
+    names = sorted(info.filename for info, _ in members(csv_zip))
+    assert "training_rows.npy" in names and not any(n.startswith("cache/data_n") for n in names)
+    dest = import_bundle(csv_zip, tmp_path / "runs")
+    before, after = Run.open(folder), Run.open(dest)
+    assert np.array_equal(after.training_rows(), rows) and np.array_equal(before.training_rows(), rows)
+    record = after.config["dataset"]["training_rows"]
+    assert record == before.config["dataset"]["training_rows"] and record["shape"] == [300, 3]
+    assert (dest / "training_rows.npy").read_bytes() == (folder / "training_rows.npy").read_bytes()
+    assert np.array_equal(cached.data_sample(after), cached.data_sample(before))
+    assert np.array_equal(cached.data_sample(after), rows) and cached.data_note(after) is None
+    assert "path" not in json.dumps(after.config)  # the config names no file
+
+
+def test_a_bundle_whose_csv_config_names_an_outside_file_is_refused(csv_zip, runs, tmp_path):
+    secret = secret_file(tmp_path)
+    for where in ("params", "domain", "info.params"):
+        def edit(config, where=where):
+            holder = config["dataset"]
+            for key in where.split("."):
+                holder = holder.setdefault(key, {})
+            holder["path"] = str(secret)
+        bad = write_zip(tmp_path / "attack.zip", edited_config(csv_zip, edit))
+        assert_refused(bad, runs, [f"config.json names a file at 'dataset.{where}.path'", "names no file outside it"])
+
+
+EDITS = {
+    "top-level": (lambda c: c.update(extra=1), "unknown top-level field 'extra'"),
+    "dataset": (lambda c: c["dataset"].update(source="x"), "'dataset.source'"),
+    "params": (lambda c: c["dataset"]["params"].update(rows=5), "'dataset.params.rows'"),
+    "domain": (lambda c: c["dataset"]["domain"].update(colour=1), "'dataset.domain.colour'"),
+    "info": (lambda c: c["dataset"]["info"].update(url="x"), "'dataset.info.url'"),
+    "info-params": (lambda c: c["dataset"]["info"]["params"].update(file="x"), "'dataset.info.params.file'"),
+    "model": (lambda c: c["model"].update(weights="x"), "weights"),
+    "schedule": (lambda c: c["schedule"].update(table=[1]), "'schedule.table'"),
+    "standardizer": (lambda c: c["standardizer"].update(scale=1), "'standardizer.scale'"),
+    "train": (lambda c: c["train"].update(resume="x"), "'train.resume'"),
+    "rows-record": (lambda c: c["dataset"]["training_rows"].update(file="x"), "'dataset.training_rows.file'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDITS))
+def test_refuses_a_field_the_schema_does_not_know_at_every_level(case, csv_zip, runs, tmp_path):
+    edit, words = EDITS[case]
+    assert_refused(write_zip(tmp_path / "extra.zip", edited_config(csv_zip, edit)), runs, [words])
+
+
+def test_refuses_a_round_or_rows_file_that_the_run_does_not_name(good_zip, csv_zip, runs, tmp_path):
+    entries = members(good_zip)
+    round_1 = dict((i.filename, d) for i, d in entries)["round_1.safetensors"]
+    assert_refused(write_zip(tmp_path / "stray.zip", entries + [("round_7.safetensors", round_1)]), runs,
+                   ["round_7.safetensors", "metrics.json does not name"])
+    no_round = [(i, d) for i, d in entries if i.filename != "round_1.safetensors"]
+    assert_refused(write_zip(tmp_path / "gap.zip", no_round), runs, ["names round 1", "round_1.safetensors is not in it"])
+    rows = dict((i.filename, d) for i, d in members(csv_zip))["training_rows.npy"]
+    assert_refused(write_zip(tmp_path / "rows.zip", entries + [("training_rows.npy", rows)]), runs,
+                   ["training_rows.npy", "does not record"])
+    metrics = json.loads(dict((i.filename, d) for i, d in entries)["metrics.json"])
+    metrics["note"] = "x"
+    edited = [(i, json.dumps(metrics).encode() if i.filename == "metrics.json" else d) for i, d in entries]
+    assert_refused(write_zip(tmp_path / "m.zip", edited), runs, ["metrics.json has the unknown top-level field 'note'"])
+
+
+def test_refuses_training_rows_that_do_not_match_their_checksum(csv_zip, runs, tmp_path):
+    entries = members(csv_zip)
+    rows = np.load(io.BytesIO(dict((i.filename, d) for i, d in entries)["training_rows.npy"]))
+    rows[0, 0] += 1.0
+    bad = [(i, npy_bytes(rows) if i.filename == "training_rows.npy" else d) for i, d in entries]
+    assert_refused(write_zip(tmp_path / "rows.zip", bad), runs, ["training_rows.npy is damaged", "sha256"])
+    missing = [(i, d) for i, d in entries if i.filename != "training_rows.npy"]
+    assert_refused(write_zip(tmp_path / "norows.zip", missing), runs, ["training_rows.npy"])
+
+
+def test_refuses_many_small_members_that_add_up_to_a_zip_bomb(good_zip, runs, tmp_path):
+    """Members at or under the per-member ratio floor cannot walk around the total ratio: 40 x 1 MiB
+    of zeros (each deflates to ~1 KiB) is refused from the central directory, before a byte is written."""
+    zeros = npy_bytes(np.zeros(bundle.RATIO_FLOOR - 128, dtype=np.uint8))
+    entries = members(good_zip) + [(f"cache/z{i}.npy", zeros) for i in range(40)]
+    bad = write_zip(tmp_path / "bombs.zip", entries)
+    assert bad.stat().st_size < 200_000
+    assert_refused(bad, runs, [f"compressed more than {bundle.MAX_TOTAL_RATIO}:1 in all"])
+
+
+def test_refuses_a_bundle_larger_than_the_free_disk(good_zip, runs, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
+    assert_refused(good_zip, runs, ["do not fit in the 100 bytes free"])
+
+
+def test_a_config_nested_100000_levels_is_refused_in_one_sentence(good_zip, runs, tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert_refused(write_zip(tmp_path / "deep.zip", replaced(good_zip, "config.json", deep)), runs,
+                   ["config.json is damaged", "nests deeper than"])
+    assert_refused(write_zip(tmp_path / "deep2.zip", replaced(good_zip, "metrics.json", deep)), runs,
+                   ["metrics.json is damaged", "nests deeper than"])
+
+
+def test_a_refused_import_into_an_existing_name_keeps_the_old_run(good_zip, runs, tmp_path):
+    first = import_bundle(good_zip, runs, name="keep")
+    before = snapshot(first)
+    bad = write_zip(tmp_path / "bad.zip", members(good_zip) + [("round_9.safetensors", b"x")])
+    with pytest.raises(BundleError):
+        import_bundle(bad, runs, name="keep", overwrite=True)
+    with pytest.raises(BundleError, match="already exists"):
+        import_bundle(good_zip, runs, name="keep")
+    assert snapshot(first) == before and sorted(p.name for p in runs.iterdir()) == ["keep", "keep.txt"]
+
+
+def damaged_round(name, good):
+    """round_1.safetensors as each kind of damage export must refuse."""
+    import torch
+    from safetensors.torch import load, save
+
+    tensors = load(good)
+    first = sorted(tensors)[0]
+    if name == "zero-byte":
+        return b""
+    if name == "lying-header":
+        return struct.pack("<Q", 10**6) + good[8:]  # a header longer than the file
+    if name == "nan":
+        return save({**tensors, first: torch.full_like(tensors[first], float("nan"))})
+    return save({**tensors, first: torch.zeros(2, 2)})  # wrong shape
+
+
+@pytest.mark.parametrize("damage", ["zero-byte", "lying-header", "nan", "wrong-shape"])
+def test_export_refuses_weights_that_import_would_refuse(damage, toy_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(toy_run, folder)
+    target = folder / "round_1.safetensors"
+    target.write_bytes(damaged_round(damage, target.read_bytes()))
+    out = tmp_path / "out.zip"
+    out.write_bytes(b"an earlier bundle")
+    with pytest.raises(BundleError) as info:
+        export_run(folder, out)
+    message = str(info.value)
+    assert message.startswith(f"The run in {folder} cannot be exported: round_1.safetensors"), message
+    assert "\n" not in message and message.endswith(".")
+    assert out.read_bytes() == b"an earlier bundle"  # nothing already saved is lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zip", "run"]  # no temp file or folder left
+
+
+@pytest.mark.parametrize("linked", ["config.json", "round_1.safetensors", "training_rows.npy"])
+def test_export_never_follows_a_link(linked, csv_run, toy_run, tmp_path):
+    import shutil
+
+    source = csv_run[0] if linked == "training_rows.npy" else toy_run
+    folder = tmp_path / "run"
+    shutil.copytree(source, folder)
+    outside = tmp_path / "outside"
+    outside.write_bytes((folder / linked).read_bytes())
+    (folder / linked).unlink()
+    (folder / linked).symlink_to(outside)
+    with pytest.raises(BundleError) as info:
+        export_run(folder, tmp_path / "out.zip")
+    assert "symbolic link" in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert not (tmp_path / "out.zip").exists()
