@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import re
 import sys
 import time
 
@@ -77,7 +78,37 @@ def _write_text_atomic(path: str, text: str) -> None:
         raise CliError(f"Cannot write '{path}': it is a folder; give a file name, e.g. '{os.path.join(path, 'out.csv')}'.")
     if not os.path.isdir(folder):
         raise CliError(f"Cannot write '{path}': the folder {folder} does not exist.")
-    atomic_write_bytes(path, text.encode())
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError as exc:
+        raise CliError(write_problem(exc, path)) from None
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+?)\.(?:[A-Za-z0-9_]{8}\.tmp|[a-z]+-[A-Za-z0-9_]+)$")
+_WHY_NOT_WRITTEN = {errno.EROFS: "is read-only",
+                    errno.EACCES: "does not let smeme write in it (permission denied)",
+                    errno.EPERM: "does not let smeme write in it (operation not permitted)",
+                    errno.ENOENT: "does not exist or does not accept new files",
+                    errno.ENOTDIR: "is not a folder"}
+
+
+def write_problem(exc: OSError, target=None) -> str | None:
+    """One sentence for a failed write or folder creation, naming the file or folder meant
+    (never a temp file's name) and why its folder refused it; None for other errors."""
+    why = _WHY_NOT_WRITTEN.get(exc.errno)
+    path = target if target is not None else exc.filename
+    if why is None or path is None:
+        return None
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    temp = _TEMP_NAME.match(name)
+    if temp and target is None:
+        path = os.path.join(folder, temp.group("name"))
+    if exc.errno == errno.ENOENT and target is None and not os.path.isdir(folder):
+        return f"Cannot read or create '{path}': its folder {folder} does not exist."
+    if name == ".lock":  # the store's lock file: the run folder itself refused a write
+        return f"Cannot write in the run folder {folder}: it {why}."
+    return f"Cannot save '{path}': its folder {folder} {why}."
 
 
 def _frame_csv(columns, values, extra: dict | None = None) -> str:
@@ -95,6 +126,8 @@ def read_points(path: str, columns: list[str]):
     """The run's columns of a points CSV as a float array; one clear sentence if unusable."""
     import numpy as np
     import pandas as pd
+
+    from .data.csv import MAX_ABS  # the CSV reader's limit: larger values overflow standardising
 
     if os.path.isdir(path):
         raise CliError(f"The points file '{path}' is a folder, not a CSV file.")
@@ -115,6 +148,11 @@ def read_points(path: str, columns: list[str]):
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise CliError(f"Row {row + 2} of '{path}' has a non-numeric or non-finite value in column '{c}': {frame[c].iloc[row]!r}.")
+        huge = np.abs(values.to_numpy(dtype=float)) > MAX_ABS
+        if huge.any():
+            row = int(np.flatnonzero(huge)[0])
+            raise CliError(f"Row {row + 2} of '{path}' holds {values.iloc[row]:g} in column '{c}', too large for the "
+                           f"model (values must be at most {MAX_ABS:g} in magnitude).")
         frame[c] = values
     return frame, frame[columns].to_numpy(dtype=np.float64)
 
@@ -227,12 +265,20 @@ def cmd_sample(args) -> int:
 
 
 def cmd_logp(args) -> int:
+    import numpy as np
+
     from .pipeline import logp_run
     from .store import Run
 
     run = Run.open(args.run)
     frame, raw = read_points(args.points, list(run.domain.columns))
-    logp = logp_run(run, args.round, raw)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the check below names the rows
+        logp = logp_run(run, args.round, raw)
+    bad = np.flatnonzero(~np.isfinite(logp))
+    if len(bad):
+        raise CliError(f"The model's log-density is not finite at {len(bad):,} of the {len(logp):,} points of "
+                       f"'{args.points}' (first: row {bad[0] + 2}), too far from the data for the "
+                       "PF-ODE; nothing was written.")
     frame["logp"] = logp
     buf = io.StringIO()
     frame.to_csv(buf, index=False, float_format="%.9g")
@@ -255,8 +301,13 @@ def cmd_report(args) -> int:
 def cmd_tilt(args) -> int:
     from .explore import ExploreConfig
     from .store import Run
-    from .tilt import run_exact_rounds
+    from .tilt import check_t_r, run_exact_rounds
 
+    if args.t_r is not None:
+        try:
+            check_t_r([args.t_r])
+        except ValueError as exc:
+            raise CliError(f"--t-r {args.t_r:g}: {exc}") from None
     run = Run.open(args.run)
     start = run.latest_round if args.round is None else args.round
     if start not in run.rounds():
@@ -337,8 +388,20 @@ def _whole_number(text: str) -> int:
     except ValueError:
         value = float("nan")
     if not value.is_integer():  # also nan and inf
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{_shown(text)}'")
     return int(value)
+
+
+def _shown(text: str, limit: int = 24) -> str:
+    """The text as typed, cut to `limit` characters for a message."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def _number_given(value: int, text: str) -> str:
+    """How a message shows a number given on the command line: with thousands separators
+    unless that is longer than the text typed (1e300 stays '1e300')."""
+    grouped = f"{value:,}"
+    return grouped if len(grouped) <= max(len(text), 25) else f"'{_shown(text.strip())}'"
 
 
 def _int_in(low: int, high: int):
@@ -346,9 +409,10 @@ def _int_in(low: int, high: int):
     def parse(text: str) -> int:
         value = _whole_number(text)
         if value < low:
-            raise argparse.ArgumentTypeError(f"expected a number of at least {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected a number of at least {low}, got {_number_given(value, text)}")
         if value > high:
-            raise argparse.ArgumentTypeError(f"expected a number of at most {high:,} (the CLI's limit), got {value:,}")
+            raise argparse.ArgumentTypeError(f"expected a number of at most {high:,} (the CLI's limit), "
+                                             f"got {_number_given(value, text)}")
         return value
     parse.__name__ = "whole number"  # argparse names the type in some messages
     return parse
@@ -497,11 +561,16 @@ def main(argv=None) -> int:
         return fail(EXIT_INTERRUPTED, "Interrupted; everything saved before the interruption is kept.")
     except (RunLockedError, DiskFullError) as exc:
         return fail(EXIT_FAILURE, _sentence(exc))
-    except (CliError, StoreError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        return fail(EXIT_BAD_INPUT, write_problem(exc) or _sentence(exc))
+    except (CliError, StoreError, ValueError, IsADirectoryError) as exc:
         return fail(EXIT_BAD_INPUT, _sentence(exc))  # DataError is a ValueError
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a write outside the store's atomic writer
             return fail(EXIT_FAILURE, f"Cannot save {exc.filename or 'a file'}: no space left on device.")
+        problem = write_problem(exc)  # a read-only cache, a folder that takes no files (/proc)
+        if problem is not None:
+            return fail(EXIT_FAILURE, problem)
         return fail(EXIT_FAILURE, f"{type(exc).__name__}: {_sentence(exc)}")
     except Exception as exc:
         if type(exc).__name__ == "ExploreError":

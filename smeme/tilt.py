@@ -38,6 +38,18 @@ def smooth_to(prob: np.ndarray, xs: np.ndarray, ys: np.ndarray, ab: float, mean:
     return ky @ prob @ kx.T
 
 
+# The reward's time t_r must add noise the grid's smoothing can represent: below ~1e-8 the
+# noise scale sqrt(1 - ab(t_r)) rounds to zero in float64 (the kernel divides by it).
+T_R_MIN = 1e-6
+
+
+def check_t_r(t_rs: Sequence[float]) -> None:
+    """Refuse a reward time outside [T_R_MIN, 1), naming the value."""
+    for v in t_rs:
+        if not T_R_MIN <= v < 1:  # also nan
+            raise ValueError(f"t_r (the reward's time) must lie in [{T_R_MIN:g}, 1) for the exact tilt, got {v:g}.")
+
+
 def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: Sequence[float],
                  t_r: float | Sequence[float], ab_of_t, mean: Sequence[float] = (0.0, 0.0),
                  std: Sequence[float] = (1.0, 1.0)) -> list[np.ndarray]:
@@ -53,8 +65,7 @@ def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: 
     t_rs = [float(t_r)] * len(lam_history) if np.ndim(t_r) == 0 else [float(v) for v in t_r]
     if len(t_rs) != len(lam_history):
         raise ValueError(f"{len(t_rs)} values of t_r for {len(lam_history)} rounds.")
-    if not all(0 < v < 1 for v in t_rs):
-        raise ValueError(f"t_r must lie in (0, 1), got {t_r}.")
+    check_t_r(t_rs)
     finite = np.isfinite(logp)
     if not finite.any():
         raise ValueError("logp has no finite value on the grid.")
@@ -118,6 +129,7 @@ def run_exact_rounds(run, lam_history: Sequence[float], t_r, round_index: int = 
     each side, `resolution` points a side, with round `round_index`'s PF-ODE log-density."""
     from .density import log_prob_raw
 
+    check_t_r([float(t_r)] * len(lam_history) if np.ndim(t_r) == 0 else [float(v) for v in t_r])
     domain = run.domain
     if resolution < 8:
         raise ValueError(f"The grid needs a resolution of at least 8, got {resolution}.")

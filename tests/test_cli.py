@@ -179,3 +179,147 @@ def test_tilt_prints_the_exact_rounds_of_a_2d_run(base_run, tmp_path):
     assert smeme("pretrain", "--dataset", "triangles", "--preset", "tiny", "--n", 512, "--run", tri).returncode == 0
     assert_clean_failure(smeme("tilt", "--run", tri, "--rounds", 1), match="2-D points")
     assert_clean_failure(smeme("tilt", "--run", base_run, "--rounds", 1, "--lam", 1.5), match="lambda")
+
+
+# -- issue 21: eleven unclear messages, each now one sentence naming the input and the limit ----
+# In-process (smeme.cli.main), so each case costs what its command costs, not a Python start.
+def run_in_process(capsys, *args):
+    """(exit code, the one error line) of a command that must fail cleanly."""
+    import warnings
+
+    from smeme import cli
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = cli.main([os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and "Warning" not in err
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert code in (1, 2) and len(lines) == 1 and lines[0].startswith("smeme: error: "), (code, err)
+    line = lines[0]
+    assert len(line) < 300 and line.endswith(".") and ".tmp" not in line and "[Errno" not in line, line
+    return code, line
+
+
+def _with_model_width(base_run, tmp_path, width):
+    run = tmp_path / "wide"
+    import shutil
+
+    shutil.copytree(base_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["width"] = width
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+def _huge_points(tmp_path):
+    path = tmp_path / "huge_points.csv"
+    path.write_text("x,y\n0.5,0.1\n1e308,1e308\n")
+    return path
+
+
+UNCLEAR = {  # case: (arguments, substrings the one line must hold)
+    "dense_mass=nan": (lambda run, tmp: ["pretrain", "--dataset", "toy", "--data-param", "dense_mass=nan",
+                                         "--run", tmp / "r"], ["dense_mass", "finite number", "'nan'"]),
+    "width 1e6 sample": (lambda run, tmp: ["sample", "--run", _with_model_width(run, tmp, 10 ** 6), "--n", 4,
+                                           "--out", tmp / "o.csv"], ["width", "8,192", "1,000,000", "wide"]),
+    "width 1e6 explore": (lambda run, tmp: ["explore", "--run", _with_model_width(run, tmp, 10 ** 6), "--rounds", 1,
+                                            "--iterations", 1, "--quiet"], ["width", "8,192", "1,000,000"]),
+    "tilt --t-r 1e-300": (lambda run, tmp: ["tilt", "--run", run, "--rounds", 1, "--t-r", "1e-300", "--quiet"],
+                          ["--t-r 1e-300", "[1e-06, 1)"]),
+    "logp 1e308": (lambda run, tmp: ["logp", "--run", run, "--points", _huge_points(tmp), "--out", tmp / "o.csv"],
+                   ["huge_points.csv", "Row 3", "1e+308", "1e+150"]),
+    "sample --out /proc/version": (lambda run, tmp: ["sample", "--run", run, "--n", 4, "--out", "/proc/version"],
+                                   ["'/proc/version'", "/proc does not exist or does not accept new files"]),
+    "pretrain --run /proc/x": (lambda run, tmp: ["pretrain", "--dataset", "toy", "--preset", "tiny", "--n", 200,
+                                                 "--steps", 2, "--quiet", "--run", "/proc/smeme-x"],
+                               ["'/proc/smeme-x'", "does not accept new files"]),
+    "--steps 1e308": (lambda run, tmp: ["sample", "--run", run, "--n", 4, "--steps", "1e308", "--out", tmp / "o.csv"],
+                      ["--steps", "at most 1,000", "'1e308'"]),
+    "--n 1e300": (lambda run, tmp: ["sample", "--run", run, "--n", "1e300", "--out", tmp / "o.csv"],
+                  ["--n", "at most 100,000", "'1e300'"]),
+    "--n of 400 digits": (lambda run, tmp: ["sample", "--run", run, "--n", "9" * 400, "--out", tmp / "o.csv"],
+                          ["--n", "at most 100,000", "'999999999999999999999..."]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNCLEAR))
+def test_unclear_messages_name_the_input_and_the_limit(capsys, base_run, tmp_path, case):
+    if "/proc" in case and not os.path.isfile("/proc/version"):
+        pytest.skip("needs Linux's /proc")
+    make_args, wanted = UNCLEAR[case]
+    before = snapshot(base_run)
+    _, line = run_in_process(capsys, *make_args(base_run, tmp_path))
+    for text in wanted:
+        assert text in line, (text, line)
+    assert snapshot(base_run) == before
+    assert not (tmp_path / "o.csv").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Make writes under a folder fail as on a read-only file system (EROFS): creating,
+    opening for writing, renaming or removing anything below it."""
+    import errno
+
+    roots = []
+    real_open, real_mkdir = os.open, os.mkdir
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def under(path):
+        path = os.path.abspath(os.fspath(path))
+        return any(path == r or path.startswith(r + os.sep) for r in roots)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+
+    def fake_open(path, flags, *args, **kwargs):
+        if flags & writes and under(path):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if under(path):
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def guarded(real):
+        def move(src, dst, *args, **kwargs):
+            if under(src) or under(dst):
+                refuse(src)
+            return real(src, dst, *args, **kwargs)
+        return move
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+    monkeypatch.setattr(os, "rename", guarded(os.rename))
+    monkeypatch.setattr(os, "replace", guarded(os.replace))
+    return lambda folder: roots.append(os.path.abspath(os.fspath(folder)))
+
+
+@pytest.mark.parametrize("command", ["pretrain", "explore", "export", "import", "budget"])
+def test_a_read_only_cache_is_named_as_read_only(capsys, base_run, tmp_path, monkeypatch, read_only, command):
+    import shutil
+
+    from smeme import cli
+
+    cache = tmp_path / "cache"
+    runs = cache / "runs"
+    shutil.copytree(base_run, runs / "toy")
+    bundle = tmp_path / "toy.zip"
+    assert cli.main(["export", "--run", str(runs / "toy"), "--out", str(bundle)]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(cache))
+    before = snapshot(cache)
+    read_only(cache)
+    args = {"pretrain": ["pretrain", "--dataset", "toy", "--preset", "tiny", "--n", 200, "--steps", 2, "--quiet",
+                         "--run", runs / "new"],
+            "explore": ["explore", "--run", runs / "toy", "--rounds", 1, "--iterations", 1, "--quiet"],
+            "export": ["export", "--run", runs / "toy", "--out", cache / "toy.zip"],
+            "import": ["import", bundle, "--name", "again"],
+            "budget": ["budget", "--run", runs / "toy", "--iterations", 2, "--rounds", "1", "--trajectories", 8,
+                       "--solver-steps", 4, "--metrics-n", 16, "--no-logp", "--quiet"]}[command]
+    _, line = run_in_process(capsys, *args)
+    assert "read-only" in line and str(cache) in line, line
+    assert snapshot(cache) == before

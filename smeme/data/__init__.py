@@ -8,6 +8,7 @@ imports none of them.
 from __future__ import annotations
 
 import inspect
+import math
 
 from ..extensions import DATASETS
 
@@ -53,6 +54,12 @@ def _check_params(name: str, build, params: dict) -> None:
         listed = ", ".join(accepted) if accepted else "none"
         raise DataError(f"The {name} data set has no parameter {', '.join(map(repr, unknown))}; "
                         f"it accepts: {listed}.")
+    for key, value in params.items():  # a number where the builder's default is one
+        default = signature[key].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
+                raise DataError(f"The {name} data set's parameter {key} must be a finite number, got {value!r}.")
 
 
 def make_dataset(name: str, n: int | None = None, seed: int = 0, **params) -> Dataset:

@@ -42,6 +42,14 @@ class UNetConfig(ConfigBase):
     def __post_init__(self):
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         self.attention = tuple(bool(a) for a in self.attention)
+        for what, values, high in (("channel count", self.block_out_channels, UNET_MAX_CHANNELS),
+                                   ("number of levels", (len(self.block_out_channels),), UNET_MAX_LEVELS),
+                                   ("layers_per_block", (int(self.layers_per_block),), UNET_MAX_LAYERS_PER_BLOCK),
+                                   ("sample_size", (int(self.sample_size),), UNET_MAX_SAMPLE_SIZE),
+                                   ("channels", (int(self.channels),), UNET_MAX_CHANNELS)):
+            if any(not 1 <= v <= high for v in values):
+                raise ValueError(f"The UNet model's {what} must lie between 1 and {high:,}, got "
+                                 f"{', '.join(f'{v:,}' for v in values)}.")
         if len(self.attention) != len(self.block_out_channels):
             raise ValueError(f"UNet 'attention' needs one flag per level ({len(self.block_out_channels)}), "
                              f"got {len(self.attention)}.")
@@ -55,6 +63,9 @@ class UNetConfig(ConfigBase):
 
 
 SCHEDULES = ("vp", "linear", "cosine")
+# Caps on a stored UNet's size (config.json may come from a bundle): far above the digits
+# presets (channels <= 64, 3 levels, 8x8 images), low enough to build without exhausting memory.
+UNET_MAX_CHANNELS, UNET_MAX_LEVELS, UNET_MAX_LAYERS_PER_BLOCK, UNET_MAX_SAMPLE_SIZE = 1024, 6, 8, 512
 AB_MIN = 1e-4  # floor of a cosine table (see make_schedule)
 
 

@@ -39,6 +39,29 @@ class MLPConfig(ConfigBase):
     # recursion where n = 3 kept 0.89-0.90 at the same budget (BENCHMARKS.md).
     linear_skip: int = 0
 
+    def __post_init__(self):
+        for name, high in MLP_LIMITS.items():
+            value = getattr(self, name)
+            if not 1 <= value <= high:
+                raise ValueError(f"The MLP model's {name} must lie between 1 and {high:,}, got {value:,}.")
+        if self.parameter_count() > MAX_MLP_PARAMETERS:
+            raise ValueError(f"The MLP model (width {self.width:,}, depth {self.depth}) would have "
+                             f"{self.parameter_count():,} weights, more than the limit of {MAX_MLP_PARAMETERS:,}.")
+
+    def parameter_count(self) -> int:
+        """Weights of the net (biases included) and of the linear skip's matrices."""
+        inp, total = self.dim + self.time_dim, 0
+        for _ in range(self.depth):
+            total += (inp + 1) * self.width
+            inp = self.width
+        return total + (inp + 1) * self.dim + max(int(self.linear_skip), 0) * self.dim ** 2
+
+
+# Caps on a stored model's size (config.json may come from a bundle): far above the presets
+# (width <= 128, depth <= 4), low enough that building one cannot exhaust memory.
+MLP_LIMITS = {"dim": 4096, "width": 8192, "depth": 64, "time_dim": 4096}
+MAX_MLP_PARAMETERS = 2 ** 26  # 256 MiB of float32 weights
+
 
 # L_k = 10 L_k,raw: Adam moves a weight by about lr a step, so a round's steps at lr 2e-3 move
 # L_raw by <= 0.06, while a 1.43x variance change needs |L| ~ 0.4 (measured on independent

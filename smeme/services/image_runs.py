@@ -8,22 +8,21 @@ import pandas as pd
 
 from ..safe_io import read_json
 from . import access, jobs
-from .runs import open_run, safe_name
+from .runs import entries_newest_first, open_run, safe_name
 from .settings import cache_dir, models_dir, runs_dir, setup
 
 
 def digits_runs() -> list[Path]:
-    """Digits run folders, newest first."""
-    base = runs_dir()
+    """Digits run folders, newest first; an entry that cannot be read (gone, a dangling link,
+    a damaged config.json) is skipped."""
     out = []
-    if base.is_dir():
-        for f in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-            try:
-                cfg = read_json(f / "config.json", ValueError)
-                if cfg.get("dataset", {}).get("name") == "digits":
-                    out.append(f)
-            except (ValueError, AttributeError):
-                continue
+    for f in entries_newest_first(runs_dir()):
+        try:
+            cfg = read_json(f / "config.json", ValueError)
+            if cfg.get("dataset", {}).get("name") == "digits":
+                out.append(f)
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue
     return out
 
 
@@ -48,8 +47,14 @@ def sd_models() -> list[tuple[str, str]]:
 def sd_runs() -> list[Path]:
     from ..images.sd_explore import is_sd_run
 
-    base = sd_runs_dir()
-    return [p for p in sorted(base.glob("*")) if is_sd_run(p)] if base.is_dir() else []
+    out = []
+    for p in sorted(entries_newest_first(sd_runs_dir())):
+        try:
+            if is_sd_run(p):
+                out.append(p)
+        except (OSError, ValueError, RecursionError):  # an unreadable entry is skipped
+            continue
+    return out
 
 
 def metrics_table(metrics: dict, rounds: list[int], keys: list[tuple[str, str]]) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 new ones, and what a page needs to know about a run."""
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -126,6 +127,26 @@ def run_dataset(run) -> str:
     return str(run.config["dataset"]["name"])
 
 
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # a dangling link, or a temp folder removed since the listing
+        return None
+
+
+def entries_newest_first(base: Path) -> list[Path]:
+    """The entries of `base`, newest first. An entry that cannot be stat-ed sorts last rather
+    than failing the listing (callers check each entry as they use it); [] if `base` itself
+    cannot be listed."""
+    try:
+        entries = list(Path(base).iterdir())
+    except OSError:
+        return []
+    stamped = [(_mtime(p), p) for p in entries]
+    stamped.sort(key=lambda e: (e[0] is not None, e[0] or 0.0, e[1].name), reverse=True)
+    return [p for _, p in stamped]
+
+
 def list_runs() -> list[dict]:
     """Runs under cache/runs: name, folder, data set, rounds, latest metrics, busy job; a run that
     does not open has 'damaged' set to the reason (and 'latest' None), and every other run works."""
@@ -133,38 +154,51 @@ def list_runs() -> list[dict]:
     out = []
     if not base.is_dir():
         return out
-    for folder in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-        if not folder.is_dir():
-            continue
-        row = {"name": folder.name, "folder": str(folder.resolve()), "dataset": "?", "rounds": 0,
-               "latest": None, "entropy": None, "off_support": None, "status": "", "damaged": None}
-        job = jobs.busy(folder)
-        if job is not None:
-            row["status"] = f"{job.label or job.kind}: {job.fraction:.0%}"
-        if not (folder / "config.json").exists():
-            if job is None:
-                continue  # not a run (yet)
-            out.append(row)
-            continue
+    for folder in entries_newest_first(base):
         try:
-            run = open_run(folder)
-            rounds = list(run.rounds())
-            row["dataset"] = run_dataset(run)
-            m = flat_metrics(run.metrics().get(rounds[-1], {}))
-        except Exception as exc:  # noqa: BLE001 - a damaged run is listed with its problem
-            if job is None:
-                row["damaged"] = _short(str(exc).strip() or type(exc).__name__, folder)
-                row["status"] = f"damaged: {row['damaged']}"
+            row = _run_row(folder)
+        except Exception as exc:  # noqa: BLE001 - e.g. the folder vanished mid-listing: one damaged entry
+            if not folder.is_dir():
+                continue  # gone (or a dangling link): nothing to list
+            reason = _short(str(exc).strip() or type(exc).__name__, folder)
+            row = {**_blank_row(folder), "damaged": reason, "status": f"damaged: {reason}"}
+        if row is not None:
             out.append(row)
-            continue
-        row["rounds"] = max(len(rounds) - 1, 0)
-        row["latest"] = rounds[-1]
-        row["entropy"] = m.get("entropy")
-        row["off_support"] = m.get("off_support")
-        if run.damaged:
-            row["status"] = f"damaged round(s) {', '.join(str(k) for k in sorted(run.damaged))}"
-        out.append(row)
     return out
+
+
+def _blank_row(folder: Path) -> dict:
+    return {"name": folder.name, "folder": os.path.abspath(folder), "dataset": "?", "rounds": 0,
+            "latest": None, "entropy": None, "off_support": None, "status": "", "damaged": None}
+
+
+def _run_row(folder: Path) -> dict | None:
+    """list_runs' row for one entry of cache/runs, or None for an entry that is not a run."""
+    if not folder.is_dir():
+        return None
+    row = {**_blank_row(folder), "folder": str(folder.resolve())}
+    job = jobs.busy(folder)
+    if job is not None:
+        row["status"] = f"{job.label or job.kind}: {job.fraction:.0%}"
+    if not (folder / "config.json").exists():
+        return row if job is not None else None  # not a run (yet) unless a job is making it
+    try:
+        run = open_run(folder)
+        rounds = list(run.rounds())
+        row["dataset"] = run_dataset(run)
+        m = flat_metrics(run.metrics().get(rounds[-1], {}))
+    except Exception as exc:  # noqa: BLE001 - a damaged run is listed with its problem
+        if job is None:
+            row["damaged"] = _short(str(exc).strip() or type(exc).__name__, folder)
+            row["status"] = f"damaged: {row['damaged']}"
+        return row
+    row["rounds"] = max(len(rounds) - 1, 0)
+    row["latest"] = rounds[-1]
+    row["entropy"] = m.get("entropy")
+    row["off_support"] = m.get("off_support")
+    if run.damaged:
+        row["status"] = f"damaged round(s) {', '.join(str(k) for k in sorted(run.damaged))}"
+    return row
 
 
 def safe_name(name: str | None, fallback: str) -> str:
