@@ -116,9 +116,9 @@ def demo_section():
         return
     if st.button("Prepare the demo", key="home_demo_start", icon=":material/school:"):
         try:
-            demo.start_demo()
+            demo.start_demo(owner=ui.owner())
             st.rerun()
-        except jobs.JobBusy as exc:
+        except (jobs.JobBusy, access.ReadOnlyError) as exc:
             st.warning(str(exc))
 
 
@@ -158,6 +158,21 @@ def share_section(run):
                 st.success(f"Opened the bundle as the run {Path(text).name}.")
 
 
+def next_step(run) -> tuple[str, str, str, str]:
+    """(sentence, page, link label, icon): what to do next with this run, from its state."""
+    rounds = len(run.rounds()) - 1
+    explore = jobs.get(runs.run_folder(run), "explore")
+    if explore is not None and explore.running:
+        return ("S-MEME rounds are running now.", "pages/2_Explore.py", "Explore: watch the rounds",
+                ":material/explore:")
+    if rounds < 1:
+        return ("Next: run S-MEME rounds on the Explore page.", "pages/2_Explore.py",
+                "Explore: run S-MEME rounds", ":material/explore:")
+    return (f"{rounds} S-MEME round(s) done. Next: step through them on the Rounds page (or compare two on "
+            "Compare, or run more on Explore).", "pages/5_Rounds.py", "Rounds: step through the rounds",
+            ":material/slideshow:")
+
+
 def current_run_panel(run):
     st.subheader(f"Current run: {Path(runs.run_folder(run)).name}")
     k = run.latest_round
@@ -176,9 +191,9 @@ def current_run_panel(run):
             m[0].metric("Entropy (k-NN)", f"{last['entropy']:.3f}")
         if last.get("off_support") is not None:
             m[1].metric("Off support", f"{last['off_support']:.1%}")
-        st.success(f"Model ready: {Path(runs.run_folder(run)).name}, round {k}. "
-                   "Next: run S-MEME rounds on the Explore page.")
-        st.page_link("pages/2_Explore.py", label="Explore: run S-MEME rounds", icon=":material/explore:")
+        text, page, label, icon = next_step(run)
+        st.success(f"Model ready: {Path(runs.run_folder(run)).name}, round {k}. {text}")
+        st.page_link(page, label=label, icon=icon)
     with left:
         pts = cached.samples(run, k)
         data = cached.data_sample(run)

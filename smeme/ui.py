@@ -181,10 +181,11 @@ def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = No
             return
         cols = st.columns([5, 1], vertical_alignment="center")
         cols[0].progress(snap["fraction"], text=jobs.progress_text(snap))
-        allowed = may_stop(job)
-        cols[1].button("Stop", key=f"{key}_stop", on_click=stop_job, args=(job.folder, job.kind),
-                       disabled=snap["cancel_requested"] or not allowed, width="stretch",
-                       help=None if allowed else "Only the session that started this job can stop it.")
+        if may_stop(job):  # only where the rights allow (services.access): hidden, not greyed out
+            cols[1].button("Stop", key=f"{key}_stop", on_click=stop_job, args=(job.folder, job.kind),
+                           disabled=snap["cancel_requested"], width="stretch")
+        elif not viewer():
+            cols[1].caption("Started in another session: only it can stop this job.")
         refused = st.session_state.pop("_stop_refused", None)
         if refused:
             st.warning(refused)
@@ -203,30 +204,41 @@ def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = No
 
 
 def sidebar() -> None:
-    """Run picker and running jobs, on every page."""
+    """Run picker and running jobs, on every page. While jobs run, it redraws itself every
+    SIDEBAR_POLL_S seconds, so that it never says a run is in preparation after the page has
+    said the model is ready."""
     owner()  # this session's token from its first page on
-    runs = list_runs()
     if not st.session_state.get("run"):
         current_run()  # resolves the session's run: URL (?run=), else default / newest
-    folders = openable(runs)
-    names = {r["folder"]: run_label(r) for r in runs}
-    cur = st.session_state.get("run")
-    if cur and cur not in folders:  # the run the page acts on, still training (or just imported)
-        folders.insert(0, cur)
-        names.setdefault(cur, f"{Path(cur).name} (in preparation)")
-    with st.sidebar:
+
+    @st.fragment(run_every=SIDEBAR_POLL_S if jobs.active() else None)
+    def _sidebar():
+        runs = list_runs()
+        folders = openable(runs)
+        names = {r["folder"]: run_label(r) for r in runs}
+        cur = st.session_state.get("run")
+        if cur and cur not in folders:  # the run the page acts on, still training (or just imported)
+            folders.insert(0, cur)
+            job = jobs.busy(cur)
+            names.setdefault(cur, f"{Path(cur).name} (" + (f"training: {job.fraction:.0%})" if job is not None
+                                                          else "in preparation)"))
         if folders:
             idx = folders.index(cur) if cur in folders else None
             choice = st.selectbox("Run", folders, index=idx, format_func=lambda f: names.get(f, Path(f).name),
                                   placeholder="Choose a run", key=f"_sidebar_run_{cur}")
             if choice and choice != cur:
                 select_run(choice)
-                st.rerun()
+                st.rerun(scope="app")
         else:
             st.caption("No runs yet: train one on the Home or Model page.")
-        running = jobs.active()
-        for j in running:
-            st.caption(f":material/hourglass_top: {Path(j.folder).name}: {j.label or j.kind} (running)")
+        for j in jobs.active():
+            st.caption(f":material/hourglass_top: {Path(j.folder).name}: {j.label or j.kind} ({j.fraction:.0%})")
+
+    with st.sidebar:  # a fragment writes only inside its own container
+        _sidebar()
+
+
+SIDEBAR_POLL_S = 2.0
 
 
 HEADLINE = [("entropy", "Entropy (k-NN)", "{:.3f}"), ("off_support", "Off support", "{:.1%}"),

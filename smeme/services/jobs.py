@@ -60,6 +60,7 @@ class Job:
     label: str = ""
     writes: bool = True
     owner: str | None = None  # the app session that started it (smeme.services.access)
+    topic: str = ""  # what the job works on beyond its kind (e.g. 'digits'), for pages that list jobs
     id: int = field(default_factory=lambda: next(_ids))
     status: str = RUNNING
     fraction: float = 0.0
@@ -189,7 +190,8 @@ def _describe(job: Job) -> str:
 
 
 def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
-          writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None) -> Job:
+          writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None,
+          topic: str = "") -> Job:
     """Start `target(job)` in a background thread and register it under (folder, kind).
 
     Raises JobBusy if a job of the same kind runs on this folder, or if `writes` and any
@@ -209,7 +211,7 @@ def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
                 raise JobBusy(
                     f"This run is busy: '{_describe(other)}' has been running for "
                     f"{other.elapsed:.0f} s (perhaps from another tab); wait for it or stop it first.")
-        job = Job(folder=key_folder, kind=kind, label=label, writes=writes, owner=owner)
+        job = Job(folder=key_folder, kind=kind, label=label, writes=writes, owner=owner, topic=topic)
         _REGISTRY[job.key] = job
 
     def body():
@@ -366,11 +368,12 @@ def _relay(job: Job, func, args) -> Any:
 
 
 def start_process(folder, kind: str, func: Callable[..., Any], *args, label: str = "",
-                  writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None) -> Job:
+                  writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None,
+                  topic: str = "") -> Job:
     """Like `start`, but `func(job, *args)` runs in a child process. `func` must be a
     module-level function and `args` picklable; `job.update/log/cancel` work as in a thread."""
     return start(folder, kind, lambda job: _relay(job, func, args), label=label, writes=writes, owner=owner,
-                 then=then)
+                 then=then, topic=topic)
 
 
 def get(folder, kind: str) -> Job | None:

@@ -16,7 +16,8 @@ def sweep_iterations(iterations: int, ks: list[int]) -> int:
     return sum(k * (int(iterations) // k) for k in ks)
 
 
-def start_budget(folder, iterations: int, ks: list[int], settings: dict, force: bool = False) -> jobs.Job:
+def start_budget(folder, iterations: int, ks: list[int], settings: dict, force: bool = False,
+                 owner: str | None = None) -> jobs.Job:
     """Run the sweep in a background process; each finished K is logged as an event
     {'budget_row': row}. Bad settings raise here, on the page (ExploreError, one sentence)."""
     from ..budget import branch_folder, explore_config_for
@@ -35,7 +36,8 @@ def start_budget(folder, iterations: int, ks: list[int], settings: dict, force: 
         raise ExploreError(f"This sweep has been run with these settings before (K = {', '.join(map(str, done))}); "
                            "tick 'Run it again' to replace it.")
     return jobs.start_process(folder, KIND, _budget_job, str(folder), int(iterations), ks, config.to_dict(),
-                              bool(force), label=f"Budget sweep (K = {', '.join(map(str, ks))})", writes=False)
+                              bool(force), label=f"Budget sweep (K = {', '.join(map(str, ks))})", writes=False,
+                              owner=owner)
 
 
 def _budget_job(job, folder: str, iterations: int, ks: list[int], config: dict, force: bool):
