@@ -70,7 +70,7 @@ if kind.startswith("Digits"):
             if per_step is not None:
                 st.caption(f"{int(steps)} steps: about {texts.duration(per_step * int(steps))} on one idle core "
                            "(measured), longer on a busy machine.")
-            if st.button("Pre-train", type="primary"):
+            if st.button("Pre-train", type="primary", key="img_pretrain"):
                 folder = runs.new_run_folder("digits", name)
                 try:
                     image_runs.start_digits_training(folder, int(steps), float(frac), int(seed), owner=ui.owner())

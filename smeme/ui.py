@@ -83,7 +83,7 @@ def training_folder() -> str | None:
     folder = st.session_state.get("training")
     if folder:
         return folder
-    running = [j for j in jobs.active() if j.kind == "train"]
+    running = [j for j in jobs.active() if j.kind == "train" and not j.topic]  # digits: the Images page
     if not running:
         return None
     name = st.query_params.get("run")
@@ -242,13 +242,29 @@ SIDEBAR_POLL_S = 2.0
 
 
 HEADLINE = [("entropy", "Entropy (k-NN)", "{:.3f}"), ("off_support", "Off support", "{:.1%}"),
-            ("surprise", "Surprise", "{:.3f}"), ("validity", "Validity", "{:.1%}"),
-            ("sparse_share", "Sparse share", "{:.1%}")]
+            ("surprise", "Surprise", "{:.3f}"), ("sparse_share", "Sparse share", "{:.1%}")]
+# triangles: the off-support share split into its two parts, so the three tiles add up
+TRIANGLE_PARTS = [("not_triangle", "Not a triangle", "{:.1%}"), ("too_large", "Too large", "{:.1%}")]
 
 
-def _headline(now, before, title: str) -> None:
+def _with_parts(row) -> dict:
+    """The row with the triangles' off-support parts (services.texts.support_parts) as shares."""
+    from .services.texts import support_parts
+
+    out = {k: row.get(k) for k in ("entropy", "off_support", "surprise", "sparse_share", "on_support", "validity")}
+    parts = support_parts({k: v for k, v in out.items() if v is not None and pd.notna(v)})
+    if parts is not None:
+        out.update(off_support=parts["off_support"] / 100, not_triangle=parts["not_triangle"] / 100,
+                   too_large=parts["too_large"] / 100)
+    return out
+
+
+def _headline(now, before, title: str, triangles: bool = False) -> None:
     """HEADLINE metrics of `now` (a dict or a timeline row) with the change from `before`."""
-    items = [it for it in HEADLINE if now.get(it[0]) is not None and pd.notna(now.get(it[0]))]
+    spec = HEADLINE[:2] + TRIANGLE_PARTS + HEADLINE[2:] if triangles else HEADLINE
+    if triangles:
+        now, before = _with_parts(now), None if before is None else _with_parts(before)
+    items = [it for it in spec if now.get(it[0]) is not None and pd.notna(now.get(it[0]))]
     if not items:
         return
     st.markdown(title)
@@ -262,12 +278,14 @@ def _headline(now, before, title: str) -> None:
                    delta_color="inverse" if name == "off_support" else "normal")
 
 
-def metric_row(tl: pd.DataFrame) -> None:
-    """The latest round's headline metrics, with the change from the round before."""
+def metric_row(tl: pd.DataFrame, dataset: str | None = None) -> None:
+    """The latest round's headline metrics, with the change from the round before; for
+    triangles, off support = not a triangle + too large (longest side >= 1), tile by tile."""
     last = tl.iloc[-1]
     prev = tl.iloc[-2] if len(tl) >= 2 else None
     _headline(last, prev, f"**Round {int(last['round'])}**"
-              + (f" (change from round {int(prev['round'])})" if prev is not None else ""))
+              + (f" (change from round {int(prev['round'])})" if prev is not None else ""),
+              triangles=dataset == "triangles")
 
 
 def compare_metrics(ra: dict, rb: dict, names: tuple[str, str]) -> None:

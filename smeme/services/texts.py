@@ -21,3 +21,35 @@ def percent(share: float | None, digits: int = 1) -> str:
     if share is None or not isinstance(share, (int, float)) or not math.isfinite(share):
         return "?"
     return f"{100 * share:.{digits}f}%"
+
+
+def support_parts(flat: dict) -> dict | None:
+    """A triangles round's off-support share split so that the shown numbers add up:
+    {'off_support', 'not_triangle', 'too_large'} in percent, one decimal, with
+    off_support = not_triangle + too_large exactly as displayed. On support means a valid
+    triangle (the triangle inequality holds) whose longest side is below 1 (the data's range;
+    smeme.data.triangles.TriangleDomain.on_support); None without both shares."""
+    on, valid = flat.get("on_support"), flat.get("validity")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (on, valid)):
+        return None
+    off = round(100 * (1 - on), 1)
+    not_triangle = min(round(100 * (1 - valid), 1), off)
+    return {"off_support": off, "not_triangle": not_triangle, "too_large": round(off - not_triangle, 1)}
+
+
+def support_sentence(flat: dict) -> str:
+    """'Off support 7.2% = 3.5% not a triangle + 3.7% valid but too large (longest side >= 1).'"""
+    parts = support_parts(flat)
+    if parts is None:
+        return ""
+    return (f"Off support {parts['off_support']:.1f}% = {parts['not_triangle']:.1f}% not a triangle + "
+            f"{parts['too_large']:.1f}% valid but too large (longest side ≥ 1, outside the data's range).")
+
+
+def dataset_content(name: str, dataset: str) -> list[tuple[str, str]]:
+    """content/<name>-<dataset>.md as content blocks (services.settings.content_blocks), or []
+    when that data set has no text of its own for this page."""
+    from .settings import CONTENT_DIR, content_blocks
+
+    plain = "".join(c for c in str(dataset) if c.isalnum())  # a config's name never makes a path
+    return content_blocks(f"{name}-{plain}") if (CONTENT_DIR / f"{name}-{plain}.md").is_file() else []
