@@ -5,7 +5,7 @@ import streamlit as st
 
 from smeme import ui
 from smeme.bundle import BundleError
-from smeme.services import access, bundles, cached, demo, figures, jobs, launch, runs, settings
+from smeme.services import access, bundles, cached, demo, figures, image_runs, jobs, launch, runs, settings
 
 st.set_page_config(page_title="S-MEME", page_icon=":material/explore:", layout="wide")
 settings.warm_imports()
@@ -106,11 +106,13 @@ def demo_section():
                           width="stretch"):
                 ui.select_run(r["folder"])
                 st.rerun()
-        st.caption("The demo is ready. Open a run, then step through its rounds on the Rounds page.")
+        st.caption("The demo is ready. Open a run, then step through its rounds on the Rounds page."
+                   + (" The ready digits model waits on the Images page: run its rounds live."
+                      if (image_runs.ready_digits_folder() / "config.json").is_file() else ""))
         return
     st.caption(f"Train the toy and triangles models and run {demo.ROUNDS} S-MEME rounds on each, in the "
-               "background, so that a class can start from finished runs (a few minutes on a laptop). Runs "
-               "already there are kept and completed.")
+               "background, so that a class can start from finished runs (a few minutes on a laptop), and add "
+               "the ready digits model for the Images page. Runs already there are kept and completed.")
     if ui.viewer():
         ui.viewer_note()
         return

@@ -78,11 +78,8 @@ def import_ready_digits() -> Path:
 
 def seconds_per_training_step() -> float | None:
     """Measured seconds per digits training step (one core): the ready model's own training."""
-    train = (ready_manifest() or {}).get("train", {})
-    try:
-        return float(train["seconds"]) / int(train["steps"])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
+    value = (ready_manifest() or {}).get("train", {}).get("cpu_seconds_per_step")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def round_seconds(run=None) -> tuple[float, str] | None:
@@ -94,9 +91,9 @@ def round_seconds(run=None) -> tuple[float, str] | None:
                        if k > 0 and isinstance(m.get("solver_seconds"), (int, float)))
     if times:
         return times[len(times) // 2], f"the median of this run's {len(times)} round(s)"
-    measured = (ready_manifest() or {}).get("round", {}).get("seconds")
-    if isinstance(measured, (int, float)):
-        return float(measured), "measured on the ready model, one core"
+    measured = (ready_manifest() or {}).get("round", {}).get("cpu_seconds")
+    if isinstance(measured, (int, float)) and measured > 0:
+        return float(measured), "measured on the ready model, one idle core"
     return None
 
 
