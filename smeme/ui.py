@@ -220,8 +220,8 @@ def sidebar() -> None:
         if cur and cur not in folders:  # the run the page acts on, still training (or just imported)
             folders.insert(0, cur)
             job = jobs.busy(cur)
-            names.setdefault(cur, f"{Path(cur).name} (" + (f"training: {job.fraction:.0%})" if job is not None
-                                                          else "in preparation)"))
+            names[cur] = f"{Path(cur).name} (" + (f"training: {job.fraction:.0%})" if job is not None
+                                                  else "in preparation)")
         if folders:
             idx = folders.index(cur) if cur in folders else None
             choice = st.selectbox("Run", folders, index=idx, format_func=lambda f: names.get(f, Path(f).name),
