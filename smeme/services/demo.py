@@ -96,7 +96,7 @@ def _wait(job: jobs.Job, sub: jobs.Job, share: tuple[float, float], label: str) 
 def _import_digits(job: jobs.Job) -> None:
     """The ready digits model (shipped with the package), so a class explores digits rounds
     live on the Images page; an installation without it skips this (said in the progress)."""
-    job.update(0.0, "Importing the ready digits model...")
+    job.update(message="Importing the ready digits model...")
     try:
         import_ready_digits()
     except BundleError as exc:
@@ -104,7 +104,6 @@ def _import_digits(job: jobs.Job) -> None:
 
 
 def _prepare(job: jobs.Job):
-    _import_digits(job)
     stages = _stages(job.owner)
     slices = len(stages) + 1  # the last slice: the heatmaps the last rounds queued
     for i, (label, name, start) in enumerate(stages):
@@ -121,6 +120,7 @@ def _prepare(job: jobs.Job):
     for name, _ in RUNS:  # the heatmaps the last rounds queued
         for other in jobs.active(runs_dir() / name):
             _wait(job, other, (len(stages) / slices, 1.0), f"Log-density heatmaps of {name}")
+    _import_digits(job)
     job.update(1.0, "The demo is ready.")
     return [r["folder"] for r in status()]
 
