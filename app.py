@@ -5,7 +5,7 @@ import streamlit as st
 
 from smeme import ui
 from smeme.bundle import BundleError
-from smeme.services import access, bundles, cached, demo, figures, jobs, launch, runs, settings
+from smeme.services import access, bundles, cached, demo, figures, image_runs, jobs, launch, runs, settings
 
 st.set_page_config(page_title="S-MEME", page_icon=":material/explore:", layout="wide")
 settings.warm_imports()
@@ -106,19 +106,21 @@ def demo_section():
                           width="stretch"):
                 ui.select_run(r["folder"])
                 st.rerun()
-        st.caption("The demo is ready. Open a run, then step through its rounds on the Rounds page.")
+        st.caption("The demo is ready. Open a run, then step through its rounds on the Rounds page."
+                   + (" The ready digits model waits on the Images page: run its rounds live."
+                      if (image_runs.ready_digits_folder() / "config.json").is_file() else ""))
         return
     st.caption(f"Train the toy and triangles models and run {demo.ROUNDS} S-MEME rounds on each, in the "
-               "background, so that a class can start from finished runs (a few minutes on a laptop). Runs "
-               "already there are kept and completed.")
+               "background, so that a class can start from finished runs (a few minutes on a laptop), and add "
+               "the ready digits model for the Images page. Runs already there are kept and completed.")
     if ui.viewer():
         ui.viewer_note()
         return
     if st.button("Prepare the demo", key="home_demo_start", icon=":material/school:"):
         try:
-            demo.start_demo()
+            demo.start_demo(owner=ui.owner())
             st.rerun()
-        except jobs.JobBusy as exc:
+        except (jobs.JobBusy, access.ReadOnlyError) as exc:
             st.warning(str(exc))
 
 
@@ -158,6 +160,21 @@ def share_section(run):
                 st.success(f"Opened the bundle as the run {Path(text).name}.")
 
 
+def next_step(run) -> tuple[str, str, str, str]:
+    """(sentence, page, link label, icon): what to do next with this run, from its state."""
+    rounds = len(run.rounds()) - 1
+    explore = jobs.get(runs.run_folder(run), "explore")
+    if explore is not None and explore.running:
+        return ("S-MEME rounds are running now.", "pages/2_Explore.py", "Explore: watch the rounds",
+                ":material/explore:")
+    if rounds < 1:
+        return ("Next: run S-MEME rounds on the Explore page.", "pages/2_Explore.py",
+                "Explore: run S-MEME rounds", ":material/explore:")
+    return (f"{rounds} S-MEME round(s) done. Next: step through them on the Rounds page (or compare two on "
+            "Compare, or run more on Explore).", "pages/5_Rounds.py", "Rounds: step through the rounds",
+            ":material/slideshow:")
+
+
 def current_run_panel(run):
     st.subheader(f"Current run: {Path(runs.run_folder(run)).name}")
     k = run.latest_round
@@ -176,9 +193,9 @@ def current_run_panel(run):
             m[0].metric("Entropy (k-NN)", f"{last['entropy']:.3f}")
         if last.get("off_support") is not None:
             m[1].metric("Off support", f"{last['off_support']:.1%}")
-        st.success(f"Model ready: {Path(runs.run_folder(run)).name}, round {k}. "
-                   "Next: run S-MEME rounds on the Explore page.")
-        st.page_link("pages/2_Explore.py", label="Explore: run S-MEME rounds", icon=":material/explore:")
+        text, page, label, icon = next_step(run)
+        st.success(f"Model ready: {Path(runs.run_folder(run)).name}, round {k}. {text}")
+        st.page_link(page, label=label, icon=icon)
     with left:
         pts = cached.samples(run, k)
         data = cached.data_sample(run)

@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from smeme import ui
-from smeme.services import access, cached, figures, jobs, launch, results, runs, settings
+from smeme.services import access, cached, figures, jobs, launch, results, runs, settings, texts
 from smeme.data import DataError
 
 st.title("Model")
@@ -89,10 +89,14 @@ cols[0].metric("Data set", info["dataset"])
 cols[1].metric("Model", info["model"])
 cols[2].metric("Training steps", info["steps"])
 if "on_support" in m0:
-    cols[3].metric("Valid / on support" if info["dataset"] == "triangles" else "On support", f"{m0['on_support']:.1%}")
+    cols[3].metric("On support", texts.percent(m0["on_support"]),
+                   help="Triangles: a valid triangle whose longest side is below 1." if info["dataset"] == "triangles"
+                   else None)
 if "entropy" in m0:
     cols[4].metric("Entropy (k-NN)", f"{m0['entropy']:.3f}")
 
+if info["dataset"] == "triangles":
+    st.caption(texts.support_sentence(m0))  # off support, split so that the numbers add up
 left, right = st.columns(2, gap="medium")
 with left:
     pts = cached.samples(run, 0)

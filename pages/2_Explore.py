@@ -4,53 +4,58 @@ from pathlib import Path
 import streamlit as st
 
 from smeme import ui
-from smeme.services import access, cached, figures, jobs, launch, results, runs, settings
+from smeme.services import access, cached, figures, jobs, launch, results, runs, settings, texts
 
 st.title("Explore")
 run = ui.run_or_stop("This is an image run: its rounds are shown on the Images page.")
 folder = runs.run_folder(run)
 st.caption(f"Run **{Path(folder).name}** ({runs.run_dataset(run)}), {len(run.rounds()) - 1} round(s) so far.")
 ui.render_content("explore")
-
-defaults = settings.explore_defaults(run)
-c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
-solver = c1.radio("Solver", settings.SOLVERS, format_func=settings.SOLVER_NAMES.get, key="x_solver",
-                  index=settings.SOLVERS.index(defaults.get("solver", "adjoint"))
-                  if defaults.get("solver") in settings.SOLVERS else 0)
-lam = c2.slider("λ per round", 0.01, 0.9, float(defaults.get("lam", 0.1)), 0.01, key="x_lam",
-                help="Reward −λ log p of the previous round; 1/λ is the mirror-descent step's α.")
-schedule = c2.radio("λ schedule", settings.LAM_SCHEDULES, horizontal=True, key="x_sched",
-                    index=settings.LAM_SCHEDULES.index(defaults.get("lam_schedule", "constant"))
-                    if defaults.get("lam_schedule") in settings.LAM_SCHEDULES else 0)
-iters = c3.number_input("Solver iterations per round", 1, 2000, int(defaults["iterations"]), key="x_iters")
-k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
-seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
+dataset = runs.run_dataset(run)
+for kind, text in texts.dataset_content("explore", dataset):  # what this data set's numbers mean
+    if kind == "latex":
+        st.latex(text)
+    else:
+        st.markdown(text)
 
 busy = runs.busy_message(folder)
-b1, b2 = st.columns(2)  # the job panel below carries the one Stop button while rounds run
-start_one = b1.button("Run next round", type="primary", disabled=busy is not None or ui.viewer(), key="x_one",
-                      width="stretch")
-start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None or ui.viewer(), key="x_k_btn",
-                    width="stretch")
-if ui.viewer():
+if ui.viewer():  # viewers watch: no settings to change, nothing to start
     ui.viewer_note()
-if start_one or start_k:
-    chosen = settings.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
-                                       iterations=int(iters), seed=int(seed))
-    try:
-        launch.start_rounds(folder, 1 if start_one else int(k_rounds), chosen, owner=ui.owner())
-        st.rerun()
-    except (jobs.JobBusy, access.ReadOnlyError, ValueError) as exc:
-        st.error(str(exc))
-elif busy and (jobs.get(folder, "explore") is None or not jobs.get(folder, "explore").running):
-    st.warning(busy)
+else:
+    defaults = settings.explore_defaults(run)
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+    solver = c1.radio("Solver", settings.SOLVERS, format_func=settings.SOLVER_NAMES.get, key="x_solver",
+                      index=settings.SOLVERS.index(defaults.get("solver", "adjoint"))
+                      if defaults.get("solver") in settings.SOLVERS else 0)
+    lam = c2.slider("λ per round", 0.01, 0.9, float(defaults.get("lam", 0.1)), 0.01, key="x_lam",
+                    help="Reward −λ log p of the previous round; 1/λ is the mirror-descent step's α.")
+    schedule = c2.radio("λ schedule", settings.LAM_SCHEDULES, horizontal=True, key="x_sched",
+                        index=settings.LAM_SCHEDULES.index(defaults.get("lam_schedule", "constant"))
+                        if defaults.get("lam_schedule") in settings.LAM_SCHEDULES else 0)
+    iters = c3.number_input("Solver iterations per round", 1, 2000, int(defaults["iterations"]), key="x_iters")
+    k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
+    seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
+
+    b1, b2 = st.columns(2)  # the job panel below carries the one Stop button while rounds run
+    start_one = b1.button("Run next round", type="primary", disabled=busy is not None, key="x_one", width="stretch")
+    start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None, key="x_k_btn", width="stretch")
+    if start_one or start_k:
+        chosen = settings.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
+                                           iterations=int(iters), seed=int(seed))
+        try:
+            launch.start_rounds(folder, 1 if start_one else int(k_rounds), chosen, owner=ui.owner())
+            st.rerun()
+        except (jobs.JobBusy, access.ReadOnlyError, ValueError) as exc:
+            st.error(str(exc))
+    elif busy and (jobs.get(folder, "explore") is None or not jobs.get(folder, "explore").running):
+        st.warning(busy)
 
 
 def show_results():
     r = runs.open_run(folder)
     tl = cached.timeline(r)
     if len(tl):
-        ui.metric_row(tl)
+        ui.metric_row(tl, dataset)
         health = results.solver_health(r.metrics().get(r.latest_round, {}))
         if health:
             st.caption(f"Solver health, round {r.latest_round}: {health}")

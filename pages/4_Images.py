@@ -7,12 +7,14 @@ smeme.images.grid; the metrics shown were saved by the rounds (smeme.images.metr
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from smeme import ui
-from smeme.services import access, image_runs, jobs, runs, settings
+from smeme.bundle import BundleError
+from smeme.services import access, image_runs, jobs, runs, settings, texts
 
 settings.setup()
 st.title("Images: the same noise through every round")
@@ -39,32 +41,59 @@ if kind.startswith("Digits"):
     if ui.viewer():
         ui.viewer_note()
     else:
-        with st.expander("Pre-train a digits model", expanded=not image_runs.digits_runs()):
+        ready = image_runs.ready_manifest()
+        if ready is not None and not (image_runs.ready_digits_folder() / "config.json").is_file():
+            train = ready.get("train", {})
+            c1, c2 = st.columns([1, 3], vertical_alignment="center")
+            if c1.button("Use the ready digits model", type="primary", key="img_ready",
+                         icon=":material/download_done:"):
+                try:
+                    folder = image_runs.import_ready_digits()
+                    st.session_state["img_digits_pick"] = folder.name
+                    st.rerun()
+                except (BundleError, access.ReadOnlyError) as exc:
+                    st.error(str(exc))
+            c2.caption(f"A model pre-trained with this project and shipped with it (checksummed): "
+                       f"{train.get('steps', '?')} steps, {texts.percent(train.get('valid_share'))} of its "
+                       "samples read as a digit with confidence >= 0.7. Import it and run rounds at once.")
+        with st.expander("Pre-train a digits model", expanded=not image_runs.digits_runs() and ready is None):
             st.write("A diffusers UNet2DModel trained on scikit-learn's 8x8 digits (no download). By default "
                      "digits 5-9 keep only a fraction of their images, so exploration has a visible target: "
                      "their share should rise round by round.")
             c1, c2, c3, c4 = st.columns(4)
             name = c1.text_input("Run name", value=f"digits-{time.strftime('%m%d-%H%M')}")
-            steps = c2.number_input("Training steps", 50, 20000, 600, step=50,
-                                    help="600 steps: readable digits in about 3-5 minutes on a 2-core CPU.")
+            per_step = image_runs.seconds_per_training_step()
+            steps = c2.number_input("Training steps", 50, 20000, 600, step=50, help=None if per_step is None else
+                                    f"Measured: {per_step:.2f} s a step on one idle core; a busy machine is slower.")
             frac = c3.slider("Share kept of digits 5-9", 0.05, 1.0, 0.2, 0.05)
             seed = c4.number_input("Seed", 0, 10**6, 0)
-            if st.button("Pre-train", type="primary"):
+            if per_step is not None:
+                st.caption(f"{int(steps)} steps: about {texts.duration(per_step * int(steps))} on one idle core "
+                           "(measured), longer on a busy machine.")
+            if st.button("Pre-train", type="primary", key="img_pretrain"):
                 folder = runs.new_run_folder("digits", name)
                 try:
                     image_runs.start_digits_training(folder, int(steps), float(frac), int(seed), owner=ui.owner())
                     st.session_state["img_digits_run"] = str(folder)
                 except (jobs.JobBusy, access.ReadOnlyError) as exc:
                     st.error(str(exc))
-            pending = st.session_state.get("img_digits_run")
-            if pending:
-                ui.job_panel(pending, "train", key="img_train")
+    # every running digits pre-training, whichever session started it, and how this session's ended
+    shown_jobs = [j.folder for j in image_runs.running_digits_trainings()]
+    pending = st.session_state.get("img_digits_run")
+    if pending and str(Path(pending).resolve()) not in shown_jobs:
+        shown_jobs.append(pending)
+    for i, training in enumerate(shown_jobs):
+        ui.job_panel(training, "train", key=f"img_train_{i}")
 
     digit_runs = image_runs.digits_runs()
     if not digit_runs:
-        st.info("No digits model yet: pre-train one above.")
+        st.info("No digits model yet: " + ("one is being pre-trained (above)." if shown_jobs else
+                                          "use the ready one or pre-train one above." if
+                                          image_runs.ready_manifest() is not None else "pre-train one above."))
         st.stop()
     names = [r.name for r in digit_runs]
+    if st.session_state.get("img_digits_pick") not in names:
+        st.session_state.pop("img_digits_pick", None)
     chosen = st.selectbox("Digits run", names, index=0, key="img_digits_pick")
     folder = digit_runs[names.index(chosen)]
     try:
@@ -83,6 +112,10 @@ if kind.startswith("Digits"):
             more = c1.number_input("Rounds to add", 1, 10, 3)
             lam = c2.number_input("lambda (exploration strength)", 0.01, 0.9, 0.1, step=0.05,
                                   help="Each round fine-tunes towards p_prev^(1 - lambda) (paper: 0.1).")
+            pace = image_runs.round_seconds(run)
+            if pace is not None:
+                c1.caption(f"About {texts.duration(pace[0] * int(more))} for {int(more)} round(s) "
+                           f"({pace[0]:.0f} s a round: {pace[1]}).")
             if c3.button("Run rounds", type="primary"):
                 try:
                     image_runs.start_digits_rounds(folder, int(more), float(lam), owner=ui.owner())
@@ -111,7 +144,8 @@ if kind.startswith("Digits"):
             ("rare_share", "rare share"), ("confidence", "confidence"), ("valid_share", "valid"),
             ("frechet_distance", "FD to round 0"), ("diversity", "diversity (Vendi)"),
             ("entropy_knn", "k-NN entropy")])
-        st.dataframe(table.style.format(precision=3), width="stretch")
+        shares = ["rare share", "confidence", "valid"]  # shares and probabilities: in percent
+        st.dataframe(table.style.format(precision=3).format(texts.percent, subset=shares), width="stretch")
         st.caption("Confidence: the digit classifier's mean top probability (validity proxy); valid: share "
                    "at or above its threshold. FD: Frechet distance to round 0's samples in the classifier's "
                    "feature space (round 0's value is the sampling-noise floor). Diversity: Vendi score, the "
@@ -119,8 +153,8 @@ if kind.startswith("Digits"):
         hist = {f"round {k}": metrics.get(k, {}).get("class_shares") for k in shown}
         hist = {k: v for k, v in hist.items() if v}
         if hist:
-            st.bar_chart(pd.DataFrame(hist, index=[str(d) for d in range(10)]), stack=False,
-                         x_label="predicted digit", y_label="share")
+            st.bar_chart(100 * pd.DataFrame(hist, index=[str(d) for d in range(10)]), stack=False,
+                         x_label="predicted digit", y_label="share (%)")
 
 # ======================================================================================
 # Stable Diffusion

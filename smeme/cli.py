@@ -363,10 +363,16 @@ def cmd_budget(args) -> int:
                                 steps=args.solver_steps, metrics_n=args.metrics_n,
                                 metrics_logp=False if args.no_logp else None)
     bar = Bar("budget", None if not args.quiet else False)
+    started = time.monotonic()
+    said = set()
 
     def progress(index, k, r, i, total):
         bar.label = f"K={k} round {r}"
         bar(i, total)
+        if not bar.enabled and not args.quiet and (k, r) not in said:  # a log or a pipe: one line a round
+            said.add((k, r))
+            print(f"budget: K = {k} ({index + 1} of {len(ks)}), round {r} of {k} "
+                  f"({time.monotonic() - started:.0f} s so far)", file=sys.stderr, flush=True)
 
     budget_sweep(args.run, args.iterations, ks, config, progress=progress, force=args.force,
                  on_result=lambda row: print(json.dumps(row, allow_nan=False), flush=True))
@@ -431,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("pretrain", parents=[common], help="train a diffusion model on a data set (round 0)")
-    p.add_argument("--dataset", required=True, choices=["toy", "triangles", "digits", "csv"])
+    p.add_argument("--dataset", required=True, choices=["toy", "triangles", "digits", "csv"], help="the data set")
     p.add_argument("--csv", help="the CSV file for --dataset csv")
     p.add_argument("--steps", type=_int_in(1, MAX_TRAIN_STEPS), help="training steps (default: the data set's preset)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the data set and the training (default: 0)")
     p.add_argument("--n", type=_int_in(1, MAX_DATA_ROWS), help="data set size (default: the data set's own)")
     p.add_argument("--preset", help="model/training preset (default: the data set's; 'tiny' for quick tests)")
     p.add_argument("--data-param", action="append", metavar="KEY=VALUE", help="data set parameter, repeatable")
@@ -443,56 +449,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("explore", parents=[common], help="S-MEME rounds, continuing from the last finished round")
-    p.add_argument("--run", required=True)
-    p.add_argument("--rounds", required=True, type=_int_in(1, MAX_ROUNDS))
-    p.add_argument("--lam", type=float)
-    p.add_argument("--solver", choices=["adjoint", "student-teacher"])
-    p.add_argument("--seed", type=_seed)
-    p.add_argument("--iterations", type=_int_in(1, MAX_ITERATIONS), help="solver iterations per round")
-    p.add_argument("--lam-schedule", choices=["constant", "decreasing"])
+    p.add_argument("--run", required=True, help="the run folder (its rounds are added to it)")
+    p.add_argument("--rounds", required=True, type=_int_in(1, MAX_ROUNDS), help="how many rounds to add")
+    p.add_argument("--lam", type=float, help="lambda, the exploration strength per round, in (0, 1) "
+                   "(default: the data set's, 0.1 for most)")
+    p.add_argument("--solver", choices=["adjoint", "student-teacher"],
+                   help="the fine-tuning solver (default: adjoint, Adjoint Matching)")
+    p.add_argument("--seed", type=_seed, help="seed of the rounds' noise (default: 0)")
+    p.add_argument("--iterations", type=_int_in(1, MAX_ITERATIONS),
+                   help="solver iterations per round (default: the data set's)")
+    p.add_argument("--lam-schedule", choices=["constant", "decreasing"],
+                   help="lambda from round to round: the same, or lambda / k^0.6 in round k (default: constant)")
     p.add_argument("--allow-lam-one", action="store_true", help="allow lambda = 1 (Theorem 5.2's one-step case)")
     p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("sample", parents=[common], help="samples in the data's own columns and units")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run folder")
     p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="round (default: the latest)")
-    p.add_argument("--n", required=True, type=_int_in(1, MAX_SAMPLES))
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--steps", type=_int_in(1, MAX_SAMPLE_STEPS), default=100, help="DDPM steps")
-    p.add_argument("--out", required=True)
+    p.add_argument("--n", required=True, type=_int_in(1, MAX_SAMPLES), help="how many samples")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the sampling noise (default: 0)")
+    p.add_argument("--steps", type=_int_in(1, MAX_SAMPLE_STEPS), default=100, help="DDPM steps (default: 100)")
+    p.add_argument("--out", required=True, help="the CSV file to write")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("logp", parents=[common], help="the model's log-density of points, in the data's units")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run folder")
     p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="round (default: the latest)")
-    p.add_argument("--points", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--points", required=True, help="a CSV of points in the data's columns")
+    p.add_argument("--out", required=True, help="the CSV file to write (the points and their log-density)")
     p.set_defaults(func=cmd_logp)
 
     p = sub.add_parser("report", parents=[common], help="JSON of the per-round metrics")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run folder")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("tilt", parents=[common], help="exact S-MEME rounds of a 2-D run's density on a grid "
                        "(what a perfect solver would reach), JSON lines")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run folder (a 2-D run)")
     p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="the round to start from (default: the latest)")
-    p.add_argument("--rounds", required=True, type=_int_in(1, MAX_ROUNDS))
-    p.add_argument("--lam", type=float, default=0.1)
+    p.add_argument("--rounds", required=True, type=_int_in(1, MAX_ROUNDS), help="how many exact rounds")
+    p.add_argument("--lam", type=float, default=0.1, help="lambda per round, in (0, 1) (default: 0.1)")
     p.add_argument("--t-r", type=float, dest="t_r", help="time of the reward's score (default: explore's)")
-    p.add_argument("--resolution", type=_int_in(8, MAX_RESOLUTION), default=200, help="grid points per axis")
+    p.add_argument("--resolution", type=_int_in(8, MAX_RESOLUTION), default=200,
+                   help="grid points per axis (default: 200)")
     p.set_defaults(func=cmd_tilt)
 
     p = sub.add_parser("grid", parents=[common], help="image grid of samples per round (image runs)")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run folder (an image run)")
     p.add_argument("--rounds", required=True, help="comma-separated rounds, e.g. 0,1,2")
-    p.add_argument("--n", type=_int_in(1, MAX_GRID_COLUMNS), default=8)
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=_int_in(1, MAX_GRID_COLUMNS), default=8, help="samples per round (default: 8)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the shared noise (default: 0)")
+    p.add_argument("--out", required=True, help="the image file to write")
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("export", parents=[common], help="write a run as a bundle (zip) to share it")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run folder")
     p.add_argument("--out", required=True, help="the bundle file to write (.zip)")
     p.set_defaults(func=cmd_export)
 
@@ -508,15 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the run whose round 0 every K starts from (never changed)")
     p.add_argument("--iterations", required=True, type=_int_in(1, MAX_ROUNDS * MAX_ITERATIONS),
                    help="solver iterations in all (N)")
-    p.add_argument("--rounds", default="1,2,3,4", help="the K's, comma-separated (default 1,2,3,4)")
-    p.add_argument("--lam", type=float)
-    p.add_argument("--seed", type=_seed)
+    p.add_argument("--rounds", default="1,2,3,4", help="the K's, comma-separated (default: 1,2,3,4)")
+    p.add_argument("--lam", type=float, help="lambda per round, in (0, 1) (default: the data set's, 0.1 for most)")
+    p.add_argument("--seed", type=_seed, help="seed of the rounds' noise (default: 0)")
     p.add_argument("--force", action="store_true", help="redo the branches of an earlier sweep with these settings")
     # solver and metric sizes (CI-sized sweeps; the paper-sized one in BENCHMARKS.md)
     p.add_argument("--trajectories", type=_int_in(1, MAX_SAMPLES),
                    help="trajectories per solver iteration (default: the data set's explore default)")
-    p.add_argument("--solver-steps", type=_int_in(1, MAX_SAMPLE_STEPS), help="DDPM steps of each trajectory")
-    p.add_argument("--metrics-n", type=_int_in(1, MAX_SAMPLES), help="samples for each round's metrics")
+    p.add_argument("--solver-steps", type=_int_in(1, MAX_SAMPLE_STEPS),
+                   help="DDPM steps of each trajectory (default: the data set's explore default)")
+    p.add_argument("--metrics-n", type=_int_in(1, MAX_SAMPLES),
+                   help="samples for each round's metrics (default: the data set's explore default)")
     p.add_argument("--no-logp", action="store_true",
                    help="skip the PF-ODE cross-entropy metrics (the k-NN entropy and the shares remain)")
     p.set_defaults(func=cmd_budget)

@@ -83,7 +83,7 @@ def training_folder() -> str | None:
     folder = st.session_state.get("training")
     if folder:
         return folder
-    running = [j for j in jobs.active() if j.kind == "train"]
+    running = [j for j in jobs.active() if j.kind == "train" and not j.topic]  # digits: the Images page
     if not running:
         return None
     name = st.query_params.get("run")
@@ -181,10 +181,11 @@ def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = No
             return
         cols = st.columns([5, 1], vertical_alignment="center")
         cols[0].progress(snap["fraction"], text=jobs.progress_text(snap))
-        allowed = may_stop(job)
-        cols[1].button("Stop", key=f"{key}_stop", on_click=stop_job, args=(job.folder, job.kind),
-                       disabled=snap["cancel_requested"] or not allowed, width="stretch",
-                       help=None if allowed else "Only the session that started this job can stop it.")
+        if may_stop(job):  # only where the rights allow (services.access): hidden, not greyed out
+            cols[1].button("Stop", key=f"{key}_stop", on_click=stop_job, args=(job.folder, job.kind),
+                           disabled=snap["cancel_requested"], width="stretch")
+        elif not viewer():
+            cols[1].caption("Started in another session: only it can stop this job.")
         refused = st.session_state.pop("_stop_refused", None)
         if refused:
             st.warning(refused)
@@ -203,40 +204,67 @@ def job_panel(folder, kind: str, *, show_loss: bool = True, key: str | None = No
 
 
 def sidebar() -> None:
-    """Run picker and running jobs, on every page."""
+    """Run picker and running jobs, on every page. While jobs run, it redraws itself every
+    SIDEBAR_POLL_S seconds, so that it never says a run is in preparation after the page has
+    said the model is ready."""
     owner()  # this session's token from its first page on
-    runs = list_runs()
     if not st.session_state.get("run"):
         current_run()  # resolves the session's run: URL (?run=), else default / newest
-    folders = openable(runs)
-    names = {r["folder"]: run_label(r) for r in runs}
-    cur = st.session_state.get("run")
-    if cur and cur not in folders:  # the run the page acts on, still training (or just imported)
-        folders.insert(0, cur)
-        names.setdefault(cur, f"{Path(cur).name} (in preparation)")
-    with st.sidebar:
+
+    @st.fragment(run_every=SIDEBAR_POLL_S if jobs.active() else None)
+    def _sidebar():
+        runs = list_runs()
+        folders = openable(runs)
+        names = {r["folder"]: run_label(r) for r in runs}
+        cur = st.session_state.get("run")
+        if cur and cur not in folders:  # the run the page acts on, still training (or just imported)
+            folders.insert(0, cur)
+            job = jobs.busy(cur)
+            names[cur] = f"{Path(cur).name} (" + (f"training: {job.fraction:.0%})" if job is not None
+                                                  else "in preparation)")
         if folders:
             idx = folders.index(cur) if cur in folders else None
             choice = st.selectbox("Run", folders, index=idx, format_func=lambda f: names.get(f, Path(f).name),
                                   placeholder="Choose a run", key=f"_sidebar_run_{cur}")
             if choice and choice != cur:
                 select_run(choice)
-                st.rerun()
+                st.rerun(scope="app")
         else:
             st.caption("No runs yet: train one on the Home or Model page.")
-        running = jobs.active()
-        for j in running:
-            st.caption(f":material/hourglass_top: {Path(j.folder).name}: {j.label or j.kind} (running)")
+        for j in jobs.active():
+            st.caption(f":material/hourglass_top: {Path(j.folder).name}: {j.label or j.kind} ({j.fraction:.0%})")
+
+    with st.sidebar:  # a fragment writes only inside its own container
+        _sidebar()
+
+
+SIDEBAR_POLL_S = 2.0
 
 
 HEADLINE = [("entropy", "Entropy (k-NN)", "{:.3f}"), ("off_support", "Off support", "{:.1%}"),
-            ("surprise", "Surprise", "{:.3f}"), ("validity", "Validity", "{:.1%}"),
-            ("sparse_share", "Sparse share", "{:.1%}")]
+            ("surprise", "Surprise", "{:.3f}"), ("sparse_share", "Sparse share", "{:.1%}")]
+# triangles: the off-support share split into its two parts, so the three tiles add up
+TRIANGLE_PARTS = [("not_triangle", "Not a triangle", "{:.1%}"), ("too_large", "Too large", "{:.1%}")]
 
 
-def _headline(now, before, title: str) -> None:
+def _with_parts(row) -> dict:
+    """The row with the triangles' off-support parts (services.texts.support_parts) as shares."""
+    from .services.texts import support_parts
+
+    out = {k: row.get(k) for k in ("entropy", "off_support", "surprise", "sparse_share", "on_support", "validity")}
+    parts = support_parts({k: v for k, v in out.items() if v is not None and pd.notna(v)})
+    if parts is not None:
+        out.update(off_support=parts["off_support"] / 100, not_triangle=parts["not_triangle"] / 100,
+                   too_large=parts["too_large"] / 100)
+    return out
+
+
+def _headline(now, before, title: str, triangles: bool = False) -> None:
     """HEADLINE metrics of `now` (a dict or a timeline row) with the change from `before`."""
-    items = [it for it in HEADLINE if now.get(it[0]) is not None and pd.notna(now.get(it[0]))]
+    spec = HEADLINE[:2] + TRIANGLE_PARTS + HEADLINE[2:] if triangles else HEADLINE
+    if triangles:
+        now, before = _with_parts(now), None if before is None else _with_parts(before)
+    items = [it for it in spec if now.get(it[0]) is not None and pd.notna(now.get(it[0]))]
     if not items:
         return
     st.markdown(title)
@@ -250,12 +278,14 @@ def _headline(now, before, title: str) -> None:
                    delta_color="inverse" if name == "off_support" else "normal")
 
 
-def metric_row(tl: pd.DataFrame) -> None:
-    """The latest round's headline metrics, with the change from the round before."""
+def metric_row(tl: pd.DataFrame, dataset: str | None = None) -> None:
+    """The latest round's headline metrics, with the change from the round before; for
+    triangles, off support = not a triangle + too large (longest side >= 1), tile by tile."""
     last = tl.iloc[-1]
     prev = tl.iloc[-2] if len(tl) >= 2 else None
     _headline(last, prev, f"**Round {int(last['round'])}**"
-              + (f" (change from round {int(prev['round'])})" if prev is not None else ""))
+              + (f" (change from round {int(prev['round'])})" if prev is not None else ""),
+              triangles=dataset == "triangles")
 
 
 def compare_metrics(ra: dict, rb: dict, names: tuple[str, str]) -> None:

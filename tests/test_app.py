@@ -205,7 +205,7 @@ def test_model_page_trains_triangles_with_chosen_settings(cache):
     assert run.config["dataset"]["params"]["side_shares"]["isosceles"] == pytest.approx(0.1)
     assert run.config["train"]["steps"] == 40 and run.config["model"]["depth"] == 2
     assert metrics(at)["Data set"] == "triangles"
-    assert "Valid / on support" in metrics(at)
+    assert "On support" in metrics(at)  # issue 24: one definition, split in the caption
 
 
 def test_model_page_rejects_a_malformed_csv_without_breaking(cache):
@@ -253,7 +253,7 @@ def test_explore_runs_a_round_and_the_timeline_grows(cache):
     assert m.get("solver") == "student-teacher" and m.get("lam") == pytest.approx(0.2)
     tl = [f for f in figs(at) if "Metrics per round" in json.dumps(f["layout"])][0]
     assert arr(tl["data"][0]["x"]) == list(range(n_before + 1))
-    assert "Entropy (k-NN)" in metrics(at) and "Validity" in metrics(at)
+    assert "Entropy (k-NN)" in metrics(at) and "Not a triangle" in metrics(at)  # issue 24: tiles add up
     assert any("Round 2" in md.value for md in at.markdown)
     assert "round 1" in fig_text(at) and "round 2" in fig_text(at)  # newest beside previous
 
@@ -524,7 +524,7 @@ def test_viewer_mode_shows_runs_and_rounds_but_every_write_is_refused(cache, mon
     assert "m_train" not in {b.key for b in at.button} and not at.get("file_uploader")
     assert metrics(at)["Data set"] == "toy" and "viewer mode" in captions(at)
     at.switch_page("pages/2_Explore.py").run()
-    assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled
+    assert not {"x_one", "x_k_btn"} & {b.key for b in at.button}  # hidden, not greyed out (issue 24)
     assert "Stop" not in [b.label for b in at.button]
     assert "Metrics per round" in fig_text(at) and "viewer mode" in captions(at)
     at.switch_page("pages/3_Compare.py").run()
@@ -571,7 +571,7 @@ def test_a_job_is_stopped_only_by_the_session_that_started_it(cache, monkeypatch
     mine = at.session_state["_smeme_owner"]
     with held_job(cache["toy"], "explore", progress, owner="another-visitor") as other:
         at.run()
-        assert at.button(key="x_job_stop").disabled  # the job panel's Stop: the page's one Stop
+        assert "x_job_stop" not in [b.key for b in at.button]  # hidden where it may not be used (issue 24)
         with pytest.raises(access.ReadOnlyError, match="started by another visitor"):
             jobs.stop(cache["toy"], "explore", who=mine)
         assert not other.cancel.is_set()
@@ -586,8 +586,8 @@ def test_single_user_mode_defaults():
     from smeme.services import access
 
     env = {k: os.environ.pop(k) for k in ("SMEME_SINGLE_USER", "SMEME_VIEWER") if k in os.environ}
-    try:
-        assert access.single_user("localhost") and access.single_user("127.0.0.1") and access.single_user(None)
+    try:  # issue 21: off on every address unless switched on (a proxy on localhost is everyone)
+        assert not access.single_user("localhost") and not access.single_user(None)
         assert not access.single_user("0.0.0.0")
         os.environ["SMEME_SINGLE_USER"] = "1"
         assert access.single_user("0.0.0.0")

@@ -31,9 +31,10 @@ def test_loss_curve_log_ticks_are_labelled_in_full():
     fig = figures.loss_curve([(i, 1.0 / (i + 1)) for i in range(100)])
     assert list(fig.layout.yaxis.tickvals) == [0.01, 0.1, 1.0]
     assert list(fig.layout.yaxis.ticktext) == ["0.01", "0.1", "1"]
-    # within one decade: 1-2-5 steps, written out
-    assert figures.log_ticks(0.15, 0.6) == [0.2, 0.5]
-    assert figures.log_ticks(0.31, 0.39) == [0.31, 0.39]  # no 1-2-5 value inside: the ends
+    # within one decade: at least three ticks, written out (1-2-5 steps, else 1..9, else across the range)
+    assert figures.log_ticks(0.15, 3.0) == [0.2, 0.5, 1.0, 2.0]
+    assert figures.log_ticks(0.15, 0.6) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert figures.log_ticks(0.31, 0.39) == [0.31, 0.335, 0.361, 0.39]
 
 
 def test_scatter_panels_share_axes_and_overlay():

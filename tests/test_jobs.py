@@ -71,13 +71,13 @@ def _wait_for_progress(job, timeout=30.0):
 
 
 def test_stop_cancels_between_steps(tmp_path):
-    job = jobs.start(tmp_path, "explore", _slow(steps=1000, dt=0.01))
+    job = jobs.start(tmp_path, "explore", _slow(steps=1000, dt=0.01), owner="me")
     _wait_for_progress(job)  # stepping, however loaded the machine
-    assert jobs.stop(tmp_path, "explore")
+    assert jobs.stop(tmp_path, "explore", who="me")
     assert job.wait(5)
     assert job.status == "cancelled" and job.result == "partial"
     assert 0 < job.fraction < 1
-    assert not jobs.stop(tmp_path, "explore")  # nothing running any more
+    assert not jobs.stop(tmp_path, "explore", who="me")  # nothing running any more
 
 
 def test_failure_is_reported_as_a_sentence_not_raised(tmp_path):
@@ -176,10 +176,7 @@ def test_process_job_stop_failure_and_a_dead_worker(tmp_path):
     assert "ended without a result (exit code 3)" in dead.error
 
 
-def test_time_left_from_elapsed_and_fraction():
-    assert jobs.time_left(0.25, 30.0) == pytest.approx(90.0)
-    assert jobs.time_left(0.01, 30.0) is None  # too little done to tell
-    assert jobs.time_left(0.5, 0.5) is None  # start-up time is no rate
+def test_time_left_texts():  # the estimate itself: tests/test_eta.py
     assert jobs.format_time_left(90.0) == "about 2 min left"
     assert jobs.format_time_left(42.0) == "about 40 s left"
     assert jobs.progress_text({"message": "Training", "elapsed": 30.0, "eta": 90.0}) == \

@@ -5,16 +5,16 @@ Environment:
   through rounds and compare (read-only work such as heatmaps still runs); training,
   S-MEME rounds, stopping jobs and uploads are refused here, in the services, and the
   pages hide those widgets.
-- SMEME_SINGLE_USER=1 / 0: whether any session may stop any job. Default: on when the
-  server listens on localhost only (one person at one machine), off otherwise and in
-  viewer mode; when off, a job is stopped only by the session that started it.
+- SMEME_SINGLE_USER=1: the explicit single-user switch (one person at one machine): any
+  session may stop any job. Off by default, whatever the server's address (behind a
+  reverse proxy on localhost every visitor arrives from localhost): a job is stopped only
+  by the session that started it. Viewers never stop a job, whatever this says.
 """
 from __future__ import annotations
 
 import os
 
 _TRUE = ("1", "true", "yes", "on")
-_LOCAL = ("localhost", "127.0.0.1", "::1")
 
 VIEWER_MESSAGE = ("This app is in viewer mode (SMEME_VIEWER=1): you can open runs, step through rounds and "
                   "compare; training, S-MEME rounds, stopping jobs and uploads are turned off.")
@@ -29,13 +29,12 @@ def viewer_mode() -> bool:
 
 
 def single_user(server_address: str | None = None) -> bool:
-    """True when every session may stop every job (see the module docstring)."""
-    env = os.environ.get("SMEME_SINGLE_USER", "").strip().lower()
-    if env:
-        return env in _TRUE
+    """True when every session may stop every job: only with SMEME_SINGLE_USER=1 and never in
+    viewer mode. `server_address` is accepted for the callers' sake and not used: the address
+    a server listens on says nothing about who reaches it (a reverse proxy)."""
     if viewer_mode():
         return False
-    return (server_address or "localhost").strip().lower() in _LOCAL
+    return os.environ.get("SMEME_SINGLE_USER", "").strip().lower() in _TRUE
 
 
 def require_writer() -> None:

@@ -1,5 +1,6 @@
 """A ready demo: the toy and triangles models trained and explored for 3 rounds, in the
-background, so that a teacher opens the app to finished runs.
+background, and the ready digits model imported (smeme/assets), so that a teacher opens the
+app to finished runs and a digits model to explore live.
 
 One job (kind 'demo', on the runs folder) runs the stages one after another through the
 app's own jobs (training, rounds, the heatmaps those queue), so each run's page shows its
@@ -12,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import jobs
+from ..bundle import BundleError
+from . import access, jobs
+from .image_runs import import_ready_digits
 from .launch import start_rounds, start_training
 from .runs import open_run
 from .settings import explore_defaults, runs_dir, training_defaults
@@ -50,29 +53,30 @@ def ready() -> bool:
     return all(r["ready"] for r in status())
 
 
-def _train(name: str, dataset: str):
+def _train(name: str, dataset: str, owner: str | None):
     folder = runs_dir() / name
     if _rounds_done(folder) is not None:
         return None
     d = training_defaults(dataset)
     return start_training(folder, dataset, steps=d["steps"], seed=0,
                           model_params={"width": d["width"], "depth": d["depth"]},
-                          label=f"Demo: training the {dataset} model")
+                          label=f"Demo: training the {dataset} model", owner=owner)
 
 
-def _explore(name: str):
+def _explore(name: str, owner: str | None):
     folder = runs_dir() / name
     done = _rounds_done(folder) or 0
     if done >= ROUNDS:
         return None
-    return start_rounds(folder, ROUNDS - done, explore_defaults(open_run(folder)))
+    return start_rounds(folder, ROUNDS - done, explore_defaults(open_run(folder)), owner=owner)
 
 
-def _stages() -> list[tuple[str, str, Callable[[], jobs.Job | None]]]:
+def _stages(owner: str | None) -> list[tuple[str, str, Callable[[], jobs.Job | None]]]:
+    """(label, run name, start) per stage; the stages' jobs belong to the demo's session."""
     stages = []
     for name, dataset in RUNS:
-        stages.append((f"Training the {dataset} model", name, lambda n=name, d=dataset: _train(n, d)))
-        stages.append((f"{ROUNDS} S-MEME rounds on {name}", name, lambda n=name: _explore(n)))
+        stages.append((f"Training the {dataset} model", name, lambda n=name, d=dataset: _train(n, d, owner)))
+        stages.append((f"{ROUNDS} S-MEME rounds on {name}", name, lambda n=name: _explore(n, owner)))
     return stages
 
 
@@ -89,8 +93,18 @@ def _wait(job: jobs.Job, sub: jobs.Job, share: tuple[float, float], label: str) 
         raise jobs.JobCancelled()
 
 
+def _import_digits(job: jobs.Job) -> None:
+    """The ready digits model (shipped with the package), so a class explores digits rounds
+    live on the Images page; an installation without it skips this (said in the progress)."""
+    job.update(message="Importing the ready digits model...")
+    try:
+        import_ready_digits()
+    except BundleError as exc:
+        job.log({"skipped": str(exc)})
+
+
 def _prepare(job: jobs.Job):
-    stages = _stages()
+    stages = _stages(job.owner)
     slices = len(stages) + 1  # the last slice: the heatmaps the last rounds queued
     for i, (label, name, start) in enumerate(stages):
         share = (i / slices, (i + 1) / slices)
@@ -106,13 +120,16 @@ def _prepare(job: jobs.Job):
     for name, _ in RUNS:  # the heatmaps the last rounds queued
         for other in jobs.active(runs_dir() / name):
             _wait(job, other, (len(stages) / slices, 1.0), f"Log-density heatmaps of {name}")
+    _import_digits(job)
     job.update(1.0, "The demo is ready.")
     return [r["folder"] for r in status()]
 
 
-def start_demo() -> jobs.Job:
-    """Prepare the demo in the background (JobBusy if it is being prepared already)."""
-    return jobs.start(demo_folder(), KIND, _prepare, label="Preparing the demo", writes=False)
+def start_demo(owner: str | None = None) -> jobs.Job:
+    """Prepare the demo in the background (JobBusy if it is being prepared already); `owner`:
+    the session that may stop it (and the jobs it starts)."""
+    access.require_writer()
+    return jobs.start(demo_folder(), KIND, _prepare, label="Preparing the demo", writes=False, owner=owner)
 
 
 def job() -> jobs.Job | None:

@@ -108,10 +108,15 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     """Tick values for a log axis over [lo, hi], each labelled in full: one per decade when
     the range spans two decades or more, else 1-2-5 steps (so a short range still has labels)."""
     first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
-    steps = (1.0,) if last - first >= 2 else (1.0, 2.0, 5.0)
-    vals = [m * 10.0 ** e for e in range(first, last + 1) for m in steps]
-    inside = [float(f"{v:.3g}") for v in vals if lo / 1.2 <= v <= hi * 1.2]
-    return inside or [float(f"{lo:.3g}"), float(f"{hi:.3g}")]
+    for steps in ((1.0,), (1.0, 2.0, 5.0), tuple(float(m) for m in range(1, 10))):
+        if len(steps) == 1 and last - first < 2:
+            continue
+        vals = [m * 10.0 ** e for e in range(first, last + 1) for m in steps]
+        inside = sorted({float(f"{v:.3g}") for v in vals if lo / 1.2 <= v <= hi * 1.2})
+        if len(inside) >= 3:
+            return inside
+    # a range too narrow for 1..9 steps (a loss settled within a few percent): 4 values across it
+    return sorted({float(f"{v:.3g}") for v in np.geomspace(lo, hi, 4)}) if hi > lo else [float(f"{lo:.3g}")]
 
 
 # --------------------------------------------------------------------------------------
@@ -391,6 +396,15 @@ def budget_lines(rows: Sequence[dict], height: int = 380) -> go.Figure:
 # --------------------------------------------------------------------------------------
 # metrics over rounds
 
+SHARE_COLUMNS = ("on_support", "off_support", "validity", "sparse_share", "sparse_closed_form")
+
+
+def is_share(column: str) -> bool:
+    """Whether a timeline column is a share (0..1), drawn in percent."""
+    base = column[len("exact_"):] if column.startswith("exact_") else column
+    return base in SHARE_COLUMNS or base.endswith("_share")
+
+
 def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, str]]]],
              title: str | None = None, height: int = 300, vertical: bool = False) -> go.Figure:
     """Small multiples of per-round metrics.
@@ -422,6 +436,8 @@ def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, s
                                      line=dict(color=colors[label], dash="dash" if col.startswith("exact_") else None)),
                           **pos(i))
         fig.update_xaxes(title_text=None if vertical and i < n - 1 else "round", dtick=1, **pos(i))
+        if any(is_share(col) for col, _ in series):  # shares in percent, as on the tiles
+            fig.update_yaxes(tickformat=".0%", **pos(i))
     fig = _layout(fig, title, height=height, subtitles=True)
     # each panel is titled; a legend is needed only where a panel holds several series
     several = any(len(s) > 1 for _, s in panels)

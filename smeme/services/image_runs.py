@@ -2,14 +2,26 @@
 cache/sd_runs, and the background jobs that pre-train digits and run image rounds."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from ..bundle import BundleError, import_bundle
 from ..safe_io import read_json
 from . import access, jobs
 from .runs import entries_newest_first, open_run, safe_name
 from .settings import cache_dir, models_dir, runs_dir, setup
+
+DIGITS_TOPIC = "digits"  # the topic of the digits jobs (jobs.Job.topic), so any session finds them
+
+# The ready digits model: a bundle that ships with the package (smeme/assets), its SHA-256
+# and how it was made (steps, seconds, quality) in a manifest beside it.
+READY_NAME = "digits-ready"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+READY_BUNDLE = ASSETS / "digits-ready.zip"
+READY_MANIFEST = ASSETS / "digits-ready.json"
 
 
 def digits_runs() -> list[Path]:
@@ -24,6 +36,70 @@ def digits_runs() -> list[Path]:
         except (OSError, ValueError, AttributeError, RecursionError):
             continue
     return out
+
+
+def ready_manifest() -> dict | None:
+    """The ready digits model's manifest ({'sha256', 'train': {...}, 'round': {...}}), or None
+    when this installation has no ready model."""
+    try:
+        manifest = json.loads(READY_MANIFEST.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return manifest if isinstance(manifest, dict) and READY_BUNDLE.is_file() else None
+
+
+def ready_digits_folder() -> Path:
+    return runs_dir() / READY_NAME
+
+
+def import_ready_digits() -> Path:
+    """Add the ready digits model as the run 'digits-ready' (kept if it is there already);
+    returns its folder. BundleError (one sentence) when the shipped bundle is missing or does
+    not match its checksum; ReadOnlyError in viewer mode."""
+    access.require_writer()
+    folder = ready_digits_folder()
+    if (folder / "config.json").is_file():
+        return folder
+    manifest = ready_manifest()
+    if manifest is None:
+        raise BundleError(f"This installation has no ready digits model ({READY_BUNDLE.name} is missing); "
+                          "pre-train one instead.")
+    digest = hashlib.sha256(READY_BUNDLE.read_bytes()).hexdigest()
+    if digest != manifest.get("sha256"):
+        raise BundleError(f"The ready digits model {READY_BUNDLE.name} does not match its checksum "
+                          "(a damaged copy); reinstall smeme or pre-train a model instead.")
+    try:
+        return import_bundle(READY_BUNDLE, runs_dir(), name=READY_NAME)
+    except BundleError:
+        if (folder / "config.json").is_file():  # another session imported it just now
+            return folder
+        raise
+
+
+def seconds_per_training_step() -> float | None:
+    """Measured seconds per digits training step (one core): the ready model's own training."""
+    value = (ready_manifest() or {}).get("train", {}).get("cpu_seconds_per_step")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def round_seconds(run=None) -> tuple[float, str] | None:
+    """Measured seconds of one digits round and where they come from: the median of this
+    run's rounds (solver time, saved with each round), else the ready model's measured round."""
+    times = []
+    if run is not None:
+        times = sorted(float(m["solver_seconds"]) for k, m in run.metrics().items()
+                       if k > 0 and isinstance(m.get("solver_seconds"), (int, float)))
+    if times:
+        return times[len(times) // 2], f"the median of this run's {len(times)} round(s)"
+    measured = (ready_manifest() or {}).get("round", {}).get("cpu_seconds")
+    if isinstance(measured, (int, float)) and measured > 0:
+        return float(measured), "measured on the ready model, one idle core"
+    return None
+
+
+def running_digits_trainings() -> list[jobs.Job]:
+    """Digits pre-trainings running now, whichever session started them, oldest first."""
+    return [j for j in jobs.active() if j.kind == "train" and j.topic == DIGITS_TOPIC]
 
 
 def sd_runs_dir() -> Path:
@@ -85,7 +161,7 @@ def start_digits_training(folder, steps: int, rare_fraction: float, seed: int, o
         job.update(1.0, "Done: round 0 saved with its metrics.")
         return str(folder)
 
-    return jobs.start(folder, "train", target, label="Pre-training digits", owner=owner)
+    return jobs.start(folder, "train", target, label="Pre-training digits", owner=owner, topic=DIGITS_TOPIC)
 
 
 def start_digits_rounds(folder, more: int, lam: float, owner: str | None = None) -> jobs.Job:
@@ -106,7 +182,8 @@ def start_digits_rounds(folder, more: int, lam: float, owner: str | None = None)
         return run_digits_rounds(r, more, lam=lam, on_iteration=on_iteration, on_round=on_round,
                                  cancel=job.cancel)
 
-    return jobs.start(folder, "explore", target, label=f"S-MEME digits rounds ({int(more)})", owner=owner)
+    return jobs.start(folder, "explore", target, label=f"S-MEME digits rounds ({int(more)})", owner=owner,
+                      topic=DIGITS_TOPIC)
 
 
 def start_sd_rounds(name: str, source: str, prompt: str, more: int, owner: str | None = None) -> jobs.Job:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import access
+from .eta import Pace
 
 log = logging.getLogger("smeme.jobs")
 
@@ -59,6 +60,7 @@ class Job:
     label: str = ""
     writes: bool = True
     owner: str | None = None  # the app session that started it (smeme.services.access)
+    topic: str = ""  # what the job works on beyond its kind (e.g. 'digits'), for pages that list jobs
     id: int = field(default_factory=lambda: next(_ids))
     status: str = RUNNING
     fraction: float = 0.0
@@ -67,20 +69,29 @@ class Job:
     events: list = field(default_factory=list)  # e.g. {'round': k, 'metrics': {...}}
     result: Any = None
     error: str | None = None
-    started: float = field(default_factory=time.time)
+    clock: Callable[[], float] = field(default=time.time, repr=False)  # seconds; tests pass a simulated one
+    started: float | None = None  # set from `clock` when the job is made
     finished: float | None = None
-    updated: float = field(default_factory=time.time)
+    updated: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     traceback: str | None = field(default=None, repr=False)
+    pace: Pace = field(default_factory=Pace, repr=False)  # the time-left estimator (services.eta)
+
+    def __post_init__(self):
+        if self.started is None:
+            self.started = self.clock()
+        self.updated = self.started
 
     # -- called from the worker thread -------------------------------------------------
     def update(self, fraction: float | None = None, message: str | None = None,
                loss: float | None = None, step: int | None = None) -> None:
         with self._lock:
+            now = self.clock()
             if fraction is not None:
                 self.fraction = float(min(max(fraction, 0.0), 1.0))
+                self.pace.add(now, self.fraction)
             if message is not None:
                 self.message = str(message)
             if loss is not None:
@@ -88,12 +99,12 @@ class Job:
                 if len(self.losses) > HISTORY_MAX:  # thin the older half, keep the recent
                     half = len(self.losses) // 2
                     self.losses = self.losses[:half:2] + self.losses[half:]
-            self.updated = time.time()
+            self.updated = now
 
     def log(self, event: dict) -> None:
         with self._lock:
             self.events.append(dict(event))
-            self.updated = time.time()
+            self.updated = self.clock()
 
     # -- read from anywhere -------------------------------------------------------------
     @property
@@ -106,7 +117,7 @@ class Job:
 
     @property
     def elapsed(self) -> float:
-        return (self.finished or time.time()) - self.started
+        return (self.finished or self.clock()) - self.started
 
     def snapshot(self) -> dict:
         """A consistent copy of the job's state, safe to render."""
@@ -117,7 +128,7 @@ class Job:
                 "losses": list(self.losses), "events": list(self.events),
                 "error": self.error, "elapsed": self.elapsed,
                 "cancel_requested": self.cancel.is_set(),
-                "eta": time_left(self.fraction, self.elapsed) if self.status == RUNNING else None,
+                "eta": self.pace.time_left(self.clock()) if self.status == RUNNING else None,
             }
 
     def stop(self) -> None:
@@ -141,7 +152,7 @@ class Job:
             self.error = error
             if status == DONE:
                 self.fraction = 1.0
-            self.finished = time.time()
+            self.finished = self.clock()
             self.updated = self.finished
             if status == CANCELLED:
                 self.message = "Stopped."
@@ -157,18 +168,6 @@ if not hasattr(_sys, "_smeme_jobs"):
     _sys._smeme_jobs = ({}, threading.Lock())
 _REGISTRY: dict[tuple[str, str], Job] = _sys._smeme_jobs[0]
 _REG_LOCK = _sys._smeme_jobs[1]
-
-
-ETA_MIN_FRACTION = 0.03  # below this the rate is mostly start-up cost, not a forecast
-ETA_MIN_ELAPSED = 2.0
-
-
-def time_left(fraction: float, elapsed: float) -> float | None:
-    """Seconds left if the job goes on at the rate it has had (elapsed / fraction); None
-    while too little is done to tell."""
-    if fraction < ETA_MIN_FRACTION or elapsed < ETA_MIN_ELAPSED or fraction >= 1.0:
-        return None
-    return elapsed * (1.0 - fraction) / fraction
 
 
 def format_time_left(seconds: float | None) -> str:
@@ -191,7 +190,8 @@ def _describe(job: Job) -> str:
 
 
 def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
-          writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None) -> Job:
+          writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None,
+          topic: str = "") -> Job:
     """Start `target(job)` in a background thread and register it under (folder, kind).
 
     Raises JobBusy if a job of the same kind runs on this folder, or if `writes` and any
@@ -211,7 +211,7 @@ def start(folder, kind: str, target: Callable[[Job], Any], *, label: str = "",
                 raise JobBusy(
                     f"This run is busy: '{_describe(other)}' has been running for "
                     f"{other.elapsed:.0f} s (perhaps from another tab); wait for it or stop it first.")
-        job = Job(folder=key_folder, kind=kind, label=label, writes=writes, owner=owner)
+        job = Job(folder=key_folder, kind=kind, label=label, writes=writes, owner=owner, topic=topic)
         _REGISTRY[job.key] = job
 
     def body():
@@ -368,11 +368,12 @@ def _relay(job: Job, func, args) -> Any:
 
 
 def start_process(folder, kind: str, func: Callable[..., Any], *args, label: str = "",
-                  writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None) -> Job:
+                  writes: bool = True, owner: str | None = None, then: Callable[[Job], Any] | None = None,
+                  topic: str = "") -> Job:
     """Like `start`, but `func(job, *args)` runs in a child process. `func` must be a
     module-level function and `args` picklable; `job.update/log/cancel` work as in a thread."""
     return start(folder, kind, lambda job: _relay(job, func, args), label=label, writes=writes, owner=owner,
-                 then=then)
+                 then=then, topic=topic)
 
 
 def get(folder, kind: str) -> Job | None:
@@ -403,6 +404,16 @@ def stop(folder, kind: str, who: str | None = None, server_address: str | None =
     if job is None or not job.running:
         return False
     access.require_may_stop(job, who, server_address)
+    job.stop()
+    return True
+
+
+def halt(folder, kind: str) -> bool:
+    """The services' own stop, with no session's rights: work that must not run beside new
+    work (a run's read-only heatmaps when its rounds start) is stopped by the work itself."""
+    job = get(folder, kind)
+    if job is None or not job.running:
+        return False
     job.stop()
     return True
 

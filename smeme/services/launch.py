@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import jobs
+from . import access, jobs
 from .cached import compute_heatmap, data_sample, heatmap_cached, samples
 from .runs import has_plane, is_image_run, open_run
 from .settings import HEATMAP_RES, preset_name, setup
@@ -57,8 +57,9 @@ def start_rounds(folder, rounds: int, settings: dict, owner: str | None = None) 
     explore.run_rounds and logged as a job event {'round', 'metrics'}."""
     from ..explore import ExploreConfig
     ExploreConfig(**settings)  # bad settings raise here, on the page, not in the worker
+    access.require_writer()  # before anything else is touched
     # heatmaps never run beside a round: stop them; the rounds job queues them again when it ends
-    jobs.stop(folder, "heatmap")
+    jobs.halt(folder, "heatmap")
     return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), dict(settings),
                               label=f"S-MEME rounds ({int(rounds)})", owner=owner, then=heatmaps_after)
 

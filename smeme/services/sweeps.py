@@ -3,9 +3,10 @@ its rows read back from the branches on disk (so a finished sweep shows after a 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from . import jobs
+from . import access, jobs
 from .settings import setup
 
 KIND = "budget"
@@ -16,13 +17,45 @@ def sweep_iterations(iterations: int, ks: list[int]) -> int:
     return sum(k * (int(iterations) // k) for k in ks)
 
 
-def start_budget(folder, iterations: int, ks: list[int], settings: dict, force: bool = False) -> jobs.Job:
+_SWEEP_RE = re.compile(r"^N(\d+)-lam([0-9.eE+-]+)-seed(\d+)$")
+
+
+def existing_sweeps(folder) -> list[dict]:
+    """The sweeps run on this run, newest first: {'iterations' (N), 'lam', 'seed', 'ks' (the K's
+    with a branch on disk)}, read from the branch folders (smeme.budget.branch_folder)."""
+    from ..budget import branch_folder
+
+    base = branch_folder(Path(folder), 1, 1, 0.1, 0).parent.parent
+    found = []
+    try:
+        entries = list(base.iterdir()) if base.is_dir() else []
+    except OSError:
+        return []
+    for entry in entries:
+        match = _SWEEP_RE.match(entry.name)
+        try:
+            if match is None or not entry.is_dir():
+                continue
+            ks = sorted(int(k.name[1:]) for k in entry.iterdir() if re.fullmatch(r"K\d+", k.name))
+            stamp = entry.stat().st_mtime
+            lam = float(match.group(2))
+        except (OSError, ValueError):
+            continue  # an entry that cannot be read is skipped, never a broken page
+        if ks:
+            found.append({"iterations": int(match.group(1)), "lam": lam, "seed": int(match.group(3)),
+                          "ks": ks, "stamp": stamp})
+    return sorted(found, key=lambda s: s["stamp"], reverse=True)
+
+
+def start_budget(folder, iterations: int, ks: list[int], settings: dict, force: bool = False,
+                 owner: str | None = None) -> jobs.Job:
     """Run the sweep in a background process; each finished K is logged as an event
     {'budget_row': row}. Bad settings raise here, on the page (ExploreError, one sentence)."""
     from ..budget import branch_folder, explore_config_for
     from ..explore import ExploreError
     from ..store import Run
 
+    access.require_writer()  # a sweep writes its branches beside the run
     ks = sorted({int(k) for k in ks})
     if not ks:
         raise ExploreError("Choose at least one number of rounds K.")
@@ -35,7 +68,8 @@ def start_budget(folder, iterations: int, ks: list[int], settings: dict, force: 
         raise ExploreError(f"This sweep has been run with these settings before (K = {', '.join(map(str, done))}); "
                            "tick 'Run it again' to replace it.")
     return jobs.start_process(folder, KIND, _budget_job, str(folder), int(iterations), ks, config.to_dict(),
-                              bool(force), label=f"Budget sweep (K = {', '.join(map(str, ks))})", writes=False)
+                              bool(force), label=f"Budget sweep (K = {', '.join(map(str, ks))})", writes=False,
+                              owner=owner)
 
 
 def _budget_job(job, folder: str, iterations: int, ks: list[int], config: dict, force: bool):
