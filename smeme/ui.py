@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from .services import access, figures, jobs
+from .services import access, figures, jobs, motion
 from .services.runs import damage_note, is_image_run, list_runs, open_problem, open_run, pick_default_run
 from .services.settings import content_blocks, runs_dir
 
@@ -30,7 +30,14 @@ def render_content(name: str) -> None:
 
 
 def plot(fig, key: str | None = None) -> None:
+    if st.session_state.get("projector"):  # the sidebar's toggle: every figure of every page
+        fig = motion.projector(fig)
     st.plotly_chart(fig, key=key, config=figures.PLOTLY_CONFIG, theme=None)
+
+
+def projector_toggle() -> None:
+    st.toggle("Projector", key="projector", help="Larger points, lines and fonts, and the previous round drawn "
+              "darker: for a class in front of a projector. Applies to every page.")
 
 
 def owner() -> str:
@@ -273,6 +280,7 @@ def sidebar() -> None:
                 st.rerun()
         else:
             st.caption("No runs yet: train one on the Home or Model page.")
+        projector_toggle()
         running = jobs.active()
         for j in running:
             st.caption(f":material/hourglass_top: {Path(j.folder).name}: {j.label or j.kind} (running)")
