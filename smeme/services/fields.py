@@ -54,12 +54,16 @@ def check_run(run) -> None:
                                 "page, then come back to see what it learned.")
 
 
+def _dtype(model) -> torch.dtype:
+    p = next(iter(model.parameters()), None)
+    return p.dtype if p is not None and p.is_floating_point() else torch.float64
+
+
 def raw_score(model, standardizer, raw: np.ndarray, t: float) -> np.ndarray:
     """s(x, t) in data units at the rows `raw` (N, d): the model's score at z = (x - mean) / std,
     divided by std (the chain rule of the linear map)."""
     z = standardizer.forward(np.asarray(raw, dtype=np.float64))
-    p = next(iter(model.parameters()), None)
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float64
+    dtype = _dtype(model)
     zt = torch.as_tensor(z, dtype=dtype)
     with torch.no_grad():
         s = score(model, zt, torch.full((len(zt),), float(t), dtype=dtype)).double().numpy()
@@ -169,8 +173,7 @@ def paths(run, k: int, pair: tuple[int, int], n: int = PATHS_N, steps: int = PAT
         out = {"t": time_grid(steps, dtype=torch.float64).numpy()}
         for name, r in (("now", k), ("before", _previous(run, k))):
             model = _model(run, r)
-            p = next(iter(model.parameters()))
-            noise = FixedNoise.from_seed(PATHS_SEED, n, tuple(model.sample_shape), steps, dtype=p.dtype)
+            noise = FixedNoise.from_seed(PATHS_SEED, n, tuple(model.sample_shape), steps, dtype=_dtype(model))
             _, states = sample_ddpm(model, noise, return_trajectory=True)
             z = states.double().numpy().reshape(steps + 1, n, -1)
             raw = run.domain.from_features(run.standardizer.inverse(z.reshape(-1, z.shape[-1])))
