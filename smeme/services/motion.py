@@ -33,9 +33,9 @@ def _controls(names: list[str], duration: int, prefix: str) -> dict:
     pause = dict(label="Pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0,
                                                                                                   redraw=False))])
     return dict(
-        updatemenus=[dict(type="buttons", direction="left", x=0.0, xanchor="left", y=-0.08, yanchor="top",
+        updatemenus=[dict(type="buttons", direction="left", x=0.0, xanchor="left", y=-0.1, yanchor="top",
                           pad=dict(t=0, r=10), showactive=False, buttons=[play, pause])],
-        sliders=[dict(active=len(names) - 1, x=0.14, len=0.86, y=-0.04, yanchor="top", pad=dict(t=0),
+        sliders=[dict(active=len(names) - 1, x=0.14, len=0.86, y=-0.07, yanchor="top", pad=dict(t=0),
                       currentvalue=dict(prefix=prefix, visible=True), steps=[step(n) for n in names])])
 
 
@@ -65,15 +65,15 @@ def _frame_traces(f: dict, zrange, max_points: int, views: int) -> list:
     for v in range(views):
         cats, now, before = f["bars"][v]
         out.append(go.Bar(x=cats, y=[before.get(c, 0.0) for c in cats], marker_color=PREVIOUS_COLOR,
-                          name="previous round", showlegend=False))
+                          name="share, previous round", showlegend=v == 0, legendgroup="before"))
         out.append(go.Bar(x=cats, y=[now.get(c, 0.0) for c in cats], marker_color=PALETTE[1],
-                          name="this round", showlegend=False))
+                          name="share, this round", showlegend=v == 0, legendgroup="now"))
     return out
 
 
 def rounds_player(frames: list[dict], zrange=None, ranges=None, labels=("x", "y"), overlay=None,
                   bar_titles: list[tuple[str, float]] = (), speed: str = "normal", max_points: int = 500,
-                  height: int = 440) -> go.Figure:
+                  height: int = 440, heat_note: str = "log-density: being computed in the background") -> go.Figure:
     """One figure with a frame per round; frames = [{'k', 'hm', 'points', 'prev_points',
     'colors', 'bars': [(categories, shares now, shares before)] per view}], in round order.
     `zrange`, `ranges` and each bar view's (title, y_max) are fixed over every frame."""
@@ -99,12 +99,16 @@ def rounds_player(frames: list[dict], zrange=None, ranges=None, labels=("x", "y"
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=str(c),
                                      marker=dict(size=8, color=CATEGORY_COLORS.get(str(c), PALETTE[i % len(PALETTE)]))),
                           row=1, col=2)
+    if not maps:
+        fig.add_annotation(text=heat_note, showarrow=False, xref="x domain", yref="y domain", x=0.5, y=0.5,
+                           font=dict(color="#666"))
     fig.frames = [go.Frame(name=str(f["k"]), traces=moving, data=_frame_traces(f, zrange, max_points, views))
                   for f in frames]
     fig.update_xaxes(title_text=labels[0], row=1)
     fig.update_yaxes(title_text=labels[1], row=1, col=1)
-    fig.update_xaxes(matches="x", row=1, col=2)
-    fig.update_yaxes(matches="y", row=1, col=2)
+    if maps:
+        fig.update_xaxes(matches="x", row=1, col=2)
+        fig.update_yaxes(matches="y", row=1, col=2)
     if ranges:
         fig.update_xaxes(range=list(ranges[0]), row=1)
         fig.update_yaxes(range=list(ranges[1]), row=1)
@@ -131,7 +135,7 @@ def field_figure(hm: dict, reward: dict, change: dict, scales: dict, t: float, k
     """Two panels over round k-1's log-density: the reward's gradient (left) and the learned
     change of the score at time t (right), each on its fixed scale over every round."""
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.05, subplot_titles=[
-        f"reward gradient of round {k}: −λ s(x, t_r)", f"learned change at t = {t:g}: s_{k}(x, t) − s_{k - 1}(x, t)"])
+        f"reward gradient of round {k}: −λ s_{k - 1}(x, t_r)", f"learned change at t = {t:g}: s_{k}(x, t) − s_{k - 1}(x, t)"])
     z = np.asarray(hm["logp"], dtype=float)
     lo, hi = zrange or display_range(z)
     for col in (1, 2):
