@@ -215,6 +215,7 @@ pages = [
     st.Page("pages/1_Model.py", title="Model", icon=":material/model_training:"),
     st.Page("pages/2_Explore.py", title="Explore", icon=":material/explore:"),
     st.Page("pages/5_Rounds.py", title="Rounds", icon=":material/slideshow:"),
+    st.Page("pages/7_Fields.py", title="Fields", icon=":material/air:"),
     st.Page("pages/3_Compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/6_Budget.py", title="Budget", icon=":material/stacked_line_chart:"),
 ]

@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from smeme import ui
-from smeme.services import access, cached, figures, jobs, launch, results, runs, settings, texts
+from smeme.services import access, cached, draw, figures, jobs, launch, results, runs, settings, texts
 from smeme.data import DataError
 
 st.title("Model")
@@ -66,6 +66,39 @@ else:
                 launch.start_training(folder, dataset, params, steps=int(steps), seed=int(seed),
                                       model_params={"width": int(width), "depth": int(depth)}, owner=ui.owner())
             except (jobs.JobBusy, access.ReadOnlyError, DataError, ValueError) as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["training"] = str(folder.resolve())
+                ui.select_run(folder)
+                st.rerun()
+
+# -------------------------------------------------------------------------------- draw your data
+if not ui.viewer():
+    with st.expander("Draw your data (or pick a ready shape)", expanded=False):
+        st.caption("Draw strokes and dots, or pick a ready shape; the points you see on the right become a CSV "
+                   "data set with columns x and y, trained like an upload and explorable like any run.")
+        source = st.radio("Points from", ["A ready shape", "My drawing"], horizontal=True, key="d_source")
+        c_in, c_out = st.columns([3, 2], gap="medium")
+        with c_in:
+            if source == "A ready shape":
+                pts, parts, problem = ui.shape_picker()
+            else:
+                pts, parts, problem = ui.drawing_canvas()
+        with c_out:
+            if len(pts):
+                ui.plot(figures.scatter_panels([(f"{len(pts):,} points", pts)], colors=[parts],
+                                               ranges=draw.PREVIEW_RANGES, title="Your data", height=330),
+                        key="d_preview")
+            if problem:
+                st.info(problem)
+        c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="bottom")
+        d_name = c1.text_input("Run name (optional)", key="d_name", placeholder="drawn-<date-time>")
+        d_steps = c2.number_input("Training steps", 10, 50_000, settings.training_defaults("csv")["steps"],
+                                  step=100, key="d_steps")
+        if c3.button("Train on this", type="primary", disabled=problem is not None, key="d_train", width="stretch"):
+            try:
+                folder = draw.train_on_points(pts, d_name or None, steps=int(d_steps), owner=ui.owner())
+            except (jobs.JobBusy, access.ReadOnlyError, settings.UploadError, DataError) as exc:
                 st.error(str(exc))
             else:
                 st.session_state["training"] = str(folder.resolve())

@@ -1,8 +1,8 @@
-"""Rounds: step through a run's rounds one at a time (slider or Play), on fixed axes."""
+"""Rounds: play a run's rounds in the browser (one figure, a frame per round), on fixed axes."""
 import streamlit as st
 
 from smeme import ui
-from smeme.services import cached, figures, jobs, launch, runs, stepper
+from smeme.services import cached, figures, jobs, launch, motion, runs, stepper
 
 st.title("Round by round")
 run = ui.run_or_stop()
@@ -10,7 +10,8 @@ folder = runs.run_folder(run)
 rounds = run.rounds()
 st.caption("Each frame is one round's model. The samples come from the same fixed noise in every round, so a "
            "point that moves is one sample that the round moved; the previous round's positions are drawn "
-           "faint behind them. Axes and colours stay the same across rounds.")
+           "faint behind them (darker with the sidebar's Projector toggle). Axes and colours stay the same "
+           "across rounds.")
 if len(rounds) < 2:
     st.info("This run has only the pre-trained round so far: run S-MEME rounds on the Explore page.")
 
@@ -36,26 +37,27 @@ else:
             i = c1.selectbox("Column (x)", range(len(names)), index=0, format_func=names.__getitem__, key="r_col_x")
             j = c2.selectbox("Column (y)", range(len(names)), index=1, format_func=names.__getitem__, key="r_col_y")
             pair = (int(i), int(j))
-    zrange, ranges = stepper.heat_range(run), stepper.plane_range(run)
+    zrange = stepper.heat_range(run)
+    ranges, labels = stepper.plane_range(run), cached.plane_labels(run)
+    if pair is not None:
+        p = stepper.pair_frame(run, rounds[-1], *pair)
+        ranges, labels = p["ranges"], p["labels"]
+    speed = st.select_slider("Speed", list(motion.SPEEDS), value="normal", key="r_speed",
+                             help="How long each round stays on screen while playing.")
 
-    def draw(k):
-        f = stepper.frame(run, k)
-        ui.plot(cached.figure(run, ("step", k, zrange, f["hm"] is not None), lambda: figures.round_frame(
-            k, f["hm"], f["points"], f["prev_points"], overlay=f["overlay"], labels=f["labels"],
-            colors=f["colors"], zrange=zrange, ranges=ranges)), key="r_frame")
-        cols = st.columns(max(len(views), 1))
-        for col, (cat, title) in zip(cols, views):
-            shares, order, top = stepper.category_frame(run, k, cat)
-            with col:
-                ui.plot(figures.category_bars(shares, title=f"{title}, round {k}", y_max=top, categories=order),
-                        key=f"r_cat_{cat}")
-        if pair is not None:
-            p = stepper.pair_frame(run, k, *pair)
-            with cols[0]:
-                ui.plot(figures.pair_scatter(k, p["points"], p["prev_points"], labels=p["labels"],
-                                             ranges=p["ranges"]), key="r_pair")
+    def build():
+        frames, bars = stepper.player_frames(run, pair)
+        if pair not in (None, (0, 1)):  # the heatmaps are over the first two columns only
+            frames = [{**f, "hm": None} for f in frames]
+        return motion.rounds_player(frames, zrange=zrange, ranges=ranges, labels=labels, overlay=cached.overlay(run),
+                                    bar_titles=bars, speed=speed, heat_note="the log-density is drawn over the "
+                                    "first two columns: choose them to see it")
+    ui.plot(cached.figure(run, ("player", zrange, pair, speed), build), key="r_player")
+    st.caption("Play runs in your browser: every round is already in the figure, so none is skipped. Drag the "
+               "slider under the figure to step through the rounds by hand.")
 
-ui.round_stepper(rounds, draw, key="r")
+if runs.is_image_run(run):
+    ui.round_stepper(rounds, draw, key="r")
 if jobs.get(folder, "explore") is not None and jobs.get(folder, "explore").running:
     st.caption("Rounds are running on the Explore page; new rounds join the slider when they finish, and "
                "the heatmaps are computed once the rounds end.")

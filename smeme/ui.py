@@ -10,10 +10,11 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from .services import access, figures, jobs
+from .services import access, figures, jobs, motion
 from .services.runs import damage_note, is_image_run, list_runs, open_problem, open_run, pick_default_run
 from .services.settings import content_blocks, runs_dir
 
@@ -29,7 +30,14 @@ def render_content(name: str) -> None:
 
 
 def plot(fig, key: str | None = None) -> None:
+    if st.session_state.get("projector"):  # the sidebar's toggle: every figure of every page
+        fig = motion.projector(fig)
     st.plotly_chart(fig, key=key, config=figures.PLOTLY_CONFIG, theme=None)
+
+
+def projector_toggle() -> None:
+    st.toggle("Projector", key="projector", help="Larger points, lines and fonts, and the previous round drawn "
+              "darker: for a class in front of a projector. Applies to every page.")
 
 
 def owner() -> str:
@@ -66,6 +74,54 @@ def saved_upload(up) -> str:
     if up.file_id not in paths:
         paths[up.file_id] = str(save_upload(up.name, up.getvalue()))
     return paths[up.file_id]
+
+
+def shape_picker():
+    """A gallery shape with its settings: (points, part names, problem or None)."""
+    from .data import DataError
+    from .data.shapes import SHAPE_PARTS, SHAPES
+    from .services import draw
+
+    c1, c2 = st.columns(2)
+    shape = c1.selectbox("Shape", SHAPES, key="d_shape")
+    n = c2.number_input("Points", 100, 20_000, 2000, step=500, key="d_n")
+    parts = SHAPE_PARTS[shape]
+    even = round(1.0 / len(parts), 2)
+    rare = c1.slider(f"Share of the {parts[0]} (the rare part)", 0.01, even, even, 0.01, key=f"d_rare_{shape}",
+                     help=f"Balanced at {even:.0%}; lower makes the {parts[0]} rare, and S-MEME's task is to find it.")
+    jitter = c2.slider("Jitter width", 0.0, 0.3, 0.06, 0.01, key="d_jitter_shape")
+    try:
+        pts, names = draw.gallery_points(shape, int(n), float(rare), float(jitter))
+    except DataError as exc:
+        return np.zeros((0, 2)), None, str(exc)
+    return pts, names, None
+
+
+def drawing_canvas():
+    """A drawing canvas with its brush: (points, None, problem or None)."""
+    from streamlit_drawable_canvas import st_canvas  # a Streamlit component: imported where it is drawn
+
+    from .data import DataError
+    from .data.shapes import MIN_POINTS
+    from .services import draw
+
+    c1, c2, c3 = st.columns(3)
+    brush = c1.radio("Brush", ["strokes", "dots"], horizontal=True, key="d_brush")
+    copies = c2.slider("Brush density (points per dab)", 1, 30, 4, key="d_density")
+    jitter = c3.slider("Jitter width", 0.0, 0.5, 0.08, 0.01, key="d_jitter")
+    width, height = draw.CANVAS_SIZE
+    result = st_canvas(stroke_width=6, stroke_color="#4C78A8", background_color="#FFFFFF", height=height,
+                       width=width, drawing_mode="freedraw" if brush == "strokes" else "point",
+                       point_display_radius=4, key="d_canvas")
+    try:
+        pts = draw.drawing_points(getattr(result, "json_data", None), width, height, draw.BRUSH_SPACING,
+                                  float(jitter), int(copies))
+    except DataError as exc:
+        return np.zeros((0, 2)), None, str(exc)
+    if len(pts) < MIN_POINTS:
+        return pts, None, (f"The drawing makes {len(pts)} points; at least {MIN_POINTS} are needed "
+                           "(draw more, or raise the brush density).")
+    return pts, None, None
 
 
 def select_run(folder) -> None:
@@ -236,6 +292,7 @@ def sidebar() -> None:
 
     with st.sidebar:  # a fragment writes only inside its own container
         _sidebar()
+        projector_toggle()  # outside the fragment: toggling it reruns the whole page
 
 
 SIDEBAR_POLL_S = 2.0

@@ -129,3 +129,27 @@ def _class_shares(m: dict) -> dict:
     if isinstance(v, (list, tuple)):
         return {str(i): s for i, s in enumerate(v)}
     return v if isinstance(v, dict) else {}
+
+
+def _shares_of(shares, k: int) -> dict:
+    sub = shares[shares["round"] == k]
+    return {str(c): float(s) for c, s in zip(sub["category"], sub["share"])}
+
+
+def player_frames(run, pair: tuple[int, int] | None = None) -> tuple[list[dict], list[tuple[str, float]]]:
+    """Every round's pieces for motion.rounds_player (a frame per round, in order), and each
+    category view's (title, fixed height). With `pair` (a CSV's two chosen columns) the
+    samples are those columns."""
+    rounds, views = run.rounds(), category_views(run)
+    frames, tops = [], [1.0] * len(views)
+    for i, k in enumerate(rounds):
+        f = {**frame(run, k), "k": k, "bars": []}
+        if pair is not None:
+            p = pair_frame(run, k, *pair)
+            f.update(points=p["points"], prev_points=p["prev_points"], colors=None)
+        for v, (cat, _) in enumerate(views):
+            shares, order, tops[v] = category_frame(run, k, cat)
+            f["bars"].append(([str(c) for c in order], _shares_of(shares, k),
+                              _shares_of(shares, rounds[i - 1]) if i else {}))
+        frames.append(f)
+    return frames, [(title, top) for (_, title), top in zip(views, tops)]
