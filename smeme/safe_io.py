@@ -51,7 +51,7 @@ def read_capped_bytes(path, limit: int, error: type[Exception], what: str | None
     """The bytes of the regular file `path`, at most `limit` of them; else `error` naming
     the file (`what`, default the path). With follow_links=False a final symbolic link is
     refused, so a link inside a run never makes a reader leave the run."""
-    name = _sentence_start(what or f"'{os.fspath(path)}'")
+    name = what or f"'{os.fspath(path)}'"
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if not follow_links:
         try:
@@ -88,10 +88,6 @@ def read_capped_bytes(path, limit: int, error: type[Exception], what: str | None
         os.close(fd)
 
 
-def _sentence_start(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 def json_depth_exceeds(obj, max_depth: int) -> bool:
     """Whether `obj` (parsed JSON) nests containers deeper than `max_depth` (no recursion)."""
     stack = [(obj, 1)]
@@ -107,7 +103,6 @@ def json_depth_exceeds(obj, max_depth: int) -> bool:
 def parse_json(blob: bytes, error: type[Exception], name: str, max_depth: int = MAX_JSON_DEPTH):
     """Parse JSON bytes; `error` (one sentence naming `name`) when it is not UTF-8 JSON or
     nests deeper than `max_depth`."""
-    name = _sentence_start(name)
     try:
         obj = json.loads(blob.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -121,10 +116,12 @@ def parse_json(blob: bytes, error: type[Exception], name: str, max_depth: int = 
     return obj
 
 
-def read_json(path, error: type[Exception], what: str | None = None, limit: int = MAX_JSON_BYTES,
+def read_json(path, error: type[Exception], what: str | None = None, limit: int | None = None,
               follow_links: bool = False, max_depth: int = MAX_JSON_DEPTH):
-    """A JSON file a user controls (a run's config.json or metrics.json): size-capped,
-    regular, by default not a symbolic link, depth-guarded; else `error` naming the file."""
+    """A JSON file a user controls (a run's config.json or metrics.json): regular, at most
+    `limit` bytes (default MAX_JSON_BYTES), by default not a symbolic link, depth-guarded;
+    else `error` naming the file."""
     name = what or f"'{os.fspath(path)}'"
+    limit = MAX_JSON_BYTES if limit is None else limit
     blob = read_capped_bytes(path, limit, error, name, follow_links=follow_links)
     return parse_json(blob, error, name, max_depth)

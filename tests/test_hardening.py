@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,3 +318,137 @@ def test_sample_on_a_full_disk_names_the_output_and_keeps_the_old_one(capsys, ba
     disk_full("s.csv")
     assert_disk_full_message(refusal(capsys, 1, "sample", "--run", base_run, "--n", 4, "--out", out), out)
     assert out.read_text() == "keep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+
+
+# -- issue 21: a run is self-contained; no config reads a file outside the cache ----------------
+SECRET = "SECRET-MARKER-7f3a"
+PAGES = ("pages/1_Model.py", "pages/2_Explore.py", "pages/3_Compare.py", "pages/4_Images.py",
+         "pages/5_Rounds.py", "pages/6_Budget.py")
+
+
+def legacy_csv_run(folder, secret):
+    """A csv run as older versions wrote it, crafted to name `secret` (a file outside the run)
+    everywhere they named their CSV: dataset.params.path, dataset.info.params.path and
+    dataset.domain.path; and it keeps no rows of its own."""
+    from smeme.pipeline import pretrain_rows
+
+    rows = np.random.default_rng(2).normal(size=(300, 2)) * [1.0, 3.0]
+    pretrain_rows(folder, rows, ["x", "y"], preset="tiny", steps=20)
+    config = json.loads((folder / "config.json").read_text())
+    del config["dataset"]["training_rows"]
+    for holder in (config["dataset"]["params"], config["dataset"]["info"]["params"], config["dataset"]["domain"]):
+        holder["path"] = str(secret)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "training_rows.npy").unlink()
+    return folder
+
+
+def holds_the_secret(blob: bytes, arrays) -> bool:
+    """The secret's marker in the bytes, or one of its values (987654 + i) in the arrays."""
+    return SECRET.encode() in blob or any(np.any(np.abs(np.asarray(a, dtype=float) - 987654.0) < 300)
+                                          for a in arrays if np.asarray(a).dtype.kind in "fiu")
+
+
+def test_a_run_naming_an_outside_file_never_reads_it_on_any_page_or_export(tmp_path, monkeypatch, capsys):
+    import io
+    import zipfile
+
+    from streamlit.testing.v1 import AppTest
+
+    from smeme.services import bundles, cached, jobs, runs
+
+    secret = tmp_path / "secret.csv"
+    secret.write_text(f"{SECRET}_a,{SECRET}_b\n" + "\n".join(f"{987654.0 + i},{i * i}" for i in range(200)) + "\n")
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    folder = legacy_csv_run(tmp_path / "cache" / "runs" / "legacy", secret)
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.session_state["run"] = str(folder.resolve())
+    at.run()  # the home page
+    assert not at.exception, at.exception
+    assert "The training rows are not stored in this run" in " ".join(c.value for c in at.caption)
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert jobs.wait_all(60)
+        at.run()
+        assert not at.exception, (page, at.exception)
+        if page == "pages/1_Model.py":
+            notes = " ".join(c.value for c in at.caption)
+            assert "The training rows are not stored in this run" in notes, notes
+    run = runs.open_run(folder)
+    assert cached.data_sample(run) is None and "not stored in this run" in cached.data_note(run)
+    in_run = [p for p in folder.rglob("*") if p.is_file()]
+    assert not any(holds_the_secret(p.read_bytes(), [np.load(p)] if p.suffix == ".npy" else []) for p in in_run)
+    # its export (the app's download and the CLI's) carries no byte of it, nor its name
+    for blob in (bundles.bundle_bytes(folder),):
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            arrays = [np.load(io.BytesIO(zf.read(n))) for n in zf.namelist() if n.endswith(".npy")]
+            assert not holds_the_secret(blob, arrays) and str(secret).encode() not in zf.read("config.json")
+    code, _, err = run_cli(capsys, "export", "--run", folder, "--out", tmp_path / "legacy.zip")
+    assert code == 0, err
+    assert SECRET.encode() not in (tmp_path / "legacy.zip").read_bytes()
+    assert str(secret).encode() not in (tmp_path / "legacy.zip").read_bytes()
+    # its rounds stay usable
+    code, _, err = run_cli(capsys, "sample", "--run", folder, "--n", 20, "--steps", 10, "--out", tmp_path / "s.csv")
+    assert code == 0, err
+
+
+def test_data_sample_of_a_legacy_csv_run_does_not_open_its_path(tmp_path, monkeypatch):
+    """Even a FIFO (which would hang a reader) named by an old run is never opened."""
+    from smeme.services import cached, runs
+
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    folder = legacy_csv_run(tmp_path / "legacy", fifo)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(os.fspath(p)) or real_open(p, *a, **k))
+    run = runs.open_run(folder)
+    assert cached.data_sample(run) is None
+    assert str(fifo) not in opened
+
+
+def test_a_config_nested_100000_levels_is_one_damaged_run(tmp_path, monkeypatch):
+    """RecursionError from a hostile config.json escapes nowhere: the run does not open (one
+    sentence), the digits listing and the uploads check skip it."""
+    from smeme.services import image_runs, settings
+
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path))
+    deep = settings.runs_dir() / "deep"
+    deep.mkdir(parents=True)
+    (deep / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    (deep / "metrics.json").write_text('{"rounds": ' + "{\"a\":" * 100_000 + "1" + "}" * 100_001)
+    assert image_runs.digits_runs() == []
+    assert settings.uploads_in_use() == set()
+    with pytest.raises(StoreError) as info:
+        Run.open(deep)
+    assert str(info.value) == f"config.json in {deep} is damaged: it nests deeper than 64 levels."
+    from smeme.store import read_manifest
+    with pytest.raises(StoreError, match="metrics.json in .* is damaged: it nests deeper than 64 levels"):
+        read_manifest(deep)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "huge"])
+def test_run_json_that_is_not_a_small_regular_file_is_refused_before_reading(tmp_path, kind, monkeypatch):
+    from smeme import safe_io
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    target = folder / "config.json"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        if not os.path.exists("/dev/zero"):
+            pytest.skip("no /dev/zero")
+        target.symlink_to("/dev/zero")  # a link is refused before what it names
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        target.write_text("{}" + " " * 2000)
+        monkeypatch.setattr(safe_io, "MAX_JSON_BYTES", 1000)
+    with pytest.raises(StoreError) as info:
+        Run.open(folder)
+    words = {"fifo": "is a FIFO (named pipe), not a regular file", "device": "is a symbolic link",
+             "folder": "is a folder, not a regular file", "huge": "more than the 1000 bytes that may be read"}[kind]
+    assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
