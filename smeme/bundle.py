@@ -27,6 +27,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -310,7 +311,7 @@ def import_bundle(zip_path, runs_dir, name: str | None = None, overwrite: bool =
                 for info in members:
                     _extract(zf, info, staged / info.filename)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
-                    RuntimeError) as exc:
+                    RuntimeError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
                 raise BundleError(f"a member cannot be read ({type(exc).__name__}: {exc})") from None
         _check_run(staged)
         _move_into_place(staged, dest, work)

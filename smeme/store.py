@@ -221,7 +221,8 @@ def read_manifest(folder: Path) -> dict[int, dict]:
     try:
         data = json.loads(path.read_text())
         return {int(k): v for k, v in data["rounds"].items()}
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            AttributeError) as exc:  # OSError: e.g. a folder in the file's place
         raise StoreError(f"{METRICS_FILE} in {folder} is damaged ({exc}).") from None
 
 
@@ -260,7 +261,7 @@ def _read_config(folder: Path) -> dict:
         raise StoreError(f"{folder} is not an smeme run: it has no {CONFIG_FILE}.")
     try:
         cfg = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{CONFIG_FILE} in {folder} is damaged: it is not valid JSON ({exc}).") from None
     if not isinstance(cfg, dict):
         raise StoreError(f"{CONFIG_FILE} in {folder} is damaged: it does not hold a JSON object.")

@@ -142,7 +142,10 @@ def _read_text(path) -> str:
 
 
 def _check_header(text: str, path: str) -> list[str]:
-    header = next(_csv.reader(io.StringIO(text)), [])
+    try:
+        header = next(_csv.reader(io.StringIO(text)), [])
+    except _csv.Error as e:  # e.g. a bare carriage return in the header line
+        raise DataError(f"Cannot read the header line of '{path}' as CSV ({str(e).split(' - ')[0]}).") from None
     names = [h.strip() for h in header]
     if len(names) < MIN_COLS:
         raise DataError(f"The CSV file '{path}' has {len(names)} column; at least {MIN_COLS} are needed.")
