@@ -41,6 +41,7 @@ import stat
 import tempfile
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -477,7 +478,7 @@ def import_bundle(zip_path, runs_dir, name: str | None = None, overwrite: bool =
             try:
                 _extract_all(zf, members, staged)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
-                    RuntimeError, ValueError) as exc:
+                    RuntimeError, ValueError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
                 if isinstance(exc, BundleError):
                     raise
                 raise BundleError(f"a member cannot be read ({type(exc).__name__}: {exc})") from None

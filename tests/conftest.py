@@ -19,3 +19,18 @@ def run_copy(base_run, tmp_path):
     dst = tmp_path / "run"
     shutil.copytree(base_run, dst)
     return dst
+
+# Hypothesis profiles for the fuzz tests (tests/test_fuzz.py): "ci" by default (the sizes
+# BENCHMARKS.md reports), "long" with SMEME_FUZZ=long for a longer local search. No example
+# database: nothing is written into the checkout.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # tests/test_fuzz.py skips itself without hypothesis
+    pass
+else:
+    _FUZZ_SETTINGS = dict(deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                                 HealthCheck.data_too_large, HealthCheck.large_base_example])
+    settings.register_profile("ci", max_examples=600, derandomize=True, **_FUZZ_SETTINGS)
+    settings.register_profile("long", max_examples=5_000, **_FUZZ_SETTINGS)
+    settings.load_profile("long" if os.environ.get("SMEME_FUZZ", "").strip() == "long" else "ci")
