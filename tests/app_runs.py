@@ -72,7 +72,7 @@ def arr(v) -> list:
     return list(np.ravel(np.asarray(v, dtype=object))) if v is not None else []
 
 
-def csv_run(root: Path, rows: int = 400, steps: int = 20) -> str:
+def csv_run(root: Path, rows: int = 400, steps: int = 20, name: str = "csv3") -> str:
     """A tiny 3-column CSV run (round 0 only) in the current cache."""
     import numpy as np
 
@@ -82,6 +82,6 @@ def csv_run(root: Path, rows: int = 400, steps: int = 20) -> str:
     table = root / "three.csv"
     table.write_text("height,weight,age\n" + "\n".join(",".join(f"{v:.3f}" for v in row)
                                                       for row in rng.normal(size=(rows, 3))))
-    folder = settings.runs_dir() / "csv3"
+    folder = settings.runs_dir() / name
     pretrain_run(folder, "csv", dataset_params={"path": str(table)}, preset="tiny", steps=steps)
     return str(folder.resolve())
