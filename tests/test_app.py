@@ -693,52 +693,7 @@ def test_new_rounds_stop_a_heatmap_job_of_their_run(cache):
         assert jobs.wait_all(TIMEOUT * 2)
 
 
-# ------------------------------------------------------------------------------ rounds
-
-def frame_of(at) -> dict:
-    return [f for f in figs(at) if any("log-density, round" in a.get("text", "")
-                                        for a in f["layout"].get("annotations", []))][0]
-
-
-def test_rounds_slider_changes_the_shown_round_on_fixed_axes(cache):
-    assert jobs.wait_all(TIMEOUT * 2)
-    latest = runs.open_run(cache["toy"]).latest_round
-    at = app(cache["toy"]).run()
-    at.switch_page("pages/5_Rounds.py").run()
-    assert not at.exception
-    assert at.select_slider(key="r_round").value == latest
-    last = frame_of(at)
-    assert f"log-density, round {latest}" in json.dumps(last["layout"])
-    assert f"Where the samples land, round {latest}" in fig_text(at)
-    at.select_slider(key="r_round").set_value(1).run()
-    first = frame_of(at)
-    text = json.dumps(first["layout"])
-    assert "log-density, round 1" in text and "samples, round 1 over round 0's" in text
-    assert {t.get("name") for t in first["data"]} >= {"round 0", "round 1: dense"}  # round 0 faint behind
-    # one colour scale and one set of axes for every round
-    heat = lambda f: [t for t in f["data"] if t["type"] == "heatmap"][0]  # noqa: E731
-    assert (heat(first)["zmin"], heat(first)["zmax"]) == (heat(last)["zmin"], heat(last)["zmax"])
-    assert first["layout"]["xaxis2"]["range"] == last["layout"]["xaxis2"]["range"]
-    assert first["layout"]["yaxis"]["range"] == last["layout"]["yaxis"]["range"]
-
-
-def test_rounds_play_advances_round_by_round_and_stops_at_the_last(cache):
-    latest = runs.open_run(cache["tri"]).latest_round
-    assert latest >= 1
-    at = app(cache["tri"]).run()
-    at.switch_page("pages/5_Rounds.py").run()
-    at.select_slider(key="r_round").set_value(0).run()
-    at.button(key="r_play").click().run()
-    assert not at.exception
-    assert at.select_slider(key="r_round").value == 0 and at.session_state["r_playing"]
-    assert at.button(key="r_play").label == "Pause"
-    shown = []
-    for _ in range(latest):
-        at.run()  # one timer tick of the playing fragment
-        shown.append(at.select_slider(key="r_round").value)
-    assert shown == list(range(1, latest + 1))
-    assert not at.session_state["r_playing"] and at.button(key="r_play").label == "Play"
-    assert "Side type, round" in fig_text(at) and "Angle type, round" in fig_text(at)
+# The Rounds page's player is tested in test_app_play.py.
 
 
 # ------------------------------------------------------------------------------ bundles
@@ -781,25 +736,6 @@ def test_budget_view_draws_one_line_per_k(cache):
     # the same settings again: one sentence, unless asked to replace them
     at.button(key="b_start").click().run()
     assert any("run with these settings before" in e.value for e in at.error)
-
-
-def test_rounds_of_a_csv_run_show_a_chosen_pair_of_columns(cache, tmp_path):
-    from smeme.pipeline import pretrain_run
-    rng = np.random.default_rng(0)
-    table = tmp_path / "three.csv"
-    table.write_text("height,weight,age\n" + "\n".join(",".join(f"{v:.3f}" for v in row)
-                                                      for row in rng.normal(size=(400, 3))))
-    folder = settings.runs_dir() / "csv3"
-    pretrain_run(folder, "csv", dataset_params={"path": str(table)}, preset="tiny", steps=20)
-    assert jobs.wait_all(TIMEOUT)
-    at = app(str(folder.resolve())).run()
-    at.switch_page("pages/5_Rounds.py").run()
-    assert not at.exception
-    assert at.button(key="r_play").disabled  # one round: nothing to play
-    at.selectbox(key="r_col_y").set_value(2).run()
-    settle(at)
-    text = fig_text(at)
-    assert "height against age, round 0" in text and "log-density, round 0" in text
 
 
 # ------------------------------------------------------------------------------ demo
