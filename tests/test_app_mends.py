@@ -114,6 +114,10 @@ def test_the_loss_chart_has_several_labelled_ticks_and_shares_are_in_percent(cac
     share_axis = "yaxis" + ("" if titles.index("Off-support fraction") == 0 else str(titles.index("Off-support fraction") + 1))
     assert tl["layout"][share_axis]["tickformat"] == ".0%"
     assert "tickformat" not in tl["layout"]["yaxis"]  # entropy in nats stays as it is
+    import pandas as pd
+    from smeme.services import figures
+    bars = figures.category_bars(pd.DataFrame({"round": [0, 0], "category": ["a", "b"], "share": [0.9, 0.1]}))
+    assert bars.layout.yaxis.tickformat == ".0%"
 
 
 # ------------------------------------------------------------------------------ home, sidebar

@@ -465,7 +465,7 @@ def category_bars(shares: pd.DataFrame, title: str | None = None, height: int = 
         fig.add_trace(go.Bar(x=sub["category"].astype(str), y=sub["share"], name=f"round {rnd}", error_y=err,
                              marker_color=PALETTE[i % len(PALETTE)]))
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="share", rangemode="tozero")
+    fig.update_yaxes(title_text="share", rangemode="tozero", tickformat=".0%")  # percent, as on the tiles
     if y_max is not None:
         fig.update_yaxes(range=[0.0, float(y_max)])
     if categories is not None:
