@@ -283,6 +283,15 @@ def test_a_csv_cell_too_large_to_standardise_names_column_and_row(capsys, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("header", [b"a,b\rc\n", b"\x93\xfe\x00,\x81\n"])
+def test_a_csv_header_the_csv_reader_refuses_is_one_sentence_naming_the_file_in_the_cli(capsys, tmp_path, header):
+    path = tmp_path / "odd.csv"
+    path.write_bytes(header + b"\n".join(b"%d,%d" % (i, i * i % 7) for i in range(150)) + b"\n")
+    message = refusal(capsys, 2, "pretrain", "--dataset", "csv", "--csv", path, "--run", tmp_path / "r", "--quiet")
+    assert f"'{path}'" in message and message.endswith("."), message
+    assert not (tmp_path / "r").exists()
+
+
 def test_an_unknown_data_param_lists_the_accepted_ones(capsys, tmp_path):
     message = refusal(capsys, 2, "pretrain", "--dataset", "toy", "--data-param", "foo=1", "--run", tmp_path / "r")
     assert message == "The toy data set has no parameter 'foo'; it accepts: dense_mass, side, gap."
@@ -452,3 +461,20 @@ def test_run_json_that_is_not_a_small_regular_file_is_refused_before_reading(tmp
     words = {"fifo": "is a FIFO (named pipe), not a regular file", "device": "is a symbolic link",
              "folder": "is a folder, not a regular file", "huge": "more than the 1000 bytes that may be read"}[kind]
     assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("header", [b"a,b\rc\n", b"\x93\xfe\x00,\x81\n"])
+def test_a_csv_header_the_csv_reader_refuses_is_one_sentence_on_the_model_page(tmp_path, monkeypatch, header):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    body = header + b"\n".join(b"%d,%d" % (i, i * i % 7) for i in range(150)) + b"\n"
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("csv").run()
+    at.file_uploader(key="m_csv").set_value(("odd.csv", body, "text/csv")).run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("This file cannot be used: The ") and "odd-" in errors[0], errors
+    assert at.button(key="m_train").disabled
