@@ -314,6 +314,17 @@ def test_logp_points_a_folder_says_so(capsys, base_run, tmp_path):
     assert not (tmp_path / "o.csv").exists()
 
 
+def test_logp_points_that_are_not_a_regular_file_are_refused_before_reading(capsys, base_run, tmp_path):
+    fifo = tmp_path / "points.csv"
+    os.mkfifo(fifo)  # a blocking read would hang the command
+    message = refusal(capsys, 2, "logp", "--run", base_run, "--points", fifo, "--out", tmp_path / "o.csv")
+    assert message == f"The points file '{fifo}' is a FIFO (named pipe), not a regular file; it is not read."
+    if os.path.exists("/dev/zero"):
+        message = refusal(capsys, 2, "logp", "--run", base_run, "--points", "/dev/zero", "--out", tmp_path / "o.csv")
+        assert message == "The points file '/dev/zero' is a device, not a regular file; it is not read."
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_grid_on_a_toy_run_says_grid_is_for_image_runs(capsys, base_run, tmp_path):
     message = refusal(capsys, 2, "grid", "--run", base_run, "--rounds", "0", "--out", tmp_path / "g.png")
     assert message == (f"grid draws image runs (digits or Stable Diffusion), but {base_run} is a toy run; "
