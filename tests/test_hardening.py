@@ -489,3 +489,19 @@ def test_a_csv_header_the_csv_reader_refuses_is_one_sentence_on_the_model_page(t
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and errors[0].startswith("This file cannot be used: The ") and "odd-" in errors[0], errors
     assert at.button(key="m_train").disabled
+
+
+def test_a_run_never_reads_through_a_link_or_a_fifo_inside_it(run_copy, tmp_path):
+    """A round file that is a link (to a file outside the run) is refused in one sentence; a cached
+    array that is a FIFO or a link is a cache miss, not a hang or a read outside the run."""
+    outside = tmp_path / "outside.safetensors"
+    shutil.move(run_copy / "round_0.safetensors", outside)
+    (run_copy / "round_0.safetensors").symlink_to(outside)
+    run = Run.open(run_copy)
+    with pytest.raises(StoreError, match=r"^round_0.safetensors in .* is a symbolic link; it is not followed\.$"):
+        run.load_model(0)
+    os.mkfifo(run.cache_path("samples_fifo"))
+    assert run.load_array("samples_fifo") is None
+    np.save(tmp_path / "elsewhere.npy", np.arange(3))
+    run.cache_path("linked").symlink_to(tmp_path / "elsewhere.npy")
+    assert run.load_array("linked") is None
