@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from .explore import ExploreConfig, ExploreError, run_rounds
-from .store import CONFIG_FILE, METRICS_FILE, SCHEMA_VERSION, Run, atomic_write_json, check_target
+from .store import (CONFIG_FILE, METRICS_FILE, SCHEMA_VERSION, TRAINING_ROWS_FILE, Run, atomic_write_json,
+                    check_target)
 
 # (k_index, K, round, iteration, total): the k_index-th K of the sweep is in `round`, at `iteration` of `total`
 ProgressCallback = Callable[[int, int, int, int, int], None]
@@ -47,6 +48,8 @@ def branch_run(run: Run, folder: Path, force: bool = False) -> Run:
     try:
         shutil.copyfile(run.folder / CONFIG_FILE, staged / CONFIG_FILE)
         shutil.copyfile(run.round_path(0), staged / "round_0.safetensors")
+        if (run.folder / TRAINING_ROWS_FILE).is_file():  # a csv run's own rows travel with its config
+            shutil.copyfile(run.folder / TRAINING_ROWS_FILE, staged / TRAINING_ROWS_FILE)
         round0 = run.metrics().get(0)
         if round0 is not None:
             atomic_write_json(staged / METRICS_FILE, {"schema_version": SCHEMA_VERSION, "rounds": {"0": round0}})

@@ -8,6 +8,7 @@ command leaves every existing file as it was.
 from __future__ import annotations
 
 import argparse
+import csv
 import errno
 import io
 import json
@@ -127,15 +128,17 @@ def read_points(path: str, columns: list[str]):
     import numpy as np
     import pandas as pd
 
-    from .data.csv import MAX_ABS  # the CSV reader's limit: larger values overflow standardising
+    from .data.csv import MAX_ABS, MAX_FILE_BYTES  # MAX_ABS: larger values overflow standardising
+    from .safe_io import read_capped_bytes
 
     if os.path.isdir(path):
         raise CliError(f"The points file '{path}' is a folder, not a CSV file.")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise CliError(f"The points file '{path}' does not exist.")
+    blob = read_capped_bytes(path, MAX_FILE_BYTES, CliError, f"The points file '{path}'")  # no FIFO, device
     try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        frame = pd.read_csv(io.BytesIO(blob))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, csv.Error) as exc:
         raise CliError(f"Cannot read '{path}' as CSV ({str(exc).strip().splitlines()[0]}).") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -160,7 +163,7 @@ def read_points(path: str, columns: list[str]):
 def _parse_value(text: str):
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # a nested value is refused by the data set's own check
         return text
 
 

@@ -45,6 +45,7 @@ METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 CACHE_DIR = "cache"
 TRAINING_ROWS_FILE = "training_rows.npy"  # the rows a CSV run was trained on (float64, n x columns)
+MAX_WEIGHTS_BYTES = 1 << 30  # a round's weights file or a cached array (the digits UNet: ~10 MB)
 MAX_TRAINING_ROWS_BYTES = (512 << 20) + (1 << 20)  # 1,000,000 rows x 64 columns of float64, and a header
 REQUIRED_SECTIONS = ("dataset", "model", "schedule", "standardizer")
 
@@ -186,10 +187,11 @@ def load_weights_into(path: Path, model) -> None:
     from safetensors.torch import load
 
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise StoreError(f"{path.name} is missing from {path.parent}.")
+    blob = read_capped_bytes(path, MAX_WEIGHTS_BYTES, StoreError, f"{path.name} in {path.parent}", follow_links=False)
     try:
-        tensors = load(path.read_bytes())
+        tensors = load(blob)
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise StoreError(f"{path.name} in {path.parent} is damaged: it is not a readable safetensors file "
                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from None
@@ -554,8 +556,9 @@ class Run:
         """The cached array, or None when absent or unreadable (caches are recomputed)."""
         path = self.cache_path(key)
         try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+            blob = read_capped_bytes(path, MAX_WEIGHTS_BYTES, StoreError, path.name, follow_links=False)
+            return np.load(io.BytesIO(blob), allow_pickle=False)
+        except (StoreError, OSError, ValueError, EOFError):  # absent, a link, a FIFO, damaged
             return None
 
     # -- locking --------------------------------------------------------------------------

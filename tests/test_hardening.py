@@ -283,6 +283,15 @@ def test_a_csv_cell_too_large_to_standardise_names_column_and_row(capsys, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("header", [b"a,b\rc\n", b"\x93\xfe\x00,\x81\n"])
+def test_a_csv_header_the_csv_reader_refuses_is_one_sentence_naming_the_file_in_the_cli(capsys, tmp_path, header):
+    path = tmp_path / "odd.csv"
+    path.write_bytes(header + b"\n".join(b"%d,%d" % (i, i * i % 7) for i in range(150)) + b"\n")
+    message = refusal(capsys, 2, "pretrain", "--dataset", "csv", "--csv", path, "--run", tmp_path / "r", "--quiet")
+    assert f"'{path}'" in message and message.endswith("."), message
+    assert not (tmp_path / "r").exists()
+
+
 def test_an_unknown_data_param_lists_the_accepted_ones(capsys, tmp_path):
     message = refusal(capsys, 2, "pretrain", "--dataset", "toy", "--data-param", "foo=1", "--run", tmp_path / "r")
     assert message == "The toy data set has no parameter 'foo'; it accepts: dense_mass, side, gap."
@@ -302,6 +311,17 @@ def test_sample_out_a_folder_says_so(capsys, base_run, tmp_path):
 def test_logp_points_a_folder_says_so(capsys, base_run, tmp_path):
     message = refusal(capsys, 2, "logp", "--run", base_run, "--points", tmp_path, "--out", tmp_path / "o.csv")
     assert message == f"The points file '{tmp_path}' is a folder, not a CSV file."
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_logp_points_that_are_not_a_regular_file_are_refused_before_reading(capsys, base_run, tmp_path):
+    fifo = tmp_path / "points.csv"
+    os.mkfifo(fifo)  # a blocking read would hang the command
+    message = refusal(capsys, 2, "logp", "--run", base_run, "--points", fifo, "--out", tmp_path / "o.csv")
+    assert message == f"The points file '{fifo}' is a FIFO (named pipe), not a regular file; it is not read."
+    if os.path.exists("/dev/zero"):
+        message = refusal(capsys, 2, "logp", "--run", base_run, "--points", "/dev/zero", "--out", tmp_path / "o.csv")
+        assert message == "The points file '/dev/zero' is a device, not a regular file; it is not read."
     assert not (tmp_path / "o.csv").exists()
 
 
@@ -452,3 +472,36 @@ def test_run_json_that_is_not_a_small_regular_file_is_refused_before_reading(tmp
     words = {"fifo": "is a FIFO (named pipe), not a regular file", "device": "is a symbolic link",
              "folder": "is a folder, not a regular file", "huge": "more than the 1000 bytes that may be read"}[kind]
     assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("header", [b"a,b\rc\n", b"\x93\xfe\x00,\x81\n"])
+def test_a_csv_header_the_csv_reader_refuses_is_one_sentence_on_the_model_page(tmp_path, monkeypatch, header):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    body = header + b"\n".join(b"%d,%d" % (i, i * i % 7) for i in range(150)) + b"\n"
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="m_dataset").set_value("csv").run()
+    at.file_uploader(key="m_csv").set_value(("odd.csv", body, "text/csv")).run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("This file cannot be used: The ") and "odd-" in errors[0], errors
+    assert at.button(key="m_train").disabled
+
+
+def test_a_run_never_reads_through_a_link_or_a_fifo_inside_it(run_copy, tmp_path):
+    """A round file that is a link (to a file outside the run) is refused in one sentence; a cached
+    array that is a FIFO or a link is a cache miss, not a hang or a read outside the run."""
+    outside = tmp_path / "outside.safetensors"
+    shutil.move(run_copy / "round_0.safetensors", outside)
+    (run_copy / "round_0.safetensors").symlink_to(outside)
+    run = Run.open(run_copy)
+    with pytest.raises(StoreError, match=r"^round_0.safetensors in .* is a symbolic link; it is not followed\.$"):
+        run.load_model(0)
+    os.mkfifo(run.cache_path("samples_fifo"))
+    assert run.load_array("samples_fifo") is None
+    np.save(tmp_path / "elsewhere.npy", np.arange(3))
+    run.cache_path("linked").symlink_to(tmp_path / "elsewhere.npy")
+    assert run.load_array("linked") is None

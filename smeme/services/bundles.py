@@ -39,6 +39,8 @@ def bundle_bytes(folder) -> bytes:
     try:
         export_run(folder, tmp)
         data = Path(tmp).read_bytes()
+    except BundleError as exc:  # e.g. a damaged round: export packs only what import accepts
+        raise BundleError(str(exc).replace(str(folder), folder.name)) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     _last.clear()  # bundles can be large: keep only the latest
