@@ -82,7 +82,10 @@ def _write_text_atomic(path: str, text: str) -> None:
     try:
         atomic_write_bytes(path, text.encode())
     except OSError as exc:
-        raise CliError(write_problem(exc, path)) from None
+        problem = write_problem(exc, path)
+        if problem is None:
+            raise
+        raise CliError(problem) from None
 
 
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+?)\.(?:[A-Za-z0-9_]{8}\.tmp|[a-z]+-[A-Za-z0-9_]+)$")

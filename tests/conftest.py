@@ -20,14 +20,19 @@ def run_copy(base_run, tmp_path):
     shutil.copytree(base_run, dst)
     return dst
 
+
 # Hypothesis profiles for the fuzz tests (tests/test_fuzz.py): "ci" by default (the sizes
 # BENCHMARKS.md reports), "long" with SMEME_FUZZ=long for a longer local search. No example
-# database: nothing is written into the checkout.
+# database, and hypothesis' own caches live in the temp folder: nothing is written into the checkout.
 try:
     from hypothesis import HealthCheck, settings
+    from hypothesis.configuration import set_hypothesis_home_dir
 except ImportError:  # tests/test_fuzz.py skips itself without hypothesis
     pass
 else:
+    import tempfile
+
+    set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "smeme-hypothesis"))  # its caches, not in the checkout
     _FUZZ_SETTINGS = dict(deadline=None, database=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                                  HealthCheck.data_too_large, HealthCheck.large_base_example])

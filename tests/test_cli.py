@@ -323,3 +323,23 @@ def test_a_read_only_cache_is_named_as_read_only(capsys, base_run, tmp_path, mon
     _, line = run_in_process(capsys, *args)
     assert "read-only" in line and str(cache) in line, line
     assert snapshot(cache) == before
+
+
+@pytest.mark.parametrize("kind, params, wanted", [
+    ("mlp", {"dim": 2, "width": 10 ** 6}, "width must lie between 1 and 8,192, got 1,000,000"),
+    ("mlp", {"dim": 2, "depth": 10 ** 9}, "depth must lie between 1 and 64, got 1,000,000,000"),
+    ("mlp", {"dim": 64, "width": 8192, "depth": 2}, "more than the limit of 67,108,864"),
+    ("mlp", {"dim": 2, "linear_skip": 10 ** 12}, "more than the limit of 67,108,864"),
+    ("mlp", {"dim": 2, "width": float("inf")}, "non-finite size"),
+    ("unet2d", {"block_out_channels": [32, 64, 10 ** 6]}, "channel count must lie between 1 and 1,024"),
+    ("unet2d", {"sample_size": 10 ** 6}, "sample_size must lie between 1 and 512"),
+])
+def test_model_size_caps_name_the_limit(kind, params, wanted):
+    """A stored model's size is checked before anything is allocated (config.json may come from a bundle)."""
+    import smeme.images  # noqa: F401  (registers the unet2d kind)
+    from smeme.models.registry import build_model
+    from smeme.schedule import VPSchedule
+
+    with pytest.raises(ValueError) as caught:
+        build_model({"kind": kind, **params}, VPSchedule())
+    assert wanted in str(caught.value) and "\n" not in str(caught.value), str(caught.value)

@@ -95,8 +95,10 @@ class Workspace:
         (self.outside / "sentinel.txt").write_text("do not touch\n")
         self.before = snapshot(self.outside)
 
-    def check_outside(self):
+    def check_outside(self, *targets: str):
+        """The sentinel is unchanged and nothing but `targets` was made beside it."""
         assert snapshot(self.outside) == self.before
+        assert set(os.listdir(self.root)) <= {"outside", *targets}, os.listdir(self.root)
 
     def __enter__(self):
         return self
@@ -125,7 +127,7 @@ def test_csv_random_bytes_load_or_are_refused(trained, blob, header):
         data = _load_or_refuse(path)
         if data is not None:
             assert np.isfinite(data.raw).all() and data.raw.shape[1] >= 2
-        ws.check_outside()
+        ws.check_outside("data.csv")
 
 
 BAD_CELLS = ["nan", "NaN", "inf", "-inf", "", " ", "abc", "1e309", "1e151", '"1,2"', '"', "\r", "1,5", "0x10",
@@ -182,7 +184,7 @@ def test_csv_tables_load_exactly_or_are_refused(trained, table):
             assert data is not None and np.array_equal(data.raw, values)
         elif data is not None:
             assert np.isfinite(data.raw).all() and data.raw.shape[0] >= 100
-        ws.check_outside()
+        ws.check_outside("table.csv")
 
 
 # -- config.json -----------------------------------------------------------------------------------
@@ -267,7 +269,7 @@ def test_config_mutations_open_or_are_refused(trained, data, monkeypatch):
         rows = run_service.list_runs()  # never raises; the run is one row, loaded or damaged
         assert [r["name"] for r in rows] == ["r"]
         assert (rows[0]["latest"] is None) == bool(rows[0]["damaged"])
-        ws.check_outside()
+        ws.check_outside("runs")
 
 
 @settings(max_examples=examples(0.4))
@@ -360,10 +362,12 @@ def test_damaged_run_folders_open_or_are_refused(trained, data, monkeypatch):
             elif isinstance(value, tuple):
                 os.symlink(value[1], folder / name)
         monkeypatch.setenv("SMEME_CACHE_DIR", str(ws.root))
+        before = snapshot(folder)
         _open_and_use(folder)
         rows = run_service.list_runs()  # never raises; a folder with a config.json is one row
         assert [r["name"] for r in rows] == (["r"] if (folder / "config.json").exists() else [])
-        ws.check_outside()
+        assert snapshot(folder) == before  # opening and listing change nothing in the run
+        ws.check_outside("runs")
 
 
 # -- bundles ------------------------------------------------------------------------------------
@@ -432,7 +436,7 @@ def test_bundle_import_imports_a_run_or_leaves_nothing(trained, data):
             assert not any(p.is_symlink() for p in dest.rglob("*"))
             assert _open_and_use(dest) is not None  # an imported run opens and each round loads
         assert bundle.read_bytes() == blob
-        ws.check_outside()
+        ws.check_outside("b.zip", "runs")
 
 
 def test_the_real_bundle_imports(trained, tmp_path):
