@@ -27,7 +27,11 @@ if len(names) > 2:
 
 later = run.rounds()[1:]
 c1, c2 = st.columns(2)
-k = c1.select_slider("Round", later, value=later[-1], key="f_round")
+if len(later) > 1:
+    k = c1.select_slider("Round", later, value=later[-1], key="f_round")
+else:
+    k = later[0]
+    c1.markdown(f"**Round {k}** (the run's only explored round)")
 t = c2.select_slider("Diffusion time t", fields.TIMES, value=fields.REFERENCE_T, key="f_t",
                      help="1 is pure noise, 0 is the data. The reward's arrows do not depend on t.")
 prev = run.rounds()[run.rounds().index(k) - 1]
