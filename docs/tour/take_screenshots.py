@@ -77,6 +77,8 @@ def shoot(cache: Path, tiny: bool, budget: int, shots=SHOTS) -> None:
                 # a resize redraws the page: wait until no element is still a placeholder
                 page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')",
                                        timeout=60_000)
+                page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                                       timeout=120_000)  # no rerun in progress (a page mid-run is greyed)
                 page.wait_for_timeout(2500)
                 page.screenshot(path=str(OUT / name))
                 shrink(OUT / name)

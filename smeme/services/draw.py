@@ -21,6 +21,7 @@ MAX_OBJECTS = 500       # strokes and dots read from one drawing (the rest are i
 MAX_VERTICES = 20_000   # vertices read from one drawing in all
 CANVAS_SIZE = (440, 220)  # the drawing canvas in pixels (width, height): x spans [-4, 4]
 PREVIEW_RANGES = ((-4.2, 4.2), (-2.2, 2.2))  # the preview's axes: the whole canvas, fixed
+PREVIEW_POINTS = 2000   # points drawn in the preview (a larger set shows a fair sample of them)
 BRUSH_SPACING = 0.05    # data units between two dabs of the brush along a stroke
 
 
