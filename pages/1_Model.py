@@ -87,7 +87,8 @@ if not ui.viewer():
         with c_out:
             if len(pts):
                 ui.plot(figures.scatter_panels([(f"{len(pts):,} points", pts)], colors=[parts],
-                                               ranges=draw.PREVIEW_RANGES, title="Your data", height=330),
+                                               ranges=draw.PREVIEW_RANGES, title="Your data", height=330,
+                                               max_points=draw.PREVIEW_POINTS),
                         key="d_preview")
             if problem:
                 st.info(problem)

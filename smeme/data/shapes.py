@@ -79,7 +79,7 @@ def _part(name: str, index: int, count: int, rng) -> np.ndarray:
 
 def shape_points(name: str, n: int = 2000, rare_share: float | None = None, noise: float = 0.06,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`n` points of a gallery shape, (n, 2), and each point's part index, (n,).
+    """`n` points of a gallery shape, (n, 2), in random order, and each point's part index, (n,).
 
     `rare_share`: part 0's share of the points (None: every part even); `noise`: the
     standard deviation of Gaussian jitter added to every point (data units)."""
@@ -92,7 +92,8 @@ def shape_points(name: str, n: int = 2000, rare_share: float | None = None, nois
     counts = part_counts(int(n), len(SHAPE_PARTS[name]), rare_share)
     pts = np.concatenate([_part(name, i, c, rng) for i, c in enumerate(counts)])
     parts = np.repeat(np.arange(len(counts)), counts)
-    return pts + noise * rng.standard_normal(pts.shape), parts
+    order = rng.permutation(len(pts))  # mixed, so any first m points are a fair sample of the shape
+    return pts[order] + noise * rng.standard_normal(pts.shape), parts[order]
 
 
 def points_along(stroke: np.ndarray, spacing: float) -> np.ndarray:

@@ -19,8 +19,9 @@ from . import launch, runs, settings
 DATA_HALF_HEIGHT = 2.0  # the canvas height spans [-2, 2] data units
 MAX_OBJECTS = 500       # strokes and dots read from one drawing (the rest are ignored)
 MAX_VERTICES = 20_000   # vertices read from one drawing in all
-CANVAS_SIZE = (600, 300)  # the drawing canvas in pixels (width, height): x spans [-4, 4]
+CANVAS_SIZE = (440, 220)  # the drawing canvas in pixels (width, height): x spans [-4, 4]
 PREVIEW_RANGES = ((-4.2, 4.2), (-2.2, 2.2))  # the preview's axes: the whole canvas, fixed
+PREVIEW_POINTS = 2000   # points drawn in the preview (a larger set shows a fair sample of them)
 BRUSH_SPACING = 0.05    # data units between two dabs of the brush along a stroke
 
 

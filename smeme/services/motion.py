@@ -28,8 +28,9 @@ def _controls(names: list[str], duration: int, prefix: str) -> dict:
     """A Play / Pause pair and a slider over the frames `names` (plotly.js runs both)."""
     step = lambda n: dict(method="animate", label=n, args=[[n], dict(mode="immediate", frame=dict(  # noqa: E731
         duration=duration, redraw=True), transition=dict(duration=0))])
-    play = dict(label="Play", method="animate", args=[None, dict(frame=dict(duration=duration, redraw=True),
-                                                                 transition=dict(duration=0), fromcurrent=True)])
+    # Play always plays every frame from the first (a class watches the whole run again)
+    play = dict(label="Play", method="animate", args=[list(names), dict(mode="immediate", frame=dict(
+        duration=duration, redraw=True), transition=dict(duration=0))])
     pause = dict(label="Pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0,
                                                                                                   redraw=False))])
     return dict(
