@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--run", required=True, help="the trained digits run (round 0 only)")
     p.add_argument("--step-sample", type=int, default=40, help="training steps timed for the pace (default: 40)")
     args = p.parse_args()
+    from smeme import images  # noqa: F401  (registers the digits data set and the UNet)
     from smeme.bundle import export_run
     from smeme.store import Run
     from smeme.threads import configure

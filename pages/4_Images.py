@@ -64,12 +64,13 @@ if kind.startswith("Digits"):
             name = c1.text_input("Run name", value=f"digits-{time.strftime('%m%d-%H%M')}")
             per_step = image_runs.seconds_per_training_step()
             steps = c2.number_input("Training steps", 50, 20000, 600, step=50, help=None if per_step is None else
-                                    f"Measured: {per_step:.2f} s a step on one idle core; a busy machine is slower.")
+                                    f"Measured: {per_step:.2f} s a step ({image_runs.measured_where()}).")
             frac = c3.slider("Share kept of digits 5-9", 0.05, 1.0, 0.2, 0.05)
             seed = c4.number_input("Seed", 0, 10**6, 0)
             if per_step is not None:
-                st.caption(f"{int(steps)} steps: about {texts.duration(per_step * int(steps))} on one idle core "
-                           "(measured), longer on a busy machine.")
+                st.caption(f"{int(steps)} steps: about {texts.duration(per_step * int(steps))} at the measured "
+                           f"pace ({per_step:.2f} s a step, {image_runs.measured_where()}); a quieter machine is "
+                           "faster.")
             if st.button("Pre-train", type="primary", key="img_pretrain"):
                 folder = runs.new_run_folder("digits", name)
                 try:

@@ -82,6 +82,12 @@ def seconds_per_training_step() -> float | None:
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
+def measured_where() -> str:
+    """Where the ready model's timings were taken: 'one core, machine load 17'."""
+    load = (ready_manifest() or {}).get("load_average_at_measurement")
+    return "one core" + (f", machine load {load:g}" if isinstance(load, (int, float)) else "")
+
+
 def round_seconds(run=None) -> tuple[float, str] | None:
     """Measured seconds of one digits round and where they come from: the median of this
     run's rounds (solver time, saved with each round), else the ready model's measured round."""
@@ -93,7 +99,7 @@ def round_seconds(run=None) -> tuple[float, str] | None:
         return times[len(times) // 2], f"the median of this run's {len(times)} round(s)"
     measured = (ready_manifest() or {}).get("round", {}).get("cpu_seconds")
     if isinstance(measured, (int, float)) and measured > 0:
-        return float(measured), "measured on the ready model, one idle core"
+        return float(measured), f"measured on the ready model, {measured_where()}"
     return None
 
 
