@@ -14,7 +14,7 @@ folder, where the config must load, every round's weights must match the config'
 pickle. Only then is the folder renamed into place, so a refused import writes nothing.
 An existing run is replaced only with overwrite=True.
 
-Stable Diffusion runs (smeme.images.sd_explore) reference a pipeline folder instead of holding
+Stable Diffusion runs (the store's "sd" kind, smeme.images.sd_explore) reference a pipeline folder instead of holding
 round 0; their bundle carries the LoRA adapters, metrics and cached grids, which open and
 show without the pipeline (sampling more names the pipeline it needs).
 """
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import CACHE_DIR, CONFIG_FILE, METRICS_FILE, Run, StoreError, atomic_write, folder_lock
+from .store import (CACHE_DIR, CONFIG_FILE, METRICS_FILE, Run, StoreError, atomic_write, folder_lock, open_run,
+                    run_kind)
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: a round of the digits UNet is ~10 MB, an SD LoRA ~3 MB
@@ -78,19 +79,10 @@ def _loads_without_pickle(path: Path) -> bool:
         return False
 
 
-def _open_any(folder: Path):
-    """The run in `folder`: a registered kind (smeme.extensions, e.g. Stable Diffusion) or a
-    smeme.store run."""
-    from .extensions import RUN_KINDS, run_kind_of
-
-    kind = run_kind_of(folder)
-    return RUN_KINDS[kind][1](folder) if kind else Run.open(folder)
-
-
 def export_run(run_folder, out_zip) -> Path:
     """Write the run in `run_folder` as a bundle to `out_zip` (atomically); returns its path."""
     folder = Path(run_folder)
-    _open_any(folder)  # a clear error for a missing, foreign or damaged run
+    open_run(folder)  # a clear error for a missing, foreign or damaged run
     out = Path(out_zip)
     if out.suffix.lower() != ".zip":
         raise BundleError(f"The bundle's file name must end in .zip, got {out.name}.")
@@ -223,7 +215,7 @@ def _check_feature_run(folder: Path) -> None:
 
 def _check_sd_run(folder: Path) -> None:
     """An SD run's adapters checked without its pipeline: LoRA pairs of the config's rank."""
-    run = _open_any(folder)
+    run = open_run(folder)
     run.metrics()
     rank = run.sd_config.lora_rank
     targets = tuple(run.sd_config.lora_targets)
@@ -253,10 +245,7 @@ def _check_sd_run(folder: Path) -> None:
 
 
 def _check_run(folder: Path) -> None:
-    from .extensions import RUN_KINDS, run_kind_of
-
-    kind = run_kind_of(folder)
-
+    kind = run_kind(folder)
     for p in (folder / CACHE_DIR).glob("*") if (folder / CACHE_DIR).is_dir() else ():
         try:
             np.load(p, mmap_mode="r", allow_pickle=False)
@@ -270,7 +259,7 @@ def _check_run(folder: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - whatever a hostile run trips, it is refused in one sentence
         # the run's own messages name the temporary folder; name the member instead
         text = " ".join(str(exc).replace(f" in {folder}", "").replace(str(folder), "the bundle").split())
-        if not isinstance(exc, (StoreError, *(RUN_KINDS[kind][2] if kind else ()))):
+        if not isinstance(exc, StoreError):  # every kind's errors are StoreErrors
             text = f"its run cannot be opened ({type(exc).__name__}: {text})"
         raise BundleError(text.rstrip(".")) from None
 

@@ -15,19 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A module may import its own layer or any layer below it, never above.
 LAYERS = [
-    ("base", ["smeme", "smeme.threads", "smeme.schedule", "smeme.extensions", "smeme.config"]),
+    ("base", ["smeme.threads", "smeme.optim", "smeme.schedule", "smeme.extensions", "smeme.config", "smeme.fsio"]),
     ("data", ["smeme.data"]),
     ("models", ["smeme.models"]),
     ("sampling / density / training", ["smeme.sampling", "smeme.density", "smeme.train", "smeme.presets"]),
     ("solvers", ["smeme.solvers"]),
-    ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics"]),
+    ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics", "smeme.api"]),
     ("store", ["smeme.store"]),
     ("pipeline, budget", ["smeme.pipeline", "smeme.budget"]),
     ("images", ["smeme.images"]),
     ("bundles", ["smeme.bundle"]),  # a bundle carries point runs and image (SD) runs alike
     ("services", ["smeme.services"]),
-    ("ui and cli", ["smeme.ui", "smeme.cli", "smeme.__main__"]),
+    ("ui and cli", ["smeme.ui", "smeme.cli", "smeme.__main__", "smeme.progress"]),
     ("pages", ["app", "pages"]),
+    ("the package's public names", ["smeme"]),  # smeme/__init__ loads smeme.api on first use
 ]
 STREAMLIT_LAYERS = {"ui and cli", "pages"}
 

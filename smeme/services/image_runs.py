@@ -2,7 +2,6 @@
 cache/sd_runs, and the background jobs that pre-train digits and run image rounds."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -14,17 +13,15 @@ from .settings import cache_dir, models_dir, runs_dir, setup
 
 def digits_runs() -> list[Path]:
     """Digits run folders, newest first."""
-    base = runs_dir()
-    out = []
-    if base.is_dir():
-        for f in sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-            try:
-                cfg = json.loads((f / "config.json").read_text())
-                if cfg.get("dataset", {}).get("name") == "digits":
-                    out.append(f)
-            except (OSError, ValueError, AttributeError):
-                continue
-    return out
+    from ..store import find_runs
+
+    def modified(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    return sorted(find_runs(runs_dir(), "digits"), key=modified, reverse=True)
 
 
 def sd_runs_dir() -> Path:
@@ -46,10 +43,9 @@ def sd_models() -> list[tuple[str, str]]:
 
 
 def sd_runs() -> list[Path]:
-    from ..images.sd_explore import is_sd_run
+    from ..store import find_runs
 
-    base = sd_runs_dir()
-    return [p for p in sorted(base.glob("*")) if is_sd_run(p)] if base.is_dir() else []
+    return find_runs(sd_runs_dir(), "sd")
 
 
 def metrics_table(metrics: dict, rounds: list[int], keys: list[tuple[str, str]]) -> pd.DataFrame:
