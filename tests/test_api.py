@@ -34,7 +34,7 @@ def test_the_readme_example_reaches_the_exact_gaussian_rounds(capsys):
     for r in rounds:
         s2 = 1 / (1 / s2 - config.lam / (ab_r * s2 + 1 - ab_r))
         assert isinstance(r.model, scope["Gaussian"])  # the caller's own module, tuned
-        assert float(r.model.log_s.exp()) == pytest.approx(r.metrics["s"])
+        assert r.model.log_s.exp().item() == pytest.approx(r.metrics["s"])
         assert r.metrics["s"] == pytest.approx(math.sqrt(s2), rel=0.02)
         assert r.metrics["lam"] == config.lam and r.metrics["iterations"] == config.iterations
     printed = capsys.readouterr().out.splitlines()

@@ -179,3 +179,12 @@ def test_tilt_prints_the_exact_rounds_of_a_2d_run(base_run, tmp_path):
     assert smeme("pretrain", "--dataset", "triangles", "--preset", "tiny", "--n", 512, "--run", tri).returncode == 0
     assert_clean_failure(smeme("tilt", "--run", tri, "--rounds", 1), match="2-D points")
     assert_clean_failure(smeme("tilt", "--run", base_run, "--rounds", 1, "--lam", 1.5), match="lambda")
+
+
+def test_sd_explore_is_a_subcommand_with_clean_refusals(tmp_path):
+    """sd-explore is parsed by the CLI itself (no second parser): its errors are the CLI's."""
+    assert_clean_failure(smeme("sd-explore", "--run", tmp_path / "new"), match="pass --pipeline")
+    assert_clean_failure(smeme("sd-explore", "--run", tmp_path / "new", "--pipeline", tmp_path / "nowhere"),
+                         match="does not exist")
+    assert_clean_failure(smeme("sd-explore", "--run", tmp_path / "new", "--rounds", 0), match="--rounds")
+    assert not (tmp_path / "new").exists()

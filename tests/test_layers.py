@@ -151,3 +151,11 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     _, edges, _ = import_graph()
     assert ("smeme.data", "smeme.store") in edges and ("smeme.store", "smeme.data") in edges
+
+
+def test_only_the_cli_parses_command_lines():
+    """One command line: every subcommand (sd-explore included) is defined in smeme/cli.py."""
+    files = module_files()
+    parsers = sorted(m for m, path in files.items() if m.startswith("smeme")
+                     and "argparse" in {n.split(".")[0] for n in imported_names(m, path)})
+    assert parsers == ["smeme.cli"], parsers
