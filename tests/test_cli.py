@@ -58,7 +58,7 @@ def test_pretrain_sample_report(base_run, tmp_path):
 
 
 def test_logp_adds_column(base_run, tmp_path):
-    import smeme.density  # noqa: F401 - an import error fails the test
+    from smeme import density  # noqa: F401 - an import error fails the test
     pts = tmp_path / "p.csv"
     pd.DataFrame({"id": [1, 2, 3], "x": [-0.75, 0.75, 3.0], "y": [0.0, 0.0, 3.0]}).to_csv(pts, index=False)
     out = tmp_path / "o.csv"
@@ -153,7 +153,7 @@ def test_failed_commands_leave_files_untouched(run_copy, tmp_path):
 
 
 def test_explore_one_round_and_refusals(run_copy):
-    import smeme.explore  # noqa: F401 - an import error fails the test
+    from smeme import explore  # noqa: F401 - an import error fails the test
     proc = smeme("explore", "--run", run_copy, "--rounds", 1, "--iterations", 2, "--lam", 0.1)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].startswith("round 1: ")
