@@ -167,7 +167,8 @@ else:
     st.write("Use a local diffusers Stable Diffusion pipeline (nothing is downloaded). Rounds tune a LoRA "
              "adapter with Adjoint Matching on the guided model (classifier-free guidance, w = 8, as the "
              "paper), the one sampling draws from. On a CPU a "
-             "real SD round takes hours: run it on a GPU with `accelerate launch -m smeme.images.sd_explore ...`.")
+             "real SD round takes hours: run it on a GPU with `python -m smeme sd-explore ...` "
+             "(several GPUs: `torchrun --nproc_per_node N -m smeme sd-explore ...`).")
     models = image_runs.sd_models()
     sources = {src: label for label, src in models}
     if not models:

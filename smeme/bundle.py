@@ -25,7 +25,7 @@ temporary folder first) and never follows a symbolic link: a linked config.json 
 file is refused. A csv run made before runs kept their rows is packed without the file path
 its config named.
 
-Stable Diffusion runs (smeme.images.sd_explore) reference a pipeline folder instead of holding
+Stable Diffusion runs (the store's "sd" kind, smeme.images.sd_explore) reference a pipeline folder instead of holding
 round 0; their bundle carries the LoRA adapters, metrics and cached grids, which open and
 show without the pipeline (sampling more names the pipeline it needs).
 """
@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .safe_io import MAX_JSON_BYTES, parse_json, read_json, size_text
-from .store import (CACHE_DIR, CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE, Run, StoreError, atomic_write,
-                    folder_lock, read_training_rows)
+from .safe_io import MAX_JSON_BYTES, read_json, size_text
+from .store import (CACHE_DIR, CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE, StoreError, folder_lock, open_run,
+                    read_training_rows, run_kind)
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: a round of the digits UNet is ~10 MB, an SD LoRA ~3 MB
@@ -107,15 +107,6 @@ def _loads_without_pickle(path: Path) -> bool:
         return False
 
 
-def _open_any(folder: Path):
-    """The run in `folder`: a registered kind (smeme.extensions, e.g. Stable Diffusion) or a
-    smeme.store run."""
-    from .extensions import RUN_KINDS, run_kind_of
-
-    kind = run_kind_of(folder)
-    return RUN_KINDS[kind][1](folder) if kind else Run.open(folder)
-
-
 def _packed_config(folder: Path) -> bytes | None:
     """config.json as the bundle carries it: None for the file as it is; new bytes for a csv
     run made before runs kept their rows, without the file path its config named (never read)."""
@@ -164,7 +155,7 @@ def export_run(run_folder, out_zip) -> Path:
     if _is_link(folder / CONFIG_FILE):
         raise BundleError(f"The run in {folder} cannot be exported: its {CONFIG_FILE} is a symbolic link, "
                           "and a bundle never follows one.")
-    _open_any(folder)  # a clear error for a missing, foreign or damaged run
+    open_run(folder)  # a clear error for a missing, foreign or damaged run
     try:
         _pack_checked(folder, out)
     except BundleError as exc:
@@ -378,7 +369,7 @@ def _check_training_rows(folder: Path, run) -> None:
 
 def _check_sd_run(folder: Path) -> None:
     """An SD run's adapters checked without its pipeline: LoRA pairs of the config's rank."""
-    run = _open_any(folder)
+    run = open_run(folder)
     _check_round_files(folder, run.metrics(), first=1)
     if os.path.lexists(folder / TRAINING_ROWS_FILE):
         raise BundleError(f"it holds {TRAINING_ROWS_FILE}, which a Stable Diffusion run does not keep")
@@ -410,7 +401,6 @@ def _check_sd_run(folder: Path) -> None:
 
 
 def _check_run(folder: Path) -> None:
-    from .extensions import RUN_KINDS, run_kind_of
     from .run_schema import check_point_config, check_sd_config
 
     cfg = read_json(folder / CONFIG_FILE, BundleError, CONFIG_FILE)
@@ -429,7 +419,7 @@ def _check_run(folder: Path) -> None:
                               "(arrays that need pickle are refused)") from None
     kind = None
     try:
-        kind = "sd" if cfg.get("kind") == "sd" else run_kind_of(folder)
+        kind = "sd" if cfg.get("kind") == "sd" else run_kind(folder)
         (check_sd_config if kind == "sd" else check_point_config)(cfg)
         (_check_sd_run if kind == "sd" else _check_feature_run)(folder)
     except BundleError:
@@ -437,7 +427,7 @@ def _check_run(folder: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - whatever a hostile run trips, it is refused in one sentence
         # the run's own messages name the temporary folder; name the member instead
         text = " ".join(str(exc).replace(f" in {folder}", "").replace(str(folder), "the bundle").split())
-        if not isinstance(exc, (StoreError, *(RUN_KINDS[kind][2] if kind in RUN_KINDS else ()))):
+        if not isinstance(exc, StoreError):  # every kind's errors are StoreErrors
             text = f"its run cannot be opened ({type(exc).__name__}: {text})"
         raise BundleError(text.rstrip(".")) from None
 

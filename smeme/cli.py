@@ -1,5 +1,5 @@
 """`python -m smeme` / `smeme`: pretrain, explore, sample, logp, report, tilt, grid, export, import,
-budget (DESIGN.md section 4).
+budget, sd-explore (DESIGN.md section 4); every subcommand's options are defined here.
 
 Errors: one sentence on standard error and a non-zero exit status (2 bad input, 1 failure,
 130 interrupted), never a traceback. Output files are written atomically, so a failed
@@ -18,6 +18,7 @@ import sys
 import time
 
 from . import images  # noqa: F401  (registers the digits data set and the image model kinds)
+from .progress import Bar
 
 EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -45,29 +46,6 @@ class _Parser(argparse.ArgumentParser):
         command = " ".join(self.prog.split()[1:])  # prog is 'smeme' or 'smeme <command>'
         hint = f"python -m smeme {command} --help" if command else "python -m smeme --help"
         raise CliError(f"{message[0].upper()}{message[1:]} (see '{hint}').")
-
-
-# -- progress on stderr ------------------------------------------------------------------
-class Bar:
-    """A one-line text progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, label: str, enabled: bool | None = None):
-        self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._last = 0.0
-
-    def __call__(self, done: int, total: int, loss: float | None = None) -> None:
-        now = time.monotonic()
-        if not self.enabled or (done < total and now - self._last < 0.1):
-            return
-        self._last = now
-        width = 30
-        filled = int(width * done / max(total, 1))
-        tail = f" loss {loss:.4f}" if loss is not None else ""
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{tail}")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -389,6 +367,13 @@ IMAGE_RUNS = ("digits", "sd")
 
 
 # -- parser ------------------------------------------------------------------------------------------
+def cmd_sd_explore(args) -> int:
+    from .images.sd_explore import sd_explore_command
+
+    sd_explore_command(vars(args))
+    return 0
+
+
 def _whole_number(text: str) -> int:
     """int('12') or a whole float such as '1e6'; ArgumentTypeError otherwise."""
     try:
@@ -540,9 +525,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the PF-ODE cross-entropy metrics (the k-NN entropy and the shares remain)")
     p.set_defaults(func=cmd_budget)
 
-    sub.add_parser("sd-explore", help="S-MEME rounds on a local Stable Diffusion folder "
-                   "(see `smeme sd-explore --help`)")
+    _add_sd_explore(sub, common)
     return parser
+
+
+def _add_sd_explore(sub, common) -> None:
+    p = sub.add_parser("sd-explore", parents=[common], help="S-MEME rounds on a local Stable Diffusion "
+                       "pipeline (LoRA, Adjoint Matching); multi-process: torchrun --nproc_per_node N -m smeme sd-explore")
+    p.add_argument("--pipeline", help="local diffusers Stable Diffusion folder (or a model in the local HF cache)")
+    p.add_argument("--run", "--run-folder", dest="run", required=True,
+                   help="run folder (created on first use); --run-folder under torchrun, whose own --run-path takes --run")
+    p.add_argument("--rounds", type=_int_in(1, MAX_ROUNDS), default=3)
+    for name, kind in (("--prompt", str), ("--lam", float), ("--lr", float), ("--guidance", float),
+                       *((n, _int_in(1, MAX_ITERATIONS)) for n in ("--iterations", "--trajectories", "--steps",
+                                                                   "--resolution", "--lora-rank"))):
+        p.add_argument(name, type=kind)
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--sample-n", type=_int_in(1, MAX_SAMPLES), help="images per round for metrics")
+    p.add_argument("--seed", type=_seed)
+    p.add_argument("--inception", help="local inception-2015-12-05.pt (TorchScript) for FID")
+    p.add_argument("--clip", help="local CLIP folder for the CLIP score")
+    p.add_argument("--no-metrics", action="store_true", help="skip the per-round image metrics (samples, FID, CLIP)")
+    p.add_argument("--cpu", action="store_true", help="force CPU even when a GPU is present")
+    p.set_defaults(func=cmd_sd_explore)
 
 
 def _sentence(exc: BaseException) -> str:
@@ -556,10 +561,6 @@ def main(argv=None) -> int:
         return code
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["sd-explore"]:  # Stable Diffusion rounds have their own options
-        from .images.sd_explore import main as sd_main
-
-        return sd_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         args.threads = getattr(args, "threads", None)

@@ -22,6 +22,11 @@ sample size, how often they were tempered) beside its solver seconds.
 Each finished round is checked (finite weights, on-support share not down by more than
 max_validity_drop against the previous round) and saved at once with its metrics; a
 rejected round raises ExploreError and leaves the previous round as the latest.
+
+One round loop serves every kind of round: drive_rounds asks a RoundKind for round k's
+problem (frozen base, tuned copy, reward, solver settings), solves it, and hands the result
+back to the kind to check, measure and save. PointRounds is the kind of smeme.store's point
+and digits runs (run_rounds); Stable Diffusion and the in-memory public API add their own.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -213,10 +218,178 @@ def _valid_fn(run):
     return valid
 
 
-def _metrics(run, model, k, config, lam_history):
-    from .metrics import round_metrics
+@dataclass
+class RoundProblem:
+    """One round as the solver sees it: what a kind of round hands the round loop."""
+    model_ft: torch.nn.Module  # the tuned copy: starts at pi_{k-1}; its trainable parameters move
+    model_base: torch.nn.Module  # the frozen pi_{k-1} (the adjoint's VJPs and eps_base)
+    reward_grad: Callable  # x -> grad r_k(x)
+    solver_cfg: object  # AdjointMatchingConfig | StudentTeacherConfig of this round
+    lam: float  # lambda_k
+    lam_history: list = field(default_factory=list)  # lambdas of rounds 1..k
+    sampling_model: torch.nn.Module | None = None  # draws the trajectories (None: model_ft)
+    reward_value: Callable | None = None  # x -> r_k(x) up to a constant (the likelihood-ratio term)
+    valid_fn: Callable | None = None  # x -> on-support mask (student-teacher's filter)
+    release: Callable | None = None  # called once the solver returns (e.g. a distributed wrapper dropped)
 
-    return round_metrics(run, model, k, n=config.metrics_n, logp=config.metrics_logp, lam_history=lam_history)
+
+class RoundKind(Protocol):
+    """What drive_rounds needs from a kind of round (point data and digits here: PointRounds;
+    Stable Diffusion: smeme.images.sd_explore.SDRounds; in memory: smeme.api.MemoryRounds)."""
+    solver: str  # 'adjoint' | 'student-teacher'
+
+    def lock(self): ...  # context manager held over all the rounds (the run's writer lock)
+
+    def begin(self) -> int: ...  # the latest saved round, which the first new round tunes
+
+    def problem(self, k: int) -> RoundProblem: ...  # round k's frozen base, tuned copy and reward
+
+    def finish(self, k: int, problem: RoundProblem, losses: list, seconds: float) -> dict: ...
+    # checks, measures and saves round k; returns its metrics (raises when it is rejected)
+
+    def reject(self, k: int, reason: str) -> Exception: ...  # the kind's error for a diverged round
+
+    def abandon(self, k: int) -> None: ...  # round k stopped mid-way: drop its half-tuned state
+
+
+def drive_rounds(kind: RoundKind, rounds: int, on_iteration: IterationCallback | None = None,
+                 on_round: RoundCallback | None = None, cancel=None) -> list[int]:
+    """The one round loop (paper Algorithm 1): `rounds` rounds after kind.begin(), each solved,
+    then finished (checked, measured, saved) by its kind; returns the round numbers saved.
+    Stops cleanly between solver iterations when cancel.is_set() (the unfinished round is dropped)."""
+    saved: list[int] = []
+    with kind.lock():
+        start = kind.begin()
+        for k in range(start + 1, start + rounds + 1):
+            if cancel is not None and cancel.is_set():
+                break
+            problem = kind.problem(k)
+            cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
+            t0 = time.perf_counter()
+            try:
+                losses = solve_round(kind.solver, problem, cb, cancel)
+            except SolverDivergedError as exc:
+                kind.abandon(k)
+                raise kind.reject(k, str(exc).rstrip(".")) from None
+            finally:
+                if problem.release is not None:
+                    problem.release()
+            solve_s = time.perf_counter() - t0
+            if cancel is not None and cancel.is_set() and len(losses) < problem.solver_cfg.iterations:
+                kind.abandon(k)
+                break  # stopped mid-round: keep the finished rounds only
+            metrics = kind.finish(k, problem, losses, solve_s)
+            saved.append(k)
+            if on_round is not None:
+                on_round(k, metrics)
+    return saved
+
+
+def solve_round(solver: str, problem: RoundProblem, cb, cancel) -> list[float]:
+    """Round k's solver run on `problem`: the loss per iteration."""
+    model_ft, model_base, reward_grad, solver_cfg = (problem.model_ft, problem.model_base, problem.reward_grad,
+                                                     problem.solver_cfg)
+    sampling_model, reward_value = problem.sampling_model, problem.reward_value
+    if solver == "adjoint":
+        losses = adjoint_matching(model_ft, model_base, reward_grad, solver_cfg,
+                                  sampling_model=sampling_model, on_iteration=cb, cancel=cancel,
+                                  reward_value=reward_value)
+    else:
+        losses = student_teacher(model_ft, model_base, reward_grad, solver_cfg,
+                                 on_iteration=cb, cancel=cancel, valid_fn=problem.valid_fn)
+    return losses
+
+
+class PointRounds:
+    """Rounds of a smeme.store run (point data, digits): full-model copies tuned with the score
+    reward of the previous (or pre-trained) round; each round checked and saved with its metrics."""
+
+    def __init__(self, run, config: ExploreConfig, prepare: Callable | None = None):
+        self.run, self.config, self.prepare = run, config, prepare or prepare_models
+        self.solver = config.solver
+        self.prev = self.prev_metrics = self.pre = None
+
+    def lock(self):
+        return self.run.lock()
+
+    def begin(self) -> int:
+        run, config = self.run, self.config
+        start = run.latest_round
+        self.prev = run.load_model(start)
+        self.pre = _frozen(run.load_model(0)) if config.reward == "pretrained" else None
+        self.prev_metrics = run.metrics().get(start)
+        return start
+
+    def problem(self, k: int) -> RoundProblem:
+        run, config, pre = self.run, self.config, self.pre
+        lam_history = _lam_history(run, config, k)
+        lam = lam_history[-1]
+        model_ft, model_base, sampling_model = self.prepare(self.prev)
+        if config.reward == "pretrained":  # grad r_k = -lam_k prod_{i<k}(1 - lam_i) s_0(x, t_r)
+            scale, reward_model = lam * float(np.prod([1 - v for v in lam_history[:-1]])), pre
+        else:  # grad r_k = -lam_k s_{k-1}(x, t_r)
+            scale, reward_model = lam, model_base
+
+        def reward_grad(x, m=reward_model, c=scale):
+            t = torch.full((x.shape[0],), config.t_r, dtype=x.dtype, device=x.device)
+            s = score(m, x, t)
+            if config.score_clip is not None:  # off the support |s| grows like distance / sigma^2
+                cap = config.score_clip / float(torch.sqrt(1 - m.schedule.ab(t[:1])))
+                norm = s.reshape(len(s), -1).norm(dim=1).clamp(min=1e-12)
+                s = s * (cap / norm).clamp(max=1.0).reshape(-1, *([1] * (s.dim() - 1)))
+            return -c * s
+
+        def reward_value(x, m=reward_model, c=scale):  # r_k(x) = -c log p(x, t_r), up to a constant
+            return -c * log_prob(m, x, steps=config.reward_ode_steps, t_min=config.t_r)
+
+        solver_cfg = config.solver_config(k)
+        return RoundProblem(model_ft, model_base, reward_grad, solver_cfg, lam, lam_history,
+                            sampling_model=sampling_model, reward_value=reward_value, valid_fn=self.valid_fn())
+
+    def valid_fn(self):
+        return _valid_fn(self.run)
+
+    def measure(self, model, k: int, lam_history: list, logp: bool | None = None) -> dict:
+        """Round k's metrics (smeme.metrics.round_metrics on the run's domain)."""
+        from .metrics import round_metrics
+
+        config = self.config
+        return round_metrics(self.run, model, k, n=config.metrics_n,
+                             logp=config.metrics_logp if logp is None else logp, lam_history=lam_history)
+
+    def check_support(self, k: int, metrics: dict, lam_history: list) -> None:
+        """Reject round k when its on-support share fell more than max_validity_drop."""
+        config = self.config
+        if self.prev_metrics is None or self.prev_metrics.get("on_support") is None:
+            self.prev_metrics = self.measure(self.prev, k - 1, lam_history[:-1], logp=False)
+        new_on, old_on = metrics.get("on_support"), self.prev_metrics.get("on_support")
+        if new_on is None or (old_on is not None and new_on < old_on - config.max_validity_drop):
+            raise ExploreError(
+                f"Round {k} was rejected: its on-support share fell from {_pct(old_on)} to {_pct(new_on)} "
+                f"(more than {config.max_validity_drop * 100:.0f} points); round {k - 1} stays the latest.")
+
+    def finish(self, k: int, problem: RoundProblem, losses: list, solve_s: float) -> dict:
+        config, model_ft, solver_cfg = self.config, problem.model_ft, problem.solver_cfg
+        lam_history = problem.lam_history
+        if not _finite(model_ft) or not all(math.isfinite(v) for v in losses):
+            raise self.reject(k, "its loss or weights became NaN/inf")
+        model_ft.eval()
+        metrics = self.measure(model_ft, k, lam_history)
+        self.check_support(k, metrics, lam_history)
+        metrics.update({"lam": problem.lam, "lam_history": lam_history, "solver": config.solver,
+                        "reward": config.reward, "t_r": config.t_r, "iterations": len(losses),
+                        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                        "solver_seconds": round(solve_s, 3), "explore": config.to_dict(),
+                        **getattr(solver_cfg, "health", {})})
+        self.run.save_round(k, model_ft, metrics)
+        self.prev, self.prev_metrics = model_ft, metrics
+        return metrics
+
+    def reject(self, k: int, reason: str) -> Exception:
+        return ExploreError(f"Round {k} was rejected: {reason}; round {k - 1} stays the latest.")
+
+    def abandon(self, k: int) -> None:
+        """Nothing to drop: the tuned copy of an unfinished round is never saved."""
 
 
 def run_rounds(run, rounds: int, config: ExploreConfig | None = None,
@@ -238,81 +411,7 @@ def run_rounds(run, rounds: int, config: ExploreConfig | None = None,
         raise ExploreError(f"Cannot read the run: {exc}") from None
     if 0 not in done_rounds:
         raise ExploreError("The run has no pre-trained round 0; pre-train it first.")
-    prepare = prepare or prepare_models
-    saved: list[int] = []
-    with run.lock():
-        start = run.latest_round
-        prev = run.load_model(start)
-        pre = _frozen(run.load_model(0)) if config.reward == "pretrained" else None
-        prev_metrics = run.metrics().get(start)
-        for k in range(start + 1, start + rounds + 1):
-            if cancel is not None and cancel.is_set():
-                break
-            lam_history = _lam_history(run, config, k)
-            lam = lam_history[-1]
-            model_ft, model_base, sampling_model = prepare(prev)
-            if config.reward == "pretrained":  # grad r_k = -lam_k prod_{i<k}(1 - lam_i) s_0(x, t_r)
-                scale, reward_model = lam * float(np.prod([1 - v for v in lam_history[:-1]])), pre
-            else:  # grad r_k = -lam_k s_{k-1}(x, t_r)
-                scale, reward_model = lam, model_base
-
-            def reward_grad(x, m=reward_model, c=scale):
-                t = torch.full((x.shape[0],), config.t_r, dtype=x.dtype, device=x.device)
-                s = score(m, x, t)
-                if config.score_clip is not None:  # off the support |s| grows like distance / sigma^2
-                    cap = config.score_clip / float(torch.sqrt(1 - m.schedule.ab(t[:1])))
-                    norm = s.reshape(len(s), -1).norm(dim=1).clamp(min=1e-12)
-                    s = s * (cap / norm).clamp(max=1.0).reshape(-1, *([1] * (s.dim() - 1)))
-                return -c * s
-
-            def reward_value(x, m=reward_model, c=scale):  # r_k(x) = -c log p(x, t_r), up to a constant
-                return -c * log_prob(m, x, steps=config.reward_ode_steps, t_min=config.t_r)
-
-            solver_cfg = config.solver_config(k)
-            cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
-            t0 = time.perf_counter()
-            try:
-                if config.solver == "adjoint":
-                    losses = adjoint_matching(model_ft, model_base, reward_grad, solver_cfg,
-                                              sampling_model=sampling_model, on_iteration=cb, cancel=cancel,
-                                              reward_value=reward_value)
-                else:
-                    losses = student_teacher(model_ft, model_base, reward_grad, solver_cfg,
-                                             on_iteration=cb, cancel=cancel, valid_fn=_valid_fn(run))
-            except SolverDivergedError as exc:
-                raise ExploreError(f"Round {k} was rejected: {str(exc).rstrip('.')}; "
-                                   f"round {k - 1} stays the latest.") from None
-            solve_s = time.perf_counter() - t0
-            if cancel is not None and cancel.is_set() and len(losses) < solver_cfg.iterations:
-                break  # stopped mid-round: keep the finished rounds only
-            if not _finite(model_ft) or not all(math.isfinite(v) for v in losses):
-                raise ExploreError(f"Round {k} was rejected: its loss or weights became NaN/inf; "
-                                   f"round {k - 1} stays the latest.")
-            model_ft.eval()
-            metrics = _metrics(run, model_ft, k, config, lam_history)
-            if prev_metrics is None or prev_metrics.get("on_support") is None:
-                prev_metrics = _metrics(run, prev, k - 1, dataclass_replace(config, metrics_logp=False),
-                                        lam_history[:-1])
-            new_on, old_on = metrics.get("on_support"), prev_metrics.get("on_support")
-            if new_on is None or (old_on is not None and new_on < old_on - config.max_validity_drop):
-                raise ExploreError(
-                    f"Round {k} was rejected: its on-support share fell from {_pct(old_on)} to {_pct(new_on)} "
-                    f"(more than {config.max_validity_drop * 100:.0f} points); round {k - 1} stays the latest.")
-            metrics.update({"lam": lam, "lam_history": lam_history, "solver": config.solver,
-                            "reward": config.reward, "t_r": config.t_r, "iterations": len(losses),
-                            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                            "solver_seconds": round(solve_s, 3), "explore": config.to_dict(),
-                            **getattr(solver_cfg, "health", {})})
-            run.save_round(k, model_ft, metrics)
-            saved.append(k)
-            if on_round is not None:
-                on_round(k, metrics)
-            prev, prev_metrics = model_ft, metrics
-    return saved
-
-
-def dataclass_replace(config: ExploreConfig, **changes) -> ExploreConfig:
-    return ExploreConfig(**{**config.to_dict(), **changes})
+    return drive_rounds(PointRounds(run, config, prepare), rounds, on_iteration, on_round, cancel)
 
 
 def _pct(v) -> str:

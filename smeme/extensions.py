@@ -17,20 +17,6 @@ MODEL_KINDS: dict[str, Callable] = {}
 PRESETS: dict[str, Callable] = {}
 
 
-# run kind -> (is_run(folder) -> bool, open(folder) -> run, error types its open raises): run
-# folders other than smeme.store's (e.g. Stable Diffusion runs), for code below the images
-RUN_KINDS: dict[str, tuple[Callable, Callable, tuple]] = {}
-
-
-def register_run_kind(kind: str, is_run: Callable, open_run: Callable, errors: tuple) -> None:
-    RUN_KINDS[kind] = (is_run, open_run, tuple(errors))
-
-
-def run_kind_of(folder) -> str | None:
-    """The registered run kind whose folder this is, else None (a smeme.store run or none)."""
-    return next((kind for kind, (is_run, _, _) in RUN_KINDS.items() if is_run(folder)), None)
-
-
 def register_dataset(name: str, make: Callable, domain_from_config: Callable) -> None:
     DATASETS[name] = (make, domain_from_config)
 

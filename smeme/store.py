@@ -1,168 +1,56 @@
-"""Runs on disk (DESIGN.md section 5).
+"""Runs on disk (DESIGN.md section 5): one store for every kind of run.
 
 A run is a folder:
     config.json            everything needed to rebuild the run (schema-versioned)
-    round_<k>.safetensors  model weights after round k (0 = pre-trained)
-    metrics.json           {"schema_version", "rounds": {"<k>": {...}}}
+    round_<k>.safetensors  round k's weights (a point or digits run: the model, 0 = pre-trained;
+                           a Stable Diffusion run: round k's LoRA adapter, round 0 = the pipeline)
+    metrics.json           {"schema_version", "rounds": {"<k>": {...}}}: the manifest
     cache/<key>.npy        cached arrays, keyed by what produced them
     .lock                  writers hold an exclusive flock on it
 
-Every write goes to a temporary file in the same folder and is renamed into place
-(os.replace), so a crash never leaves a half-written file. metrics.json is the manifest
-and the one commit point: a round exists once metrics.json names it and its weights
-file is there. The weights are written first and metrics.json last, so a failure in
-between (a full disk, a kill) leaves an orphan weights file that no reader sees and the
-next save of that round overwrites. A folder with config.json but no metrics.json is an
-unfinished pre-training, which a new pre-training reuses. Loading checks the config,
-the weights file and its shapes, and raises StoreError naming the file and the problem.
+RunFolder is what every kind shares: opening (config.json checked), the committed rounds,
+metrics, the writer lock, the round commit and cached arrays; the file-system primitives
+(atomic writes, the lock, the manifest and its commit point) are smeme.fsio. A kind is
+registered by name with its loader (register_run_kind): 'point' and 'digits' are this
+module's Run (a data set, a standardiser, full weights per round), 'sd' is registered by
+smeme.images (SDRun). open_run, run_kind and find_runs serve every kind alike.
+
+A folder with config.json but no metrics.json is an unfinished pre-training, which a new
+pre-training reuses. Loading checks the config, the weights file and its shapes, and raises
+StoreError naming the file and the problem.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
 import tempfile
-import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from . import fsio
 from .data.base import Standardizer
 from .safe_io import read_capped_bytes, read_json
+from .fsio import (LOCK_FILE, METRICS_FILE, SCHEMA_VERSION, DiskFullError, RunLockedError,  # noqa: F401
+                   StoreError, atomic_write, atomic_write_bytes, atomic_write_json, commit_round, disk_full_error,
+                   folder_lock, jsonable, raise_disk_full, read_manifest, update_manifest, write_manifest)
 
 # torch is imported where weights are handled, so commands that fail on their input
 # (a bad CSV, an existing run folder) answer before paying for torch's import.
+# The fsio names above stay importable from here (smeme.store.atomic_write, ...).
 
-SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-LOCK_FILE = ".lock"
 CACHE_DIR = "cache"
 TRAINING_ROWS_FILE = "training_rows.npy"  # the rows a CSV run was trained on (float64, n x columns)
 MAX_WEIGHTS_BYTES = 1 << 30  # a round's weights file or a cached array (the digits UNet: ~10 MB)
 MAX_TRAINING_ROWS_BYTES = (512 << 20) + (1 << 20)  # 1,000,000 rows x 64 columns of float64, and a header
 REQUIRED_SECTIONS = ("dataset", "model", "schedule", "standardizer")
-
-
-class StoreError(Exception):
-    """A run folder or one of its files is missing, damaged, foreign or inconsistent."""
-
-
-class RunLockedError(StoreError):
-    """Another process is writing to the run."""
-
-
-class DiskFullError(StoreError):
-    """A write failed for lack of space (or quota); the file named was not changed."""
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def disk_full_error(path) -> DiskFullError:
-    err = DiskFullError(f"Cannot save {path}: no space left on device; free some space and try again "
-                        "(everything saved before is kept).")
-    err.path = Path(path)
-    return err
-
-
-# -- atomic writes --------------------------------------------------------------------
-def atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temp file next to `path`, then rename it into place.
-
-    A full disk raises DiskFullError naming `path` (not the temp file); `path` is unchanged.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; runs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-            raise disk_full_error(path) from None
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    data = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode()
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
-def jsonable(obj):
-    """Metrics as strict JSON: numpy scalars/arrays to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.generic,)):
-        obj = obj.item()
-    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # a torch tensor
-        return jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-# -- locking ----------------------------------------------------------------------------
-_held: dict[str, list] = {}  # realpath -> [fd, depth]; the lock is re-entrant per process
-_held_guard = threading.Lock()
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path):
-    """Exclusive, non-blocking flock on folder/.lock; RunLockedError if someone holds it."""
-    key = os.path.realpath(folder)
-    with _held_guard:
-        if key in _held:
-            _held[key][1] += 1
-        else:
-            try:
-                fd = os.open(os.path.join(key, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                if exc.errno in _DISK_FULL:
-                    raise disk_full_error(Path(folder) / LOCK_FILE) from None
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise RunLockedError(
-                    f"The run in {folder} is busy: another smeme process (pid {holder}) is writing "
-                    "to it; wait for it to finish and try again.") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-            _held[key] = [fd, 1]
-    try:
-        yield
-    finally:
-        with _held_guard:
-            _held[key][1] -= 1
-            if _held[key][1] == 0:
-                fd = _held.pop(key)[0]
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
 
 
 # -- weights ----------------------------------------------------------------------------
@@ -212,49 +100,6 @@ def load_weights_into(path: Path, model) -> None:
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
 
-# -- the manifest (metrics.json) and the round commit -------------------------------------
-def write_manifest(folder: Path, rounds: dict) -> None:
-    """metrics.json: each committed round's metrics record."""
-    atomic_write_json(Path(folder) / METRICS_FILE, {
-        "schema_version": SCHEMA_VERSION, "rounds": {str(r): rounds[r] for r in sorted(rounds)}})
-
-
-def read_manifest(folder: Path) -> dict[int, dict]:
-    """{round: metrics record} from metrics.json ({} when absent); StoreError when damaged."""
-    path = Path(folder) / METRICS_FILE
-    if not os.path.lexists(path):
-        return {}
-    data = read_json(path, StoreError, f"{METRICS_FILE} in {folder}")
-    try:
-        rounds = {int(k): v for k, v in data["rounds"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise StoreError(f"{METRICS_FILE} in {folder} is damaged ({type(exc).__name__}: {exc}).") from None
-    if any(k < 0 or not isinstance(v, dict) for k, v in rounds.items()):
-        raise StoreError(f"{METRICS_FILE} in {folder} is damaged: each round needs a number of 0 or more and a "
-                         "record (a JSON object).")
-    return rounds
-
-
-def update_manifest(folder: Path, k: int, metrics: dict) -> None:
-    """Set round k's record in metrics.json (the caller holds the folder lock)."""
-    data = read_manifest(folder)
-    data[int(k)] = jsonable(metrics)
-    write_manifest(folder, data)
-
-
-def commit_round(folder: Path, k: int, weights_path: Path, data: bytes, metrics: dict | None) -> None:
-    """Write round k's weights file, then name it in metrics.json (the commit point). Until
-    the commit the file is an orphan no reader sees; if the commit fails it is removed.
-    The caller holds the folder lock and has checked that round k is not committed."""
-    atomic_write_bytes(weights_path, data)
-    try:
-        update_manifest(folder, k, metrics or {})
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(weights_path).unlink()
-        raise
-
-
 # -- the training rows ------------------------------------------------------------------
 def training_rows_bytes(rows) -> tuple[bytes, dict]:
     """The .npy bytes of `rows` (a finite 2-D float64 array) and the record that config.json
@@ -296,23 +141,24 @@ def read_training_rows(folder, record) -> np.ndarray:
 # -- the run ----------------------------------------------------------------------------
 
 
-def _raise_disk_full(exc: BaseException, path) -> None:
-    """Re-raise a bare OSError from a full disk (mkdir, mkdtemp) as DiskFullError naming `path`."""
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        raise disk_full_error(getattr(exc, "filename", None) or path) from None
+def read_config_file(folder: Path, error: type = StoreError) -> dict:
+    """folder/config.json as a dict of this smeme's schema version; `error` names any problem."""
+    path = Path(folder) / CONFIG_FILE
+    if not os.path.lexists(path):
+        raise error(f"{folder} is not an smeme run: it has no {CONFIG_FILE}.")
+    cfg = read_json(path, error, f"{CONFIG_FILE} in {folder}")
+    if not isinstance(cfg, dict):
+        raise error(f"{CONFIG_FILE} in {folder} is damaged: it does not hold a JSON object.")
+    version = cfg.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise error(f"{CONFIG_FILE} in {folder} has schema version {version!r}; "
+                    f"this smeme reads version {SCHEMA_VERSION}.")
+    return cfg
 
 
 def _read_config(folder: Path) -> dict:
-    path = folder / CONFIG_FILE
-    if not os.path.lexists(path):
-        raise StoreError(f"{folder} is not an smeme run: it has no {CONFIG_FILE}.")
-    cfg = read_json(path, StoreError, f"{CONFIG_FILE} in {folder}")
-    if not isinstance(cfg, dict):
-        raise StoreError(f"{CONFIG_FILE} in {folder} is damaged: it does not hold a JSON object.")
-    version = cfg.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise StoreError(f"{CONFIG_FILE} in {folder} has schema version {version!r}; "
-                         f"this smeme reads version {SCHEMA_VERSION}.")
+    """A point (or digits) run's config.json: its sections and the data set's domain present."""
+    cfg = read_config_file(folder)
     missing = [s for s in REQUIRED_SECTIONS if not isinstance(cfg.get(s), dict)]
     if missing:
         raise StoreError(f"{CONFIG_FILE} in {folder} lacks the section(s) {missing}.")
@@ -356,10 +202,110 @@ def check_target(folder, force: bool = False) -> None:
         raise StoreError(f"{folder} is not empty and is not an smeme run; choose an empty or new folder.")
 
 
-class Run:
+class RunFolder:
+    """What every kind of run shares (the module docstring): the committed rounds, their
+    metrics, the writer lock, the round commit and cached arrays. A kind adds its config's
+    meaning, its models and `error`, the StoreError its messages raise."""
+
+    error: type = StoreError
+
     def __init__(self, folder: Path, config: dict):
         self.folder = Path(folder)
         self.config = config
+
+    @classmethod
+    def read_folder(cls, folder) -> tuple[Path, dict]:
+        """(folder, its config.json) of an existing run folder; cls.error names any problem."""
+        folder = Path(folder)
+        if not folder.exists():
+            raise cls.error(f"The run folder {folder} does not exist.")
+        if not folder.is_dir():
+            raise cls.error(f"{folder} is not a folder.")
+        return folder, read_config_file(folder, cls.error)
+
+    # -- rounds -------------------------------------------------------------------------
+    def round_path(self, k: int) -> Path:
+        return self.folder / f"round_{int(k)}.safetensors"
+
+    def rounds(self) -> list[int]:
+        """The committed rounds: named in metrics.json, with their weights file present."""
+        return sorted(k for k in self.metrics() if self.round_path(k).is_file())
+
+    @property
+    def latest_round(self) -> int:
+        rounds = self.rounds()
+        if not rounds:
+            raise self.error(f"The run in {self.folder} has no saved rounds.")
+        return rounds[-1]
+
+    def commit(self, k: int, data: bytes, metrics: dict | None = None) -> None:
+        """Save round k's weights file `data`, then its metrics record (the commit, fsio.commit_round).
+
+        Refuses to overwrite a committed round. An orphan weights file (a save that failed
+        before its commit) is overwritten; if the commit fails, the new weights file is removed.
+        """
+        k = int(k)
+        with self.lock():
+            if k in self.rounds():
+                raise self.error(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
+            self.check_next_round(k)
+            commit_round(self.folder, k, self.round_path(k), data, metrics)
+
+    def check_next_round(self, k: int) -> None:
+        """Raise self.error when round k may not be saved next (any uncommitted round may)."""
+
+    # -- metrics ------------------------------------------------------------------------
+    def metrics(self) -> dict[int, dict]:
+        try:
+            return read_manifest(self.folder)
+        except StoreError as exc:
+            if isinstance(exc, self.error):
+                raise
+            raise self.error(str(exc)) from None
+
+    def set_metrics(self, k: int, metrics: dict) -> None:
+        with self.lock():
+            self.metrics()  # a damaged manifest raises the kind's error, as on reading
+            update_manifest(self.folder, k, metrics)
+
+    # -- cached arrays ------------------------------------------------------------------
+    def cache_path(self, key: str) -> Path:
+        """Where the array keyed by `key` (what produced it) lives; long keys are hashed."""
+        safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(key)).strip("._") or "array"
+        if len(safe) > 100 or safe != str(key):
+            safe = f"{safe[:60]}-{hashlib.sha256(str(key).encode()).hexdigest()[:16]}"
+        return self.folder / CACHE_DIR / f"{safe}.npy"
+
+    def save_array(self, key: str, arr) -> Path:
+        path = self.cache_path(key)
+        path.parent.mkdir(exist_ok=True)
+        arr = np.asarray(arr)
+        fsio.atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+        return path
+
+    def load_array(self, key: str):
+        """The cached array, or None when absent or unreadable (caches are recomputed)."""
+        path = self.cache_path(key)
+        try:
+            blob = read_capped_bytes(path, MAX_WEIGHTS_BYTES, StoreError, path.name, follow_links=False)
+            return np.load(io.BytesIO(blob), allow_pickle=False)
+        except (StoreError, OSError, ValueError, EOFError):  # absent, a link, a FIFO, damaged
+            return None
+
+    # -- locking --------------------------------------------------------------------------
+    def lock(self):
+        """Context manager: exclusive writer lock on the run (RunLockedError if held elsewhere)."""
+        return folder_lock(self.folder)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.folder)!r}, rounds={self.rounds()})"
+
+
+class Run(RunFolder):
+    """A point or digits run: a data set's domain, a standardiser and full weights per round."""
+
+    def __init__(self, folder: Path, config: dict):
+        super().__init__(folder, config)
         self.standardizer = Standardizer.from_config(config["standardizer"])
         self._domain = None
 
@@ -418,7 +364,7 @@ class Run:
                         (target / name).unlink()
             if temp is not None and isinstance(exc, DiskFullError) and exc.path.parent == temp:
                 raise disk_full_error(folder / exc.path.name) from None  # the file, not its temp folder
-            _raise_disk_full(exc, target)
+            raise_disk_full(exc, target)
             raise
         if replace:  # swap the finished new run in, then drop the old one
             try:
@@ -427,7 +373,7 @@ class Run:
                     os.rename(folder, old / "run")
             except BaseException as exc:
                 shutil.rmtree(target, ignore_errors=True)
-                _raise_disk_full(exc, folder.parent)
+                raise_disk_full(exc, folder.parent)
                 raise
             os.rename(target, folder)
             shutil.rmtree(old, ignore_errors=True)
@@ -435,11 +381,7 @@ class Run:
 
     @classmethod
     def open(cls, folder) -> "Run":
-        folder = Path(folder)
-        if not folder.exists():
-            raise StoreError(f"The run folder {folder} does not exist.")
-        if not folder.is_dir():
-            raise StoreError(f"{folder} is not a folder.")
+        folder, _ = cls.read_folder(folder)
         cfg = _read_config(folder)
         try:
             run = cls(folder, cfg)
@@ -483,21 +425,6 @@ class Run:
         except (TypeError, ValueError) as exc:
             raise StoreError(f"{CONFIG_FILE} in {self.folder}: cannot build its model ({exc}).") from None
 
-    # -- rounds -------------------------------------------------------------------------
-    def round_path(self, k: int) -> Path:
-        return self.folder / f"round_{int(k)}.safetensors"
-
-    def rounds(self) -> list[int]:
-        """The committed rounds: named in metrics.json, with their weights file present."""
-        return sorted(k for k in self.metrics() if self.round_path(k).is_file())
-
-    @property
-    def latest_round(self) -> int:
-        rounds = self.rounds()
-        if not rounds:
-            raise StoreError(f"The run in {self.folder} has no saved rounds.")
-        return rounds[-1]
-
     def load_model(self, k: int | None = None):
         k = self.latest_round if k is None else int(k)
         if k not in self.rounds():
@@ -512,19 +439,7 @@ class Run:
         Refuses to overwrite a committed round. An orphan weights file (a save that failed
         before its commit) is overwritten; if the commit fails, the new weights file is removed.
         """
-        k = int(k)
-        with self.lock():
-            if k in self.rounds():
-                raise StoreError(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
-            commit_round(self.folder, k, self.round_path(k), weights_bytes(model, {"round": k}), metrics)
-
-    # -- metrics ------------------------------------------------------------------------
-    def metrics(self) -> dict[int, dict]:
-        return read_manifest(self.folder)
-
-    def set_metrics(self, k: int, metrics: dict) -> None:
-        with self.lock():
-            update_manifest(self.folder, k, metrics)
+        self.commit(k, weights_bytes(model, {"round": int(k)}), metrics)
 
     # -- the training rows -----------------------------------------------------------------
     def training_rows(self) -> np.ndarray | None:
@@ -537,34 +452,54 @@ class Run:
             return None
         return read_training_rows(self.folder, record)
 
-    # -- cached arrays ------------------------------------------------------------------
-    def cache_path(self, key: str) -> Path:
-        """Where the array keyed by `key` (what produced it) lives; long keys are hashed."""
-        safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(key)).strip("._") or "array"
-        if len(safe) > 100 or safe != str(key):
-            safe = f"{safe[:60]}-{hashlib.sha256(str(key).encode()).hexdigest()[:16]}"
-        return self.folder / CACHE_DIR / f"{safe}.npy"
 
-    def save_array(self, key: str, arr) -> Path:
-        path = self.cache_path(key)
-        path.parent.mkdir(exist_ok=True)
-        arr = np.asarray(arr)
-        atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
-        return path
+# -- kinds of run ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunKind:
+    """A kind of run folder: `matches(config)` tells its config.json apart, `open(folder)` loads it."""
+    name: str
+    matches: Callable[[dict], bool]
+    open: Callable[[Path], RunFolder]
 
-    def load_array(self, key: str):
-        """The cached array, or None when absent or unreadable (caches are recomputed)."""
-        path = self.cache_path(key)
-        try:
-            blob = read_capped_bytes(path, MAX_WEIGHTS_BYTES, StoreError, path.name, follow_links=False)
-            return np.load(io.BytesIO(blob), allow_pickle=False)
-        except (StoreError, OSError, ValueError, EOFError):  # absent, a link, a FIFO, damaged
-            return None
 
-    # -- locking --------------------------------------------------------------------------
-    def lock(self):
-        """Context manager: exclusive writer lock on the run (RunLockedError if held elsewhere)."""
-        return folder_lock(self.folder)
+RUN_KINDS: dict[str, RunKind] = {}
 
-    def __repr__(self) -> str:
-        return f"Run({str(self.folder)!r}, rounds={self.rounds()})"
+
+def register_run_kind(name: str, matches: Callable[[dict], bool], open_run: Callable[[Path], RunFolder]) -> None:
+    """Add a kind; kinds registered later are asked first (they refine the core's 'point')."""
+    RUN_KINDS[name] = RunKind(name, matches, open_run)
+
+
+def run_kind(folder) -> str | None:
+    """The kind of the run in `folder` from its config.json; None when it holds no readable one."""
+    try:
+        cfg = read_json(Path(folder) / CONFIG_FILE, StoreError)
+    except (StoreError, OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    return next((k.name for k in reversed(RUN_KINDS.values()) if k.matches(cfg)), None)
+
+
+def open_run(folder) -> RunFolder:
+    """The run in `folder`, opened by its kind's loader (a StoreError names any problem)."""
+    kind = run_kind(folder)
+    return RUN_KINDS[kind].open(folder) if kind else Run.open(folder)  # Run.open names what is wrong
+
+
+def find_runs(base, kind: str | None = None) -> list[Path]:
+    """The run folders directly under `base` (of `kind` only, when given), by name."""
+    base = Path(base)
+    if not base.is_dir():
+        return []
+    found = [(p, run_kind(p)) for p in sorted(base.iterdir()) if p.is_dir()]
+    return [p for p, k in found if k is not None and (kind is None or k == kind)]
+
+
+def _dataset_name(cfg: dict):
+    dataset = cfg.get("dataset")
+    return dataset.get("name") if isinstance(dataset, dict) else None
+
+
+register_run_kind("point", lambda cfg: "kind" not in cfg and isinstance(cfg.get("dataset"), dict), Run.open)
+register_run_kind("digits", lambda cfg: "kind" not in cfg and _dataset_name(cfg) == "digits", Run.open)

@@ -1,7 +1,8 @@
-"""Launched by tests/test_sd.py (not a test): one S-MEME round on an SD run from every rank of
-`accelerate launch --cpu --num_processes 2`. Each rank records the files it wrote and saves
-its adapter to --out, so the test can check that rank 0 alone wrote the run and that the
-ranks ended the round with the same adapter."""
+"""Launched by tests/test_sd.py (not a test) under torchrun: one S-MEME round on an SD run from
+every rank through the command line's own entry point (`smeme sd-explore`, as
+`torchrun --nproc_per_node 2 -m smeme sd-explore ...` runs it). Each rank records the files it
+wrote and saves its UNet to --out, so the test can check that rank 0 alone wrote the run and
+that the ranks ended the round with the same adapter."""
 from __future__ import annotations
 
 import argparse
@@ -20,27 +21,35 @@ def main() -> int:
 
     from safetensors.torch import save_file
 
-    from smeme import store
-    from smeme.images.sd_explore import SDConfig, SDExploreConfig, SDRun, make_accelerator, run_sd_rounds
-    from smeme.threads import configure
+    from smeme import cli, fsio
+    from smeme.images import sd_explore
+    from smeme.images.sd_explore import SDConfig, SDExploreConfig, SDRun, make_accelerator
 
-    configure()
     acc = make_accelerator(cpu=True)
     written = []
-    real = store.atomic_write
+    real = fsio.atomic_write
 
     def recording(path, write):
         written.append(str(path))
         return real(path, write)
 
-    store.atomic_write = recording
-    if acc.is_main_process:
-        run = SDRun.create(args.folder, SDConfig(source=args.pipeline, prompt="a house."),
-                           SDExploreConfig.from_dict(json.loads(args.explore)))
+    fsio.atomic_write = recording
+    if acc.is_main_process:  # the settings CI needs (not all are command-line options)
+        SDRun.create(args.folder, SDConfig(source=args.pipeline, prompt="a house."),
+                     SDExploreConfig.from_dict(json.loads(args.explore)))
     acc.wait_for_everyone()
-    if not acc.is_main_process:
-        run = SDRun.open(args.folder)
-    done = run_sd_rounds(run, 1, accelerator=acc, metrics=False)
+    seen = {}
+    real_rounds = sd_explore.run_sd_rounds
+
+    def capturing(run, rounds, **kw):  # the run object each rank tuned, to read its UNet below
+        seen["run"], seen["done"] = run, real_rounds(run, rounds, **kw)
+        return seen["done"]
+
+    sd_explore.run_sd_rounds = capturing
+    code = cli.main(["sd-explore", "--cpu", "--run-folder", args.folder, "--rounds", "1", "--no-metrics"])
+    if code != 0:
+        return code
+    run, done = seen["run"], seen["done"]
     out = Path(args.out)
     rank = acc.process_index
     # after the round the adapter is merged into the UNet (B reset to 0, A kept): the UNet's

@@ -58,7 +58,7 @@ def test_pretrain_sample_report(base_run, tmp_path):
 
 
 def test_logp_adds_column(base_run, tmp_path):
-    pytest.importorskip("smeme.density")
+    from smeme import density  # noqa: F401 - an import error fails the test
     pts = tmp_path / "p.csv"
     pd.DataFrame({"id": [1, 2, 3], "x": [-0.75, 0.75, 3.0], "y": [0.0, 0.0, 3.0]}).to_csv(pts, index=False)
     out = tmp_path / "o.csv"
@@ -153,7 +153,7 @@ def test_failed_commands_leave_files_untouched(run_copy, tmp_path):
 
 
 def test_explore_one_round_and_refusals(run_copy):
-    pytest.importorskip("smeme.explore")
+    from smeme import explore  # noqa: F401 - an import error fails the test
     proc = smeme("explore", "--run", run_copy, "--rounds", 1, "--iterations", 2, "--lam", 0.1)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].startswith("round 1: ")
@@ -343,3 +343,12 @@ def test_model_size_caps_name_the_limit(kind, params, wanted):
     with pytest.raises(ValueError) as caught:
         build_model({"kind": kind, **params}, VPSchedule())
     assert wanted in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_sd_explore_is_a_subcommand_with_clean_refusals(tmp_path):
+    """sd-explore is parsed by the CLI itself (no second parser): its errors are the CLI's."""
+    assert_clean_failure(smeme("sd-explore", "--run", tmp_path / "new"), match="pass --pipeline")
+    assert_clean_failure(smeme("sd-explore", "--run", tmp_path / "new", "--pipeline", tmp_path / "nowhere"),
+                         match="does not exist")
+    assert_clean_failure(smeme("sd-explore", "--run", tmp_path / "new", "--rounds", 0), match="--rounds")
+    assert not (tmp_path / "new").exists()

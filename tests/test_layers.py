@@ -15,19 +15,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A module may import its own layer or any layer below it, never above.
 LAYERS = [
-    ("base", ["smeme", "smeme.threads", "smeme.schedule", "smeme.extensions", "smeme.config", "smeme.safe_io"]),
+    ("base", ["smeme.threads", "smeme.optim", "smeme.schedule", "smeme.extensions", "smeme.config", "smeme.safe_io",
+              "smeme.fsio"]),
     ("data", ["smeme.data"]),
     ("models", ["smeme.models"]),
     ("sampling / density / training", ["smeme.sampling", "smeme.density", "smeme.train", "smeme.presets"]),
     ("solvers", ["smeme.solvers"]),
-    ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics"]),
+    ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics", "smeme.api"]),
     ("store", ["smeme.store"]),
     ("pipeline, budget", ["smeme.pipeline", "smeme.budget"]),
     ("images", ["smeme.images"]),
     ("bundles", ["smeme.bundle", "smeme.run_schema"]),  # a bundle carries point runs and image (SD) runs alike
     ("services", ["smeme.services"]),
-    ("ui and cli", ["smeme.ui", "smeme.cli", "smeme.__main__"]),
+    ("ui and cli", ["smeme.ui", "smeme.cli", "smeme.__main__", "smeme.progress"]),
     ("pages", ["app", "pages"]),
+    ("the package's public names", ["smeme"]),  # smeme/__init__ loads smeme.api on first use
 ]
 STREAMLIT_LAYERS = {"ui and cli", "pages"}
 
@@ -150,3 +152,11 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     _, edges, _ = import_graph()
     assert ("smeme.data", "smeme.store") in edges and ("smeme.store", "smeme.data") in edges
+
+
+def test_only_the_cli_parses_command_lines():
+    """One command line: every subcommand (sd-explore included) is defined in smeme/cli.py."""
+    files = module_files()
+    parsers = sorted(m for m, path in files.items() if m.startswith("smeme")
+                     and "argparse" in {n.split(".")[0] for n in imported_names(m, path)})
+    assert parsers == ["smeme.cli"], parsers

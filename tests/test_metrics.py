@@ -119,7 +119,7 @@ def test_round_metrics_triangles_validity():
 
 
 def test_round_metrics_on_a_real_run(tmp_path):
-    pipeline = pytest.importorskip("smeme.pipeline")
+    from smeme import pipeline
     run = pipeline.pretrain_run(tmp_path / "run", "toy", preset="tiny", steps=30, n=2000)
     m0 = run.metrics()[0]
     for key in ("entropy_knn", "cross_entropy_pfode", "surprise_pre", "on_support", "sparse_share"):

@@ -203,9 +203,9 @@ def test_local_cache_folder_reads_the_cache_layout_and_never_fetches(tmp_path, m
 
 
 def test_an_sd_round_is_visible_only_with_its_metrics(tiny_sd, tmp_path, monkeypatch):
-    """metrics.json is the SD run's manifest too (smeme.store.commit_round): an adapter file it
+    """metrics.json is the SD run's manifest too (smeme.fsio.commit_round): an adapter file it
     does not name is an orphan (a save that failed before its commit), invisible and overwritten."""
-    from smeme import store
+    from smeme import fsio, store
     from smeme.images.sd_explore import SDConfig, SDRun, SDRunError
 
     run = SDRun.create(tmp_path / "run", SDConfig(source=str(tiny_sd), prompt="a house."))
@@ -215,7 +215,7 @@ def test_an_sd_round_is_visible_only_with_its_metrics(tiny_sd, tmp_path, monkeyp
     # the commit fails (a full disk while writing metrics.json): the new adapter goes too
     def full(*a, **k):
         raise store.disk_full_error(run.folder / "metrics.json")
-    monkeypatch.setattr(store, "update_manifest", full)
+    monkeypatch.setattr(fsio, "update_manifest", full)
     with pytest.raises(store.DiskFullError, match="no space left"):
         run.save_round(1, adapter, {"loss": [1.0]})
     assert run.rounds() == [0] and not run.round_path(1).exists()
@@ -351,7 +351,9 @@ def test_v_prediction_checkpoints_are_converted_to_eps(tmp_path):
 class _ThreadRanks:
     """What run_sd_rounds uses of accelerate.Accelerator, for `world` threads of this process:
     reduce is a plain mean over the threads (a barrier, no torch.distributed), so each thread
-    draws the trajectories its rank would (seed + rank) and averages by hand."""
+    draws the trajectories its rank would (seed + rank) and averages by hand; prepare(module)
+    stands in for DDP: every gradient accumulated into a parameter of `module` is replaced by
+    its mean over the threads (free_memory removes that)."""
 
     def __init__(self, world: int):
         import threading
@@ -377,6 +379,19 @@ class _ThreadRanks:
                     total += other
                 shared.barrier.wait()  # all have read before the next reduce writes
                 return total / shared.world if reduction == "mean" else total
+
+            def prepare(self, module):
+                def mean(p):
+                    p.grad.copy_(self.reduce(p.grad, reduction="mean"))
+
+                self.hooks = [p.register_post_accumulate_grad_hook(mean)
+                              for p in module.parameters() if p.requires_grad]
+                return module
+
+            def free_memory(self):
+                for h in getattr(self, "hooks", []):
+                    h.remove()
+                self.hooks = []
 
         return Rank()
 

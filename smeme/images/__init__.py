@@ -2,12 +2,14 @@
 classifier, metrics, rounds), Stable Diffusion (loading, LoRA rounds, metrics) and grids.
 
 Nothing in the core imports this package; importing it registers the 'digits' data set
-and preset and the 'unet2d' / 'sd' model kinds in smeme.extensions. The modules
+and preset and the 'unet2d' / 'sd' model kinds in smeme.extensions, and the 'sd' run kind
+in smeme.store. The modules
 behind them load on first use, so the import itself is cheap (no torch, no diffusers).
 """
 from __future__ import annotations
 
-from ..extensions import register_dataset, register_model_kind, register_preset, register_run_kind
+from ..extensions import register_dataset, register_model_kind, register_preset
+from ..store import register_run_kind
 
 
 def _make_digits(n=None, seed: int = 0, **params):
@@ -34,6 +36,12 @@ def _build_unet(params: dict, schedule=None):
     return build_from_config(params, schedule)
 
 
+def _load_unet_folder(params: dict, schedule=None):
+    from .unet import load_unet_folder
+
+    return load_unet_folder(params, schedule)
+
+
 def _build_sd(params: dict, schedule=None):
     from .sd import build_from_config
 
@@ -44,12 +52,7 @@ register_dataset("digits", _make_digits, _digits_domain)
 register_preset("digits", _digits_preset)
 register_model_kind("unet2d", _build_unet)
 register_model_kind("sd", _build_sd)
-
-
-def _is_sd_run(folder) -> bool:
-    from .sd_explore import is_sd_run
-
-    return is_sd_run(folder)
+register_model_kind("unet2d_folder", _load_unet_folder)  # a local diffusers UNet (smeme.explore_rounds)
 
 
 def _open_sd_run(folder):
@@ -58,4 +61,4 @@ def _open_sd_run(folder):
     return SDRun.open(folder)
 
 
-register_run_kind("sd", _is_sd_run, _open_sd_run, (ValueError,))  # SDRunError is a ValueError
+register_run_kind("sd", lambda cfg: cfg.get("kind") == "sd", _open_sd_run)  # a kind of smeme.store run

@@ -24,17 +24,13 @@ class GridError(ValueError):
 
 
 def open_any_run(run):
-    """A digits/feature run (smeme.store.Run) or an SD run (smeme.images.sd_explore.SDRun) from a
-    folder; run objects pass through."""
+    """A run of any kind (smeme.store.open_run: a digits/feature run or an SD run) from a folder;
+    run objects pass through."""
     if not isinstance(run, (str, os.PathLike)):
         return run
-    from .sd_explore import SDRun, is_sd_run
+    from ..store import open_run
 
-    if is_sd_run(run):
-        return SDRun.open(run)
-    from ..store import Run
-
-    return Run.open(run)
+    return open_run(run)
 
 
 def _is_sd(run) -> bool:

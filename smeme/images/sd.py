@@ -270,13 +270,25 @@ class SDNoisePredictor(NoisePredictor):
                                               negative_prompt=config.negative_prompt or None)
         self.register_buffer("cond", cond.detach().to(self.unet.dtype), persistent=False)
         self.register_buffer("uncond", uncond.detach().to(self.unet.dtype), persistent=False)
+        # a distributed (DDP) wrapper of self.unet for the tuned model's gradient passes (use_grad_unet);
+        # kept out of the module tree so parameters and state dicts stay the UNet's own
+        self.__dict__["_grad_unet"] = None
+        self._adapter_on = True
         self.lora_params = add_lora(self.unet, config.lora_rank, config.lora_alpha, config.lora_targets,
                                     config.lora_seed)
 
     # -- core ----------------------------------------------------------------------------
+    def use_grad_unet(self, wrapped) -> None:
+        """Run the tuned model's gradient passes (adapter on, autograd recording) through
+        `wrapped` (e.g. accelerator.prepare(self.unet)), or through the UNet itself (None).
+        Sampling (no autograd) and the adapter-off base keep the UNet itself."""
+        self.__dict__["_grad_unet"] = wrapped
+
     def _eps(self, x: Tensor, t: Tensor, embeds: Tensor) -> Tensor:
         ts = self.schedule.timestep(t).to(torch.float32)
-        out = self.unet(x.to(self.unet.dtype), ts, encoder_hidden_states=embeds).sample.to(x.dtype)
+        wrapped = self.__dict__.get("_grad_unet")
+        unet = wrapped if wrapped is not None and self._adapter_on and torch.is_grad_enabled() else self.unet
+        out = unet(x.to(self.unet.dtype), ts, encoder_hidden_states=embeds).sample.to(x.dtype)
         if self.prediction_type == "v_prediction":
             ab = expand_like(self.schedule.ab(t), x)
             out = ab.sqrt() * out + (1 - ab).sqrt() * x
@@ -295,9 +307,11 @@ class SDNoisePredictor(NoisePredictor):
     @contextlib.contextmanager
     def adapter_disabled(self):
         self.unet.disable_adapters()
+        self._adapter_on = False
         try:
             yield
         finally:
+            self._adapter_on = True
             self.unet.enable_adapters()
             # diffusers re-enables adapters with requires_grad on every LoRA weight; keep ours
             for p in self.lora_params:

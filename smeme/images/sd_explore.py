@@ -1,7 +1,7 @@
 """S-MEME on images: rounds of Adjoint Matching on Stable Diffusion (a LoRA adapter, in latent
 space). The digits UNet's rounds: smeme.images.digits_rounds.
 
-Why a separate driver: an SD run cannot store a full model per round (the UNet alone is
+Why a kind of its own: an SD run cannot store a full model per round (the UNet alone is
 3.4 GB) and has no data set or standardiser. An SD run folder holds:
     config.json                {"kind": "sd", "schema_version", "model": SDConfig, "explore": SDExploreConfig}
     round_<k>.safetensors      k >= 1: round k's LoRA adapter (peft state dict), a delta on
@@ -11,7 +11,8 @@ Why a separate driver: an SD run cannot store a full model per round (the UNet a
                                against round 0 where local weights exist, else which
                                weights are missing; loss curve; seconds
     cache/images_*.npy         decoded uint8 samples under fixed noise (grids, metrics)
-Writes are atomic (smeme.store helpers) and a writer holds the folder lock.
+An SD run is the 'sd' kind of smeme.store (SDRun, a RunFolder): opened, listed, bundled,
+locked and committed by the store's code.
 
 Round k (paper Algorithm 1 with Algorithm 2 as the solver, Appendix G scaled to LoRA):
 merge round k-1's adapter into the UNet and reset the adapter to zero, so "adapter
@@ -36,20 +37,21 @@ about 4.6 lr |x| at r = 8: 70-280x less per step. Matching the paper therefore n
 lr ~ 3e-7 x (70..280) = 2e-5..8e-5; we take the low end (S-MEME tilts a distribution by a
 little each round). It is a starting point to check on a GPU (bench/bench_images.py --sd PATH).
 
-Multi-GPU: `accelerate launch -m smeme.images.sd_explore --pipeline PATH --run DIR --rounds 3`
-(or `torchrun --nproc_per_node N -m smeme.images.sd_explore ...`). On CPUs, `accelerate launch
---cpu --num_processes 2` starts ONE process (Accelerate 1.15 needs mpirun for more); use
-`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 ...` (gloo), as the test does.
-Each process draws its own trajectories (seed offset by its rank); LoRA gradients are
-averaged across processes after every backward (Accelerate's reduce, from a post-accumulate
-hook) so every rank takes the same Adam step and the adapters stay identical; rank 0 writes
-the run (tests/test_sd.py launches two CPU processes and checks all three).
+Multi-process: `torchrun --nproc_per_node N -m smeme sd-explore --pipeline PATH --run-folder DIR
+--rounds 3` (the CLI's own entry point on every rank; Accelerate reads torchrun's environment).
+On CPUs, `accelerate launch --cpu --num_processes 2` starts ONE process
+(Accelerate 1.15 needs mpirun for more); use `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2
+-m smeme sd-explore --cpu ...` (gloo), as tests/test_sd.py does.
+Each process draws its own trajectories (seed offset by its rank); the tuned model's gradient
+passes run through Accelerate's DDP wrapper (accelerator.prepare of the UNet), which averages
+the LoRA gradients over the processes in buckets during the backward pass, so every rank takes
+the same Adam step and the adapters stay identical; sampling and the frozen base (the
+adjoint's VJPs, which DDP's reducer does not support) use the UNet itself. Rank 0 writes the
+run (tests/test_sd.py launches two CPU processes and checks all three).
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +59,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import fsio
 from ..config import ConfigBase
-from ..safe_io import read_json
+from ..explore import RoundProblem, drive_rounds
+from ..fsio import SCHEMA_VERSION, StoreError, folder_lock
+from ..store import RunFolder, run_kind
 from ..models.base import score
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 
@@ -67,11 +72,10 @@ from .sd import (SDConfig, SDError, SDGuidedTunedView, SDGuidedView, SDNoisePred
                  load_adapter_state)
 from .sd_metrics import find_metric_weights, sd_metrics
 
-SCHEMA_VERSION = 1
 KIND = "sd"
 
 
-class SDRunError(ValueError):
+class SDRunError(StoreError, ValueError):
     """An SD run folder or request is unusable; the message names the problem."""
 
 
@@ -102,21 +106,16 @@ class SDExploreConfig(ConfigBase):
 
 
 def is_sd_run(folder) -> bool:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        return False
-    try:
-        return read_json(path, SDRunError).get("kind") == KIND
-    except (SDRunError, AttributeError):
-        return False
+    return run_kind(folder) == KIND
 
 
-class SDRun:
-    """An SD run folder (see the module docstring); API parallel to smeme.store.Run."""
+class SDRun(RunFolder):
+    """An SD run folder (the module docstring): the 'sd' kind of smeme.store."""
+
+    error = SDRunError
 
     def __init__(self, folder: Path, config: dict):
-        self.folder = Path(folder)
-        self.config = config
+        super().__init__(folder, config)
         self.sd_config = SDConfig.from_dict(config["model"])
         self.explore_config = SDExploreConfig.from_dict(config.get("explore", {}))
         self._model: SDNoisePredictor | None = None
@@ -126,7 +125,6 @@ class SDRun:
     def create(cls, folder, sd_config: SDConfig, explore_config: SDExploreConfig | None = None,
                overwrite: bool = False) -> "SDRun":
         from .sd import resolve_pipeline_folder
-        from ..store import atomic_write_json, folder_lock
 
         folder = Path(folder)
         resolve_pipeline_folder(sd_config.source)  # a clear error before anything is written
@@ -149,82 +147,42 @@ class SDRun:
                "explore": (explore_config or SDExploreConfig()).to_dict(),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with folder_lock(folder):
-            atomic_write_json(folder / "config.json", cfg)
+            fsio.atomic_write_json(folder / "config.json", cfg)
         return cls(folder, cfg)
 
     @classmethod
     def open(cls, folder) -> "SDRun":
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise SDRunError(f"The run folder {folder} does not exist.")
-        if not os.path.lexists(folder / "config.json"):
-            raise SDRunError(f"{folder} is not an smeme run: it has no config.json.")
-        cfg = read_json(folder / "config.json", SDRunError, f"config.json in {folder}")
-        if not isinstance(cfg, dict) or cfg.get("kind") != KIND:
+        folder, cfg = cls.read_folder(folder)
+        if cfg.get("kind") != KIND:
             raise SDRunError(f"{folder} is not a Stable Diffusion run (config.json has no kind 'sd').")
-        if cfg.get("schema_version") != SCHEMA_VERSION:
-            raise SDRunError(f"config.json in {folder} has schema version {cfg.get('schema_version')!r}; "
-                             f"this smeme reads {SCHEMA_VERSION}.")
         try:
             return cls(folder, cfg)
         except (TypeError, ValueError) as exc:
             raise SDRunError(f"config.json in {folder} is inconsistent: {exc}") from None
 
     # -- rounds ---------------------------------------------------------------------------
-    def round_path(self, k: int) -> Path:
-        return self.folder / f"round_{int(k)}.safetensors"
-
     def rounds(self) -> list[int]:
         """Round 0 (the pipeline) and each committed round after it: named in metrics.json
-        (the manifest, as in smeme.store) with its adapter file present, without a gap (round
-        k merges rounds 1..k). An adapter file the manifest does not name is an orphan of a
-        save that failed before its commit: invisible, and overwritten by the next save."""
+        (the manifest) with its adapter file present, without a gap (round k merges rounds
+        1..k). An adapter file the manifest does not name is an orphan of a save that failed
+        before its commit: invisible, and overwritten by the next save."""
         named = self.metrics()
         done = [0]
         while done[-1] + 1 in named and self.round_path(done[-1] + 1).is_file():
             done.append(done[-1] + 1)
         return done
 
-    @property
-    def latest_round(self) -> int:
-        return self.rounds()[-1]
-
-    def lock(self):
-        from ..store import folder_lock
-
-        return folder_lock(self.folder)
-
-    def metrics(self) -> dict[int, dict]:
-        from ..store import StoreError, read_manifest
-
-        try:
-            return read_manifest(self.folder)
-        except StoreError as exc:
-            raise SDRunError(str(exc)) from None
-
-    def set_metrics(self, k: int, metrics: dict) -> None:
-        from ..store import update_manifest
-
-        with self.lock():
-            self.metrics()  # a damaged manifest is an SDRunError, as on reading
-            update_manifest(self.folder, k, metrics)
+    def check_next_round(self, k: int) -> None:
+        if k != self.latest_round + 1:
+            raise SDRunError(f"Round {k} cannot follow round {self.latest_round}.")
 
     def save_round(self, k: int, adapter: dict, metrics: dict | None = None) -> None:
-        """Save round k's adapter, then its metrics record (the commit, smeme.store.commit_round)."""
+        """Save round k's adapter, then its metrics record (the commit, RunFolder.commit)."""
         from safetensors.torch import save
 
-        from ..store import commit_round
-
-        k = int(k)
-        with self.lock():
-            latest = self.latest_round
-            if k <= latest:
-                raise SDRunError(f"Round {k} of the run in {self.folder} is already saved; it is never overwritten.")
-            if k != latest + 1:
-                raise SDRunError(f"Round {k} cannot follow round {latest}.")
-            data = save({n: v.contiguous() for n, v in adapter.items()}, metadata={"format": "smeme-sd-lora",
-                                                                                   "round": str(k)})
-            commit_round(self.folder, k, self.round_path(k), data, metrics)
+        data = save({n: v.contiguous() for n, v in adapter.items()}, metadata={"format": "smeme-sd-lora",
+                                                                               "round": str(int(k))})
+        self.commit(k, data, metrics)
 
     def read_adapter(self, k: int) -> dict:
         from safetensors.torch import load
@@ -290,22 +248,15 @@ class SDRun:
         """uint8 images (n, H, W, 3) of round k under the fixed noise of `seed` (CFG, w from config)."""
         steps = int(steps or self.explore_config.sample_steps)
         key = f"images_round{k}_n{n}_seed{seed}_steps{steps}_w{self.sd_config.guidance:g}"
-        path = self.folder / "cache" / f"{key}.npy"
-        if use_cache and path.exists():
-            try:
-                arr = np.load(path, allow_pickle=False)
-                if arr.shape[0] == n:
-                    return arr
-            except (OSError, ValueError):
-                pass
+        if use_cache:
+            arr = self.load_array(key)
+            if arr is not None and arr.shape[0] == n:
+                return arr
         model = self.model_at(k, device)
         latents = sample_latents(model, n, seed, steps)
         imgs = model.decode(latents)
         if use_cache:
-            from ..store import atomic_write
-
-            path.parent.mkdir(exist_ok=True)
-            atomic_write(path, lambda f: np.save(f, imgs, allow_pickle=False))
+            self.save_array(key, imgs)
         return imgs
 
 
@@ -345,18 +296,21 @@ def make_accelerator(cpu: bool = False):
     return Accelerator(cpu=cpu)
 
 
-def _average_grads_across(params, accelerator):
-    """Average each LoRA gradient over the processes as soon as backward has accumulated it,
-    with Accelerate's reduce (an all-reduce over its process group: gloo on CPUs, NCCL on
-    GPUs); a no-op for one process. The solver's loop stays as it is: gradient clipping and
-    Adam then see the same mean gradient on every rank, so the adapters stay identical."""
+def _average_gradients_across(model, accelerator):
+    """Average the LoRA gradients over the processes in every backward pass: the tuned model's
+    gradient passes run through Accelerate's DDP wrapper (accelerator.prepare), which
+    all-reduces them in buckets while the backward pass runs (gloo on CPUs, NCCL on GPUs).
+    Gradient clipping and Adam then see the same mean gradient on every rank, so the adapters
+    stay identical. Returns the function that unwraps it; a no-op for one process."""
     if accelerator is None or accelerator.num_processes <= 1:
-        return []
+        return lambda: None
+    model.use_grad_unet(accelerator.prepare(model.unet))
 
-    def hook(p):
-        p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+    def release():
+        model.use_grad_unet(None)
+        accelerator.free_memory()  # Accelerate's reference to this round's wrapper
 
-    return [p.register_post_accumulate_grad_hook(hook) for p in params]
+    return release
 
 
 def round_metrics(run: SDRun, k: int, device=None, inception=None, clip=None) -> dict:
@@ -368,147 +322,122 @@ def round_metrics(run: SDRun, k: int, device=None, inception=None, clip=None) ->
     return m
 
 
-def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None, accelerator=None,
-                  on_iteration=None, on_round=None, cancel=None, inception=None, clip=None,
-                  metrics: bool = True) -> list[int]:
-    """Run `rounds` more S-MEME rounds after run.latest_round; each is saved when it finishes.
+class SDRounds:
+    """The Stable Diffusion kind of round for smeme.explore.drive_rounds: round k tunes the
+    adapter on the guided model with rounds 1..k-1 merged (guided_round_problem); with an
+    Accelerate `accelerator` every rank solves, gradients are averaged, rank 0 writes."""
 
-    on_iteration(round, iteration, total, loss); on_round(round, metrics). Returns the new
-    round numbers. Raises SDRunError for bad input; a NaN round is not saved.
-    """
-    from ..solvers.adjoint_matching import AdjointMatchingConfig, adjoint_matching
-    from ..solvers.base import SolverDivergedError
+    solver = "adjoint"
 
-    if int(rounds) < 1:
-        raise SDRunError(f"The number of rounds must be at least 1, got {rounds}.")
-    cfg = config or run.explore_config
-    device = accelerator.device if accelerator is not None else None
-    rank = accelerator.process_index if accelerator is not None else 0
-    is_main = accelerator is None or accelerator.is_main_process
-    done: list[int] = []
-    model = run.model_at(run.latest_round, device)
-    if metrics and is_main and 0 not in run.metrics():
-        run.set_metrics(0, round_metrics(run, 0, device, inception, clip))
-    for _ in range(int(rounds)):
-        if cancel is not None and cancel.is_set():
-            break
-        k = run.latest_round + 1
-        model = run.model_at(k - 1, device)  # rounds 1..k-1 merged; adapter at zero = pi_{k-1}
+    def __init__(self, run: SDRun, config: SDExploreConfig, accelerator=None, measure=None):
+        self.run, self.cfg, self.accelerator = run, config, accelerator
+        self.device = accelerator.device if accelerator is not None else None
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.is_main = accelerator is None or accelerator.is_main_process
+        self.measure = measure  # k -> round k's image metrics (rank 0), or None to skip them
+
+    def lock(self):
+        return self.run.lock() if self.is_main else contextlib.nullcontext()  # rank 0 alone writes
+
+    def begin(self) -> int:
+        return self.run.latest_round
+
+    def problem(self, k: int) -> RoundProblem:
+        from ..solvers.adjoint_matching import AdjointMatchingConfig
+
+        cfg, run = self.cfg, self.run
+        model = run.model_at(k - 1, self.device)  # rounds 1..k-1 merged; adapter at zero = pi_{k-1}
         lam, t_r = float(cfg.lam), float(cfg.t_r)
         tuned, base, reward_grad = guided_round_problem(model, run.sd_config.guidance, lam, t_r)
         am = AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
                                    adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
                                    clip_grad_norm=cfg.clip_grad_norm, control=IMAGE_CONTROL,
-                                   seed=cfg.seed * 7919 + k * 104729 + rank)
-        hooks = _average_grads_across(model.lora_params, accelerator)
-        start = time.perf_counter()
-        it_cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
-        try:
-            losses = adjoint_matching(tuned, base, reward_grad, am, on_iteration=it_cb, cancel=cancel)
-        except SolverDivergedError as exc:
-            run.drop_cached_model()  # the cached UNet holds a broken adapter
-            raise SDRunError(f"Round {k} was rejected: {exc}") from None
-        finally:
-            for h in hooks:
-                h.remove()
-        seconds = time.perf_counter() - start
-        if len(losses) < am.iterations:  # cancelled mid-round: nothing saved
-            run.drop_cached_model()
-            break
-        adapter = model.adapter_state()
+                                   seed=cfg.seed * 7919 + k * 104729 + self.rank)
+        return RoundProblem(tuned, base, reward_grad, am, lam, [lam] * k,
+                            release=_average_gradients_across(model, self.accelerator))
+
+    def finish(self, k: int, problem: RoundProblem, losses: list, seconds: float) -> dict:
+        run, cfg, am, model = self.run, self.cfg, problem.solver_cfg, problem.model_ft.model
         info = {"loss": losses, "seconds": round(seconds, 2), "timings": dict(am.timings),
-                "lam": lam, "t_r": t_r, "solver": "adjoint_matching", "lora_lr": cfg.lr,
+                "lam": problem.lam, "t_r": float(cfg.t_r), "solver": "adjoint_matching", "lora_lr": cfg.lr,
                 "guidance": float(run.sd_config.guidance)}
-        if is_main:
-            run.save_round(k, adapter, info)
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
+        if self.is_main:
+            run.save_round(k, model.adapter_state(), info)
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
         # the cached model now holds round k's adapter unmerged: merge it to make it pi_k
         model.merge_adapter()
         run.mark_merged(k)
         m = {}
-        if metrics and is_main:
-            m = {**round_metrics(run, k, device, inception, clip), **info}
+        if self.measure is not None and self.is_main:
+            m = {**self.measure(k), **info}
             run.set_metrics(k, m)
-        done.append(k)
-        if on_round is not None:
-            on_round(k, m or info)
-    return done
+        return m or info
+
+    def reject(self, k: int, reason: str) -> Exception:
+        return SDRunError(f"Round {k} was rejected: {reason}; round {k - 1} stays the latest.")
+
+    def abandon(self, k: int) -> None:
+        self.run.drop_cached_model()  # the cached UNet holds a half-trained or broken adapter
 
 
-# -- command line ------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m smeme.images.sd_explore",
-                                description="S-MEME rounds on a local Stable Diffusion pipeline (LoRA, Adjoint Matching).")
-    p.add_argument("--pipeline", help="local diffusers Stable Diffusion folder (or a model in the local HF cache)")
-    p.add_argument("--run", "--run-folder", dest="run", required=True,
-                   help="run folder (created on first use); --run-folder under torchrun, whose own --run-path takes --run")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--prompt", default=None)
-    p.add_argument("--lam", type=float, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--trajectories", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--lora-rank", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--sample-n", type=int, default=None, help="images per round for metrics")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--inception", default=None, help="local inception-2015-12-05.pt (TorchScript) for FID")
-    p.add_argument("--clip", default=None, help="local CLIP folder for the CLIP score")
-    p.add_argument("--cpu", action="store_true", help="force CPU even when a GPU is present")
-    return p
+def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None, accelerator=None,
+                  on_iteration=None, on_round=None, cancel=None, inception=None, clip=None,
+                  metrics: bool = True) -> list[int]:
+    """Run `rounds` more S-MEME rounds after run.latest_round through smeme.explore's round
+    loop (SDRounds); each is saved when it finishes.
+
+    on_iteration(round, iteration, total, loss); on_round(round, metrics). Returns the new
+    round numbers. Raises SDRunError for bad input; a NaN round is not saved.
+    """
+    if int(rounds) < 1:
+        raise SDRunError(f"The number of rounds must be at least 1, got {rounds}.")
+    device = accelerator.device if accelerator is not None else None
+    measure = (lambda k: round_metrics(run, k, device, inception, clip)) if metrics else None
+    kind = SDRounds(run, config or run.explore_config, accelerator, measure)
+    run.model_at(run.latest_round, device)
+    if measure is not None and kind.is_main and 0 not in run.metrics():
+        run.set_metrics(0, measure(0))
+    return drive_rounds(kind, int(rounds), on_iteration, on_round, cancel)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from ..threads import configure
+_MODEL_OPTIONS = ("prompt", "resolution", "lora_rank", "guidance", "dtype")  # SDConfig fields the CLI sets
+_EXPLORE_OPTIONS = ("lam", "lr", "iterations", "trajectories", "steps", "sample_n", "seed")  # SDExploreConfig's
 
-    configure()
-    try:
-        if args.pipeline and not is_sd_run(args.run):
-            from .sd import resolve_pipeline_folder
 
-            resolve_pipeline_folder(args.pipeline)  # every rank fails alike, before any barrier
-        acc = make_accelerator(cpu=args.cpu)
-        if not acc.is_main_process:  # rank 0 creates the run folder; the others open it
-            acc.wait_for_everyone()
-        if is_sd_run(args.run):
-            run = SDRun.open(args.run)
-        else:
-            if not args.pipeline:
-                raise SDRunError(f"{args.run} is not an SD run yet: pass --pipeline with a local SD folder.")
-            sd = {"source": args.pipeline}
-            for key, val in (("prompt", args.prompt), ("resolution", args.resolution),
-                             ("lora_rank", args.lora_rank), ("guidance", args.guidance), ("dtype", args.dtype)):
-                if val is not None:
-                    sd[key] = val
-            if "lora_rank" in sd:
-                sd["lora_alpha"] = float(sd["lora_rank"])
-            ex = {k: v for k, v in (("lam", args.lam), ("lr", args.lr), ("iterations", args.iterations),
-                                    ("trajectories", args.trajectories), ("steps", args.steps),
-                                    ("sample_n", args.sample_n), ("seed", args.seed)) if v is not None}
-            run = SDRun.create(args.run, SDConfig.from_dict(sd), SDExploreConfig.from_dict(ex))
+def sd_explore_command(options: dict) -> list[int]:
+    """`smeme sd-explore` (smeme.cli's options as a dict): open the SD run in options['run'], or
+    create it on the local options['pipeline'] with the SDConfig / SDExploreConfig fields given,
+    then run options['rounds'] rounds, printing one line per round on rank 0. Under torchrun
+    every rank runs this; rank 0 creates the folder while the others wait."""
+    run_folder, pipeline = options["run"], options.get("pipeline")
+    if pipeline and not is_sd_run(run_folder):
+        from .sd import resolve_pipeline_folder
+
+        resolve_pipeline_folder(pipeline)  # every rank fails alike, before any barrier
+    acc = make_accelerator(cpu=bool(options.get("cpu")))
+    if not acc.is_main_process:  # rank 0 creates the run folder; the others open it
+        acc.wait_for_everyone()
+    if is_sd_run(run_folder):
+        run = SDRun.open(run_folder)
+    else:
+        if not pipeline:
+            raise SDRunError(f"{run_folder} is not an SD run yet: pass --pipeline with a local SD folder.")
+        sd = {"source": str(pipeline), **{k: options[k] for k in _MODEL_OPTIONS if options.get(k) is not None}}
+        if "lora_rank" in sd:
+            sd["lora_alpha"] = float(sd["lora_rank"])
+        explore = {k: options[k] for k in _EXPLORE_OPTIONS if options.get(k) is not None}
+        run = SDRun.create(run_folder, SDConfig.from_dict(sd), SDExploreConfig.from_dict(explore))
+    if acc.is_main_process:
+        acc.wait_for_everyone()
+
+    def on_round(k, m):
         if acc.is_main_process:
-            acc.wait_for_everyone()
+            fid, clip_score = m.get("fid"), m.get("clip_score")
+            print(f"round {k}: {m.get('seconds', 0):.1f} s, final loss {m['loss'][-1]:.4g}, "
+                  f"FID {'n/a' if fid is None else f'{fid:.2f}'}, "
+                  f"CLIP {'n/a' if clip_score is None else f'{clip_score:.2f}'}", flush=True)
 
-        def on_round(k, m):
-            if acc.is_main_process:
-                fid = m.get("fid")
-                clip = m.get("clip_score")
-                print(f"round {k}: {m.get('seconds', 0):.1f} s, final loss {m['loss'][-1]:.4g}, "
-                      f"FID {'n/a' if fid is None else f'{fid:.2f}'}, CLIP {'n/a' if clip is None else f'{clip:.2f}'}",
-                      flush=True)
-
-        run_sd_rounds(run, args.rounds, accelerator=acc, on_round=on_round,
-                      inception=args.inception, clip=args.clip)
-    except (SDError, SDRunError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_sd_rounds(run, options.get("rounds", 3), accelerator=acc, on_round=on_round,
+                         inception=options.get("inception"), clip=options.get("clip"),
+                         metrics=not options.get("no_metrics"))

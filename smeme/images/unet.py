@@ -135,6 +135,47 @@ def build_from_config(params: dict, schedule: Schedule | None = None) -> UNetNoi
     return UNetNoisePredictor(cfg, schedule)
 
 
+class FolderUNet(NoisePredictor):
+    """A diffusers UNet2DModel loaded from a local folder (load_unet_folder), as a NoisePredictor."""
+
+    def __init__(self, unet, schedule: Schedule):
+        super().__init__()
+        self.unet, self.schedule = unet, schedule
+        cfg = unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
+        self.sample_shape = (int(cfg.in_channels), int(size), int(size))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.unet(x, self.schedule.timestep(t).to(x.dtype)).sample
+
+
+def load_unet_folder(params: dict, schedule: Schedule | None = None) -> FolderUNet:
+    """Builder for model kind 'unet2d_folder' ({'folder': path}): an epsilon-predicting
+    UNet2DModel saved with save_pretrained (the folder itself or its unet/ sub-folder), read
+    offline; the schedule is its scheduler/ sub-folder's alphas_cumprod unless one is passed."""
+    from pathlib import Path
+
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = Path(str(params.get("folder", "")))
+    unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    if not (unet_dir / "config.json").is_file():
+        raise ValueError(f"{folder} is not a diffusers UNet folder (it has no config.json).")
+    try:
+        unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"The UNet in {unet_dir} cannot be loaded ({str(exc).splitlines()[0]}).") from None
+    if schedule is None:
+        sched_dir = folder / "scheduler"
+        sched = (DDPMScheduler.from_pretrained(str(sched_dir), local_files_only=True)
+                 if (sched_dir / "scheduler_config.json").is_file() else DDPMScheduler())
+        if sched.config.prediction_type != "epsilon":
+            raise ValueError(f"The scheduler in {sched_dir} predicts {sched.config.prediction_type!r}; "
+                             "smeme's solvers need an epsilon-predicting UNet.")
+        schedule = DiscreteSchedule.from_scheduler(sched)
+    return FolderUNet(unet.float(), schedule)
+
+
 def model_config(config: UNetConfig | None = None) -> dict:
     """The `model` part of a run's config.json for this network."""
     return {"kind": "unet2d", **(config or UNetConfig()).to_dict()}

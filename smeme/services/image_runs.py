@@ -9,9 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..bundle import BundleError, import_bundle
-from ..safe_io import read_json
 from . import access, jobs
-from .runs import entries_newest_first, open_run, safe_name
+from .runs import open_run, safe_name
 from .settings import cache_dir, models_dir, runs_dir, setup
 
 DIGITS_TOPIC = "digits"  # the topic of the digits jobs (jobs.Job.topic), so any session finds them
@@ -25,17 +24,16 @@ READY_MANIFEST = ASSETS / "digits-ready.json"
 
 
 def digits_runs() -> list[Path]:
-    """Digits run folders, newest first; an entry that cannot be read (gone, a dangling link,
-    a damaged config.json) is skipped."""
-    out = []
-    for f in entries_newest_first(runs_dir()):
+    """Digits run folders, newest first."""
+    from ..store import find_runs
+
+    def modified(p: Path) -> float:
         try:
-            cfg = read_json(f / "config.json", ValueError)
-            if cfg.get("dataset", {}).get("name") == "digits":
-                out.append(f)
-        except (OSError, ValueError, AttributeError, RecursionError):
-            continue
-    return out
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    return sorted(find_runs(runs_dir(), "digits"), key=modified, reverse=True)
 
 
 def ready_manifest() -> dict | None:
@@ -127,16 +125,9 @@ def sd_models() -> list[tuple[str, str]]:
 
 
 def sd_runs() -> list[Path]:
-    from ..images.sd_explore import is_sd_run
+    from ..store import find_runs
 
-    out = []
-    for p in sorted(entries_newest_first(sd_runs_dir())):
-        try:
-            if is_sd_run(p):
-                out.append(p)
-        except (OSError, ValueError, RecursionError):  # an unreadable entry is skipped
-            continue
-    return out
+    return find_runs(sd_runs_dir(), "sd")
 
 
 def metrics_table(metrics: dict, rounds: list[int], keys: list[tuple[str, str]]) -> pd.DataFrame:
