@@ -219,7 +219,15 @@ def _huge_points(tmp_path):
     return path
 
 
+def _bare_cr_csv(tmp_path):
+    path = tmp_path / "bare_cr.csv"
+    path.write_bytes(b"a\rb,c\n" + b"".join(b"%d,%d\n" % (i, i * i % 7) for i in range(150)))
+    return path
+
+
 UNCLEAR = {  # case: (arguments, substrings the one line must hold)
+    "bare-CR CSV header": (lambda run, tmp: ["pretrain", "--dataset", "csv", "--csv", _bare_cr_csv(tmp),
+                                             "--run", tmp / "r"], ["bare_cr.csv"]),
     "dense_mass=nan": (lambda run, tmp: ["pretrain", "--dataset", "toy", "--data-param", "dense_mass=nan",
                                          "--run", tmp / "r"], ["dense_mass", "finite number", "'nan'"]),
     "width 1e6 sample": (lambda run, tmp: ["sample", "--run", _with_model_width(run, tmp, 10 ** 6), "--n", 4,
