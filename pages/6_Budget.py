@@ -38,6 +38,9 @@ if done:
     st.selectbox("Sweeps on this run (newest first)", labels, key="b_sweep",
                  on_change=lambda: load_sweep(done[labels.index(st.session_state["b_sweep"])]))
 else:
+    if st.session_state.get("b_folder") != folder:  # another run's settings do not carry over
+        for key in ("b_iters", "b_lam", "b_seed", "b_ks", "b_sweep"):
+            st.session_state.pop(key, None)
     st.session_state["b_folder"] = folder
     st.caption("No sweep has been run on this run yet.")
 

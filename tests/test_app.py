@@ -281,7 +281,7 @@ def test_explore_timeline_shows_what_a_perfect_solver_reaches(cache):
     assert entropy and np.allclose(arr(entropy[0]["y"]), [m[0]["entropy_knn"] + g for g in gains])
 
 
-def test_explore_second_tab_gets_a_clear_busy_message(cache):
+def test_explore_second_tab_gets_a_clear_busy_message(cache, monkeypatch):
     with held_job(cache["toy"], "explore", (0.25, "Round 3 of 5: solver iteration 1/4"),
                   label="S-MEME rounds (3)") as job:
         at = app(cache["toy"]).run()
@@ -290,11 +290,14 @@ def test_explore_second_tab_gets_a_clear_busy_message(cache):
         assert at.button(key="x_one").disabled and at.button(key="x_k_btn").disabled
         bars = [(p.value, p.text) for p in at.get("progress")]  # the other tab's job, live
         assert any(v == 25 and t.startswith("Round 3 of 5: solver iteration 1/4") for v, t in bars), bars
-        assert [b.label for b in at.button].count("Stop") == 1  # one Stop while rounds run
+        assert [b.label for b in at.button].count("Stop") == 0  # not this session's job (issue 21)
         # the run's writes are refused in another tab (registry) ...
         with pytest.raises(jobs.JobBusy, match="busy"):
             launch.start_rounds(cache["toy"], 1, settings.explore_defaults())
-        # ... and Stop in this tab stops the other tab's job
+        # ... and with the single-user switch, Stop in this tab stops the other tab's job
+        monkeypatch.setenv("SMEME_SINGLE_USER", "1")
+        at.run()
+        assert [b.label for b in at.button].count("Stop") == 1  # one Stop while rounds run
         at.button(key="x_job_stop").click().run()
         assert job.cancel.is_set()
 

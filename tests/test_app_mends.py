@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from smeme.services import jobs, runs, settings, sweeps, texts
-from test_app import app, built_cache, cache, figs, held_job, metrics, picker, settle  # noqa: F401
+from smeme.services import runs, settings, sweeps, texts
+from test_app import app, figs, held_job, metrics
+from test_app import built_cache, cache  # noqa: F401  (the fixtures: a tiny toy run and a triangles run)
 
 ROOT = Path(__file__).resolve().parent.parent
 
