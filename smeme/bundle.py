@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import (CACHE_DIR, CONFIG_FILE, METRICS_FILE, Run, StoreError, atomic_write, folder_lock, open_run,
-                    run_kind)
+from .store import CACHE_DIR, CONFIG_FILE, METRICS_FILE, StoreError, atomic_write, folder_lock, open_run, run_kind
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: a round of the digits UNet is ~10 MB, an SD LoRA ~3 MB
