@@ -271,10 +271,11 @@ def distinct_uncond(model, seed: int = 5):
 
 
 def _spy_rounds(monkeypatch, x, t):
-    """Record, for each round, the views adjoint_matching gets and the base's output at (x, t)."""
+    """Record, for each round, the views adjoint_matching gets and the base's output at (x, t)
+    (the solver as smeme.explore's round loop calls it)."""
     import importlib
 
-    am = importlib.import_module("smeme.solvers.adjoint_matching")
+    am = importlib.import_module("smeme.explore")
     seen = []
     real = am.adjoint_matching
 
