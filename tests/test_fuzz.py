@@ -283,7 +283,6 @@ def test_random_config_json_opens_or_is_refused(trained, value, raw):
         ws.check_outside()
 
 
-@pytest.mark.xfail(strict=False, reason="needs h21a: the shared depth-guarded JSON reader (RecursionError)")
 def test_a_deeply_nested_config_is_refused(trained):
     with Workspace(trained["scratch"]) as ws:
         folder = _write_run(ws, {**trained["files"], "config.json": b"[" * 100_000 + b"]" * 100_000})
