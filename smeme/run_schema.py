@@ -114,7 +114,9 @@ def check_point_config(cfg: dict) -> None:
     _only(cfg["standardizer"], STANDARDIZER, "standardizer", required=tuple(STANDARDIZER))
     if "training_rows" in ds:
         _only(ds["training_rows"], TRAINING_ROWS, "dataset.training_rows", required=tuple(TRAINING_ROWS))
-    info = _only(ds.get("info", {}), INFO.get(name, set(ds.get("info", {}))), "dataset.info")
+    info = ds.get("info", {})
+    known = INFO.get(name, set(info) if isinstance(info, dict) else set())  # a registered data set's own
+    info = _only(info, known, "dataset.info")
     if "params" in info:
         _only(info["params"], accepted | {"n", "seed"}, "dataset.info.params")
     if not isinstance(ds.get("columns", []), list) or not all(isinstance(c, str) for c in ds.get("columns", [])):
