@@ -66,10 +66,6 @@ class BundleError(StoreError):
     """A bundle cannot be written or is refused on import (one sentence naming why)."""
 
 
-def _mib(n: int) -> str:
-    return size_text(n)
-
-
 # -- export -------------------------------------------------------------------------------
 def _is_link(path: Path) -> bool:
     try:
@@ -175,7 +171,7 @@ def _pack_checked(folder: Path, out: Path) -> None:
         raise BundleError(f"{linked} is a symbolic link, and a bundle never follows one")
     total = sum((folder / n).stat().st_size for n in names)
     if total > MAX_TOTAL_BYTES:
-        raise BundleError(f"it holds {_mib(total)}, more than a bundle may ({_mib(MAX_TOTAL_BYTES)})")
+        raise BundleError(f"it holds {size_text(total)}, more than a bundle may ({size_text(MAX_TOTAL_BYTES)})")
     config_bytes = _packed_config(folder)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
@@ -248,14 +244,14 @@ def _check_directory(zf: zipfile.ZipFile, zip_bytes: int) -> list[zipfile.ZipInf
         if why:
             raise BundleError(why)
         if info.file_size > MAX_MEMBER_BYTES:
-            raise BundleError(f"the member {name!r} is {_mib(info.file_size)}, more than a member may "
-                              f"({_mib(MAX_MEMBER_BYTES)})")
+            raise BundleError(f"the member {name!r} is {size_text(info.file_size)}, more than a member may "
+                              f"({size_text(MAX_MEMBER_BYTES)})")
         if name.endswith(".json") and info.file_size > MAX_JSON_BYTES:
-            raise BundleError(f"the member {name!r} is {_mib(info.file_size)}, more than a JSON file may "
-                              f"({_mib(MAX_JSON_BYTES)})")
+            raise BundleError(f"the member {name!r} is {size_text(info.file_size)}, more than a JSON file may "
+                              f"({size_text(MAX_JSON_BYTES)})")
         total += info.file_size
         if total > MAX_TOTAL_BYTES:
-            raise BundleError(f"its members add up to more than a bundle may hold ({_mib(MAX_TOTAL_BYTES)})")
+            raise BundleError(f"its members add up to more than a bundle may hold ({size_text(MAX_TOTAL_BYTES)})")
         if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise BundleError(f"the member {name!r} is compressed more than {MAX_RATIO}:1 "
                               f"({info.file_size} bytes from {info.compress_size}), as zip bombs are")
@@ -263,7 +259,7 @@ def _check_directory(zf: zipfile.ZipFile, zip_bytes: int) -> list[zipfile.ZipInf
     if CONFIG_FILE not in seen:
         raise BundleError("it has no config.json, so it is not an smeme run")
     if total > RATIO_FLOOR and total > MAX_TOTAL_RATIO * zip_bytes:
-        raise BundleError(f"its members add up to {_mib(total)} from a zip of {_mib(zip_bytes)}, compressed more "
+        raise BundleError(f"its members add up to {size_text(total)} from a zip of {size_text(zip_bytes)}, compressed more "
                           f"than {MAX_TOTAL_RATIO}:1 in all, as zip bombs are")
     return members
 
@@ -274,7 +270,7 @@ def _extract_all(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], staged: Pa
     declared = sum(info.file_size for info in members)
     free = shutil.disk_usage(staged).free
     if declared > free:
-        raise BundleError(f"its {_mib(declared)} do not fit in the {_mib(free)} free on the disk of the runs folder")
+        raise BundleError(f"its {size_text(declared)} do not fit in the {size_text(free)} free on the disk of the runs folder")
     written = 0
     for info in members:
         written += _extract(zf, info, staged / info.filename)

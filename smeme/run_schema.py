@@ -74,6 +74,12 @@ def _plain(value, where: str, depth: int = 0) -> None:
             _plain(v, f"{where}.{key}", depth + 1)
 
 
+def _numbers(d: dict, where: str, whole: bool = False) -> None:
+    for key, value in d.items():
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise ConfigSchemaError(f"config.json's '{where}.{key}' is not a {'whole ' if whole else ''}number")
+
+
 def _builder_params(name: str) -> set[str]:
     """The parameters data set `name`'s builder takes (besides n and seed)."""
     from .data import _builder
@@ -98,11 +104,14 @@ def check_point_config(cfg: dict) -> None:
     name = ds["name"]
     if not isinstance(name, str):
         raise ConfigSchemaError("config.json's 'dataset.name' is not a name")
+    _numbers({k: ds[k] for k in ("n", "seed") if k in ds}, "dataset", whole=True)
     try:
         accepted = _builder_params(name)
         domain_keys = set(domain_from_config(ds["domain"]).to_config())
         schedule_keys = set(schedule_from_config(cfg["schedule"]).to_config())
-        TrainConfig.check_keys(_only(cfg.get("train", {}), TrainConfig.setting_names(), "train"))
+        train = _only(cfg.get("train", {}), TrainConfig.setting_names(), "train")
+        _numbers(train, "train")  # every training setting is a number
+        TrainConfig.from_dict(train)
     except ConfigSchemaError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a hostile section trips, in one sentence
@@ -114,7 +123,9 @@ def check_point_config(cfg: dict) -> None:
     _only(cfg["standardizer"], STANDARDIZER, "standardizer", required=tuple(STANDARDIZER))
     if "training_rows" in ds:
         _only(ds["training_rows"], TRAINING_ROWS, "dataset.training_rows", required=tuple(TRAINING_ROWS))
-    info = _only(ds.get("info", {}), INFO.get(name, set(ds.get("info", {}))), "dataset.info")
+    info = ds.get("info", {})
+    known = INFO.get(name, set(info) if isinstance(info, dict) else set())  # a registered data set's own
+    info = _only(info, known, "dataset.info")
     if "params" in info:
         _only(info["params"], accepted | {"n", "seed"}, "dataset.info.params")
     if not isinstance(ds.get("columns", []), list) or not all(isinstance(c, str) for c in ds.get("columns", [])):

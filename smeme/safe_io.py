@@ -1,8 +1,9 @@
 """Reading files a user controls: a data file, a run's JSON, a bundle's members.
 
-Every read here checks what the path is before reading a byte: it is opened without blocking
-(a FIFO would otherwise hang the reader) and without following a final symbolic link where
-the caller says so, then `fstat` must show a regular file (not a device such as /dev/zero, a
+Every read here checks what the path is before reading a byte: `stat` must show a regular
+file before it is opened; it is then opened without blocking (a FIFO swapped in meanwhile
+would otherwise hang the reader) and without following a final symbolic link where the
+caller says so, and `fstat` must again show a regular file (not a device such as /dev/zero, a
 FIFO, a socket or a folder) no larger than the caller's cap, and no more than the cap is ever
 read (a file that grows meanwhile is refused too). Failures raise the caller's own error type
 with one sentence naming the file, so each layer keeps its error (DataError, StoreError, ...).
@@ -53,12 +54,15 @@ def read_capped_bytes(path, limit: int, error: type[Exception], what: str | None
     refused, so a link inside a run never makes a reader leave the run."""
     name = what or f"'{os.fspath(path)}'"
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:  # what the path is, before it is opened at all (a device is never opened)
+        mode = (os.stat if follow_links else os.lstat)(path).st_mode
+    except OSError as exc:
+        raise error(f"{name} cannot be read: {exc.strerror or exc}.") from None
+    if stat.S_ISLNK(mode):
+        raise error(f"{name} is a symbolic link; it is not followed.")
+    if not stat.S_ISREG(mode):
+        raise error(f"{name} is {_kind(mode)}, not a regular file; it is not read.")
     if not follow_links:
-        try:
-            if stat.S_ISLNK(os.lstat(path).st_mode):
-                raise error(f"{name} is a symbolic link; it is not followed.")
-        except OSError as exc:
-            raise error(f"{name} cannot be read: {exc.strerror or exc}.") from None
         flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)

@@ -397,6 +397,8 @@ EDITS = {
     "standardizer": (lambda c: c["standardizer"].update(scale=1), "'standardizer.scale'"),
     "train": (lambda c: c["train"].update(resume="x"), "'train.resume'"),
     "rows-record": (lambda c: c["dataset"]["training_rows"].update(file="x"), "'dataset.training_rows.file'"),
+    "train-value": (lambda c: c["train"].update(ema="../../etc"), "'train.ema' is not a number"),
+    "seed-value": (lambda c: c["dataset"].update(seed="0"), "'dataset.seed' is not a whole number"),
 }
 
 
