@@ -105,9 +105,22 @@ def _loads_without_pickle(path: Path) -> bool:
 
 def _packed_config(folder: Path) -> bytes | None:
     """config.json as the bundle carries it: None for the file as it is; new bytes for a csv
-    run made before runs kept their rows, without the file path its config named (never read)."""
+    run made before runs kept their rows, without the file path its config named (never read),
+    and for a Stable Diffusion run made on a pipeline folder, which the bundle names by the
+    folder's name only (run_schema.pipeline_name)."""
+    from .run_schema import pipeline_name
+
     cfg = read_json(folder / CONFIG_FILE, BundleError, f"{CONFIG_FILE} in {folder}")
-    ds = cfg.get("dataset") if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict):
+        return None
+    model = cfg.get("model")
+    if cfg.get("kind") == "sd" and isinstance(model, dict) and isinstance(model.get("source"), str):
+        name = pipeline_name(model["source"])
+        if name == model["source"]:
+            return None
+        model["source"] = name
+        return json.dumps(cfg, indent=2, sort_keys=True).encode()
+    ds = cfg.get("dataset")
     if not (isinstance(ds, dict) and ds.get("name") == "csv"):
         return None
     legacy = [(ds, "params"), (ds.get("info"), "params"), (ds, "domain")]

@@ -9,14 +9,16 @@ itself writes for that kind of run, and no field names a file (a run keeps its o
   settings;
 - Stable Diffusion runs (smeme.images.sd_explore): kind, schema version, the model and
   exploration settings (each refuses unknown settings), created. The model's `source` names
-  the pipeline the run was made with: it is not part of the bundle and is loaded only as a
-  complete diffusers pipeline when more images are sampled.
+  the pipeline the run was made with by a model name only (a Hugging Face id `org/name` or a
+  pipeline folder's name), never by a path: export writes a pipeline folder's name, import
+  refuses anything else. The pipeline is not part of the bundle.
 Opening a run already in the cache is more lenient (runs made by older versions keep
 working); importing is not.
 """
 from __future__ import annotations
 
 import inspect
+import re
 
 from .store import StoreError
 
@@ -29,6 +31,7 @@ INFO = {"toy": {"name", "params"}, "triangles": {"name", "params", "cell_counts"
         "csv": {"name", "params", "rows"},
         "digits": {"rare_classes", "rare_fraction", "rare_share", "n", "class_counts"}}
 SD_TOP = {"kind", "schema_version", "model", "explore", "created"}
+PIPELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 MAX_SCALAR_DEPTH = 3  # parameter values: numbers, strings, or lists / dicts of them
 
 
@@ -135,9 +138,22 @@ def check_point_config(cfg: dict) -> None:
         _plain(value, section)
 
 
+def pipeline_name(source: str) -> str:
+    """How a bundle names a Stable Diffusion run's pipeline: a model name as it is (`org/name`,
+    `name`), a pipeline folder's path by the folder's name."""
+    source = str(source).strip()
+    if PIPELINE_NAME.fullmatch(source) and ".." not in source:
+        return source
+    return re.sub(r"[^A-Za-z0-9._-]", "-", source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]).lstrip(".-") or "pipeline"
+
+
 def check_sd_config(cfg: dict) -> None:
     """The schema of a Stable Diffusion run's config (its model and explore settings check
-    their own fields when the run opens)."""
+    their own fields when the run opens); its pipeline is named by a model name, not a path."""
     _only(cfg, SD_TOP, "", required=("kind", "schema_version", "model"))
     _plain(cfg["model"], "model")
     _plain(cfg.get("explore", {}), "explore")
+    source = cfg["model"].get("source", "")
+    if source != "" and not (isinstance(source, str) and PIPELINE_NAME.fullmatch(source) and ".." not in source):
+        raise ConfigSchemaError(f"config.json's 'model.source' is {str(source)[:60]!r}: a Stable Diffusion run names "
+                                "its pipeline by a model name (org/name or a folder's name), never by a path")

@@ -14,6 +14,7 @@ import stat
 import struct
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,10 +310,28 @@ def test_sd_run_travels_without_its_pipeline(tmp_path, capsys):
     assert "needs its Stable Diffusion pipeline" in err and "pipeline-not-here" in err
 
 
+def test_sd_bundle_names_its_pipeline_by_name_never_by_path(tmp_path, runs):
+    """Export writes a pipeline folder's name, not its path; import refuses a source that is a path."""
+    src, _ = make_sd_run(tmp_path / "made" / "sd")
+    assert Path(json.loads((src / "config.json").read_text())["model"]["source"]).is_absolute()
+    zip_path = export_run(src, tmp_path / "sd.zip")
+    with zipfile.ZipFile(zip_path) as zf:
+        packed = json.loads(zf.read("config.json"))
+    assert packed["model"]["source"] == "pipeline-not-here"
+    assert str(tmp_path) not in zipfile.ZipFile(zip_path).read("config.json").decode()
+    for source in ("/etc", "../../etc/passwd", "/dev/zero", "a/../../b", "C:\\models\\sd"):
+        config = dict(packed, model={**packed["model"], "source": source})
+        with zipfile.ZipFile(zip_path) as zf:
+            entries = [(n, json.dumps(config).encode() if n == "config.json" else zf.read(n)) for n in zf.namelist()]
+        bad = write_zip(tmp_path / "bad.zip", entries)
+        assert_refused(bad, runs, ["model.source", "never by a path"])
+
+
 def test_sd_adapter_of_the_wrong_rank_is_refused(tmp_path, runs):
     src, _ = make_sd_run(tmp_path / "made" / "sd", rank=4)
     config = json.loads((src / "config.json").read_text())
     config["model"]["lora_rank"] = 8
+    config["model"]["source"] = "pipeline-not-here"  # a bundle names its pipeline by name
     (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(BundleError, match="cannot be exported: round_1.safetensors.*rank-8 LoRA"):
         export_run(src, tmp_path / "sd.zip")  # export packs only what import accepts
