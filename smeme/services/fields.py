@@ -106,7 +106,8 @@ def _previous(run, k: int) -> int:
 
 
 def reward_arrows(run, k: int, pair: tuple[int, int], n: int = GRID) -> dict:
-    """Round k's reward gradient on the grid: {'x', 'y', 'u', 'v'} (the pair's components)."""
+    """Round k's reward gradient on the grid: {'x', 'y', 'u', 'v'} (the pair's components) and
+    'source', the round whose score it reads (k-1, or 0 with the 'pretrained' reward)."""
     record = run.metrics().get(k, {})
     c, j = reward_scale(record)
     source = _previous(run, k) if j == -1 else 0
@@ -115,7 +116,8 @@ def reward_arrows(run, k: int, pair: tuple[int, int], n: int = GRID) -> dict:
     def compute():
         xs, ys, raw = plane_grid(run, pair, n)
         g = -c * raw_score(_model(run, source), run.standardizer, raw, t_r)
-        return {"x": raw[:, pair[0]], "y": raw[:, pair[1]], "u": g[:, pair[0]], "v": g[:, pair[1]]}
+        return {"x": raw[:, pair[0]], "y": raw[:, pair[1]], "u": g[:, pair[0]], "v": g[:, pair[1]],
+                "source": source}
     return _memo(run, "fields_reward", (k, tuple(pair), n), compute)
 
 

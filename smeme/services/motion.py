@@ -136,7 +136,7 @@ def field_figure(hm: dict, reward: dict, change: dict, scales: dict, t: float, k
     """Two panels over round k-1's log-density: the reward's gradient (left) and the learned
     change of the score at time t (right), each on its fixed scale over every round."""
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.05, subplot_titles=[
-        f"reward gradient of round {k}: −λ s_{k - 1}(x, t_r)", f"learned change at t = {t:g}: s_{k}(x, t) − s_{k - 1}(x, t)"])
+        f"reward gradient of round {k}: −λ s_{reward.get('source', k - 1)}(x, t_r)", f"learned change at t = {t:g}: s_{k}(x, t) − s_{k - 1}(x, t)"])
     z = np.asarray(hm["logp"], dtype=float)
     lo, hi = zrange or display_range(z)
     for col in (1, 2):
