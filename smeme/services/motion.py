@@ -21,7 +21,7 @@ from .figures import CATEGORY_COLORS, HEAT_SCALE, PALETTE, PREVIOUS_COLOR, displ
 SPEEDS = {"slow": 1600, "normal": 900, "fast": 400}  # milliseconds a frame stays on screen
 PROJECTOR_PREVIOUS = "rgba(60,60,60,0.6)"  # the previous round on a projector: dark enough to see
 PROJECTOR_FONT = 18
-ARROW_CAP = 1.6  # arrows longer than this many grid cells are drawn this long (their colour says so)
+ARROW_CAP = 1.6  # arrows longer than this many grid cells are drawn this long (the text says so)
 
 
 def _controls(names: list[str], duration: int, prefix: str) -> dict:
