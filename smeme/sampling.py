@@ -115,13 +115,15 @@ def pf_ode_velocity(model: NoisePredictor, x: Tensor, t: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample_ode(model: NoisePredictor, x_init: Tensor, steps: int = 100, t_min: float = 1e-3,
-               progress: ProgressFn | None = None) -> Tensor:
-    """Deterministic samples: RK4 on the PF-ODE from t = 1 to t_min (uniform in t)."""
+               progress: ProgressFn | None = None, return_trajectory: bool = False):
+    """Deterministic samples: RK4 on the PF-ODE from t = 1 to t_min (uniform in t); with
+    `return_trajectory`, (x, states (steps+1, n, ...)) at torch.linspace(1, t_min, steps + 1)."""
     if steps < 1:
         raise ValueError(f"The number of ODE steps must be at least 1, got {steps}.")
     x = x_init
     n = x.shape[0]
     ts = torch.linspace(1.0, t_min, steps + 1, dtype=x.dtype, device=x.device)
+    states = [x] if return_trajectory else None
     for k in range(steps):
         t0, t1 = ts[k], ts[k + 1]
         h = t1 - t0
@@ -131,6 +133,8 @@ def sample_ode(model: NoisePredictor, x_init: Tensor, steps: int = 100, t_min: f
         k3 = f(x + 0.5 * h * k2, t0 + 0.5 * h)
         k4 = f(x + h * k3, t1)
         x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        if states is not None:
+            states.append(x)
         if progress is not None:
             progress(k + 1, steps)
-    return x
+    return (x, torch.stack(states)) if states is not None else x

@@ -102,7 +102,7 @@ def test_paths_start_from_one_noise_and_end_on_the_data(tmp_path):
     run = AnalyticRun(tmp_path, {0: m0, 1: m1}, {1: {"lam": 0.3, "t_r": 0.05}})
     p = fields.paths(run, 1, (0, 1), n=6, steps=40)
     assert p["now"].shape == p["before"].shape == (41, 6, 2)
-    assert p["t"][0] == 1.0 and p["t"][-1] == 0.0
+    assert p["t"][0] == 1.0 and p["t"][-1] == fields.PATHS_T_MIN
     assert np.allclose(p["now"][0], p["before"][0])  # the same starting noise through both rounds
     assert not np.allclose(p["now"][-1], p["before"][-1])
 
@@ -133,3 +133,22 @@ def test_runs_without_a_plane_of_their_columns_are_refused(tmp_path):
     run.domain = Mapped()
     with pytest.raises(fields.FieldsUnavailable, match="maps its columns"):
         fields.check_run(run)
+
+
+def test_paths_follow_the_exact_flow_of_a_gaussian(tmp_path):
+    """For data N(m, s^2 I) the probability-flow ODE carries the noise e along
+    x_t = sqrt(ab_t) m + sqrt(ab_t s^2 + 1 - ab_t) eps along one eps: every state of every path
+    is known (eps from the starting noise at t = 1)."""
+    from smeme.models.analytic import GaussianModel
+    from smeme.sampling import FixedNoise
+    m, s = np.array([0.8, -0.5]), 0.6
+    gauss = GaussianModel(m, s ** 2 * np.eye(2), SCHED)
+    run = AnalyticRun(tmp_path, {0: gauss, 1: gauss}, {1: {"lam": 0.3, "t_r": 0.05}})
+    p = fields.paths(run, 1, (0, 1), n=5, steps=60)
+    e = FixedNoise.from_seed(fields.PATHS_SEED, 5, (2,), 1, dtype=torch.float64).x_init.numpy()
+    ab = SCHED.ab(torch.as_tensor(p["t"])).numpy()[:, None, None]
+    sd = np.sqrt(ab * s ** 2 + 1 - ab)
+    eps = (e - np.sqrt(ab[0]) * m) / sd[0]  # the path starts at the noise itself, at t = 1
+    z = np.sqrt(ab) * m + sd * eps[None]
+    want = run.standardizer.inverse(z)
+    assert np.allclose(p["now"], want, atol=2e-4) and np.allclose(p["before"], want, atol=2e-4)

@@ -6,8 +6,9 @@ their medians, as in the Model page's heatmap), in the data's own units:
 - the reward's gradient the round climbed, -lam_k s_{k-1}(x, t_r) (with the 'pretrained'
   reward: -lam_k prod_{i<k}(1 - lam_i) s_0(x, t_r)), read from the round's own record;
 - the round's learned change of the score, s_k(x, t) - s_{k-1}(x, t), at a diffusion time t;
-- a few samples' paths from noise (t = 1) to data (t = 0) under one fixed noise, through
-  round k-1 and round k, so a path that bends is one the round bent.
+- a few samples' paths from noise (t = 1) to data (t = 0) on the probability-flow ODE from
+  one fixed starting noise, through round k-1 and round k, so a path that bends is one the
+  round bent.
 
 Scores are the models' (in standardised units) carried to data units: z = (x - mean) / std
 gives s_x = s_z / std per column. Runs whose features are not their columns (triangles)
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from ..models.base import score
-from ..sampling import FixedNoise, sample_ddpm, time_grid
+from ..sampling import FixedNoise, sample_ode
 from . import cached
 from .runs import is_image_run
 from .stepper import _memo, columns
@@ -29,9 +30,13 @@ HEAT_RES = 48           # the log-density under the arrows, per side (a pair oth
 REFERENCE_T = 0.05      # the time at which the learned change's arrow scale is fixed (for every t)
 TIMES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # the diffusion times the page offers
 PATHS_N = 12            # sample paths drawn from noise to data
-PATHS_STEPS = 60        # sampling steps of those paths (one animation frame each, thinned)
-PATHS_SEED = 7          # their fixed noise
-QUANTILE = 0.95         # an arrow scale maps this quantile of the lengths (over every round) to one cell
+PATHS_STEPS = 60        # RK4 steps of those paths on the probability-flow ODE (animation frames are thinned)
+PATHS_T_MIN = 1e-3      # the paths end at this diffusion time (the ODE's data end)
+PATHS_SEED = 7          # their fixed starting noise
+# An arrow scale draws the median length (over every round's grid) one cell long: off the
+# support the scores are orders of magnitude larger (they grow like distance / sigma^2), and a
+# scale set by them shrank the arrows on the data to dots; longer arrows are capped (motion.ARROW_CAP).
+QUANTILE = 0.5
 
 
 class FieldsUnavailable(ValueError):
@@ -106,7 +111,8 @@ def _previous(run, k: int) -> int:
 
 
 def reward_arrows(run, k: int, pair: tuple[int, int], n: int = GRID) -> dict:
-    """Round k's reward gradient on the grid: {'x', 'y', 'u', 'v'} (the pair's components)."""
+    """Round k's reward gradient on the grid: {'x', 'y', 'u', 'v'} (the pair's components) and
+    'source', the round whose score it reads (k-1, or 0 with the 'pretrained' reward)."""
     record = run.metrics().get(k, {})
     c, j = reward_scale(record)
     source = _previous(run, k) if j == -1 else 0
@@ -115,7 +121,8 @@ def reward_arrows(run, k: int, pair: tuple[int, int], n: int = GRID) -> dict:
     def compute():
         xs, ys, raw = plane_grid(run, pair, n)
         g = -c * raw_score(_model(run, source), run.standardizer, raw, t_r)
-        return {"x": raw[:, pair[0]], "y": raw[:, pair[1]], "u": g[:, pair[0]], "v": g[:, pair[1]]}
+        return {"x": raw[:, pair[0]], "y": raw[:, pair[1]], "u": g[:, pair[0]], "v": g[:, pair[1]],
+                "source": source}
     return _memo(run, "fields_reward", (k, tuple(pair), n), compute)
 
 
@@ -167,14 +174,16 @@ def log_density(run, k: int, pair: tuple[int, int]) -> dict:
 
 
 def paths(run, k: int, pair: tuple[int, int], n: int = PATHS_N, steps: int = PATHS_STEPS) -> dict:
-    """`n` samples' paths from noise to data under one fixed noise, through round k and
-    through the round before: {'t' (steps+1,), 'now', 'before' (steps+1, n, 2) in data units}."""
+    """`n` samples' paths from noise to data, from one fixed starting noise, through round k
+    and through the round before: {'t' (steps+1,), 'now', 'before' (steps+1, n, 2) in data
+    units}. The paths follow the probability-flow ODE (no noise on the way), so each is
+    smooth and two rounds' paths differ only by what the round changed."""
     def compute():
-        out = {"t": time_grid(steps, dtype=torch.float64).numpy()}
+        out = {"t": torch.linspace(1.0, PATHS_T_MIN, steps + 1, dtype=torch.float64).numpy()}
         for name, r in (("now", k), ("before", _previous(run, k))):
             model = _model(run, r)
-            noise = FixedNoise.from_seed(PATHS_SEED, n, tuple(model.sample_shape), steps, dtype=_dtype(model))
-            _, states = sample_ddpm(model, noise, return_trajectory=True)
+            x_init = FixedNoise.from_seed(PATHS_SEED, n, tuple(model.sample_shape), 1, dtype=_dtype(model)).x_init
+            _, states = sample_ode(model, x_init, steps=steps, t_min=PATHS_T_MIN, return_trajectory=True)
             z = states.double().numpy().reshape(steps + 1, n, -1)
             raw = run.domain.from_features(run.standardizer.inverse(z.reshape(-1, z.shape[-1])))
             out[name] = np.asarray(raw).reshape(steps + 1, n, -1)[..., list(pair)]

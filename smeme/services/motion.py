@@ -21,7 +21,7 @@ from .figures import CATEGORY_COLORS, HEAT_SCALE, PALETTE, PREVIOUS_COLOR, displ
 SPEEDS = {"slow": 1600, "normal": 900, "fast": 400}  # milliseconds a frame stays on screen
 PROJECTOR_PREVIOUS = "rgba(60,60,60,0.6)"  # the previous round on a projector: dark enough to see
 PROJECTOR_FONT = 18
-ARROW_CAP = 1.6  # arrows longer than this many grid cells are drawn this long (their colour says so)
+ARROW_CAP = 1.6  # arrows longer than this many grid cells are drawn this long (the text says so)
 
 
 def _controls(names: list[str], duration: int, prefix: str) -> dict:
@@ -136,7 +136,7 @@ def field_figure(hm: dict, reward: dict, change: dict, scales: dict, t: float, k
     """Two panels over round k-1's log-density: the reward's gradient (left) and the learned
     change of the score at time t (right), each on its fixed scale over every round."""
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.05, subplot_titles=[
-        f"reward gradient of round {k}: −λ s_{k - 1}(x, t_r)", f"learned change at t = {t:g}: s_{k}(x, t) − s_{k - 1}(x, t)"])
+        f"reward gradient of round {k}: −λ s_{reward.get('source', k - 1)}(x, t_r)", f"learned change at t = {t:g}: s_{k}(x, t) − s_{k - 1}(x, t)"])
     z = np.asarray(hm["logp"], dtype=float)
     lo, hi = zrange or display_range(z)
     for col in (1, 2):
