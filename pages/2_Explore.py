@@ -25,6 +25,11 @@ schedule = c2.radio("λ schedule", settings.LAM_SCHEDULES, horizontal=True, key=
 iters = c3.number_input("Solver iterations per round", 1, 2000, int(defaults["iterations"]), key="x_iters")
 k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
 seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
+target = c1.radio("Reward", settings.REWARD_TARGETS, format_func=settings.REWARD_TARGET_NAMES.get, key="x_target",
+                  index=settings.REWARD_TARGETS.index(defaults.get("reward_target", "data"))
+                  if defaults.get("reward_target") in settings.REWARD_TARGETS else 0,
+                  help="The smoothed reward tilts towards p·p(·, t_r)^−λ, which equals the paper's p^(1−λ) only "
+                       "where every direction is much wider than the noise at t_r.")
 
 busy = runs.busy_message(folder)
 b1, b2 = st.columns(2)  # the job panel below carries the one Stop button while rounds run
@@ -36,7 +41,7 @@ if ui.viewer():
     ui.viewer_note()
 if start_one or start_k:
     chosen = settings.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
-                                       iterations=int(iters), seed=int(seed))
+                                       iterations=int(iters), seed=int(seed), reward_target=target)
     try:
         launch.start_rounds(folder, 1 if start_one else int(k_rounds), chosen, owner=ui.owner())
         st.rerun()

@@ -1,8 +1,12 @@
 """Exact S-MEME rounds of a 2-D density on a grid: what a perfect solver would produce.
 
 DESIGN.md section 3's toy closed form p_k ~ p_pre^((1 - lam)^k) assumes a compact support
-(p = 0 off it) and t_r -> 0. A trained model has p > 0 everywhere, and the reward is the
-score at t_r > 0, so the real target of round k is
+(p = 0 off it) and t_r -> 0. A trained model has p > 0 everywhere, so the
+paper's target of round k (reward -lam_k log p_{k-1}(x), explore's reward_target 'data') is
+
+    p_k(x) ∝ p_{k-1}(x)^(1 - lam_k)                                      (t_r = 0 here)
+
+and with the smoothed reward (reward_target 'smoothed', read at t_r > 0) a different one,
 
     p_k(x) ∝ p_{k-1}(x) * p_{k-1}(x, t_r)^(-lam_k)                    (KL-regularised tilt)
 
@@ -44,7 +48,7 @@ def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: 
     """Normalised grid probabilities (cell masses) of rounds 0..K for lambdas lam_history.
 
     logp: log-density of round 0 on the grid, (len(ys), len(xs)), -inf allowed; t_r: the
-    reward's time, one for all rounds or one per round; ab_of_t: t -> alpha_bar(t) of the
+    smoothed reward's time (0: the paper's target, p_{k-1}^(1 - lam)), one for all rounds or one per round; ab_of_t: t -> alpha_bar(t) of the
     model's schedule; mean, std: the model's standardiser.
     """
     logp = np.asarray(logp, dtype=np.float64)
@@ -53,8 +57,8 @@ def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: 
     t_rs = [float(t_r)] * len(lam_history) if np.ndim(t_r) == 0 else [float(v) for v in t_r]
     if len(t_rs) != len(lam_history):
         raise ValueError(f"{len(t_rs)} values of t_r for {len(lam_history)} rounds.")
-    if not all(0 < v < 1 for v in t_rs):
-        raise ValueError(f"t_r must lie in (0, 1), got {t_r}.")
+    if not all(0 <= v < 1 for v in t_rs):
+        raise ValueError(f"t_r must lie in [0, 1) (0: the paper's target), got {t_r}.")
     finite = np.isfinite(logp)
     if not finite.any():
         raise ValueError("logp has no finite value on the grid.")
@@ -65,7 +69,7 @@ def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: 
     for lam, t in zip(lam_history, t_rs):
         if not 0 < lam <= 1:
             raise ValueError(f"lambda must lie in (0, 1], got {lam}.")
-        smoothed = smooth_to(prob, xs, ys, float(ab_of_t(t)), mean, std)
+        smoothed = smooth_to(prob, xs, ys, float(ab_of_t(t)), mean, std) if t > 0 else prob
         log_w = np.log(np.maximum(prob, tiny)) - lam * np.log(np.maximum(smoothed, tiny))  # p * p_tr^-lam
         log_w[prob <= 0] = -np.inf
         prob = np.exp(log_w - log_w[np.isfinite(log_w)].max())

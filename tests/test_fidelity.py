@@ -49,6 +49,61 @@ def correlated_gaussian_csv(path, d: int, seed: int, rows: int = 20000):
     return path
 
 
+def spread_gaussian_csv(path, eigenvalues, seed: int, rows: int = 20000):
+    """Columns whose standardised covariance (correlation) has exactly the given eigenvalues
+    (their mean must be 1, a correlation's trace is d) in a random basis; each column then
+    gets its own scale and offset, which standardising undoes. A correlation with a given
+    spectrum: rotate diag(eigenvalues) until its diagonal is all ones (Bendel-Mickey)."""
+    rng = np.random.default_rng(seed)
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    lam = lam * len(lam) / lam.sum()
+    q, _ = np.linalg.qr(rng.normal(size=(len(lam), len(lam))))
+    corr = _with_unit_diagonal(q @ np.diag(lam) @ q.T)
+    z = rng.multivariate_normal(np.zeros(len(lam)), corr, size=rows)
+    x = z * np.exp(rng.normal(size=len(lam))) + rng.normal(size=len(lam)) * 3
+    np.savetxt(path, x, delimiter=",", header=",".join(f"c{i}" for i in range(len(lam))), comments="")
+    return path
+
+
+def _with_unit_diagonal(c: np.ndarray) -> np.ndarray:
+    """Givens rotations that keep the spectrum and set the diagonal to 1 (Bendel & Mickey 1978)."""
+    c = c.copy()
+    d = len(c)
+    for _ in range(4 * d):
+        diag = np.diag(c)
+        big, small = np.where(diag > 1 + 1e-12)[0], np.where(diag < 1 - 1e-12)[0]
+        if not len(big) or not len(small):
+            break
+        i, j = small[0], big[0]
+        a_ii, a_jj, a_ij = c[i, i], c[j, j], c[i, j]
+        # rotation angle with (R^T C R)_ii = 1: solve a quadratic in tan(theta)
+        disc = a_ij ** 2 - (a_ii - 1) * (a_jj - 1)
+        tan = (a_ij + np.sqrt(max(disc, 0.0))) / (a_jj - 1)
+        cos = 1 / np.sqrt(1 + tan ** 2)
+        sin = tan * cos
+        rot = np.eye(d)
+        rot[i, i], rot[j, j], rot[i, j], rot[j, i] = cos, cos, sin, -sin
+        c = rot.T @ c @ rot
+    return (c + c.T) / 2
+
+
+def whitened_ratios(c: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """Eigenvalues of C0^-1/2 C C0^-1/2 (ascending): the variance ratio along each direction
+    of C0's whitened frame (1.5 everywhere for an exact Gaussian round at lambda 1/3)."""
+    chol_inv = np.linalg.inv(np.linalg.cholesky(c0))
+    return np.linalg.eigvalsh(chol_inv @ c @ chol_inv.T)
+
+
+def direction_shares(c: np.ndarray, c_exact: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """Per direction, the share of the exact log-variance gain reached, in the frame where the
+    exact round is diagonal after whitening by C0: log(v' W C W' v) / log(v' W C* W' v) for
+    each eigenvector v of W C* W' (W = C0^-1/2). 1 everywhere when the round is exact."""
+    w = np.linalg.inv(np.linalg.cholesky(c0))
+    exact_gain, vec = np.linalg.eigh(w @ c_exact @ w.T)
+    measured = np.einsum("ij,ik,kj->j", vec, w @ c @ w.T, vec)
+    return np.log(measured) / np.log(exact_gain)
+
+
 def independent_gaussian_csv(path, d: int, seed: int, rows: int = 20000):
     """Independent columns of different means and scales: standardised, every direction has
     variance ~1, where the CSV model's prior skip alone fits the data (MLPConfig.linear_skip)."""
@@ -91,6 +146,11 @@ def exact_covs(run: Run, cov0: np.ndarray, rounds: int, t_r: float) -> list[np.n
     return covs
 
 
+def target_t_r(config) -> float:
+    """The smoothing of a round's target: 0 for the paper's (reward_target 'data'), else t_r."""
+    return 0.0 if config.reward_target == "data" else config.t_r
+
+
 def logdet_gain(c: np.ndarray, c0: np.ndarray) -> float:
     return float(np.linalg.slogdet(c)[1] - np.linalg.slogdet(c0)[1])
 
@@ -104,7 +164,7 @@ def run_gaussian_rounds(src, tmp_path, rounds: int, seed: int) -> list[float]:
                               "metrics_n": 1024})  # the CLI's and the app's CSV defaults
     run_rounds(run, rounds, config)
     cov0 = model_cov(run, 0)
-    exact = exact_covs(run, cov0, rounds, config.t_r)
+    exact = exact_covs(run, cov0, rounds, target_t_r(config))
     return [logdet_gain(model_cov(run, k), cov0) / logdet_gain(exact[k], cov0) for k in range(1, rounds + 1)]
 
 
