@@ -78,7 +78,8 @@ def toy_exact(toy_src):
     from smeme.tilt import run_exact_rounds
 
     run = Run.open(toy_src)
-    t_r = ExploreConfig().t_r
+    config = ExploreConfig()
+    t_r = 0.0 if config.reward_target == "data" else config.t_r  # the paper's target p^(1 - lam), or the smoothed one
     return {lam: run_exact_rounds(run, [lam] * 3, t_r, 0, resolution=200) for lam in (0.1, 0.3)}
 
 

@@ -49,7 +49,8 @@ def test_one_round_moves_mass_between_two_modes(tmp_path):
     gx, gy = np.meshgrid(xs, ys)
     logp = log_prob_raw(src.load_model(0).eval(), src.domain, src.standardizer,
                         np.column_stack([gx.ravel(), gy.ravel()])).reshape(gx.shape)
-    t_r = ExploreConfig().t_r
+    config = ExploreConfig()
+    t_r = 0.0 if config.reward_target == "data" else config.t_r  # the paper's target p^(1 - lam), or the smoothed one
     ab = lambda t: float(src.schedule.ab(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
     exact = exact_rounds(logp, xs, ys, [LAM], t_r, ab, src.standardizer.mean, src.standardizer.std)
 
