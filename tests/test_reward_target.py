@@ -89,3 +89,27 @@ def test_round_reward_targets_and_config():
     torch.testing.assert_close(smoothed.grad(x), -0.3 * score(model, x, torch.full((64,), 0.05, dtype=F64)))
     with pytest.raises(ExploreError, match="reward target"):
         ExploreConfig(reward_target="sharp")
+
+
+def test_hutchinson_reads_the_linear_skip_exactly():
+    """Above 16 columns the reward values use Hutchinson's trace; the MLP's linear skip (which
+    carries a Gaussian's structure on trained CSV models) enters in closed form: with the network
+    part silent the estimate is exact from one probe, and with it on the estimate stays unbiased."""
+    from smeme.density import _rademacher, eps_and_trace
+
+    torch.manual_seed(1)
+    d = 20
+    net = MLPNoisePredictor(MLPConfig(d, width=16, depth=2, time_dim=8, linear_skip=3, prior_skip=1.0), SCH).double()
+    with torch.no_grad():
+        net.skip_matrix.normal_(std=0.05)
+    net.requires_grad_(False)
+    x, t = torch.randn(6, d, dtype=F64), torch.tensor(0.3, dtype=F64)
+    basis = torch.eye(d, dtype=F64).reshape(d, 1, d)
+    _, exact = eps_and_trace(net, x, t, basis, exact=True)
+    _, one = eps_and_trace(net, x, t, _rademacher(1, 6, (d,), 0, F64, "cpu"), exact=False)
+    torch.testing.assert_close(one, exact)  # the last layer starts at zero: all of J is the skip
+    for p in net.net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    _, exact = eps_and_trace(net, x, t, basis, exact=True)
+    _, many = eps_and_trace(net, x, t, _rademacher(4000, 6, (d,), 1, F64, "cpu"), exact=False)
+    assert float((many - exact).abs().max()) < 0.05 * float(exact.abs().mean()) + 0.05
