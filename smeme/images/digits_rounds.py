@@ -22,11 +22,12 @@ def digits_solver_config(**overrides):
 # Image rounds keep the earlier control (the 40-step chain's own tilt; the network's score carries
 # kappa_i of it) and the smoothed reward -lam log p(x, t_r) at t_r 0.02: their settings were
 # measured with them. Issue 20 measured the point rounds' treatment on a CI digits round (score
-# control, the reward deconvolved to the data end at t_r 0.05): it was rejected, the on-support
-# share falling from 91.8% to 12.9% (the cap is now 4x, not re-measured). The 64 pixels span a data manifold of much lower rank, the
-# deconvolution sharpens the nearly degenerate directions by its cap (20x) and the reward pushes
-# the samples off it. What would fix it: a floor set from the data's own spectrum, or the
-# deconvolution restricted to the directions the data spans (density.deconvolved_score).
+# control, the reward deconvolved to the data end at t_r 0.05, sharpening then capped at 20x):
+# it was rejected, the on-support share falling from 91.8% to 12.9%. The 64 pixels span a data
+# manifold of much lower rank; the deconvolution sharpened its nearly degenerate directions and
+# the reward pushed the samples off it. The cap is now 4x (not re-measured on digits); a floor
+# set from the data's own spectrum, or the deconvolution restricted to the directions the data
+# spans, is what the switch needs (density.deconvolved_score).
 IMAGE_CONTROL = "ddpm"
 DIGITS_ROUND = dict(iterations=6, trajectories=64, steps=40, adam_steps=4, lr=1e-4, loss_steps=8,
                     late_fraction=0.5, clip_grad_norm=1.0, control=IMAGE_CONTROL)
