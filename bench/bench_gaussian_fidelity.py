@@ -1,14 +1,17 @@
-"""One round on a trained MLP of correlated d-dim Gaussian data: share of the exact gain, per knob.
+"""One round on a trained MLP of d-dim Gaussian data: the exact gain reached per whitened direction.
 
     SMEME_THREADS=1 python bench/bench_gaussian_fidelity.py --d 8 [--seeds 5,6,7]
-        [--variants ";iterations=30;likelihood_ratio_share=0.0"] [--folder /tmp/gauss8] [--pretrain-steps 0]
+        [--eigenvalues 0.06,1,1,1.5,1.44] [--variants ";reward_target=smoothed"] [--folder /tmp/g8]
 
 The data, pre-training and the truth are tests/test_fidelity.py's (imported from there):
-share = log det(Cov_1 / Cov_0) / log det(Cov_1^exact / Cov_0), covariances from 8,000 samples
-of 400 DDPM steps, Cov_1^exact = (Cov_0^-1 - lam S_r^-1)^-1 with S_r = ab Cov_0 + (1 - ab) I.
-Also prints the exact gain computed instead from the network's own score at t_r (a linear fit
-s(x, t_r) ~ -P x + b over noised samples; Cov_1 = (Cov_0^-1 - lam P)^-1): the tilt of the reward
-the round actually reads. Variants are ExploreConfig fields, ';'-separated, ','-joined within.
+correlated Gaussian columns (default), or with --eigenvalues columns whose standardised
+covariance has exactly that spectrum (spread_gaussian_csv). Covariances from 8,000 samples of
+400 DDPM steps; Cov_1^exact = Cov_0 / (1 - lam) for the paper's target (reward_target 'data'),
+(Cov_0^-1 - lam S_r^-1)^-1 with S_r = ab(t_r) Cov_0 + (1 - ab) I for the smoothed one. Printed
+per round: the whitened variance ratios (eigenvalues of C0^-1/2 C1 C0^-1/2) min / median / max
+against the exact ones, the share of the exact log-variance gain per direction (min / median /
+max) and of the log-determinant, the likelihood-ratio weights' health and the round's seconds.
+Variants are ExploreConfig fields, ';'-separated, ','-joined within.
 """
 from __future__ import annotations
 
@@ -21,27 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def own_reward_gain(run, cov0: np.ndarray, lam: float, t_r: float) -> float:
-    from smeme.models.base import score
-    from smeme.sampling import sample
-
-    model = run.load_model(0).eval()
-    x0 = sample(model, 8000, steps=400, seed=99).double()
-    ab = float(run.schedule.ab(torch.tensor(t_r, dtype=torch.float64)))
-    g = torch.Generator().manual_seed(1)
-    xt = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        s = score(model, xt.to(torch.float32), torch.full((len(xt),), t_r)).double()
-    design = torch.cat([xt, torch.ones(len(xt), 1, dtype=torch.float64)], 1)
-    slope = torch.linalg.lstsq(design, s).solution[:-1].T.numpy()
-    precision = -(slope + slope.T) / 2
-    cov1 = np.linalg.inv(np.linalg.inv(cov0) - lam * precision)
-    return float(np.linalg.slogdet(cov1)[1] - np.linalg.slogdet(cov0)[1])
 
 
 def parse_variant(text: str) -> dict:
@@ -50,9 +34,18 @@ def parse_variant(text: str) -> dict:
         key, value = part.split("=")
         try:
             out[key] = float(value) if any(c in value for c in ".e") else int(value)
-        except ValueError:  # a word, e.g. likelihood_ratio_target=next
+        except ValueError:  # a word, e.g. reward_target=smoothed
             out[key] = value
     return out
+
+
+def shape_row(c1: np.ndarray, c_exact: np.ndarray, c0: np.ndarray) -> dict:
+    from test_fidelity import direction_shares, logdet_gain, whitened_ratios
+
+    got, want, shares = whitened_ratios(c1, c0), whitened_ratios(c_exact, c0), direction_shares(c1, c_exact, c0)
+    r = lambda v: [round(float(np.min(v)), 3), round(float(np.median(v)), 3), round(float(np.max(v)), 3)]  # noqa: E731
+    return {"whitened_min_med_max": r(got), "exact_min_med_max": r(want), "share_min_med_max": r(shares),
+            "logdet_share": round(logdet_gain(c1, c0) / logdet_gain(c_exact, c0), 3)}
 
 
 def main() -> None:
@@ -62,6 +55,7 @@ def main() -> None:
     ap.add_argument("--variants", default="", help="';'-separated; '' is the defaults")
     ap.add_argument("--folder", help="where the pre-trained run is kept (default: a temporary folder)")
     ap.add_argument("--data-seed", type=int, default=None, help="the data's seed (default: the test's, 20 + d)")
+    ap.add_argument("--eigenvalues", help="comma-separated spectrum of the standardised covariance (length d)")
     ap.add_argument("--independent", action="store_true", help="independent columns (the test's other data)")
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="pre-training steps (default: the test's PRETRAIN_STEPS; 0: the CSV preset's, sized to the rows)")
@@ -71,43 +65,48 @@ def main() -> None:
 
     configure()
     from test_fidelity import (LAM, PRETRAIN_STEPS, correlated_gaussian_csv, exact_covs, independent_gaussian_csv,
-                               logdet_gain, model_cov)
+                               model_cov, spread_gaussian_csv, target_t_r)
 
     from smeme.explore import ExploreConfig, run_rounds
     from smeme.pipeline import pretrain_run
     from smeme.store import Run
 
     root = Path(args.folder or tempfile.mkdtemp(prefix=f"gauss{args.d}_"))
+    data_seed = (40 if args.independent else 20) + args.d if args.data_seed is None else args.data_seed
     if not (root / "run" / "metrics.json").exists():
         root.mkdir(parents=True, exist_ok=True)
-        make = independent_gaussian_csv if args.independent else correlated_gaussian_csv
-        csv = make(root / "data.csv", args.d, seed=(40 if args.independent else 20) + args.d
-                   if args.data_seed is None else args.data_seed)
+        if args.eigenvalues:
+            eig = [float(v) for v in args.eigenvalues.split(",")]
+            if len(eig) != args.d:
+                raise SystemExit(f"--eigenvalues has {len(eig)} values for d = {args.d}.")
+            csv = spread_gaussian_csv(root / "data.csv", eig, data_seed)
+        else:
+            make = independent_gaussian_csv if args.independent else correlated_gaussian_csv
+            csv = make(root / "data.csv", args.d, seed=data_seed)
         steps = PRETRAIN_STEPS if args.pretrain_steps is None else (args.pretrain_steps or None)
         pretrain_run(root / "run", "csv", {"path": str(csv)}, steps=steps)
     src = Run.open(root / "run")
-    t_r = ExploreConfig().t_r
     cov0 = model_cov(src, 0)
-    want = logdet_gain(exact_covs(src, cov0, 1, t_r)[1], cov0)
-    own = own_reward_gain(src, cov0, LAM, t_r)
-    print(json.dumps({"d": args.d, "exact_gain": want, "exact_gain_own_reward": own, "ratio": own / want}), flush=True)
+    print(json.dumps({"d": args.d, "cov0_eigenvalues": np.round(np.linalg.eigvalsh(cov0), 3).tolist()}), flush=True)
     for variant in args.variants.split(";"):
-        shares = []
         for seed in (int(s) for s in args.seeds.split(",")):
             work = Path(tempfile.mkdtemp()) / "run"
             shutil.copytree(src.folder, work)
             run = Run.open(work)
+            config = ExploreConfig(**{**run.domain.explore_defaults(), "lam": LAM, "seed": seed,
+                                      "metrics_logp": False, **parse_variant(variant)})
             start = time.perf_counter()
-            run_rounds(run, 1, ExploreConfig(**{**run.domain.explore_defaults(), "lam": LAM, "seed": seed,
-                                                "metrics_logp": False, **parse_variant(variant)}))
+            run_rounds(run, 1, config)
             seconds = time.perf_counter() - start
-            shares.append(logdet_gain(model_cov(run, 1), cov0) / want)
-            health = {k: v for k, v in run.metrics()[1].items() if k.startswith("lr_")}
-            print(json.dumps({"variant": variant, "seed": seed, "share": round(shares[-1], 3),
-                              "share_of_own_reward_tilt": round(shares[-1] * want / own, 3),
-                              "round_s": round(seconds, 1), **health}), flush=True)
+            c1 = model_cov(run, 1)
+            health = {k: (round(v, 4) if isinstance(v, float) else v)
+                      for k, v in run.metrics()[1].items() if k.startswith("lr_")}
+            row = {"variant": variant, "seed": seed, "round_s": round(seconds, 1),
+                   "paper_target": shape_row(c1, exact_covs(run, cov0, 1, 0.0)[1], cov0)}
+            if target_t_r(config) > 0:
+                row["smoothed_target"] = shape_row(c1, exact_covs(run, cov0, 1, config.t_r)[1], cov0)
+            print(json.dumps({**row, **health}), flush=True)
             shutil.rmtree(work.parent, ignore_errors=True)
-        print(json.dumps({"variant": variant, "median_share": float(np.median(shares))}), flush=True)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,18 @@ else:
     iters = c3.number_input("Solver iterations per round", 1, 2000, int(defaults["iterations"]), key="x_iters")
     k_rounds = c3.number_input("K (rounds)", 1, 20, 3, key="x_k")
     seed = c4.number_input("Seed", 0, 10_000, int(defaults.get("seed", 0)), key="x_seed")
+    target = c1.radio("Reward", settings.REWARD_TARGETS, format_func=settings.REWARD_TARGET_NAMES.get,
+                      key="x_target", index=settings.REWARD_TARGETS.index(defaults.get("reward_target", "smoothed"))
+                      if defaults.get("reward_target") in settings.REWARD_TARGETS else 0,
+                      help="The smoothed reward tilts towards p·p(·, t_r)^−λ, which equals the paper's p^(1−λ) only "
+                           "where every direction is much wider than the noise at t_r.")
 
     b1, b2 = st.columns(2)  # the job panel below carries the one Stop button while rounds run
     start_one = b1.button("Run next round", type="primary", disabled=busy is not None, key="x_one", width="stretch")
     start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None, key="x_k_btn", width="stretch")
     if start_one or start_k:
         chosen = settings.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
-                                           iterations=int(iters), seed=int(seed))
+                                           iterations=int(iters), seed=int(seed), reward_target=target)
         try:
             launch.start_rounds(folder, 1 if start_one else int(k_rounds), chosen, owner=ui.owner())
             st.rerun()

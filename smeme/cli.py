@@ -207,7 +207,8 @@ def cmd_explore(args) -> int:
     run = Run.open(args.run)
     names = {f.name for f in dataclasses.fields(ExploreConfig)}
     wanted = {"lam": args.lam, "solver": args.solver, "seed": args.seed, "lam_schedule": args.lam_schedule,
-              "allow_lam_one": args.allow_lam_one or None, "iterations": args.iterations}
+              "allow_lam_one": args.allow_lam_one or None, "iterations": args.iterations,
+              "reward_target": args.reward_target, "t_r": args.t_r}
     kwargs = {}
     for key, value in wanted.items():
         if value is None:
@@ -296,11 +297,15 @@ def cmd_tilt(args) -> int:
     start = run.latest_round if args.round is None else args.round
     if start not in run.rounds():
         raise CliError(f"The run has no round {start} (it has {', '.join(map(str, run.rounds()))}).")
-    config = ExploreConfig(lam=args.lam, **({} if args.t_r is None else {"t_r": args.t_r}))
-    rows = run_exact_rounds(run, [config.lam_at(k) for k in range(1, args.rounds + 1)], config.t_r, start,
-                            resolution=args.resolution, progress=Bar("log-density", None if not args.quiet else False))
-    for row in rows:
-        print(json.dumps(row, allow_nan=False), flush=True)
+    config = ExploreConfig(lam=args.lam, **({} if args.t_r is None else {"t_r": args.t_r}),
+                           **({} if args.reward_target is None else {"reward_target": args.reward_target}))
+    lams = [config.lam_at(k) for k in range(1, args.rounds + 1)]
+    targets = [("data", 0.0)] + ([("smoothed", config.t_r)] if config.reward_target == "smoothed" else [])
+    for target, t_r in targets:  # the paper's target, and the smoothed one beside it when asked for
+        rows = run_exact_rounds(run, lams, t_r, start, resolution=args.resolution,
+                                progress=Bar("log-density", None if not args.quiet else False))
+        for row in rows:
+            print(json.dumps({"target": target, **row}, allow_nan=False), flush=True)
     return 0
 
 
@@ -452,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam-schedule", choices=["constant", "decreasing"],
                    help="lambda from round to round: the same, or lambda / k^0.6 in round k (default: constant)")
     p.add_argument("--allow-lam-one", action="store_true", help="allow lambda = 1 (Theorem 5.2's one-step case)")
+    p.add_argument("--reward-target", choices=["data", "smoothed"], dest="reward_target",
+                   help="'data': the paper's reward -lam log p at the data end (score at t_r, deconvolved); "
+                        "'smoothed' (default): -lam log p(x, t_r), a different, smoothed target")
+    p.add_argument("--t-r", type=float, dest="t_r", help="noise level the reward's score is read at (default: 0.05)")
     p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("sample", parents=[common], help="samples in the data's own columns and units")
@@ -480,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="the round to start from (default: the latest)")
     p.add_argument("--rounds", required=True, type=_int_in(1, MAX_ROUNDS), help="how many exact rounds")
     p.add_argument("--lam", type=float, default=0.1, help="lambda per round, in (0, 1) (default: 0.1)")
-    p.add_argument("--t-r", type=float, dest="t_r", help="time of the reward's score (default: explore's)")
+    p.add_argument("--reward-target", choices=["data", "smoothed"], dest="reward_target",
+                   help="'smoothed' also prints the smoothed reward's target (-lam log p(x, t_r)) beside the paper's "
+                        "(default: explore's)")
+    p.add_argument("--t-r", type=float, dest="t_r", help="the smoothed reward's noise level (default: explore's)")
     p.add_argument("--resolution", type=_int_in(8, MAX_RESOLUTION), default=200,
                    help="grid points per axis (default: 200)")
     p.set_defaults(func=cmd_tilt)

@@ -1,8 +1,12 @@
 """Exact S-MEME rounds of a 2-D density on a grid: what a perfect solver would produce.
 
 DESIGN.md section 3's toy closed form p_k ~ p_pre^((1 - lam)^k) assumes a compact support
-(p = 0 off it) and t_r -> 0. A trained model has p > 0 everywhere, and the reward is the
-score at t_r > 0, so the real target of round k is
+(p = 0 off it) and t_r -> 0. A trained model has p > 0 everywhere, so the
+paper's target of round k (reward -lam_k log p_{k-1}(x), explore's reward_target 'data') is
+
+    p_k(x) ∝ p_{k-1}(x)^(1 - lam_k)                                      (t_r = 0 here)
+
+and with the smoothed reward (reward_target 'smoothed', read at t_r > 0) a different one,
 
     p_k(x) ∝ p_{k-1}(x) * p_{k-1}(x, t_r)^(-lam_k)                    (KL-regularised tilt)
 
@@ -44,10 +48,11 @@ T_R_MIN = 1e-6
 
 
 def check_t_r(t_rs: Sequence[float]) -> None:
-    """Refuse a reward time outside [T_R_MIN, 1), naming the value."""
+    """Refuse a reward time other than 0 (the paper's target) or in [T_R_MIN, 1), naming the value."""
     for v in t_rs:
-        if not T_R_MIN <= v < 1:  # also nan
-            raise ValueError(f"t_r (the reward's time) must lie in [{T_R_MIN:g}, 1) for the exact tilt, got {v:g}.")
+        if not (v == 0 or T_R_MIN <= v < 1):  # also nan
+            raise ValueError(f"t_r (the reward's time) must be 0 (the paper's target) or lie in [{T_R_MIN:g}, 1) "
+                             f"for the exact tilt, got {v:g}.")
 
 
 def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: Sequence[float],
@@ -56,7 +61,7 @@ def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: 
     """Normalised grid probabilities (cell masses) of rounds 0..K for lambdas lam_history.
 
     logp: log-density of round 0 on the grid, (len(ys), len(xs)), -inf allowed; t_r: the
-    reward's time, one for all rounds or one per round; ab_of_t: t -> alpha_bar(t) of the
+    smoothed reward's time (0: the paper's target, p_{k-1}^(1 - lam)), one for all rounds or one per round; ab_of_t: t -> alpha_bar(t) of the
     model's schedule; mean, std: the model's standardiser.
     """
     logp = np.asarray(logp, dtype=np.float64)
@@ -76,7 +81,7 @@ def exact_rounds(logp: np.ndarray, xs: np.ndarray, ys: np.ndarray, lam_history: 
     for lam, t in zip(lam_history, t_rs):
         if not 0 < lam <= 1:
             raise ValueError(f"lambda must lie in (0, 1], got {lam}.")
-        smoothed = smooth_to(prob, xs, ys, float(ab_of_t(t)), mean, std)
+        smoothed = smooth_to(prob, xs, ys, float(ab_of_t(t)), mean, std) if t > 0 else prob
         log_w = np.log(np.maximum(prob, tiny)) - lam * np.log(np.maximum(smoothed, tiny))  # p * p_tr^-lam
         log_w[prob <= 0] = -np.inf
         prob = np.exp(log_w - log_w[np.isfinite(log_w)].max())

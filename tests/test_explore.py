@@ -138,8 +138,10 @@ def test_nan_round_is_rejected_and_previous_stays_latest(tiny_run, monkeypatch):
     import smeme.explore as explore
 
     run_rounds(tiny_run, 1, ExploreConfig(**FAST))
-    real = explore.score
+    real, real_data = explore.score, explore.deconvolved_score
     monkeypatch.setattr(explore, "score", lambda m, x, t: real(m, x, t) * float("nan"))
+    monkeypatch.setattr(explore, "deconvolved_score",  # the reward at the data end (reward_target 'data')
+                        lambda m, x, t: tuple(v * float("nan") for v in real_data(m, x, t)))
     with pytest.raises(ExploreError, match=r"Round 2 was rejected.*NaN.*round 1 stays the latest"):
         run_rounds(tiny_run, 1, ExploreConfig(**FAST))
     assert Run.open(tiny_run.folder).latest_round == 1

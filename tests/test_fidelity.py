@@ -38,6 +38,9 @@ LAM = 0.3
 N_EVAL, EVAL_STEPS = 8000, 400
 PRETRAIN_STEPS = 800  # the truth is the trained model's own covariance, so a short fit will do
 SOLVER_SEEDS = (5, 6, 7)
+# per whitened direction, share of the exact log-variance gain: a loose bound (not measured over
+# seeds here, load 20) that still fails a direction that shrinks or runs to twice its gain
+DIRECTION_TOL = 0.5
 
 
 def correlated_gaussian_csv(path, d: int, seed: int, rows: int = 20000):
@@ -47,6 +50,63 @@ def correlated_gaussian_csv(path, d: int, seed: int, rows: int = 20000):
     x = rng.multivariate_normal(rng.normal(size=d) * 2, S, size=rows)
     np.savetxt(path, x, delimiter=",", header=",".join(f"c{i}" for i in range(d)), comments="")
     return path
+
+
+def spread_gaussian_csv(path, eigenvalues, seed: int, rows: int = 20000):
+    """Columns whose standardised covariance (correlation) has exactly the given eigenvalues
+    (their mean must be 1, a correlation's trace is d) in a random basis; each column then
+    gets its own scale and offset, which standardising undoes. A correlation with a given
+    spectrum: rotate diag(eigenvalues) until its diagonal is all ones (Bendel-Mickey)."""
+    rng = np.random.default_rng(seed)
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    lam = lam * len(lam) / lam.sum()
+    q, _ = np.linalg.qr(rng.normal(size=(len(lam), len(lam))))
+    corr = _with_unit_diagonal(q @ np.diag(lam) @ q.T)
+    z = rng.multivariate_normal(np.zeros(len(lam)), corr, size=rows)
+    x = z * np.exp(rng.normal(size=len(lam))) + rng.normal(size=len(lam)) * 3
+    np.savetxt(path, x, delimiter=",", header=",".join(f"c{i}" for i in range(len(lam))), comments="")
+    return path
+
+
+def _with_unit_diagonal(c: np.ndarray) -> np.ndarray:
+    """Givens rotations that keep the spectrum and set the diagonal to 1 (Bendel & Mickey 1978)."""
+    c = c.copy()
+    d = len(c)
+    for _ in range(4 * d):
+        diag = np.diag(c)
+        big, small = np.where(diag > 1 + 1e-12)[0], np.where(diag < 1 - 1e-12)[0]
+        if not len(big) or not len(small):
+            break
+        i, j = small[0], big[0]
+        a_ii, a_jj, a_ij = c[i, i], c[j, j], c[i, j]
+        # rotation angle with (R^T C R)_ii = 1: solve a quadratic in tan(theta)
+        disc = a_ij ** 2 - (a_ii - 1) * (a_jj - 1)
+        tan = (a_ij + np.sqrt(max(disc, 0.0))) / (a_jj - 1)
+        cos = 1 / np.sqrt(1 + tan ** 2)
+        sin = tan * cos
+        rot = np.eye(d)
+        rot[i, i], rot[j, j], rot[i, j], rot[j, i] = cos, cos, sin, -sin
+        c = rot.T @ c @ rot
+    return (c + c.T) / 2
+
+
+def whitened_ratios(c: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """Eigenvalues of C0^-1/2 C C0^-1/2 (ascending): the variance ratio along each direction
+    of C0's whitened frame (1.5 everywhere for an exact Gaussian round at lambda 1/3)."""
+    chol_inv = np.linalg.inv(np.linalg.cholesky(c0))
+    return np.linalg.eigvalsh(chol_inv @ c @ chol_inv.T)
+
+
+def direction_shares(c: np.ndarray, c_exact: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """Per direction, the share of the exact log-variance gain reached, along the eigenvectors v
+    of the measured whitened round W C W' (W = C0^-1/2), ascending by measured ratio:
+    log(v' W C W' v) / log(v' W C* W' v). Its ends are the round's narrowest and widest
+    directions, wherever they point (an exact round at the paper's target is isotropic after
+    whitening). 1 everywhere when the round is exact."""
+    w = np.linalg.inv(np.linalg.cholesky(c0))
+    measured, vec = np.linalg.eigh(w @ c @ w.T)
+    exact = np.einsum("ij,ik,kj->j", vec, w @ c_exact @ w.T, vec)
+    return np.log(measured) / np.log(exact)
 
 
 def independent_gaussian_csv(path, d: int, seed: int, rows: int = 20000):
@@ -91,33 +151,78 @@ def exact_covs(run: Run, cov0: np.ndarray, rounds: int, t_r: float) -> list[np.n
     return covs
 
 
+def target_t_r(config) -> float:
+    """The smoothing of a round's target: 0 for the paper's (reward_target 'data'), else t_r."""
+    return 0.0 if config.reward_target == "data" else config.t_r
+
+
 def logdet_gain(c: np.ndarray, c0: np.ndarray) -> float:
     return float(np.linalg.slogdet(c)[1] - np.linalg.slogdet(c0)[1])
 
 
-def run_gaussian_rounds(src, tmp_path, rounds: int, seed: int) -> list[float]:
-    """Each round's share of the exact cumulative entropy gain."""
+def run_gaussian_rounds(src, tmp_path, rounds: int, seed: int, **overrides) -> list[dict]:
+    """Per round, against the exact cumulative round (the paper's target, or the smoothed one
+    for reward_target 'smoothed'): 'logdet' the share of the exact entropy gain, 'directions'
+    the share of the exact log-variance gain along each whitened direction (direction_shares)."""
     dst = tmp_path / f"run_{seed}"
     shutil.copytree(src, dst)
     run = Run.open(dst)
     config = ExploreConfig(**{**run.domain.explore_defaults(), "lam": LAM, "seed": seed, "metrics_logp": False,
-                              "metrics_n": 1024})  # the CLI's and the app's CSV defaults
+                              "metrics_n": 1024, **overrides})  # the CLI's and the app's CSV defaults
     run_rounds(run, rounds, config)
     cov0 = model_cov(run, 0)
-    exact = exact_covs(run, cov0, rounds, config.t_r)
-    return [logdet_gain(model_cov(run, k), cov0) / logdet_gain(exact[k], cov0) for k in range(1, rounds + 1)]
+    exact = exact_covs(run, cov0, rounds, target_t_r(config))
+    out = []
+    for k in range(1, rounds + 1):
+        cov = model_cov(run, k)
+        out.append({"logdet": logdet_gain(cov, cov0) / logdet_gain(exact[k], cov0),
+                    "directions": direction_shares(cov, exact[k], cov0)})
+    return out
+
+
+def _span(rows: list[dict]) -> str:
+    return ", ".join(f"logdet {r['logdet']:.3f} directions {r['directions'].min():.3f}-{r['directions'].max():.3f}"
+                     for r in rows)
+
+
+# These bars were measured with the smoothed reward and are judged against ITS exact rounds
+# (target_t_r); against the paper's target (the default since issue 20) one d = 8 round reached
+# a log-det share of 0.858 and direction shares 0.66-1.03 (seed 5, BENCHMARKS.md): the solver's
+# fit at small t, not the reward, is what is short there (test_a_narrow_direction_... below).
+SMOOTHED = {"reward_target": "smoothed"}
 
 
 @pytest.mark.parametrize("d,independent", [(2, False), (3, False), (8, False), (2, True)])
 def test_one_round_reaches_the_exact_gaussian_tilt(gaussian_runs, tmp_path, d, independent):
-    shares = [run_gaussian_rounds(gaussian_runs(d, independent), tmp_path, 1, seed)[0] for seed in SOLVER_SEEDS]
-    assert statistics.median(shares) >= 0.90, f"d={d}: shares of the exact one-round gain {shares}"
-    assert statistics.median(shares) <= 1.10, f"d={d}: overshoot {shares}"
+    """The median over solver seeds of the log-determinant share within 10%, and of the smallest
+    and largest per-direction share within DIRECTION_TOL (the shape, not only the volume)."""
+    rows = [run_gaussian_rounds(gaussian_runs(d, independent), tmp_path, 1, seed, **SMOOTHED)[0]
+            for seed in SOLVER_SEEDS]
+    report = f"d={d}: {_span(rows)}"
+    assert 0.90 <= statistics.median(r["logdet"] for r in rows) <= 1.10, report
+    assert statistics.median(r["directions"].min() for r in rows) >= 1 - DIRECTION_TOL, report
+    assert statistics.median(r["directions"].max() for r in rows) <= 1 + DIRECTION_TOL, report
 
 
 def test_three_rounds_follow_the_exact_gaussian_recursion(gaussian_runs, tmp_path):
-    shares = run_gaussian_rounds(gaussian_runs(3), tmp_path, 3, SOLVER_SEEDS[0])
-    assert all(abs(s - 1) <= 0.10 for s in shares), f"shares of the exact cumulative gain by round: {shares}"
+    rows = run_gaussian_rounds(gaussian_runs(3), tmp_path, 3, SOLVER_SEEDS[0], **SMOOTHED)
+    assert all(abs(r["logdet"] - 1) <= 0.10 for r in rows), f"cumulative, by round: {_span(rows)}"
+    assert all(abs(r["directions"] - 1).max() <= DIRECTION_TOL for r in rows), f"cumulative, by round: {_span(rows)}"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 20: measured 0.80 of the narrow direction's exact gain (seed 5); "
+                                       "the solver under-fits the score change at small t (BENCHMARKS.md)")
+def test_a_narrow_direction_reaches_the_papers_gain(tmp_path):
+    """5 columns whose standardised covariance has one direction of variance 0.06: one default
+    round (the paper's reward, read at the data end) within 10% of the exact gain of
+    p_0^(1 - lam) along every whitened direction. The smoothed reward's own exact round reaches
+    0.72 of it there, so this case tells the two targets apart."""
+    from smeme.pipeline import pretrain_run
+
+    csv = spread_gaussian_csv(tmp_path / "data.csv", [0.06, 1, 1, 1.5, 1.44], seed=31)
+    src = pretrain_run(tmp_path / "run", "csv", {"path": str(csv)}, steps=PRETRAIN_STEPS).folder
+    rows = run_gaussian_rounds(src, tmp_path, 1, SOLVER_SEEDS[0])
+    assert abs(rows[0]["directions"] - 1).max() <= 0.10, _span(rows)
 
 
 def test_ess_health_is_reported_per_round(gaussian_runs, tmp_path):

@@ -63,6 +63,23 @@ def test_two_rounds_of_a_gaussian_match_the_closed_form(mean, std):
     assert np.linalg.det(c) > 1.5 * np.linalg.det(cov)  # two rounds spread it
 
 
+def test_the_papers_target_is_the_unsmoothed_power():
+    """t_r = 0: each round is p_{k-1}^(1 - lam), for a Gaussian N(mu, cov / (1 - lam)^k) per round."""
+    mu, cov = np.array([0.5, -0.1]), np.array([[0.09, 0.02], [0.02, 0.04]])
+    xs, ys = np.linspace(-1.8, 2.8, 461), np.linspace(-1.9, 1.7, 361)
+    lam = 0.3
+    rounds = exact_rounds(gaussian_logp(xs, ys, mu, cov), xs, ys, [lam, lam], 0.0, ab, (0.3, -0.2), (0.7, 0.4))
+    for k in (1, 2):
+        got_m, got_c = moments(rounds[k], xs, ys)
+        np.testing.assert_allclose(got_m, mu, atol=2e-3)
+        np.testing.assert_allclose(got_c, cov / (1 - lam) ** k, rtol=0.02, atol=5e-4)
+    smoothed = exact_rounds(gaussian_logp(xs, ys, mu, cov), xs, ys, [lam], 0.05, ab, (0.3, -0.2), (0.7, 0.4))
+    _, c_smoothed = moments(smoothed[1], xs, ys)
+    np.testing.assert_allclose(c_smoothed, tilted_gaussian(mu, cov, lam, 0.05, np.array([0.3, -0.2]),
+                                                           np.array([0.7, 0.4]))[1], rtol=0.02, atol=5e-4)
+    assert np.linalg.det(c_smoothed) < 0.95 * np.linalg.det(cov / (1 - lam))  # a different, smaller target
+
+
 def test_compact_toy_follows_p_pre_to_the_power():
     dom = ToyDomain()
     xs, ys = np.linspace(-1.6, 1.6, 641), np.linspace(-0.8, 0.8, 321)
@@ -82,7 +99,9 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="shape"):
         exact_rounds(np.zeros((5, 4)), xs, ys, [0.1], 0.05, ab)
     with pytest.raises(ValueError, match="t_r"):
-        exact_rounds(np.zeros((4, 5)), xs, ys, [0.1], 0.0, ab)
+        exact_rounds(np.zeros((4, 5)), xs, ys, [0.1], -0.01, ab)
+    with pytest.raises(ValueError, match="t_r"):
+        exact_rounds(np.zeros((4, 5)), xs, ys, [0.1], 1.0, ab)
     with pytest.raises(ValueError, match="lambda"):
         exact_rounds(np.zeros((4, 5)), xs, ys, [1.5], 0.05, ab)
     with pytest.raises(ValueError, match="finite"):

@@ -250,8 +250,10 @@ def compute_heatmap(run, k: int, resolution: int = HEATMAP_RES, cancel=None, pro
 
 def perfect_solver(run, metrics: dict) -> list[dict] | None:
     """Per round 0..K, the exact S-MEME rounds (smeme.tilt) of round 0's cached heatmap with
-    each round's own lambda and t_r: {'exact_off_support', 'exact_sparse_share' (toy),
-    'exact_entropy' (round 0's k-NN entropy plus the exact rounds' entropy gain)}.
+    each round's own lambda, to the paper's target p_{k-1}^(1 - lam): {'exact_off_support',
+    'exact_sparse_share' (toy), 'exact_entropy' (round 0's k-NN entropy plus the exact rounds'
+    entropy gain)}; where a round used the smoothed reward (reward_target 'smoothed', its t_r),
+    also the same keys prefixed 'exact_smoothed_' for that different target.
 
     None where it cannot be had without new work or does not apply: no cached round-0
     heatmap yet, a run that is not 2-D points, or a round tuned with another reward."""
@@ -275,21 +277,31 @@ def perfect_solver(run, metrics: dict) -> list[dict] | None:
     hit = _mem_get(key)
     if hit is not None:
         return hit
-    try:
-        summary = summarise_rounds(run, hm["xs"], hm["ys"], hm["logp"], [float(m["lam"]) for m in later],
-                                   [float(m["t_r"]) for m in later])
+    lams = [float(m["lam"]) for m in later]
+    smoothed = [m.get("reward_target", "smoothed") == "smoothed" for m in later]  # rounds before the option: smoothed
+    try:  # the paper's target (t_r = 0), and the smoothed one beside it when a round used it
+        summary = summarise_rounds(run, hm["xs"], hm["ys"], hm["logp"], lams, [0.0] * len(lams))
+        summary_smoothed = (summarise_rounds(run, hm["xs"], hm["ys"], hm["logp"], lams, [float(m["t_r"]) for m in later])
+                            if any(smoothed) else None)
     except ValueError:
         return None
     h0 = metric_number(metrics[0].get("entropy_knn"))
     out = []
-    for r in summary:
-        row = {"exact_off_support": 1.0 - r["on_support"]}
-        if h0 is not None:  # the grid entropy has its own offset; its gains are what compare
-            row["exact_entropy"] = h0 + r["entropy"] - summary[0]["entropy"]
-        if "sparse" in r["shares"].get("region", {}):
-            row["exact_sparse_share"] = r["shares"]["region"]["sparse"]
+    for k, r in enumerate(summary):
+        row = _exact_row(r, summary[0], h0, "exact_")
+        if summary_smoothed is not None:
+            row.update(_exact_row(summary_smoothed[k], summary_smoothed[0], h0, "exact_smoothed_"))
         out.append(row)
     return _mem_put(key, out)
+
+
+def _exact_row(r: dict, first: dict, h0, prefix: str) -> dict:
+    row = {prefix + "off_support": 1.0 - r["on_support"]}
+    if h0 is not None:  # the grid entropy has its own offset; its gains are what compare
+        row[prefix + "entropy"] = h0 + r["entropy"] - first["entropy"]
+    if "sparse" in r["shares"].get("region", {}):
+        row[prefix + "sparse_share"] = r["shares"]["region"]["sparse"]
+    return row
 
 
 def timeline(run) -> pd.DataFrame:

@@ -281,12 +281,15 @@ def timeline_panels(run) -> list:
     """Which metrics the timeline shows for this run's data set."""
     ds = run_dataset(run)
     panels = [("Entropy (k-NN, nats)", [("entropy", "k-NN entropy"), ("cross_entropy", "PF-ODE cross-entropy"),
-                                        ("exact_entropy", "perfect solver")]),
-              ("Off-support fraction", [("off_support", "off support"), ("exact_off_support", "perfect solver")]),
+                                        ("exact_entropy", "perfect solver"),
+                                        ("exact_smoothed_entropy", "perfect solver, smoothed reward")]),
+              ("Off-support fraction", [("off_support", "off support"), ("exact_off_support", "perfect solver"),
+                                        ("exact_smoothed_off_support", "perfect solver, smoothed reward")]),
               ("Surprise under round 0", [("surprise", "mean −log p_pre")])]
     if ds == "toy":
         panels.append(("Sparse-square share", [("sparse_share", "measured"), ("sparse_closed_form", "closed form"),
-                                               ("exact_sparse_share", "perfect solver")]))
+                                               ("exact_sparse_share", "perfect solver"),
+                                               ("exact_smoothed_sparse_share", "perfect solver, smoothed reward")]))
     elif ds == "triangles":
         panels[1] = ("Validity", [("validity", "valid"), ("on_support", "on support")])
     return panels

@@ -117,13 +117,18 @@ def explore_defaults(run=None) -> dict:
 SOLVERS = ("adjoint", "student-teacher")
 SOLVER_NAMES = {"adjoint": "Adjoint Matching", "student-teacher": "Student-teacher (the blog's)"}
 LAM_SCHEDULES = ("constant", "decreasing")
+REWARD_TARGETS = ("data", "smoothed")
+REWARD_TARGET_NAMES = {"data": "−λ log p (the paper's target)", "smoothed": "−λ log p(·, t_r) (smoothed: a different target)"}
 
 
 def explore_settings(defaults: dict, *, solver: str, lam: float, lam_schedule: str, iterations: int,
-                     seed: int) -> dict:
+                     seed: int, reward_target: str | None = None) -> dict:
     """ExploreConfig keyword arguments from the page's widgets (on top of the defaults)."""
-    return {**defaults, "solver": solver, "lam": float(lam), "lam_schedule": lam_schedule,
-            "seed": int(seed), "iterations": int(iterations)}
+    out = {**defaults, "solver": solver, "lam": float(lam), "lam_schedule": lam_schedule,
+           "seed": int(seed), "iterations": int(iterations)}
+    if reward_target is not None:
+        out["reward_target"] = reward_target
+    return out
 
 
 def content_blocks(name: str) -> list[tuple[str, str]]:
