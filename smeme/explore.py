@@ -16,8 +16,9 @@ which is what lets a round move mass between separated modes (solvers/adjoint_ma
 The tuned network is a model of the round's tilt (the solver regresses in score units,
 solvers/adjoint_matching.py step 3), so the next round reads its reward from that network's
 score as users run it, and its samples, PF-ODE density and heatmaps all show the same model.
-Each round's metrics carry the solver's health (the likelihood-ratio weights' effective
-sample size, how often they were tempered) beside its solver seconds.
+Each round's metrics carry the solver's result beside its solver seconds: its health (the
+likelihood-ratio weights' effective sample size, how often they were tempered) and whether it
+converged (solver_converged, solver_control_change; SolverResult.round_metrics).
 
 Each finished round is checked (finite weights, on-support share not down by more than
 max_validity_drop against the previous round) and saved at once with its metrics; a
@@ -91,12 +92,10 @@ class ExploreConfig(ConfigBase):
     # between solver seeds (toy, lam 0.1, seeds 5-9: 0.49-1.46 of the exact log-odds shift); with
     # the likelihood-ratio term alone there 0.92-1.05. 0 also spares the backward pass over them.
     adjoint_weight_on_lr_steps: float = 0.0
-    # The likelihood-ratio term's target: 'next' E*[zeta_i | x_i], the tilt one step later, or
-    # 'current' J_i^T of it = std_i grad V_i, step i's own (exact on an analytic Gaussian base with
-    # a linear reward, where 'next' over-tilts the wide axis by 11-18%). On trained models 'next'
-    # measured closer to the exact tilt (one round, seeds 5-7 / 5-9: Gaussian CSV d = 8 0.93 vs
-    # 0.905, d = 3 0.96 vs 0.93, toy 0.98 vs 1.05) and costs no VJPs, so it stays the default.
-    likelihood_ratio_target: str = "next"
+    # The likelihood-ratio term's target: 'current' J_i^T E*[zeta_i | x_i] = std_i grad V_i, whose fixed
+    # point is the exact tilt (one base VJP per selected step); 'next' E*[zeta_i | x_i] is off by J_i^-T
+    # (over-tilts a wide axis; solvers/adjoint_matching.py step 5).
+    likelihood_ratio_target: str = "current"
     outlier_mode: str = "off"  # Adjoint Matching's outlier rule ('off' | 'drop' (official code) | 'scale'); see above
     # Toy, lam 0.1: each iterate's sparse share swung over 0.08-0.14 (closed form 0.102); the
     # EMA of the weights after a 20% burn-in landed on 0.101-0.108 (seeds 0-3). None: off.
@@ -273,16 +272,17 @@ def run_rounds(run, rounds: int, config: ExploreConfig | None = None,
             t0 = time.perf_counter()
             try:
                 if config.solver == "adjoint":
-                    losses = adjoint_matching(model_ft, model_base, reward_grad, solver_cfg,
+                    result = adjoint_matching(model_ft, model_base, reward_grad, solver_cfg,
                                               sampling_model=sampling_model, on_iteration=cb, cancel=cancel,
                                               reward_value=reward_value)
                 else:
-                    losses = student_teacher(model_ft, model_base, reward_grad, solver_cfg,
+                    result = student_teacher(model_ft, model_base, reward_grad, solver_cfg,
                                              on_iteration=cb, cancel=cancel, valid_fn=_valid_fn(run))
             except SolverDivergedError as exc:
                 raise ExploreError(f"Round {k} was rejected: {str(exc).rstrip('.')}; "
                                    f"round {k - 1} stays the latest.") from None
             solve_s = time.perf_counter() - t0
+            losses = result.losses
             if cancel is not None and cancel.is_set() and len(losses) < solver_cfg.iterations:
                 break  # stopped mid-round: keep the finished rounds only
             if not _finite(model_ft) or not all(math.isfinite(v) for v in losses):
@@ -302,7 +302,7 @@ def run_rounds(run, rounds: int, config: ExploreConfig | None = None,
                             "reward": config.reward, "t_r": config.t_r, "iterations": len(losses),
                             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                             "solver_seconds": round(solve_s, 3), "explore": config.to_dict(),
-                            **getattr(solver_cfg, "health", {})})
+                            **result.round_metrics()})
             run.save_round(k, model_ft, metrics)
             saved.append(k)
             if on_round is not None:

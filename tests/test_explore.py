@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from smeme.explore import ExploreConfig, ExploreError, run_rounds
+from smeme.solvers import SolverResult
 from smeme.store import Run
 
 # mechanics only: the tiny preset is not accurate, so validity is not judged here
@@ -151,7 +152,7 @@ def test_nan_weights_are_rejected(tiny_run, monkeypatch):
     def poisoned(model_ft, *a, **k):
         with torch.no_grad():
             next(model_ft.parameters()).fill_(float("inf"))
-        return [0.1]
+        return SolverResult(model=model_ft, losses=[0.1])
 
     monkeypatch.setattr(explore, "adjoint_matching", poisoned)
     with pytest.raises(ExploreError, match="NaN/inf.*round 0 stays"):
@@ -166,7 +167,7 @@ def test_collapsed_validity_is_rejected(tiny_run, monkeypatch):
         with torch.no_grad():
             last = [m for m in model_ft.modules() if isinstance(m, torch.nn.Linear)][-1]
             last.bias.fill_(-25.0)
-        return [0.1]
+        return SolverResult(model=model_ft, losses=[0.1])
 
     monkeypatch.setattr(explore, "adjoint_matching", scatter)
     with pytest.raises(ExploreError, match="on-support share fell"):

@@ -406,7 +406,7 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
         start = time.perf_counter()
         it_cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
         try:
-            losses = adjoint_matching(tuned, base, reward_grad, am, on_iteration=it_cb, cancel=cancel)
+            result = adjoint_matching(tuned, base, reward_grad, am, on_iteration=it_cb, cancel=cancel)
         except SolverDivergedError as exc:
             run.drop_cached_model()  # the cached UNet holds a broken adapter
             raise SDRunError(f"Round {k} was rejected: {exc}") from None
@@ -414,11 +414,12 @@ def run_sd_rounds(run: SDRun, rounds: int, config: SDExploreConfig | None = None
             for h in hooks:
                 h.remove()
         seconds = time.perf_counter() - start
+        losses = result.losses
         if len(losses) < am.iterations:  # cancelled mid-round: nothing saved
             run.drop_cached_model()
             break
         adapter = model.adapter_state()
-        info = {"loss": losses, "seconds": round(seconds, 2), "timings": dict(am.timings),
+        info = {"loss": losses, "seconds": round(seconds, 2), "timings": dict(result.timings),
                 "lam": lam, "t_r": t_r, "solver": "adjoint_matching", "lora_lr": cfg.lr,
                 "guidance": float(run.sd_config.guidance)}
         if is_main:
