@@ -96,6 +96,7 @@ def test_rounds_are_saved_with_metrics_and_continue(tiny_run):
     assert seen[0][:3] == (1, 1, 3) and seen[-1][:3] == (2, 3, 3)
     m = Run.open(tiny_run.folder).metrics()
     assert m[2]["lam_history"] == [0.1, 0.1] and "on_support" in m[2] and "sparse_share_closed_form" in m[2]
+    assert isinstance(m[2]["solver_converged"], bool) and m[2]["solver_control_change"] >= 0  # the solver's result
     assert run_rounds(tiny_run, 1, ExploreConfig(**FAST)) == [3]
 
 
