@@ -41,3 +41,12 @@ def test_a_solve_returns_its_result_and_leaves_the_config_alone():
     assert result.converged in (True, False) and result.control_change >= 0  # 2 averaged iterates read
     assert result.round_metrics()["solver_converged"] == result.converged
     assert cfg.to_dict() == before and not hasattr(cfg, "health") and not hasattr(cfg, "timings")
+
+
+def test_drift_within_the_iterate_noise_is_not_called_unconverged():
+    noisy = probe_with([[1.0], [3.0], [1.2], [2.6]])  # halves 2.0 and 1.9: scatter ~1, drift 0.1
+    change, noise = noisy.summary()
+    assert abs(change - 0.1 / 1.95) < 1e-12 and 2 * noise > change
+    steady_rise = probe_with([[1.0], [1.1], [2.0], [2.1]])  # drift 1.0 against a scatter of 0.07
+    change, noise = steady_rise.summary()
+    assert change > 0.5 and 2 * noise < change

@@ -22,7 +22,8 @@ Fine-tunes a noise predictor towards p_base(x) exp(r(x)). One iteration:
 6. WeightAverage: an EMA of the weights over the iterates after a burn-in (weight_ema, average_start).
 Convergence (ControlProbe): the tuned control read on fixed probe points over the averaged window
 (the last half of the iterations when averaging is off); converged when the mean of the window's
-second half differs from its first half's by at most convergence_tolerance of its size.
+second half differs from its first half's by at most convergence_tolerance of its size, or by no
+more than twice that difference's noise (the iterates' scatter), i.e. no drift to tell apart.
 
 Contract: adjoint_matching(model_ft, model_base, reward_grad, config, ...) changes model_ft's
 trainable parameters in place and returns a SolverResult (losses, timings, health, convergence).
@@ -92,7 +93,7 @@ class AdjointMatchingConfig(ConfigBase):
     # selected step), 'next' E*[zeta_i | x_i] (the tilt one step later, off by J_i^-T)
     likelihood_ratio_target: str = "current"
     # converged: the tuned control, read on fixed probe points, moved by at most this share of its
-    # size between the first and second half of the averaged window (SolverResult.control_change)
+    # size (or within twice its noise) between the first and second half of the averaged window
     convergence_tolerance: float = 0.1
 
     def __post_init__(self):
@@ -466,7 +467,8 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             on_iteration(it + 1, cfg.iterations, losses[-1])
     if losses:
         average.apply()
-    change = probe.change()
+    summary = probe.summary()
+    change, noise = summary if summary is not None else (None, None)
+    converged = None if summary is None else change <= max(cfg.convergence_tolerance, 2 * noise)
     return SolverResult(model=model_ft, losses=losses, timings=timings, health=weights_health(history),
-                        converged=None if change is None else change <= cfg.convergence_tolerance,
-                        control_change=change)
+                        converged=converged, control_change=change, control_noise=noise)

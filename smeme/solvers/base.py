@@ -75,14 +75,15 @@ class SolverResult:
 
     losses: one loss per finished iteration; timings: seconds per phase; health: how the
     solve went (for Adjoint Matching with the likelihood-ratio term, its weights' effective
-    sample size and tempering); converged / control_change: the convergence signal (None
-    where the solver does not measure it)."""
+    sample size and tempering); converged / control_change / control_noise: the convergence
+    signal (None where the solver does not measure it; solvers/iterates.py)."""
     model: nn.Module
     losses: list[float]
     timings: dict = field(default_factory=dict)
     health: dict = field(default_factory=dict)
     converged: bool | None = None
-    control_change: float | None = None
+    control_change: float | None = None  # share of the control's size it moved over the averaged window
+    control_noise: float | None = None  # the noise of that share (iterate scatter)
 
     @property
     def iterations(self) -> int:
@@ -93,7 +94,8 @@ class SolverResult:
         """The solver's part of a round's metrics: its health and the convergence signal."""
         out = dict(self.health)
         if self.converged is not None:
-            out.update({"solver_converged": bool(self.converged), "solver_control_change": self.control_change})
+            out.update({"solver_converged": bool(self.converged), "solver_control_change": self.control_change,
+                        "solver_control_noise": self.control_noise})
         return out
 
 

@@ -40,7 +40,9 @@ class WeightAverage:
 class ControlProbe:
     """The convergence signal: the tuned control u = -factor (eps_ft - eps_base), read on fixed probe
     points (the first iteration's states at a few stochastic steps) after each iterate of the window;
-    control_change = |mean of the window's second half - mean of its first half| / |mean of the window|."""
+    control_change = |mean of the window's second half - mean of its first half| / |mean of the window|,
+    beside the noise of that difference from the iterates' own scatter (a drift within twice its
+    noise is not told apart from iterate noise, which the weight average removes)."""
 
     def __init__(self, start: int, rows: int = 64, steps: int = 4):
         self.start, self.rows, self.steps = start, rows, steps
@@ -64,10 +66,20 @@ class ControlProbe:
 
     def change(self) -> float | None:
         """The window's relative control change (None with fewer than 2 reads)."""
+        summary = self.summary()
+        return None if summary is None else summary[0]
+
+    def summary(self) -> tuple[float, float] | None:
+        """(relative change, its noise): |m2 - m1| / |m| and the standard error of m2 - m1 from the
+        iterates' own scatter in each half, over |m| (None with fewer than 2 reads)."""
         n = len(self.reads)
         if n < 2:
             return None
         reads = torch.stack(self.reads)
-        first, second, whole = reads[: n // 2].mean(0), reads[n // 2:].mean(0), reads.mean(0)
-        size = float(whole.norm())
-        return 0.0 if size == 0 else float((second - first).norm()) / size
+        halves = (reads[: n // 2], reads[n // 2:])
+        size = float(reads.mean(0).norm())
+        if size == 0:
+            return 0.0, 0.0
+        drift = float((halves[1].mean(0) - halves[0].mean(0)).norm())
+        var = sum(h.var(0, unbiased=True).sum() / len(h) if len(h) > 1 else 0.0 for h in halves)
+        return drift / size, float(var) ** 0.5 / size
