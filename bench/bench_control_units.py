@@ -16,12 +16,17 @@ so the share is the fidelity a user sees. Forms (solvers/adjoint_matching.py ste
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test references (helpers.py)
+
 from smeme.sampling import ddpm_coefficients, time_grid
 from smeme.schedule import VPSchedule
-from smeme.solvers import gaussian_sampler_moments
+from helpers import gaussian_sampler_moments
 
 SCH = VPSchedule()
 F64 = torch.float64

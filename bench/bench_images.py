@@ -164,13 +164,13 @@ def _bench_sd15_random(device: str, iterations: int, resolution: int = 512, step
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    adjoint_matching(model, base, reward_grad, am, sampling_model=model.cfg_view())
+    result = adjoint_matching(model, base, reward_grad, am, sampling_model=model.cfg_view())
     sec = time.perf_counter() - t
     row = {"what": f"sd15 random LoRA iterations at {resolution}x{resolution}", "device": device,
            "iterations": iterations, "steps": steps,
            "seconds": round(sec, 1), "seconds_per_iteration": round(sec / iterations, 2),
            "projected_round_seconds_20_iterations": round(20 * sec / iterations, 1),
-           "timings": {a: round(b, 1) for a, b in am.timings.items()},
+           "timings": {a: round(b, 1) for a, b in result.timings.items()},
            "lora_parameters": sum(p.numel() for p in model.lora_params)}
     if device == "cuda":
         row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import sys
+
 import argparse
 import dataclasses
 import json
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test references (helpers.py)
 
 from smeme.threads import configure
 
@@ -68,7 +72,8 @@ def modes_part(seps, lam: float) -> None:
     from smeme.models import GaussianMixtureModel, MLPConfig, MLPNoisePredictor, score
     from smeme.sampling import FixedNoise, sample_ddpm
     from smeme.schedule import VPSchedule
-    from smeme.solvers import AdjointMatchingConfig, ResidualNoisePredictor, adjoint_matching
+    from helpers import ResidualNoisePredictor
+    from smeme.solvers import AdjointMatchingConfig, adjoint_matching
     from smeme.tilt import exact_rounds
 
     sch = VPSchedule()

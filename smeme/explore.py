@@ -21,8 +21,9 @@ between separated modes (solvers/adjoint_matching.py).
 The tuned network is a model of the round's tilt (the solver regresses in score units,
 solvers/adjoint_matching.py step 3), so the next round reads its reward from that network's
 score as users run it, and its samples, PF-ODE density and heatmaps all show the same model.
-Each round's metrics carry the solver's health (the likelihood-ratio weights' effective
-sample size, how often they were tempered) beside its solver seconds.
+Each round's metrics carry the solver's result beside its solver seconds: its health (the
+likelihood-ratio weights' effective sample size, how often they were tempered) and whether it
+converged (solver_converged, solver_control_change; SolverResult.round_metrics).
 
 Each finished round is checked (finite weights, on-support share not down by more than
 max_validity_drop against the previous round) and saved at once with its metrics; a
@@ -48,7 +49,7 @@ from torch import Tensor
 from .config import ConfigBase
 from .density import deconvolved_score, log_prob
 from .models.base import NoisePredictor, score
-from .solvers import (AdjointMatchingConfig, SolverDivergedError, SolverError, StudentTeacherConfig,
+from .solvers import (AdjointMatchingConfig, SolverDivergedError, SolverError, SolverResult, StudentTeacherConfig,
                       adjoint_matching, student_teacher)
 
 IterationCallback = Callable[[int, int, int, float], None]  # (round, iteration, total, loss)
@@ -103,12 +104,10 @@ class ExploreConfig(ConfigBase):
     # between solver seeds (toy, lam 0.1, seeds 5-9: 0.49-1.46 of the exact log-odds shift); with
     # the likelihood-ratio term alone there 0.92-1.05. 0 also spares the backward pass over them.
     adjoint_weight_on_lr_steps: float = 0.0
-    # The likelihood-ratio term's target: 'next' E*[zeta_i | x_i], the tilt one step later, or
-    # 'current' J_i^T of it = std_i grad V_i, step i's own (exact on an analytic Gaussian base with
-    # a linear reward, where 'next' over-tilts the wide axis by 11-18%). On trained models 'next'
-    # measured closer to the exact tilt (one round, seeds 5-7 / 5-9: Gaussian CSV d = 8 0.93 vs
-    # 0.905, d = 3 0.96 vs 0.93, toy 0.98 vs 1.05) and costs no VJPs, so it stays the default.
-    likelihood_ratio_target: str = "next"
+    # The likelihood-ratio term's target: 'current' J_i^T E*[zeta_i | x_i] = std_i grad V_i, whose fixed
+    # point is the exact tilt (one base VJP per selected step); 'next' E*[zeta_i | x_i] is off by J_i^-T
+    # (over-tilts a wide axis; solvers/adjoint_matching.py step 5).
+    likelihood_ratio_target: str = "current"
     outlier_mode: str = "off"  # Adjoint Matching's outlier rule ('off' | 'drop' (official code) | 'scale'); see above
     # Toy, lam 0.1: each iterate's sparse share swung over 0.08-0.14 (closed form 0.102); the
     # EMA of the weights after a 20% burn-in landed on 0.101-0.108 (seeds 0-3). None: off.
@@ -185,21 +184,29 @@ class ExploreConfig(ConfigBase):
         return float(self.lr) if self.lr is not None else 2e-3 * math.sqrt(self.lam_at(k) / 0.3)
 
     def solver_config(self, round_index: int):
+        """The solver's settings for round `round_index` (its seed, lr and explore's solver fields)."""
         seed = self.seed * 10_007 + round_index
         common = dict(iterations=self.iterations, steps=self.steps, adam_steps=self.adam_steps, seed=seed)
         try:
-            if self.solver == "adjoint":
-                return AdjointMatchingConfig.from_dict({**common, "trajectories": self.trajectories,
-                                                        "lr": self.lr_at(round_index),
-                                                        "outlier_mode": self.outlier_mode, "weight_ema": self.weight_ema,
-                                                        "average_start": self.average_start,
-                                                        "likelihood_ratio_share": self.likelihood_ratio_share,
-                                                        "adjoint_weight_on_lr_steps": self.adjoint_weight_on_lr_steps,
-                                                        "likelihood_ratio_target": self.likelihood_ratio_target,
-                                                        **self.solver_options})
-            return StudentTeacherConfig.from_dict({**common, **self.solver_options})
+            if self.solver != "adjoint":
+                return StudentTeacherConfig.from_dict({**common, **self.solver_options})
+            settings = {**common, "trajectories": self.trajectories, "lr": self.lr_at(round_index),
+                        "outlier_mode": self.outlier_mode, "weight_ema": self.weight_ema,
+                        "average_start": self.average_start, "likelihood_ratio_share": self.likelihood_ratio_share,
+                        "adjoint_weight_on_lr_steps": self.adjoint_weight_on_lr_steps,
+                        "likelihood_ratio_target": self.likelihood_ratio_target}
+            return _checked_for_rounds(AdjointMatchingConfig.from_dict({**settings, **self.solver_options}))
         except (SolverError, TypeError) as exc:
             raise ExploreError(f"Bad solver setting: {exc}") from None
+
+
+def _checked_for_rounds(cfg: AdjointMatchingConfig) -> AdjointMatchingConfig:
+    """Refuse solver settings whose fixed point over-tilts a round (the likelihood-ratio target 'next'
+    is off by J_i^-T: up to ~1.5x a narrow axis' shift in closed form)."""
+    if cfg.likelihood_ratio_share > 0 and cfg.control == "score" and cfg.likelihood_ratio_target != "current":
+        raise SolverError(f"likelihood_ratio_target {cfg.likelihood_ratio_target!r} over-tilts a round "
+                          "(its fixed point is off by the base step's Jacobian); rounds use 'current'.")
+    return cfg
 
 
 def _frozen(model: NoisePredictor) -> NoisePredictor:
@@ -295,7 +302,7 @@ class RoundKind(Protocol):
 
     def problem(self, k: int) -> RoundProblem: ...  # round k's frozen base, tuned copy and reward
 
-    def finish(self, k: int, problem: RoundProblem, losses: list, seconds: float) -> dict: ...
+    def finish(self, k: int, problem: RoundProblem, result: SolverResult, seconds: float) -> dict: ...
     # checks, measures and saves round k; returns its metrics (raises when it is rejected)
 
     def reject(self, k: int, reason: str) -> Exception: ...  # the kind's error for a diverged round
@@ -318,7 +325,7 @@ def drive_rounds(kind: RoundKind, rounds: int, on_iteration: IterationCallback |
             cb = (lambda i, n, loss, k=k: on_iteration(k, i, n, loss)) if on_iteration else None
             t0 = time.perf_counter()
             try:
-                losses = solve_round(kind.solver, problem, cb, cancel)
+                result = solve_round(kind.solver, problem, cb, cancel)
             except SolverDivergedError as exc:
                 kind.abandon(k)
                 raise kind.reject(k, str(exc).rstrip(".")) from None
@@ -326,29 +333,26 @@ def drive_rounds(kind: RoundKind, rounds: int, on_iteration: IterationCallback |
                 if problem.release is not None:
                     problem.release()
             solve_s = time.perf_counter() - t0
-            if cancel is not None and cancel.is_set() and len(losses) < problem.solver_cfg.iterations:
+            if cancel is not None and cancel.is_set() and len(result.losses) < problem.solver_cfg.iterations:
                 kind.abandon(k)
                 break  # stopped mid-round: keep the finished rounds only
-            metrics = kind.finish(k, problem, losses, solve_s)
+            metrics = kind.finish(k, problem, result, solve_s)
             saved.append(k)
             if on_round is not None:
                 on_round(k, metrics)
     return saved
 
 
-def solve_round(solver: str, problem: RoundProblem, cb, cancel) -> list[float]:
-    """Round k's solver run on `problem`: the loss per iteration."""
+def solve_round(solver: str, problem: RoundProblem, cb, cancel) -> SolverResult:
+    """Round k's solver run on `problem`: its result (losses, timings, health, convergence)."""
     model_ft, model_base, reward_grad, solver_cfg = (problem.model_ft, problem.model_base, problem.reward_grad,
                                                      problem.solver_cfg)
     sampling_model, reward_value = problem.sampling_model, problem.reward_value
     if solver == "adjoint":
-        losses = adjoint_matching(model_ft, model_base, reward_grad, solver_cfg,
-                                  sampling_model=sampling_model, on_iteration=cb, cancel=cancel,
-                                  reward_value=reward_value)
-    else:
-        losses = student_teacher(model_ft, model_base, reward_grad, solver_cfg,
-                                 on_iteration=cb, cancel=cancel, valid_fn=problem.valid_fn)
-    return losses
+        return adjoint_matching(model_ft, model_base, reward_grad, solver_cfg, sampling_model=sampling_model,
+                                on_iteration=cb, cancel=cancel, reward_value=reward_value)
+    return student_teacher(model_ft, model_base, reward_grad, solver_cfg, on_iteration=cb, cancel=cancel,
+                           valid_fn=problem.valid_fn)
 
 
 class PointRounds:
@@ -408,8 +412,8 @@ class PointRounds:
                 f"Round {k} was rejected: its on-support share fell from {_pct(old_on)} to {_pct(new_on)} "
                 f"(more than {config.max_validity_drop * 100:.0f} points); round {k - 1} stays the latest.")
 
-    def finish(self, k: int, problem: RoundProblem, losses: list, solve_s: float) -> dict:
-        config, model_ft, solver_cfg = self.config, problem.model_ft, problem.solver_cfg
+    def finish(self, k: int, problem: RoundProblem, result: SolverResult, solve_s: float) -> dict:
+        config, model_ft, losses = self.config, problem.model_ft, result.losses
         lam_history = problem.lam_history
         if not _finite(model_ft) or not all(math.isfinite(v) for v in losses):
             raise self.reject(k, "its loss or weights became NaN/inf")
@@ -421,7 +425,7 @@ class PointRounds:
                         "iterations": len(losses),
                         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                         "solver_seconds": round(solve_s, 3), "explore": config.to_dict(),
-                        **getattr(solver_cfg, "health", {})})
+                        **result.round_metrics()})
         self.run.save_round(k, model_ft, metrics)
         self.prev, self.prev_metrics = model_ft, metrics
         return metrics

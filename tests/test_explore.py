@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from smeme.explore import ExploreConfig, ExploreError, run_rounds
+from smeme.solvers import SolverResult
 from smeme.store import Run
 
 # mechanics only: the tiny preset is not accurate, so validity is not judged here
@@ -95,6 +96,7 @@ def test_rounds_are_saved_with_metrics_and_continue(tiny_run):
     assert seen[0][:3] == (1, 1, 3) and seen[-1][:3] == (2, 3, 3)
     m = Run.open(tiny_run.folder).metrics()
     assert m[2]["lam_history"] == [0.1, 0.1] and "on_support" in m[2] and "sparse_share_closed_form" in m[2]
+    assert isinstance(m[2]["solver_converged"], bool) and m[2]["solver_control_change"] >= 0  # the solver's result
     assert run_rounds(tiny_run, 1, ExploreConfig(**FAST)) == [3]
 
 
@@ -153,7 +155,7 @@ def test_nan_weights_are_rejected(tiny_run, monkeypatch):
     def poisoned(model_ft, *a, **k):
         with torch.no_grad():
             next(model_ft.parameters()).fill_(float("inf"))
-        return [0.1]
+        return SolverResult(model=model_ft, losses=[0.1])
 
     monkeypatch.setattr(explore, "adjoint_matching", poisoned)
     with pytest.raises(ExploreError, match="NaN/inf.*round 0 stays"):
@@ -168,7 +170,7 @@ def test_collapsed_validity_is_rejected(tiny_run, monkeypatch):
         with torch.no_grad():
             last = [m for m in model_ft.modules() if isinstance(m, torch.nn.Linear)][-1]
             last.bias.fill_(-25.0)
-        return [0.1]
+        return SolverResult(model=model_ft, losses=[0.1])
 
     monkeypatch.setattr(explore, "adjoint_matching", scatter)
     with pytest.raises(ExploreError, match="on-support share fell"):

@@ -16,11 +16,12 @@ import torch
 from smeme.models import GaussianMixtureModel, GaussianModel, MLPConfig, MLPNoisePredictor, score
 from smeme.sampling import FixedNoise, sample_ddpm, time_grid
 from smeme.schedule import VPSchedule
-from smeme.solvers import (AdjointMatchingConfig, ResidualNoisePredictor, SolverDivergedError, SolverError,
-                           adjoint_matching, gaussian_sampler_moments)
+from helpers import ResidualNoisePredictor, gaussian_sampler_moments
+from smeme.solvers import AdjointMatchingConfig, SolverDivergedError, SolverError, adjoint_matching
 from smeme.solvers.adjoint_matching import (base_mean_vjp, effective_sample_share, lean_adjoint, likelihood_ratio_loss,
                                             likelihood_ratio_pull, likelihood_ratio_terms, path_weights,
                                             step_coefficients)
+from smeme.solvers.likelihood_ratio import sampled_controls
 from smeme.tilt import exact_rounds
 
 SCH = VPSchedule()
@@ -82,14 +83,14 @@ def test_linear_reward_tilts_the_model_with_the_term_on(share, adjoint_weight, t
     cfg = AdjointMatchingConfig(iterations=30, trajectories=trajectories, steps=steps, lr=3e-3, loss_steps=None,
                                 likelihood_ratio_share=share, adjoint_weight_on_lr_steps=adjoint_weight,
                                 likelihood_ratio_target=target)
-    adjoint_matching(ft, base, lambda x: w.expand_as(x), cfg, reward_value=lambda x: x @ w)
+    health = adjoint_matching(ft, base, lambda x: w.expand_as(x), cfg, reward_value=lambda x: x @ w).health
     m0, _ = gaussian_sampler_moments(torch.zeros(2), S, SCH, steps=steps)
     m1, _ = gaussian_sampler_moments(S @ w, S, SCH, steps=steps)
     noise = FixedNoise.from_seed(123, 20000, (2,), steps, dtype=F64)
     shift = sample_ddpm(ft, noise).mean(0) - sample_ddpm(base, noise).mean(0)
     ratio = shift / (m1 - m0)
     assert torch.allclose(ratio, torch.ones(2, dtype=F64), atol=0.1), ratio
-    assert 0 < cfg.health["lr_ess_min"] <= cfg.health["lr_ess_median"] <= 1  # reported per round
+    assert 0 < health["lr_ess_min"] <= health["lr_ess_median"] <= 1  # reported per round
 
 
 def test_base_mean_vjp_is_the_transposed_jacobian_of_the_step():
@@ -200,3 +201,42 @@ def test_bad_settings_and_bad_reward_values_are_refused():
     with pytest.raises(SolverDivergedError, match="reward value"):
         adjoint_matching(ft, base, grad, AdjointMatchingConfig(likelihood_ratio_share=0.5, **small),
                          reward_value=nan_values)
+
+
+def test_tempering_reweights_towards_the_base_not_the_sampler():
+    """Tempering scales the reward's part of the log-weights only: with the reward all but tempered
+    away the weights are dP_base/dP_sampler, so paths drawn by a model whose mean is off the base's
+    reweight to the BASE path law, whose noise increments zeta have mean 0 at every step (zero
+    control). Tempering the whole log-weight instead reweighted towards the sampler (mean zeta =
+    its own control: the 'amplifying' fixed point of issue 20)."""
+    S = torch.diag(torch.tensor([0.5, 0.1], dtype=F64))
+    base = GaussianModel(torch.zeros(2), S, SCH)
+    sampler = GaussianModel(torch.tensor([0.8, -0.4]), S, SCH)
+    steps, m = 10, 20000
+    grid = time_grid(steps, power=1.5, dtype=F64)
+    noise = FixedNoise.from_seed(6, m, (2,), steps, dtype=F64)
+    _, states = sample_ddpm(sampler, noise, grid=grid, return_trajectory=True)
+    eps_base = torch.stack([base(states[i], grid[i].expand(m)) for i in range(steps)])
+    c_x, c_eps, std, _ = step_coefficients(SCH, grid)
+    idx = torch.nonzero(std > 0).flatten()[-3:]  # the latest steps, where the sampler's control is largest
+    u, girsanov = (v[idx] for v in sampled_controls(states, eps_base, noise.z, c_x, c_eps, std))
+    zeta = u + noise.z[idx]
+    reward = 1e3 * states[-1, :, 0]  # so steep that only beta ~ 1e-3 keeps the ESS floor
+    w, _, beta = path_weights(reward.expand(len(idx), -1), 0.9, girsanov=girsanov)
+    assert 0 <= beta < 0.01
+    sampler_mean = zeta.mean(1)  # the sampler's control, what full-log-weight tempering tended to
+    tempered_mean = (w[..., None] * zeta).mean(1)
+    assert sampler_mean.abs().max() > 0.3
+    assert tempered_mean.abs().max() < 0.25 * sampler_mean.abs().max(), (tempered_mean, sampler_mean)
+
+
+def test_explore_refuses_the_biased_target():
+    """'next' regresses onto E*[zeta_i | x_i], off the exact control by J_i^-T: rounds refuse it
+    (the solver keeps it for comparison), and the default is the exact 'current'."""
+    from smeme.explore import ExploreConfig, ExploreError
+
+    assert ExploreConfig().solver_config(1).likelihood_ratio_target == "current"
+    for settings in ({"likelihood_ratio_target": "next"}, {"solver_options": {"likelihood_ratio_target": "next"}}):
+        with pytest.raises(ExploreError, match="'next' over-tilts a round"):
+            ExploreConfig(**settings)
+    ExploreConfig(likelihood_ratio_target="next", likelihood_ratio_share=0.0)  # the term off: nothing to bias

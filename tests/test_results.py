@@ -13,3 +13,12 @@ def test_solver_health_names_ess_tempering_and_share():
 def test_solver_health_is_silent_without_the_numbers():
     assert solver_health({"entropy_knn": 1.0}) is None
     assert "tempered" not in solver_health({"lr_ess_min": 0.5, "lr_ess_median": 0.8, "lr_tempered_iterations": 0})
+
+
+def test_solver_health_says_whether_the_solver_converged():
+    done = solver_health({"solver_converged": True, "solver_control_change": 0.04})
+    assert done == "solver converged (the control moved 4% over the averaged window)."
+    line = solver_health({"lr_ess_min": 0.5, "lr_ess_median": 0.8, "solver_converged": False,
+                          "solver_control_change": 0.35})
+    assert "solver NOT converged" in line and "moved 35%" in line
+    assert solver_health({"solver_converged": "yes"}) is None  # only a real flag is shown

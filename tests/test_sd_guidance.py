@@ -19,7 +19,8 @@ from smeme.models import GaussianModel, MLPConfig, MLPNoisePredictor, score
 from smeme.models.base import NoisePredictor
 from smeme.sampling import FixedNoise, sample_ddpm
 from smeme.schedule import VPSchedule
-from smeme.solvers import AdjointMatchingConfig, ResidualNoisePredictor, adjoint_matching, gaussian_sampler_moments
+from helpers import ResidualNoisePredictor, gaussian_sampler_moments
+from smeme.solvers import AdjointMatchingConfig, adjoint_matching
 
 SCH = VPSchedule()
 F64 = torch.float64

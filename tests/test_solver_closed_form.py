@@ -28,8 +28,8 @@ import torch
 from smeme.models import GaussianModel, MLPConfig, MLPNoisePredictor, score
 from smeme.sampling import FixedNoise, sample_ddpm, time_grid
 from smeme.schedule import VPSchedule
-from smeme.solvers import (AdjointMatchingConfig, ResidualNoisePredictor, adjoint_matching,
-                           gaussian_sampler_moments)
+from helpers import ResidualNoisePredictor, gaussian_sampler_moments
+from smeme.solvers import AdjointMatchingConfig, adjoint_matching
 
 SCH = VPSchedule()
 F64 = torch.float64
@@ -97,7 +97,7 @@ def run_linear(control="score", pairing=None):
     ft = with_correction(base)
     cfg = AdjointMatchingConfig(iterations=30, trajectories=256, steps=LIN_STEPS, lr=3e-3,
                                 loss_steps=None, control=control, pairing=pairing)
-    losses = adjoint_matching(ft, base, lambda x: LIN_W.expand_as(x), cfg)
+    losses = adjoint_matching(ft, base, lambda x: LIN_W.expand_as(x), cfg).losses
     assert losses[-1] < losses[0]
     return S, base, ft
 
@@ -221,7 +221,7 @@ def test_student_teacher_raises_entropy_on_a_gaussian():
     base = GaussianModel(torch.zeros(2), ENT_S, SCH)
     ft = with_correction(base)
     cfg = StudentTeacherConfig(iterations=15, samples=2048, batch_size=512, lr=3e-3)
-    losses = student_teacher(ft, base, entropy_reward(base, LAM, T_R), cfg)
+    losses = student_teacher(ft, base, entropy_reward(base, LAM, T_R), cfg).losses
     assert losses[-1] < losses[0]
     _, S_M = gaussian_sampler_moments(torch.zeros(2), ENT_S, SCH, steps=ENT_STEPS)
     g = gain(torch.cov(samples(ft, ENT_STEPS).T), S_M)

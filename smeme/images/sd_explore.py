@@ -356,9 +356,9 @@ class SDRounds:
         return RoundProblem(tuned, base, reward_grad, am, lam, [lam] * k,
                             release=_average_gradients_across(model, self.accelerator))
 
-    def finish(self, k: int, problem: RoundProblem, losses: list, seconds: float) -> dict:
-        run, cfg, am, model = self.run, self.cfg, problem.solver_cfg, problem.model_ft.model
-        info = {"loss": losses, "seconds": round(seconds, 2), "timings": dict(am.timings),
+    def finish(self, k: int, problem: RoundProblem, result, seconds: float) -> dict:
+        run, cfg, model = self.run, self.cfg, problem.model_ft.model
+        info = {"loss": result.losses, "seconds": round(seconds, 2), "timings": dict(result.timings),
                 "lam": problem.lam, "t_r": float(cfg.t_r), "solver": "adjoint_matching", "lora_lr": cfg.lr,
                 "guidance": float(run.sd_config.guidance)}
         if self.is_main:

@@ -84,8 +84,9 @@ def _json_default(o):
 
 def solver_health(m: dict) -> str | None:
     """One line on how the round's solve went: the likelihood-ratio weights' effective sample
-    size (share of the trajectories; tempered when it fell below the floor) and, for the toy,
-    the share of the closed form's log-odds shift reached. None when the round has neither."""
+    size (share of the trajectories; tempered when it fell below the floor), whether the solver
+    converged (SolverResult.round_metrics) and, for the toy, the share of the closed form's
+    log-odds shift reached. None when the round has none of them."""
     parts = []
     if metric_number(m.get("lr_ess_min")) is not None:
         parts.append(f"likelihood-ratio weights: effective sample size {m['lr_ess_min']:.0%} of the "
@@ -94,6 +95,11 @@ def solver_health(m: dict) -> str | None:
         if tempered:
             parts.append(f"tempered in {tempered} iteration{'s' if tempered > 1 else ''} "
                          f"(down to beta {m.get('lr_beta_min', 1.0):.2f})")
+    if isinstance(m.get("solver_converged"), bool):
+        change = metric_number(m.get("solver_control_change"))
+        moved = f" (the control moved {change:.0%} over the averaged window)" if change is not None else ""
+        parts.append(("solver converged" if m["solver_converged"] else
+                      "solver NOT converged: more iterations per round would move this round further") + moved)
     if metric_number(m.get("tilt_share_closed_form")) is not None:
         parts.append(f"{m['tilt_share_closed_form']:.0%} of the closed form's shift of the sparse square reached")
     return "; ".join(parts) + "." if parts else None

@@ -1,18 +1,17 @@
-"""What both fine-tuning solvers share: errors, parameter handling, a residual model
-(frozen base + trainable correction) and the exact moments of a Gaussian DDPM chain.
+"""What both fine-tuning solvers share: errors, parameter handling, the optimiser step and
+the result a solver returns.
 
 Callback shapes: `on_iteration(iteration, total_iterations, loss)`; `cancel` is any
 object with `.is_set()` (e.g. `threading.Event`), checked between iterations.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
-
-from ..models.base import NoisePredictor, expand_like
-from ..sampling import ddpm_coefficients, time_grid
 
 IterationFn = Callable[[int, int, float], None]  # (iteration done, total, loss)
 RewardGrad = Callable[[Tensor], Tensor]  # x (B, *shape) -> grad r(x), same shape
@@ -58,56 +57,49 @@ def check_finite_params(params: list[Tensor], where: str) -> None:
             raise SolverDivergedError(f"The fine-tuned weights became NaN/inf {where}.")
 
 
-class ResidualNoisePredictor(NoisePredictor):
-    """eps(x, t) = base(x, t) + correction(x, t): a frozen base plus a trainable part.
-
-    With a correction whose output starts at zero (MLPNoisePredictor's last layer is
-    zero-initialised) the model starts exactly at the base; the closed-form tests use
-    an analytic base so that pre-training error cannot hide solver error.
-    """
-
-    def __init__(self, base: NoisePredictor, correction: NoisePredictor):
-        super().__init__()
-        if tuple(base.sample_shape) != tuple(correction.sample_shape):
-            raise ValueError(f"Base and correction shapes differ: {base.sample_shape} vs {correction.sample_shape}.")
-        self.base = base
-        self.correction = correction
-        self.schedule = base.schedule
-        self.sample_shape = tuple(base.sample_shape)
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.base(x, t) + self.correction(x, t)
+def optimiser_step(opt: torch.optim.Optimizer, loss: Tensor, params: list[Tensor], clip_grad_norm: float | None,
+                   where: str) -> None:
+    """One gradient step on `loss`: backward, global-norm clipping (None: off), NaN check, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        if not math.isfinite(float(norm)):
+            raise SolverDivergedError(f"The gradient became NaN/inf {where}.")
+    opt.step()
 
 
-def gaussian_sampler_moments(mean, cov, schedule, grid: Tensor | None = None, steps: int = 50):
-    """Exact final mean and covariance of DDPM ancestral sampling of N(mean, cov) data.
+@dataclass
+class SolverResult:
+    """What a solver call returns; the tuned model itself changed in place (`model`).
 
-    With the exact eps of Gaussian data, eps(x, t) = sqrt(1-ab) C_t^-1 (x - sqrt(ab) mu),
-    C_t = ab S + (1-ab) I, every step is linear-Gaussian:
-    x_j = A_i x_i + b_i + std_i z with A_i = c_x I - c_eps sqrt(1-ab_i) C_i^-1,
-    so (m, P) -> (A m + b, A P A^T + std^2 I) from x_0 ~ N(0, I). Returns float64 (mu_M, S_M).
-    """
-    mu = torch.as_tensor(mean, dtype=torch.float64).flatten()
-    S = torch.as_tensor(cov, dtype=torch.float64)
-    d = mu.numel()
-    eye = torch.eye(d, dtype=torch.float64)
-    grid = time_grid(steps, dtype=torch.float64) if grid is None else grid.to(torch.float64)
-    m, P = torch.zeros(d, dtype=torch.float64), eye.clone()
-    for k in range(grid.numel() - 1):
-        ab_i, ab_j = schedule.ab(grid[k]), schedule.ab(grid[k + 1])
-        c_x, c_eps, std = ddpm_coefficients(ab_i, ab_j)
-        C_inv = torch.linalg.inv(ab_i * S + (1 - ab_i) * eye)
-        A = c_x * eye - c_eps * torch.sqrt(1 - ab_i) * C_inv  # d mean / d x
-        b = c_eps * torch.sqrt(1 - ab_i) * C_inv @ (torch.sqrt(ab_i) * mu)
-        m = A @ m + b
-        P = A @ P @ A.T + std**2 * eye
-    return m, P
+    losses: one loss per finished iteration; timings: seconds per phase; health: how the
+    solve went (for Adjoint Matching with the likelihood-ratio term, its weights' effective
+    sample size and tempering); converged / control_change / control_noise: the convergence
+    signal (None where the solver does not measure it; solvers/iterates.py)."""
+    model: nn.Module
+    losses: list[float]
+    timings: dict = field(default_factory=dict)
+    health: dict = field(default_factory=dict)
+    converged: bool | None = None
+    control_change: float | None = None  # share of the control's size it moved over the averaged window
+    control_noise: float | None = None  # the noise of that share (iterate scatter)
+
+    @property
+    def iterations(self) -> int:
+        """Iterations finished (fewer than configured when cancelled)."""
+        return len(self.losses)
+
+    def round_metrics(self) -> dict:
+        """The solver's part of a round's metrics: its health and the convergence signal."""
+        out = dict(self.health)
+        if self.converged is not None:
+            out.update({"solver_converged": bool(self.converged), "solver_control_change": self.control_change,
+                        "solver_control_noise": self.control_noise})
+        return out
 
 
 __all__ = [
-    "IterationFn", "RewardGrad", "CancelFlag", "SolverError", "SolverDivergedError",
-    "trainable_parameters", "model_dtype_device", "is_cancelled", "check_finite_params",
-    "ResidualNoisePredictor", "gaussian_sampler_moments", "expand_like",
+    "IterationFn", "RewardGrad", "CancelFlag", "SolverError", "SolverDivergedError", "SolverResult",
+    "trainable_parameters", "model_dtype_device", "is_cancelled", "check_finite_params", "optimiser_step",
 ]

@@ -14,7 +14,6 @@ units: lam_prox |d_eps|^2 + beta sqrt(1 - ab) <d_eps, g> 1[t <= t_near], d_eps =
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,8 +24,8 @@ from ..config import ConfigBase
 from ..models.base import NoisePredictor, expand_like
 from ..optim import Adam
 from ..sampling import FixedNoise, sample_ddpm, time_grid
-from .base import (CancelFlag, IterationFn, RewardGrad, SolverDivergedError, SolverError,
-                   check_finite_params, is_cancelled, model_dtype_device, trainable_parameters)
+from .base import (CancelFlag, IterationFn, RewardGrad, SolverDivergedError, SolverError, SolverResult,
+                   check_finite_params, is_cancelled, model_dtype_device, optimiser_step, trainable_parameters)
 
 ValidFn = Callable[[Tensor], Tensor]  # x (B, *shape) in model space -> bool (B,)
 
@@ -60,9 +59,9 @@ class StudentTeacherConfig(ConfigBase):
 def student_teacher(model_ft: NoisePredictor, model_base: NoisePredictor, reward_grad: RewardGrad,
                     config: StudentTeacherConfig | None = None, sampling_model: NoisePredictor | None = None,
                     on_iteration: IterationFn | None = None, cancel: CancelFlag | None = None,
-                    valid_fn: ValidFn | None = None) -> list[float]:
-    """Fine-tune `model_ft` (student) against the frozen `model_base` (teacher); returns the
-    mean loss per iteration. `sampling_model` (default model_base) draws the x_0 pool;
+                    valid_fn: ValidFn | None = None) -> SolverResult:
+    """Fine-tune `model_ft` (student) against the frozen `model_base` (teacher); returns a
+    SolverResult with the mean loss per iteration (no convergence signal). `sampling_model` (default model_base) draws the x_0 pool;
     `valid_fn` keeps only valid (on-support) samples."""
     cfg = config or StudentTeacherConfig()
     params = trainable_parameters(model_ft)
@@ -106,16 +105,10 @@ def student_teacher(model_ft: NoisePredictor, model_base: NoisePredictor, reward
             loss = per.reshape(len(per), -1).sum(1).mean()
             if not torch.isfinite(loss):
                 raise SolverDivergedError(f"The student-teacher loss became NaN/inf at iteration {it + 1}.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-                if not math.isfinite(float(norm)):
-                    raise SolverDivergedError(f"The gradient became NaN/inf at iteration {it + 1}.")
-            opt.step()
+            optimiser_step(opt, loss, params, cfg.clip_grad_norm, f"at iteration {it + 1}")
             total += float(loss.detach())
         check_finite_params(params, f"at iteration {it + 1}")
         losses.append(total / cfg.adam_steps)
         if on_iteration is not None:
             on_iteration(it + 1, cfg.iterations, losses[-1])
-    return losses
+    return SolverResult(model=model_ft, losses=losses)
