@@ -119,11 +119,14 @@ SOLVER_NAMES = {"adjoint": "Adjoint Matching", "student-teacher": "Student-teach
 LAM_SCHEDULES = ("constant", "decreasing")
 
 
-def explore_settings(defaults: dict, *, solver: str, lam: float, lam_schedule: str, iterations: int,
-                     seed: int) -> dict:
-    """ExploreConfig keyword arguments from the page's widgets (on top of the defaults)."""
-    return {**defaults, "solver": solver, "lam": float(lam), "lam_schedule": lam_schedule,
-            "seed": int(seed), "iterations": int(iterations)}
+def explore_config(defaults: dict, *, solver: str, lam: float, lam_schedule: str, iterations: int,
+                   seed: int):
+    """The Explore page's one ExploreConfig: the page's widgets on top of the defaults,
+    validated here once (raises ExploreError, one sentence naming the setting)."""
+    from ..explore import ExploreConfig
+
+    return ExploreConfig.from_dict({**defaults, "solver": solver, "lam": float(lam), "lam_schedule": lam_schedule,
+                                    "seed": int(seed), "iterations": int(iterations)})
 
 
 def content_blocks(name: str) -> list[tuple[str, str]]:
