@@ -45,12 +45,12 @@ else:
     start_one = b1.button("Run next round", type="primary", disabled=busy is not None, key="x_one", width="stretch")
     start_k = b2.button(f"Run {int(k_rounds)} rounds", disabled=busy is not None, key="x_k_btn", width="stretch")
     if start_one or start_k:
-        chosen = settings.explore_settings(defaults, solver=solver, lam=lam, lam_schedule=schedule,
-                                           iterations=int(iters), seed=int(seed), reward_target=target)
         try:
-            launch.start_rounds(folder, 1 if start_one else int(k_rounds), chosen, owner=ui.owner())
+            config = settings.explore_config(defaults, solver=solver, lam=lam, lam_schedule=schedule,
+                                             iterations=int(iters), seed=int(seed), reward_target=target)
+            launch.start_rounds(folder, 1 if start_one else int(k_rounds), config, owner=ui.owner())
             st.rerun()
-        except (jobs.JobBusy, access.ReadOnlyError, ValueError) as exc:
+        except (jobs.JobBusy, access.ReadOnlyError, ValueError) as exc:  # ExploreError is a ValueError
             st.error(str(exc))
     elif busy and (jobs.get(folder, "explore") is None or not jobs.get(folder, "explore").running):
         st.warning(busy)

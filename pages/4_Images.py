@@ -1,15 +1,14 @@
 """Images: digits (8x8, fully offline) and Stable Diffusion (a local folder), as grids under
 fixed noise (rows: rounds, columns: samples) with each round's metrics beside them.
 
-Thin: runs and background work come from smeme.services.image_runs, grids from
-smeme.images.grid; the metrics shown were saved by the rounds (smeme.images.metrics).
+Thin: runs, background work, grids and tables come from smeme.services.image_runs; the
+metrics shown were saved by the rounds (smeme.images.metrics).
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from smeme import ui
@@ -130,13 +129,11 @@ if kind.startswith("Digits"):
         st.stop()
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        from smeme.images.grid import make_grid
-
         cache_key = ("img_grid", str(folder), tuple(shown), n, seed, tuple(rounds))
         img = st.session_state.get(cache_key)
         if img is None:
             with st.spinner("Sampling every round under the same noise..."):
-                img = make_grid(run, shown, n=n, seed=seed)
+                img = image_runs.image_grid(run, shown, n=n, seed=seed)
             st.session_state[cache_key] = img
         st.image(img, caption=f"Rows: rounds {shown}; columns: {n} samples, noise seed {seed}")
     with right:
@@ -151,19 +148,14 @@ if kind.startswith("Digits"):
                    "at or above its threshold. FD: Frechet distance to round 0's samples in the classifier's "
                    "feature space (round 0's value is the sampling-noise floor). Diversity: Vendi score, the "
                    "effective number of distinct samples.")
-        hist = {f"round {k}": metrics.get(k, {}).get("class_shares") for k in shown}
-        hist = {k: v for k, v in hist.items() if v}
-        if hist:
-            st.bar_chart(100 * pd.DataFrame(hist, index=[str(d) for d in range(10)]), stack=False,
-                         x_label="predicted digit", y_label="share (%)")
+        shares = image_runs.class_shares_table(metrics, shown)
+        if shares is not None:
+            st.bar_chart(shares, stack=False, x_label="predicted digit", y_label="share (%)")
 
 # ======================================================================================
 # Stable Diffusion
 else:
-    from smeme.images.sd import SDError
-    from smeme.images.sd_metrics import find_metric_weights
-    from smeme.images.sd_explore import SDRun, SDRunError
-
+    sd_errors = image_runs.sd_errors()
     st.write("Use a local diffusers Stable Diffusion pipeline (nothing is downloaded). Rounds tune a LoRA "
              "adapter with Adjoint Matching on the guided model (classifier-free guidance, w = 8, as the "
              "paper), the one sampling draws from. On a CPU a "
@@ -174,9 +166,9 @@ else:
     if not models:
         st.info("No Stable Diffusion pipeline on this server: put a diffusers pipeline folder in the models "
                 "folder (SMEME_MODELS_DIR, default cache/models) or in the local Hugging Face cache.")
-    weights = find_metric_weights()
-    if weights.missing:
-        st.info("Metrics: " + " ".join(weights.missing) + " Grids are shown without them.")
+    missing_weights = image_runs.missing_metric_weights()
+    if missing_weights:
+        st.info("Metrics: " + " ".join(missing_weights) + " Grids are shown without them.")
 
     if models and ui.viewer():
         ui.viewer_note()
@@ -191,7 +183,7 @@ else:
                 try:
                     job = image_runs.start_sd_rounds(name, src, prompt, int(more), owner=ui.owner())
                     st.session_state["img_sd_run"] = job.folder
-                except (SDError, SDRunError, jobs.JobBusy, access.ReadOnlyError) as exc:
+                except (*sd_errors, jobs.JobBusy, access.ReadOnlyError) as exc:
                     st.error(str(exc))
 
     sd_runs = image_runs.sd_runs()
@@ -203,20 +195,18 @@ else:
     folder = sd_runs[names.index(pick)]
     ui.job_panel(str(folder), "explore", key="img_sd_explore")
     try:
-        run = SDRun.open(folder)
-        sd_rounds, metrics = run.rounds(), run.metrics()
-    except SDRunError as exc:
+        run, sd_rounds, metrics = image_runs.open_sd_run(folder)
+    except sd_errors as exc:
         st.error(runs.open_problem(folder, exc))
         st.stop()
     shown, n, seed = _grid_controls(sd_rounds, "img_s")
     left, right = st.columns([3, 2], gap="medium")
     with left:
         if shown and st.button("Draw the grid", help="Samples each round (cached in the run folder)."):
-            from smeme.images.grid import make_grid
             try:
                 with st.spinner("Sampling and decoding every round under the same noise..."):
-                    st.session_state[("img_sd_grid", str(folder))] = make_grid(run, shown, n=n, seed=seed)
-            except (SDError, SDRunError, ValueError) as exc:
+                    st.session_state[("img_sd_grid", str(folder))] = image_runs.image_grid(run, shown, n=n, seed=seed)
+            except (*sd_errors, ValueError) as exc:
                 st.error(str(exc))
         img = st.session_state.get(("img_sd_grid", str(folder)))
         if img is not None:
@@ -225,6 +215,6 @@ else:
         st.dataframe(image_runs.metrics_table(metrics, sd_rounds, [
             ("fid", "FID to round 0"), ("inception_cross_entropy", "Inception cross-entropy"),
             ("clip_score", "CLIP score"), ("seconds", "seconds")]), width="stretch")
-        missing = next((m.get("missing_weights") for m in metrics.values() if m.get("missing_weights")), None)
+        missing = image_runs.metrics_not_computed(metrics)
         if missing:
             st.caption("Not computed: " + " ".join(missing))

@@ -13,6 +13,51 @@ from smeme.threads import configure  # noqa: E402
 configure()
 
 
+# The AppTest files' cache (tests/test_app_*.py): tiny models (SMEME_APP_PRESET=tiny) in a
+# temporary cache (SMEME_CACHE_DIR), so the real cache/ is never touched.
+@pytest.fixture(scope="module")
+def built_cache(tmp_path_factory):
+    """Built once per module: a cache with a tiny toy run (2 rounds) and a tiny triangles run
+    (1 round). Tests never use it directly: each gets its own copy (`cache`)."""
+    old = {k: os.environ.get(k) for k in ("SMEME_CACHE_DIR", "SMEME_APP_PRESET")}
+    root = tmp_path_factory.mktemp("appcache")
+    os.environ["SMEME_CACHE_DIR"] = str(root)
+    os.environ["SMEME_APP_PRESET"] = "tiny"
+    from smeme.pipeline import pretrain_run
+    from smeme.services import jobs, launch, runs, settings
+    toy = settings.runs_dir() / "toy-default"
+    tri = settings.runs_dir() / "tri"
+    pretrain_run(toy, "toy", n=2000, preset="tiny")
+    pretrain_run(tri, "triangles", n=1024, preset="tiny")
+    queued = {}
+    for folder, k in ((toy, 2), (tri, 1)):
+        job = launch.start_rounds(folder, k, settings.explore_defaults(runs.open_run(folder)))
+        assert job.wait(120) and job.status == "done", job.error
+        queued[folder.name] = (job, jobs.get(folder, "heatmap"))  # the heatmaps the rounds queued
+    assert jobs.wait_all(240)
+    yield root, queued
+    jobs.wait_all(60)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def cache(built_cache, tmp_path, monkeypatch):
+    """This test's own copy of the built cache (tests add rounds, runs and damage to it)."""
+    from smeme.services import jobs
+    built, queued = built_cache
+    root = tmp_path / "cache"
+    shutil.copytree(built, root)
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(root))
+    monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
+    toy, tri = str((root / "runs" / "toy-default").resolve()), str((root / "runs" / "tri").resolve())
+    yield {"root": root, "toy": toy, "tri": tri, "queued": {toy: queued["toy-default"], tri: queued["tri"]}}
+    jobs.wait_all(60)
+
+
 @pytest.fixture
 def run_copy(base_run, tmp_path):
     """A copy of the module's `base_run` fixture (a pre-trained run) in this test's folder."""

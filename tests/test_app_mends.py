@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from smeme.services import runs, settings, sweeps, texts
-from test_app import app, figs, held_job, metrics
-from test_app import built_cache, cache  # noqa: F401  (the fixtures: a tiny toy run and a triangles run)
+from apptest_helpers import app, figs, held_job, metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -81,7 +81,7 @@ def test_a_damaged_copy_is_refused_and_nothing_is_added(cache, tmp_path, monkeyp
 def test_prepare_the_demo_imports_it(cache, monkeypatch):
     from smeme.services import demo
 
-    monkeypatch.setattr(demo, "_stages", lambda owner: [])  # the toy and triangles stages: test_app.py
+    monkeypatch.setattr(demo, "_stages", lambda owner: [])  # the toy and triangles stages: test_app_home.py
     job = demo.start_demo()
     assert job.wait(120) and job.status == jobs.DONE, job.error
     assert runs.open_run(image_runs.ready_digits_folder()).rounds() == [0]

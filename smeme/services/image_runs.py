@@ -210,3 +210,53 @@ def start_sd_rounds(name: str, source: str, prompt: str, more: int, owner: str |
                                  cancel=job.cancel)
 
     return jobs.start(folder, "explore", target, label=f"S-MEME SD rounds ({int(more)})", owner=owner)
+
+
+# -- what the Images page shows: grids, the SD run's rounds, the metrics' tables ------------
+
+def sd_errors() -> tuple[type[Exception], ...]:
+    """The errors SD work raises with one sentence for the page (a bad folder or model, a grid
+    the run cannot draw); imported when asked, since they pull in torch."""
+    from ..images.grid import GridError
+    from ..images.sd import SDError
+    from ..images.sd_explore import SDRunError
+
+    return SDError, SDRunError, GridError
+
+
+def image_grid(run, rounds: list[int], n: int, seed: int):
+    """The grid image of a digits or SD run: one row per round, `n` columns of samples drawn
+    from the same noise (noise `seed`) in every round."""
+    from ..images.grid import make_grid
+
+    return make_grid(run, rounds, n=n, seed=seed)
+
+
+def open_sd_run(folder) -> tuple[object, list[int], dict]:
+    """(the SD run in `folder`, its rounds, its metrics); raises SDRunError (one sentence)."""
+    from ..images.sd_explore import SDRun
+
+    run = SDRun.open(folder)
+    return run, run.rounds(), run.metrics()
+
+
+def class_shares_table(metrics: dict, rounds: list[int]) -> pd.DataFrame | None:
+    """Per shown round, the share (%) of samples the digit classifier reads as each digit
+    0-9 (columns 'round k', rows the digits); None when no shown round has them."""
+    shares = {f"round {k}": metrics.get(k, {}).get("class_shares") for k in rounds}
+    shares = {k: v for k, v in shares.items() if v}
+    if not shares:
+        return None
+    return 100 * pd.DataFrame(shares, index=[str(d) for d in range(10)])
+
+
+def missing_metric_weights() -> list[str]:
+    """What SD metric weights are missing on this server, one sentence each (none: [])."""
+    from ..images.sd_metrics import find_metric_weights
+
+    return list(find_metric_weights().missing)
+
+
+def metrics_not_computed(metrics: dict) -> list[str] | None:
+    """The sentences a round saved about the metric weights it lacked (the first such round's)."""
+    return next((m.get("missing_weights") for m in metrics.values() if m.get("missing_weights")), None)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import access, jobs
 from .cached import compute_heatmap, data_sample, heatmap_cached, samples
 from .runs import has_plane, is_image_run, open_run
 from .settings import HEATMAP_RES, preset_name, setup
+
+if TYPE_CHECKING:
+    from ..explore import ExploreConfig
 
 
 def start_training(folder, dataset: str, dataset_params: dict | None = None, steps: int | None = None,
@@ -52,15 +56,19 @@ def _train_job(job, folder: str, dataset: str, dataset_params: dict, steps, seed
     return str(folder)
 
 
-def start_rounds(folder, rounds: int, settings: dict, owner: str | None = None) -> jobs.Job:
-    """Run `rounds` S-MEME rounds in a background process; each finished round is saved by
-    explore.run_rounds and logged as a job event {'round', 'metrics'}."""
+def start_rounds(folder, rounds: int, config: "ExploreConfig | dict", owner: str | None = None) -> jobs.Job:
+    """Run `rounds` S-MEME rounds with `config` (an ExploreConfig) in a background process;
+    each finished round is saved by explore.run_rounds and logged as a job event {'round',
+    'metrics'}. The config crosses to the worker as its to_dict() and is rebuilt there once.
+    A plain dict of settings (the CLI's, a script's) is made into an ExploreConfig here, so
+    bad settings raise ExploreError on the page, not in the worker."""
     from ..explore import ExploreConfig
-    ExploreConfig(**settings)  # bad settings raise here, on the page, not in the worker
+    if not isinstance(config, ExploreConfig):
+        config = ExploreConfig.from_dict(dict(config))
     access.require_writer()  # before anything else is touched
     # heatmaps never run beside a round: stop them; the rounds job queues them again when it ends
     jobs.halt(folder, "heatmap")
-    return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), dict(settings),
+    return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), config.to_dict(),
                               label=f"S-MEME rounds ({int(rounds)})", owner=owner, then=heatmaps_after)
 
 
@@ -78,8 +86,9 @@ def heatmaps_after(job: jobs.Job) -> jobs.Job | None:
     return start_heatmaps(job.folder, run.rounds(), owner=job.owner)
 
 
-def _rounds_job(job, folder: str, rounds: int, settings: dict):
+def _rounds_job(job, folder: str, rounds: int, config_dict: dict):
     from ..explore import ExploreConfig, run_rounds
+    config = ExploreConfig.from_dict(config_dict)  # the one rebuild, in the worker
     setup()
     run = open_run(folder)
     start = run.latest_round
@@ -101,7 +110,7 @@ def _rounds_job(job, folder: str, rounds: int, settings: dict):
     # the run's file lock for the whole job: a CLI `explore` on the same run is refused
     # at once instead of interleaving rounds (RunLockedError names the holder)
     with run.lock():
-        done = run_rounds(run, rounds, ExploreConfig(**settings), on_iteration=on_iteration,
+        done = run_rounds(run, rounds, config, on_iteration=on_iteration,
                           on_round=on_round, cancel=job.cancel)
     return list(done or [])
 

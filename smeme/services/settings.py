@@ -121,14 +121,17 @@ REWARD_TARGETS = ("data", "smoothed")
 REWARD_TARGET_NAMES = {"data": "−λ log p (the paper's target)", "smoothed": "−λ log p(·, t_r) (smoothed: a different target)"}
 
 
-def explore_settings(defaults: dict, *, solver: str, lam: float, lam_schedule: str, iterations: int,
-                     seed: int, reward_target: str | None = None) -> dict:
-    """ExploreConfig keyword arguments from the page's widgets (on top of the defaults)."""
-    out = {**defaults, "solver": solver, "lam": float(lam), "lam_schedule": lam_schedule,
-           "seed": int(seed), "iterations": int(iterations)}
+def explore_config(defaults: dict, *, solver: str, lam: float, lam_schedule: str, iterations: int,
+                   seed: int, reward_target: str | None = None):
+    """The Explore page's one ExploreConfig: the page's widgets on top of the defaults,
+    validated here once (raises ExploreError, one sentence naming the setting)."""
+    from ..explore import ExploreConfig
+
+    chosen = {**defaults, "solver": solver, "lam": float(lam), "lam_schedule": lam_schedule,
+              "seed": int(seed), "iterations": int(iterations)}
     if reward_target is not None:
-        out["reward_target"] = reward_target
-    return out
+        chosen["reward_target"] = reward_target
+    return ExploreConfig.from_dict(chosen)
 
 
 def content_blocks(name: str) -> list[tuple[str, str]]:

@@ -84,7 +84,7 @@ def _budget_job(job, folder: str, iterations: int, ks: list[int], config: dict, 
         job.update(done / max(total, 1), f"K = {k} ({index + 1} of {len(ks)}): round {rnd} of {k}, "
                                          f"solver iteration {it}/{per_round_total}")
 
-    rows = budget_sweep(folder, iterations, ks, ExploreConfig(**config), progress=progress,
+    rows = budget_sweep(folder, iterations, ks, ExploreConfig.from_dict(config), progress=progress,
                         on_result=lambda row: job.log({"budget_row": row}), cancel=job.cancel, force=force)
     if job.cancel.is_set():
         raise jobs.JobCancelled()
