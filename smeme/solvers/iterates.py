@@ -2,8 +2,14 @@
 convergence signal it reports (module adjoint_matching, step 6 and "Convergence")."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only: adjoint_matching imports this module
+    from ..models.base import NoisePredictor
+    from .adjoint_matching import IterationData, StepPlan
 
 
 class WeightAverage:
