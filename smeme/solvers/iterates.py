@@ -2,14 +2,10 @@
 convergence signal it reports (module adjoint_matching, step 6 and "Convergence")."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # annotations only: adjoint_matching imports this module
-    from ..models.base import NoisePredictor
-    from .adjoint_matching import IterationData, StepPlan
+from ..models.base import NoisePredictor
 
 
 class WeightAverage:
@@ -55,7 +51,7 @@ class ControlProbe:
         self.points = None
         self.reads: list[Tensor] = []
 
-    def update(self, model_ft: NoisePredictor, data: IterationData, plan: StepPlan, it: int) -> None:
+    def update(self, model_ft: NoisePredictor, data, plan, it: int) -> None:  # adjoint_matching's IterationData, StepPlan
         """Read the control after iterate `it` (0-based) if it lies in the window."""
         if self.points is None:
             pick = plan.stochastic[torch.linspace(0, plan.stochastic.numel() - 1, self.steps).round().long()]
