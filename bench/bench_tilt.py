@@ -4,7 +4,7 @@
 
 1. toy: the exact rounds (smeme.tilt.run_exact_rounds, as `python -m smeme tilt`) of the
    pre-trained toy model's OWN PF-ODE density, reward at the ExploreConfig t_r, against
-   DESIGN.md's compact-support closed form: the sparse share among on-support mass, and
+   the compact-support closed form: the sparse share among on-support mass, and
    the mass a perfect solver puts off the support.
 2. modes: two Gaussians (weights 0.9 / 0.1, variance 0.1, means at +-sep) as an exact
    analytic base plus a trainable MLP correction that starts at zero, one round at

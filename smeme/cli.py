@@ -1,5 +1,5 @@
 """`python -m smeme` / `smeme`: pretrain, explore, sample, logp, report, tilt, grid, export, import,
-budget, sd-explore (DESIGN.md section 4); every subcommand's options are defined here.
+budget, sd-explore; every subcommand's options are defined here.
 
 Errors: one sentence on standard error and a non-zero exit status (2 bad input, 1 failure,
 130 interrupted), never a traceback. Output files are written atomically, so a failed

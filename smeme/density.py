@@ -1,6 +1,6 @@
 """Log-densities from the probability-flow ODE (paper eq. 38) and entropy estimates.
 
-PF-ODE (DESIGN.md section 2):   dx/dt = v(x, t) = -1/2 beta(t) (x + s(x, t)),
+PF-ODE:   dx/dt = v(x, t) = -1/2 beta(t) (x + s(x, t)),
 instantaneous change of variables:
     log p_0(x_0) = log N(x_1; 0, I) + int_{t_min}^1 div v(x_t, t) dt,
 with s = -eps / sqrt(1 - ab), so  div v = -1/2 beta (D - tr(d eps/dx) / sqrt(1 - ab)).

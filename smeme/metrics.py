@@ -11,7 +11,7 @@ What `round_metrics` reports, all in the data's own units:
 - on_support: share of samples on the data's support / valid; validity: share not
   labelled 'invalid' (triangles); shares[category][label] with 95% Wilson intervals.
 - toy: sparse_share, and the closed-form prediction p_k ~ p_pre^g, g = prod_i (1 - lam_i)
-  (DESIGN.md section 3) where the lambdas of rounds 1..k are known, with p_pre the
+  where the lambdas of rounds 1..k are known, with p_pre the
   pre-trained model's own two-region split (round 0's `closed_form.pre_sparse_share`).
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def toy_closed_form(domain, lam_history: list[float], pre_sparse_share: float | 
     """Closed form for the two-square toy: p_k ~ p_pre^g with g = prod_i (1 - lam_i).
 
     p_pre is the pre-trained MODEL's distribution (the tilt acts on what the base sampler
-    produces, DESIGN.md section 3), taken as uniform on each square with the model's own
+    produces), taken as uniform on each square with the model's own
     sparse share (among on-support samples) when it is known, else the data's split.
     Written as one round of rate 1 - g, so the toy's own formulas apply.
     """

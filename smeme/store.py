@@ -1,4 +1,4 @@
-"""Runs on disk (DESIGN.md section 5): one store for every kind of run.
+"""Runs on disk: one store for every kind of run.
 
 A run is a folder:
     config.json            everything needed to rebuild the run (schema-versioned)

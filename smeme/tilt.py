@@ -1,6 +1,6 @@
 """Exact S-MEME rounds of a 2-D density on a grid: what a perfect solver would produce.
 
-DESIGN.md section 3's toy closed form p_k ~ p_pre^((1 - lam)^k) assumes a compact support
+The toy's closed form p_k ~ p_pre^((1 - lam)^k) assumes a compact support
 (p = 0 off it) and t_r -> 0. A trained model has p > 0 everywhere, so the
 paper's target of round k (reward -lam_k log p_{k-1}(x), explore's reward_target 'data') is
 

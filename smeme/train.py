@@ -2,7 +2,7 @@
 
 Loss (DSM, Ho et al. eq. 14): E_{x0, t, z} | eps(sqrt(ab) x0 + sqrt(1 - ab) z, t) - z |^2.
 Time sampling mixes uniform t with a share of small t (t = u^power): uniform t alone
-blurred the sharp edges between support regions (DESIGN.md section 2).
+blurred the sharp edges between support regions.
 All randomness comes from one torch.Generator seeded by `seed`: same seed, same weights.
 """
 from __future__ import annotations

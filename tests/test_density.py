@@ -1,4 +1,4 @@
-"""PF-ODE log-density and entropy estimates against closed forms (DESIGN.md section 3)."""
+"""PF-ODE log-density and entropy estimates against closed forms."""
 import math
 
 import numpy as np

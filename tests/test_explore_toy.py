@@ -10,7 +10,7 @@ checked on the median of three solver seeds: on this toy a single seed's sparse 
 swings by about +-10-15% around the exact tilt, and at lam 0.1 the entropy gain (0.05
 nats in round 1) swings ~3x as much in relative terms.
 
-Closed form (DESIGN.md section 3): p_k ~ p_pre^((1 - lam)^k); metrics.round_metrics
+Closed form: p_k ~ p_pre^((1 - lam)^k); metrics.round_metrics
 stores it per round as `closed_form` / `sparse_share_closed_form`.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _copy(src, tmp_path) -> Run:
 
 
 # -- toy: sparse share, k-NN entropy gain and leakage against the truths ------------------
-# Two truths bracket a round. DESIGN.md's closed form p_pre^((1 - lam)^k) idealises the model
+# Two truths bracket a round. The closed form p_pre^((1 - lam)^k) idealises the model
 # as the data (p = 0 off the squares). The exact rounds of the pre-trained model's OWN PF-ODE
 # density (smeme.tilt, `python -m smeme tilt`) are what a perfect solver reaches from this
 # model: its blurred edges are tilted up too, so it gains more entropy (lam 0.3: +26-31% over

@@ -2,7 +2,7 @@
 
 A trained MLP on Gaussian data is, to a good approximation, a Gaussian model N(mu, S_hat) in
 its standardised features, and for a Gaussian model every S-MEME round has a closed form
-(DESIGN.md section 3): with the reward -lam log p(x, t_r),
+with the reward -lam log p(x, t_r),
     Cov_k = (Cov_{k-1}^-1 - lam S_{r,k-1}^-1)^-1,  S_{r,k-1} = ab(t_r) Cov_{k-1} + (1 - ab(t_r)) I.
 S_hat is the pre-trained model's own covariance, read from its samples with a fine sampler
 (400 DDPM steps, where the chain's shrinkage is below 1%), and the tuned rounds are read the

@@ -1,4 +1,4 @@
-"""The package's imports point one way (DESIGN.md section 1): no cycles, nothing low
+"""The package's imports point one way: no cycles, nothing low
 imports something high, and only the UI layer imports Streamlit.
 
 Read from the source with ast (nothing is imported): `import` and `from ... import`

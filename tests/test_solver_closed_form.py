@@ -1,4 +1,4 @@
-"""The judge of the solver's sign and scale (DESIGN.md section 3).
+"""The judge of the solver's sign and scale.
 
 Base: an analytic Gaussian (exact eps) plus a trainable MLP correction whose last layer
 starts at zero, so the tuned model starts exactly at the base and only solver error is

@@ -1,4 +1,4 @@
-"""smeme.tilt against closed forms (DESIGN.md section 3): Gaussian tilts in the data's
+"""smeme.tilt against closed forms: Gaussian tilts in the data's
 units through a standardiser, and the compact two-square toy's p_pre^((1 - lam)^k)."""
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Two equal squares of side `side`, `gap` apart along x, centred on the origin:
 the dense square on the left holds `dense_mass` of the mass, the sparse square on the
 right holds the rest, uniform inside each. Everything here is exact, so the toy is the
-place where S-MEME's closed forms (DESIGN.md section 3) are checked:
+place where S-MEME's closed forms are checked:
 
     p_k(x) ∝ p_pre(x) ** ((1 - lam) ** k)      (k rounds of entropy reward at rate lam)
 """

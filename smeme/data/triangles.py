@@ -1,4 +1,4 @@
-"""Triangles given by their sides, a <= b <= c < 1 (DESIGN.md section 3).
+"""Triangles given by their sides, a <= b <= c < 1.
 
 Labels (sides sorted a <= b <= c, tol relative, angles in degrees):
     valid        finite, a > 0 and a + b > c; on the support if also c < 1

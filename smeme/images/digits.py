@@ -2,7 +2,7 @@
 
 Raw units: 64 pixel columns p00..p77 with integer intensities 0..16 (row-major).
 Features: images of shape (1, 8, 8) scaled to [-1, 1] (f = raw / 8 - 1). Models run at the
-data's own 8x8 resolution; upsampling is for display only (DESIGN.md section 3).
+data's own 8x8 resolution; upsampling is for display only.
 
 Default data set: an imbalanced subset, so that exploration has a measurable target.
 Classes 0-4 keep all their images, classes 5-9 keep 20% of theirs (the first 20% in a

@@ -1,4 +1,4 @@
-"""Adjoint Matching (Domingo-Enrich et al. 2024; S-MEME paper Algorithm 2), DESIGN.md s.2.
+"""Adjoint Matching (Domingo-Enrich et al. 2024; S-MEME paper Algorithm 2).
 
 Fine-tunes a noise predictor towards p_base(x) exp(r(x)). One iteration:
 1. sample_trajectories: m trajectories x_0 ~ N(0, I) -> x_M with the memoryless DDPM chain, no grad.
