@@ -300,7 +300,7 @@ def cmd_tilt(args) -> int:
     config = ExploreConfig(lam=args.lam, **({} if args.t_r is None else {"t_r": args.t_r}),
                            **({} if args.reward_target is None else {"reward_target": args.reward_target}))
     lams = [config.lam_at(k) for k in range(1, args.rounds + 1)]
-    targets = [("data", 0.0)] + ([("smoothed", config.t_r)] if config.reward_target == "smoothed" else [])
+    targets = [("data", 0.0)] + ([("smoothed", config.t_r)] if args.reward_target == "smoothed" else [])
     for target, t_r in targets:  # the paper's target, and the smoothed one beside it when asked for
         rows = run_exact_rounds(run, lams, t_r, start, resolution=args.resolution,
                                 progress=Bar("log-density", None if not args.quiet else False))
@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam", type=float, default=0.1, help="lambda per round, in (0, 1) (default: 0.1)")
     p.add_argument("--reward-target", choices=["data", "smoothed"], dest="reward_target",
                    help="'smoothed' also prints the smoothed reward's target (-lam log p(x, t_r)) beside the paper's "
-                        "(default: explore's)")
+                        "(default: the paper's target only)")
     p.add_argument("--t-r", type=float, dest="t_r", help="the smoothed reward's noise level (default: explore's)")
     p.add_argument("--resolution", type=_int_in(8, MAX_RESOLUTION), default=200,
                    help="grid points per axis (default: 200)")

@@ -229,14 +229,3 @@ def test_tempering_reweights_towards_the_base_not_the_sampler():
     assert sampler_mean.abs().max() > 0.3
     assert tempered_mean.abs().max() < 0.25 * sampler_mean.abs().max(), (tempered_mean, sampler_mean)
 
-
-def test_explore_refuses_the_biased_target():
-    """'next' regresses onto E*[zeta_i | x_i], off the exact control by J_i^-T: rounds refuse it
-    (the solver keeps it for comparison), and the default is the exact 'current'."""
-    from smeme.explore import ExploreConfig, ExploreError
-
-    assert ExploreConfig().solver_config(1).likelihood_ratio_target == "current"
-    for settings in ({"likelihood_ratio_target": "next"}, {"solver_options": {"likelihood_ratio_target": "next"}}):
-        with pytest.raises(ExploreError, match="'next' over-tilts a round"):
-            ExploreConfig(**settings)
-    ExploreConfig(likelihood_ratio_target="next", likelihood_ratio_share=0.0)  # the term off: nothing to bias
