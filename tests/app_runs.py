@@ -4,7 +4,6 @@ of their own (SMEME_CACHE_DIR), with the app's tiny preset."""
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,13 +14,12 @@ TIMEOUT = 90
 @contextmanager
 def tiny_cache(root: Path, datasets=("toy", "triangles")):
     """Yields {'root', 'toy', 'tri'} (resolved run folders) with SMEME_CACHE_DIR set to root."""
-    old = {k: os.environ.get(k) for k in ("SMEME_CACHE_DIR", "SMEME_APP_PRESET")}
-    os.environ["SMEME_CACHE_DIR"], os.environ["SMEME_APP_PRESET"] = str(root), "tiny"
+    from apptest_helpers import tiny_app_env
     from smeme.explore import ExploreConfig, run_rounds
     from smeme.pipeline import pretrain_run
     from smeme.services import jobs, launch, runs, settings
     out = {"root": root}
-    try:
+    with tiny_app_env(root):
         for name, key, rounds, n in (("toy", "toy", 2, 2000), ("triangles", "tri", 1, 1024)):
             if name not in datasets:
                 continue
@@ -33,13 +31,6 @@ def tiny_cache(root: Path, datasets=("toy", "triangles")):
             assert jobs.wait_all(240)
             out[key] = str(folder.resolve())
         yield out
-    finally:
-        jobs.wait_all(60)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def app(run: str | None = None, page: str | None = None):

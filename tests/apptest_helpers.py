@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,23 @@ from smeme.services import jobs
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 60
+
+
+@contextlib.contextmanager
+def tiny_app_env(root):
+    """SMEME_CACHE_DIR = root and the app's tiny preset while inside; the old values after,
+    once the jobs started inside have settled."""
+    old = {k: os.environ.get(k) for k in ("SMEME_CACHE_DIR", "SMEME_APP_PRESET")}
+    os.environ["SMEME_CACHE_DIR"], os.environ["SMEME_APP_PRESET"] = str(root), "tiny"
+    try:
+        yield
+    finally:
+        jobs.wait_all(60)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager

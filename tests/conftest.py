@@ -19,29 +19,34 @@ configure()
 def built_cache(tmp_path_factory):
     """Built once per module: a cache with a tiny toy run (2 rounds) and a tiny triangles run
     (1 round). Tests never use it directly: each gets its own copy (`cache`)."""
-    old = {k: os.environ.get(k) for k in ("SMEME_CACHE_DIR", "SMEME_APP_PRESET")}
-    root = tmp_path_factory.mktemp("appcache")
-    os.environ["SMEME_CACHE_DIR"] = str(root)
-    os.environ["SMEME_APP_PRESET"] = "tiny"
+    from apptest_helpers import tiny_app_env
     from smeme.pipeline import pretrain_run
     from smeme.services import jobs, launch, runs, settings
-    toy = settings.runs_dir() / "toy-default"
-    tri = settings.runs_dir() / "tri"
-    pretrain_run(toy, "toy", n=2000, preset="tiny")
-    pretrain_run(tri, "triangles", n=1024, preset="tiny")
-    queued = {}
-    for folder, k in ((toy, 2), (tri, 1)):
-        job = launch.start_rounds(folder, k, settings.explore_defaults(runs.open_run(folder)))
-        assert job.wait(120) and job.status == "done", job.error
-        queued[folder.name] = (job, jobs.get(folder, "heatmap"))  # the heatmaps the rounds queued
-    assert jobs.wait_all(240)
-    yield root, queued
-    jobs.wait_all(60)
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+
+    root = tmp_path_factory.mktemp("appcache")
+    with tiny_app_env(root):
+        toy = settings.runs_dir() / "toy-default"
+        tri = settings.runs_dir() / "tri"
+        pretrain_run(toy, "toy", n=2000, preset="tiny")
+        pretrain_run(tri, "triangles", n=1024, preset="tiny")
+        queued = {}
+        for folder, k in ((toy, 2), (tri, 1)):
+            job = launch.start_rounds(folder, k, settings.explore_defaults(runs.open_run(folder)))
+            assert job.wait(120) and job.status == "done", job.error
+            queued[folder.name] = (job, jobs.get(folder, "heatmap"))  # the heatmaps the rounds queued
+        assert jobs.wait_all(240)
+        yield root, queued
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """An empty cache of this test's own, with neither viewer nor single-user mode."""
+    from smeme.services import jobs
+    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path / "cache"))
+    for k in ("SMEME_VIEWER", "SMEME_SINGLE_USER"):
+        monkeypatch.delenv(k, raising=False)
+    yield tmp_path / "cache"
+    assert jobs.wait_all(60)
 
 
 @pytest.fixture

@@ -33,12 +33,8 @@ def stop_keys(at) -> list[str]:
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path / "cache"))
-    for k in ("SMEME_VIEWER", "SMEME_SINGLE_USER"):
-        monkeypatch.delenv(k, raising=False)
-    yield tmp_path / "cache"
-    assert jobs.wait_all(30)
+def cache(empty_cache):
+    return empty_cache
 
 
 @pytest.fixture

@@ -23,12 +23,8 @@ def session():
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path / "cache"))
-    for k in ("SMEME_VIEWER", "SMEME_SINGLE_USER"):
-        monkeypatch.delenv(k, raising=False)
-    yield tmp_path / "cache"
-    assert jobs.wait_all(60)
+def cache(empty_cache):
+    return empty_cache
 
 
 def test_the_ready_model_ships_checksummed_and_small():
