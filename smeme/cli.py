@@ -432,6 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
                      parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_pretrain(sub, common)
+    _add_explore(sub, common)
+    _add_sample(sub, common)
+    _add_logp(sub, common)
+    _add_report(sub, common)
+    _add_tilt(sub, common)
+    _add_grid(sub, common)
+    _add_export(sub, common)
+    _add_import(sub, common)
+    _add_budget(sub, common)
+    _add_sd_explore(sub, common)
+    return parser
+
+
+def _add_pretrain(sub, common) -> None:
     p = sub.add_parser("pretrain", parents=[common], help="train a diffusion model on a data set (round 0)")
     p.add_argument("--dataset", required=True, choices=["toy", "triangles", "digits", "csv"], help="the data set")
     p.add_argument("--csv", help="the CSV file for --dataset csv")
@@ -444,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing run in --run (only once the new one is saved)")
     p.set_defaults(func=cmd_pretrain)
 
+
+def _add_explore(sub, common) -> None:
     p = sub.add_parser("explore", parents=[common], help="S-MEME rounds, continuing from the last finished round")
     p.add_argument("--run", required=True, help="the run folder (its rounds are added to it)")
     p.add_argument("--rounds", required=True, type=_int_in(1, MAX_ROUNDS), help="how many rounds to add")
@@ -463,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-r", type=float, dest="t_r", help="noise level the reward's score is read at (default: 0.05)")
     p.set_defaults(func=cmd_explore)
 
+
+def _add_sample(sub, common) -> None:
     p = sub.add_parser("sample", parents=[common], help="samples in the data's own columns and units")
     p.add_argument("--run", required=True, help="the run folder")
     p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="round (default: the latest)")
@@ -472,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the CSV file to write")
     p.set_defaults(func=cmd_sample)
 
+
+def _add_logp(sub, common) -> None:
     p = sub.add_parser("logp", parents=[common], help="the model's log-density of points, in the data's units")
     p.add_argument("--run", required=True, help="the run folder")
     p.add_argument("--round", type=_int_in(0, MAX_ROUND), help="round (default: the latest)")
@@ -479,10 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the CSV file to write (the points and their log-density)")
     p.set_defaults(func=cmd_logp)
 
+
+def _add_report(sub, common) -> None:
     p = sub.add_parser("report", parents=[common], help="JSON of the per-round metrics")
     p.add_argument("--run", required=True, help="the run folder")
     p.set_defaults(func=cmd_report)
 
+
+def _add_tilt(sub, common) -> None:
     p = sub.add_parser("tilt", parents=[common], help="exact S-MEME rounds of a 2-D run's density on a grid "
                        "(what a perfect solver would reach), JSON lines")
     p.add_argument("--run", required=True, help="the run folder (a 2-D run)")
@@ -497,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid points per axis (default: 200)")
     p.set_defaults(func=cmd_tilt)
 
+
+def _add_grid(sub, common) -> None:
     p = sub.add_parser("grid", parents=[common], help="image grid of samples per round (image runs)")
     p.add_argument("--run", required=True, help="the run folder (an image run)")
     p.add_argument("--rounds", required=True, help="comma-separated rounds, e.g. 0,1,2")
@@ -505,11 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the image file to write")
     p.set_defaults(func=cmd_grid)
 
+
+def _add_export(sub, common) -> None:
     p = sub.add_parser("export", parents=[common], help="write a run as a bundle (zip) to share it")
     p.add_argument("--run", required=True, help="the run folder")
     p.add_argument("--out", required=True, help="the bundle file to write (.zip)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_import(sub, common) -> None:
     p = sub.add_parser("import", parents=[common], help="add a run from a bundle (checked before anything is written)")
     p.add_argument("bundle", help="the bundle file (.zip)")
     p.add_argument("--runs", help="the runs folder (default: the app's, $SMEME_CACHE_DIR/runs)")
@@ -517,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing run of that name")
     p.set_defaults(func=cmd_import)
 
+
+def _add_budget(sub, common) -> None:
     p = sub.add_parser("budget", parents=[common], help="one budget of solver iterations over K = 1, 2, ... "
                        "rounds (the paper's Figure 2d), one JSON line per K")
     p.add_argument("--run", required=True, help="the run whose round 0 every K starts from (never changed)")
@@ -536,9 +569,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-logp", action="store_true",
                    help="skip the PF-ODE cross-entropy metrics (the k-NN entropy and the shares remain)")
     p.set_defaults(func=cmd_budget)
-
-    _add_sd_explore(sub, common)
-    return parser
 
 
 def _add_sd_explore(sub, common) -> None:

@@ -301,6 +301,25 @@ class RunFolder:
         return f"{type(self).__name__}({str(self.folder)!r}, rounds={self.rounds()})"
 
 
+def _new_run_config(config: dict, model, standardizer: Standardizer, rows) -> tuple[dict, bytes | None]:
+    """A new run's config.json (the schedule, standardizer and kept rows' record filled in) and
+    the .npy bytes of its training rows (None when it keeps none)."""
+    cfg = dict(config)
+    cfg["schema_version"] = SCHEMA_VERSION
+    cfg["schedule"] = model.schedule.to_config()
+    cfg["standardizer"] = standardizer.to_config()
+    for s in ("dataset", "model"):
+        if not isinstance(cfg.get(s), dict):
+            raise ValueError(f"A run's config needs a '{s}' section (a dict).")
+    if not isinstance(cfg["dataset"].get("domain"), dict):
+        raise ValueError("A run's config needs dataset.domain (the domain's to_config()).")
+    if rows is None:
+        return cfg, None
+    rows_blob, record = training_rows_bytes(rows)
+    cfg["dataset"] = {**cfg["dataset"], "training_rows": record}
+    return cfg, rows_blob
+
+
 class Run(RunFolder):
     """A point or digits run: a data set's domain, a standardiser and full weights per round."""
 
@@ -325,19 +344,7 @@ class Run(RunFolder):
         """
         folder = Path(folder)
         check_target(folder, force=overwrite)
-        cfg = dict(config)
-        cfg["schema_version"] = SCHEMA_VERSION
-        cfg["schedule"] = model.schedule.to_config()
-        cfg["standardizer"] = standardizer.to_config()
-        for s in ("dataset", "model"):
-            if not isinstance(cfg.get(s), dict):
-                raise ValueError(f"A run's config needs a '{s}' section (a dict).")
-        if not isinstance(cfg["dataset"].get("domain"), dict):
-            raise ValueError("A run's config needs dataset.domain (the domain's to_config()).")
-        rows_blob = None
-        if rows is not None:
-            rows_blob, record = training_rows_bytes(rows)
-            cfg["dataset"] = {**cfg["dataset"], "training_rows": record}
+        cfg, rows_blob = _new_run_config(config, model, standardizer, rows)
         replace = is_run(folder)
         created = not folder.exists()
         target, temp = folder, None
