@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_browser import CHROMIUM, free_port, launch_browser, start_server, stop_server, wait_healthy  # noqa: E402
+from browser_helpers import CHROMIUM, free_port, launch_browser, start_server, stop_server, wait_healthy  # noqa: E402
 
 
 def wait_drawn(page, ready_text: str, n_plots: int, timeout_ms: int = 120_000) -> None:

@@ -50,7 +50,7 @@ def explore(folder: Path, rounds: int) -> float:
 def page_loads(cache: Path, run: str, rounds: int, repeats: int) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from test_browser import PLAYER, free_port, launch_browser, nav, start_server, stop_server, wait_healthy
+    from browser_helpers import PLAYER, free_port, launch_browser, nav, start_server, stop_server, wait_healthy
     port = free_port()
     proc = start_server(cache, port)
     out: dict[str, list[float]] = {"Rounds": [], "Fields": []}

@@ -2,31 +2,21 @@
 shape from the gallery with a rare part, train it with a tiny budget, run a round, open the
 fields, and play the rounds in the browser (one frame per round, none skipped).
 
-Uses the server and browser helpers of test_browser.py (empty cache, tiny preset)."""
+Empty cache, tiny preset."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
-from test_browser import ARTIFACTS, CHROMIUM, launch_browser, nav, play_every_round, snap
-from test_browser import free_port, start_server, stop_server, wait_healthy
+from browser_helpers import ARTIFACTS, app_page, nav, play_every_round, require_chromium, served_app, snap
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def server(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is absent (install Debian's chromium: apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api")
-    port = free_port()
-    proc = start_server(tmp_path / "cache", port, {"SMEME_APP_PRESET": "tiny"})
-    try:
-        wait_healthy(port, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(proc)
+    require_chromium()
+    with served_app(tmp_path / "cache", {"SMEME_APP_PRESET": "tiny"}) as url:
+        yield url
 
 
 def draw_stroke(page) -> None:
@@ -46,12 +36,7 @@ def test_draw_train_explore_fields_and_play_in_chromium(server):
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = launch_browser(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server)
+    with sync_playwright() as p, app_page(p, server, height=1100) as page:
         expect(page.get_by_role("button", name="Train the default toy model")).to_be_visible(timeout=60_000)
         nav(page, "Model")
         page.get_by_text("Draw your data (or pick a ready shape)").click()
@@ -87,5 +72,3 @@ def test_draw_train_explore_fields_and_play_in_chromium(server):
         play_every_round(page, 2)
         assert not page.get_by_text("Traceback").count()
         assert not page.locator('[data-testid="stException"]').count()
-        browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"

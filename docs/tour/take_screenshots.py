@@ -57,7 +57,7 @@ def shrink(path: Path) -> None:
 def shoot(cache: Path, tiny: bool, budget: int, shots=SHOTS) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.test_browser import PLAYER, free_port, launch_browser, nav, start_server, stop_server, wait_healthy
+    from tests.browser_helpers import PLAYER, free_port, launch_browser, nav, start_server, stop_server, wait_healthy
 
     def player_ready(page, frames: int) -> None:
         page.wait_for_function(f"() => {{ const g = {PLAYER}; return g && g._transitionData._frames.length === {frames}; }}",
