@@ -28,14 +28,21 @@ SCH = VPSchedule()
 F64 = torch.float64
 
 
+
+def sampled_paths(sampler, base, steps: int, m: int, seed: int):
+    """`m` float64 DDPM paths of `sampler` on the power-1.5 grid, the base's eps along them
+    and the steps' coefficients (c_x, c_eps, std)."""
+    grid = time_grid(steps, power=1.5, dtype=F64)
+    noise = FixedNoise.from_seed(seed, m, (2,), steps, dtype=F64)
+    _, states = sample_ddpm(sampler, noise, grid=grid, return_trajectory=True)
+    eps_base = torch.stack([base(states[i], grid[i].expand(m)) for i in range(steps)])
+    c_x, c_eps, std, _ = step_coefficients(SCH, grid)
+    return grid, noise, states, eps_base, (c_x, c_eps, std)
+
 def test_base_paths_have_zero_control_and_weights_exp_r():
     base = GaussianModel(torch.tensor([0.3, -0.2]), torch.diag(torch.tensor([0.5, 0.1])), SCH)
     steps, m = 20, 64
-    grid = time_grid(steps, power=1.5, dtype=F64)
-    noise = FixedNoise.from_seed(3, m, (2,), steps, dtype=F64)
-    _, states = sample_ddpm(base, noise, grid=grid, return_trajectory=True)
-    eps_base = torch.stack([base(states[i], grid[i].expand(m)) for i in range(steps)])
-    c_x, c_eps, std, _ = step_coefficients(SCH, grid)
+    grid, noise, states, eps_base, (c_x, c_eps, std) = sampled_paths(base, base, steps, m, seed=3)
     reward = states[-1, :, 0] * 0.7  # r(x) = 0.7 x_1
     idx = torch.nonzero(std > 0).flatten()
     u, log_w = (v[idx] for v in likelihood_ratio_terms(states, eps_base, noise.z, reward, c_x, c_eps, std))
@@ -213,11 +220,7 @@ def test_tempering_reweights_towards_the_base_not_the_sampler():
     base = GaussianModel(torch.zeros(2), S, SCH)
     sampler = GaussianModel(torch.tensor([0.8, -0.4]), S, SCH)
     steps, m = 10, 20000
-    grid = time_grid(steps, power=1.5, dtype=F64)
-    noise = FixedNoise.from_seed(6, m, (2,), steps, dtype=F64)
-    _, states = sample_ddpm(sampler, noise, grid=grid, return_trajectory=True)
-    eps_base = torch.stack([base(states[i], grid[i].expand(m)) for i in range(steps)])
-    c_x, c_eps, std, _ = step_coefficients(SCH, grid)
+    grid, noise, states, eps_base, (c_x, c_eps, std) = sampled_paths(sampler, base, steps, m, seed=6)
     idx = torch.nonzero(std > 0).flatten()[-3:]  # the latest steps, where the sampler's control is largest
     u, girsanov = (v[idx] for v in sampled_controls(states, eps_base, noise.z, c_x, c_eps, std))
     zeta = u + noise.z[idx]
