@@ -6,11 +6,12 @@
     python bench/current_tables.py --list             # the benchmarks --run knows
 
 Every record (bench/record.py) becomes one or more rows of its capability's table: what, the
-command (in code quotes unless it starts with '(', a description of how it was measured
-without a script), the machine and its load, the result, the target (and whether it is met), the date it
-was measured (with its source when it was not written by the script itself). Capabilities
-appear in CAPABILITIES' order, any other after them alphabetically; records within a table in
-name order. Only the block between BEGIN and END in BENCHMARKS.md is rewritten.
+command (in code quotes unless it starts with '(': a description of a measurement made without
+a script), the machine and its load, the result, the target and whether it is met ("not met
+under load" when the load average exceeded BUSY_LOAD), the date it was measured (with its
+source when it was not written by the script itself). Capabilities appear in CAPABILITIES'
+order, any other after them alphabetically; records within a table in name order. Only the
+block between BEGIN and END in BENCHMARKS.md is rewritten.
 """
 from __future__ import annotations
 
@@ -88,8 +89,13 @@ def machine_and_load(record: dict) -> str:
     return ", ".join(parts) + "; " + text
 
 
-def target_cell(row: dict) -> str:
-    status = {True: ": met", False: ": **not met**", None: ""}[row["met"]]
+BUSY_LOAD = 2.0  # above this 1-minute load average (2 cores) a miss may be the load's, not the code's
+
+
+def target_cell(row: dict, record: dict) -> str:
+    loads = [v for v in (record["load"].get("before"), record["load"].get("after")) if v is not None]
+    busy = " under load" if loads and max(loads) > BUSY_LOAD else ""
+    status = {True: ": met", False: f": **not met**{busy}", None: ""}[row["met"]]
     return f"{row['target']}{status}"
 
 
@@ -105,7 +111,7 @@ def render_table(records: list[dict]) -> list[str]:
         for i, row in enumerate(rec["rows"]):
             command = rec["command"] if rec["command"].startswith("(") else f"`{rec['command']}`"
             shared = (command, machine_and_load(rec), date_cell(rec)) if i == 0 else ("same", "same", "same")
-            cells = (row["what"], shared[0], shared[1], row["result"], target_cell(row), shared[2])
+            cells = (row["what"], shared[0], shared[1], row["result"], target_cell(row, rec), shared[2])
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         if rec.get("note"):
             notes.append(f"- {rec['note']}")

@@ -76,6 +76,15 @@ def test_render_from_fixture_records(fixture_records):
     assert block == expected
 
 
+def test_a_miss_under_load_says_so():
+    rec = _record("busy", "Toy round", [_row("one round", "21 s", "<= 10 s", False), _row("gain", "0.05", "> 0", True)],
+                  load={"before": 1.5, "after": 3.2})
+    table = "\n".join(current_tables.render_table([rec]))
+    assert "| <= 10 s: **not met** under load |" in table and "| > 0: met |" in table
+    quiet = _record("quiet", "Toy round", [_row("one round", "21 s", "<= 10 s", False)])
+    assert "| <= 10 s: **not met** |" in "\n".join(current_tables.render_table([quiet]))
+
+
 def test_splice_replaces_only_the_block():
     doc = f"# Title\n\nintro\n\n{current_tables.BEGIN}\nold\n{current_tables.END}\n\n## History\nkept\n"
     out = current_tables.splice(doc, f"{current_tables.BEGIN}\nnew\n{current_tables.END}")
