@@ -73,6 +73,8 @@ def machine_and_load(record: dict) -> str:
     parts = []
     if m.get("cpu_count"):
         parts.append(f"{m['cpu_count']} cores" + (f" ({m['cpu_model']})" if m.get("cpu_model") else ""))
+    if m.get("gpu"):
+        parts.append(m["gpu"])
     if m.get("torch"):
         parts.append(f"torch {m['torch']}")
     if m.get("threads"):

@@ -51,13 +51,15 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
-    """Cores, CPU model, torch's version and intra-op threads (torch only if already imported)."""
+    """Cores, CPU model, torch's version and intra-op threads (torch only if already imported), the GPU if any."""
     torch = sys.modules.get("torch")
+    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
         "torch": getattr(torch, "__version__", None),
         "threads": torch.get_num_threads() if torch is not None else None,
+        **({"gpu": gpu} if gpu else {}),
     }
 
 
