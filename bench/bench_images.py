@@ -226,7 +226,10 @@ def record_summary(summary: dict, args) -> None:
                     cpu_s=pre["cpu_seconds_incl_metrics"], confidence=pre["confidence"])
     if digits.get("rounds"):
         start = "the run " + Path(args.from_run).name if args.from_run else f"a {args.steps}-step pre-training"
-        with Recording("digits_round", capability="Digits round") as rec:
+        # 'digits_round' is a round of a given run (the ready model); after this script's own pre-training
+        # the rounds start from another model and get a name of their own
+        name = "digits_round" if args.from_run else f"digits_round_pretrained{args.steps}"
+        with Recording(name, capability="Digits round") as rec:
             for r in digits["rounds"]:
                 rec.row(f"digits round {r['round']} at lam {args.lam}, default budget, from {start}",
                         f"{r['round_seconds_incl_metrics']} s wall, {r['round_cpu_seconds_incl_metrics']} CPU s "

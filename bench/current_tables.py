@@ -45,14 +45,22 @@ CAPABILITIES = (
     "CLI fixed cost",
     "Test suite",
 )
-# name -> the script and arguments `--run NAME` starts (each writes bench/results/NAME.json).
+# name -> (the script and arguments `--run NAME` starts, the records it writes); the first four
+# take a few minutes on a quiet core, the rest 5-60 minutes.
 RUNNERS = {
-    "sampling": ["bench/bench_sampling.py", "--repeats", "5"],
-    "density": ["bench/bench_density.py", "--quick"],
-    "pretrain": ["bench/bench_pretrain.py", "--datasets", "triangles", "toy", "--repeats", "2"],
-    "toy_round": ["bench/bench_round.py", "--repeats", "1"],
-    "triangles_cli": ["bench/bench_triangles_cli.py"],
-    "csv_density": ["bench/bench_csv_density.py"],
+    "sampling": (["bench/bench_sampling.py", "--repeats", "5"], "sampling"),
+    "density": (["bench/bench_density.py", "--quick"], "density"),
+    "pretrain": (["bench/bench_pretrain.py", "--datasets", "triangles", "toy", "--repeats", "2"], "pretrain"),
+    "triangles_cli": (["bench/bench_triangles_cli.py"], "triangles_cli"),
+    "toy_round": (["bench/bench_round.py", "--repeats", "3"], "toy_round"),
+    "csv_density": (["bench/bench_csv_density.py"], "csv_density"),
+    "gaussian_fidelity_d2": (["bench/bench_gaussian_fidelity.py", "--d", "2"], "gaussian_fidelity_d2"),
+    "gaussian_fidelity_d3": (["bench/bench_gaussian_fidelity.py", "--d", "3"], "gaussian_fidelity_d3"),
+    "gaussian_fidelity_d8": (["bench/bench_gaussian_fidelity.py", "--d", "8"], "gaussian_fidelity_d8"),
+    "sd_round_tiny": (["bench/bench_sd_grad_sync.py", "--repeats", "3"], "sd_round_tiny"),
+    "app": (["bench/bench_app.py", "--repeats", "5"], "app_cold_start, app_page_switches"),
+    "draw": (["bench/bench_draw.py", "--rounds", "2", "--repeats", "3"], "draw_to_trained, app_pages_draw"),
+    "digits": (["bench/bench_images.py", "--steps", "600", "--rounds", "1"], "pretrain_digits_600, digits_round_pretrained600"),
 }
 
 
@@ -143,8 +151,9 @@ def run_benchmarks(names: list[str]) -> None:
     env = {**os.environ, "SMEME_THREADS": os.environ.get("SMEME_THREADS", "1"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     for name in names:
-        print(f"# running {name}: {' '.join(RUNNERS[name])}", file=sys.stderr)
-        subprocess.run([sys.executable, *RUNNERS[name]], cwd=ROOT, env=env, check=True)
+        argv = RUNNERS[name][0]
+        print(f"# running {name}: {' '.join(argv)}", file=sys.stderr)
+        subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the benchmarks --run knows and exit")
     args = ap.parse_args(argv)
     if args.list:
-        for name, cmd in RUNNERS.items():
-            print(f"{name:15s} {' '.join(cmd)}")
+        for name, (cmd, records) in RUNNERS.items():
+            print(f"{name:21s} {' '.join(cmd):55s} -> {records}")
         return 0
     unknown = [n for n in args.run if n not in RUNNERS]
     if unknown:

@@ -129,3 +129,12 @@ def test_benchmarks_md_block_is_what_the_records_give():
     document = current_tables.BENCHMARKS.read_text()
     assert current_tables.splice(document, current_tables.render(records)) == document
     assert current_tables.main(["--check"]) == 0
+
+
+def test_every_runner_names_a_script_that_writes_records():
+    root = BENCH.parent
+    for name, (argv, records) in current_tables.RUNNERS.items():
+        script = root / argv[0]
+        assert script.is_file(), f"--run {name}: {argv[0]} is missing"
+        assert "Recording(" in script.read_text(), f"--run {name}: {argv[0]} writes no record"
+        assert records, name
