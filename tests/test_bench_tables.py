@@ -81,7 +81,11 @@ def test_a_miss_under_load_says_so():
                   load={"before": 1.5, "after": 3.2})
     table = "\n".join(current_tables.render_table([rec]))
     assert "| <= 10 s: **not met** under load |" in table and "| > 0: met |" in table
-    quiet = _record("quiet", "Toy round", [_row("one round", "21 s", "<= 10 s", False)])
+    noted = _record("noted", "Toy round", [_row("one round", "21 s", "<= 10 s", False)],
+                    load={"before": None, "after": None, "note": "11-17 (7 sessions)"})
+    assert "| <= 10 s: **not met** under load |" in "\n".join(current_tables.render_table([noted]))
+    quiet = _record("quiet", "Toy round", [_row("one round", "21 s", "<= 10 s", False)],
+                    load={"before": None, "after": None, "note": "1.5-1.8 (5 sessions)"})
     assert "| <= 10 s: **not met** |" in "\n".join(current_tables.render_table([quiet]))
 
 
