@@ -136,3 +136,51 @@ class Recording:
         }
         path = write(record, self.folder)
         print(f"# record: {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write a record by hand: a number measured without a record-writing script, or copied from a write-up.
+
+        python bench/record.py --name digits_round --capability "Digits round" \\
+            --command "SMEME_THREADS=1 python -m smeme explore --run DIR --rounds 1 --quiet" \\
+            --date 2026-12-07 --load "1.3" --source "BENCHMARKS.md history" \\
+            --row "one digits round at its default budget :: 58 s wall, 57 CPU s :: <= 60 s on one core :: yes"
+
+    Each --row is 'what :: result :: target :: met' (met: yes, no or -). The machine is this one's
+    unless --machine names another ('2 cores, AMD EPYC'). Then `python bench/current_tables.py`.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("--name", required=True, help="the record's file name in bench/results (no .json)")
+    ap.add_argument("--capability", required=True, help="its table, e.g. 'Toy round'")
+    ap.add_argument("--command", required=True, help="what was run ('(...)' for a measurement without a script)")
+    ap.add_argument("--date", required=True, help="the UTC date it was measured, YYYY-MM-DD")
+    ap.add_argument("--load", required=True, help="the 1-minute load average(s) at the time, e.g. '1.3' or '11-17'")
+    ap.add_argument("--source", default="BENCHMARKS.md history", help="where the numbers come from")
+    ap.add_argument("--machine", default=None, help="a description, when it was not this machine")
+    ap.add_argument("--note", default="", help="one line shown under the table")
+    ap.add_argument("--row", action="append", required=True, help="'what :: result :: target :: met'")
+    ap.add_argument("--folder", type=Path, default=RESULTS, help="where records live (default: bench/results)")
+    args = ap.parse_args(argv)
+    rows = []
+    for text in args.row:
+        parts = [p.strip() for p in text.split("::")]
+        if len(parts) != 4 or parts[3] not in ("yes", "no", "-"):
+            ap.error(f"--row {text!r} is not 'what :: result :: target :: met' with met yes, no or -")
+        rows.append({"what": parts[0], "result": parts[1], "target": parts[2],
+                     "met": {"yes": True, "no": False, "-": None}[parts[3]], "numbers": {}})
+    here = {**machine(), "torch": None, "threads": None}  # torch is not imported here: say nothing of it
+    record = {"name": args.name, "capability": args.capability, "command": args.command, "rows": rows,
+              "machine": {"note": args.machine} if args.machine else here,
+              "load": {"before": None, "after": None, "note": args.load}, "date": args.date,
+              "source": args.source, "note": args.note}
+    try:
+        print(write(record, args.folder))
+    except ValueError as err:
+        ap.error(str(err))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -126,6 +126,20 @@ def test_recording_writes_on_success_only(tmp_path):
     assert not (tmp_path / "failed.json").exists()
 
 
+def test_a_record_written_by_hand_renders(tmp_path, capsys):
+    assert record.main(["--name", "digits_round", "--capability", "Digits round", "--command", "(by hand)",
+                        "--date", "2026-12-07", "--load", "1.3", "--machine", "2 cores, AMD EPYC", "--folder", str(tmp_path),
+                        "--row", "one round :: 58 s :: <= 60 s :: yes", "--row", "rare share :: 17% :: - :: -"]) == 0
+    table = current_tables.render_table(current_tables.load_records(tmp_path))
+    assert table[2] == ("| one round | (by hand) | 2 cores, AMD EPYC; load 1.3 | 58 s | <= 60 s: met "
+                        "| 2026-12-07 (BENCHMARKS.md history) |")
+    assert table[3] == "| rare share | same | same | 17% | - | same |"
+    with pytest.raises(SystemExit):
+        record.main(["--name", "x", "--capability", "c", "--command", "c", "--date", "2026-12-07", "--load", "1",
+                     "--folder", str(tmp_path), "--row", "what :: result :: target :: maybe"])
+    assert "is not 'what :: result :: target :: met'" in capsys.readouterr().err
+
+
 def test_benchmarks_md_block_is_what_the_records_give():
     """bench/results and BENCHMARKS.md cannot drift: `python bench/current_tables.py` regenerates the block."""
     records = current_tables.load_records()
