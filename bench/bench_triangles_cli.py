@@ -53,9 +53,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "smeme", "explore", "--run", str(run_dir),
                         "--rounds", str(args.rounds), "--quiet"], cwd=ROOT, env=env, check=True)
         wall, cpu = time.perf_counter() - t0, child_cpu_seconds() - cpu0
-        metrics = Run.open(run_dir).metrics()
-        validity = [m.get("validity") for m in metrics]
-        solver = [round(m.get("solver_seconds", 0.0), 2) for m in metrics[1:]]
+        metrics = Run.open(run_dir).metrics()  # round -> its metrics
+        validity = [metrics[k]["validity"] for k in sorted(metrics)]
+        solver = [round(metrics[k]["solver_seconds"], 2) for k in sorted(metrics) if k > 0]
         print(f"{args.rounds} rounds: {wall:.1f} s wall, {cpu:.1f} CPU s; validity per round {validity}; "
               f"solver s per round {solver}; load {os.getloadavg()[0]:.2f}")
         rec.row(f"{args.rounds} default triangles rounds, `python -m smeme explore --rounds {args.rounds} --quiet` "
