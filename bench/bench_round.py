@@ -96,8 +96,8 @@ def record_row(rec: Recording, out: dict) -> None:
     phases = ", ".join(f"{k} {v}" for k, v in out.get("phases_s", {}).items())
     result = (f"{out['round_wall_s']} s wall, {out['round_cpu_s']} CPU s (median of {out['repeats']}); "
               f"solver {out['solver_s']} s" + (f" ({phases})" if phases else "") +
-              f"; k-NN gain {out['entropy_gain_knn']} (closed form {out['entropy_gain_closed_form']}), "
-              f"sparse share {out['sparse_share']} (closed form {out['sparse_share_closed_form']})")
+              f"; k-NN gain {out['entropy_gain_knn']:.4f} (closed form {out['entropy_gain_closed_form']:.4f}), "
+              f"sparse share {out['sparse_share']:.4f} (closed form {out['sparse_share_closed_form']:.4f})")
     adjoint = out["solver"] == "adjoint"
     rec.row(f"one default toy round at lam {out['lam']}, {out['solver']}" + ("" if adjoint else " (the blog's solver)"),
             result, f"<= {ROUND_TARGET_S:g} s" if adjoint else "-",
