@@ -15,7 +15,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,15 +24,23 @@ from smeme.models import GaussianMixtureModel, MLPConfig, MLPNoisePredictor  # n
 from smeme.schedule import VPSchedule  # noqa: E402
 from smeme.threads import configure  # noqa: E402
 
+from record import Recording  # noqa: E402  (bench/ is this script's folder)
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(median, min) wall seconds over `repeats` calls after one warm-up call."""
+GRID_TARGETS = {40: (1.0, "<= 1 s (the blog's package: 11 s)"), 64: (3.0, "<= 3 s")}
+
+
+def timed(fn, repeats: int, cpu: list | None = None) -> tuple[float, float]:
+    """(median, min) wall seconds over `repeats` calls after one warm-up call; the median CPU
+    seconds are appended to `cpu` when given."""
     fn()
-    ts = []
+    ts, cs = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t0)
+        cs.append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.append(statistics.median(cs))
     return statistics.median(ts), min(ts)
 
 
@@ -66,6 +73,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="skip the scaling tables")
     args = ap.parse_args()
+    with Recording("density", capability="Sampling and log-density grids") as rec:
+        measure(args, rec)
+
+
+def measure(args: argparse.Namespace, rec: Recording) -> None:
     threads = configure()
     print(f"torch {torch.__version__}, threads {threads}, default steps {density.DEFAULT_STEPS}, "
           f"grid power {density.GRID_POWER}, t_min {density.DEFAULT_T_MIN}")
@@ -80,18 +92,28 @@ def main() -> None:
     for steps in (16, 24, 32, 48):
         err = (density.log_prob(mix, x, steps=steps) - ref).abs()
         print(f"steps {steps:3d}: mean |err| {float(err.mean()):.4f}  p99 {float(err.quantile(0.99)):.4f}  max {float(err.max()):.4f}")
+        if steps == density.DEFAULT_STEPS:
+            rec.row(f"log-density error at the default {steps} RK4 steps, sharp two-square mixture, "
+                    "against a 400-step solve", f"mean {float(err.mean()):.4f} nats, p99 {float(err.quantile(0.99)):.4f}",
+                    mean_abs_error=float(err.mean()), p99_abs_error=float(err.quantile(0.99)))
 
     for label, (width, depth) in (("toy preset 96x4", (96, 4)), ("MLP 128x3", (128, 3))):
         model = mlp(2, width, depth)
         print(f"\n== timing: {label}, exact divergence, {density.DEFAULT_STEPS} RK4 steps ==")
         for res in (40, 64):
             pts = grid_points(res)
-            med, best = timed(lambda: density.log_prob(model, pts), args.repeats)
+            cpu: list = []
+            med, best = timed(lambda: density.log_prob(model, pts), args.repeats, cpu)
             with torch.no_grad():  # load-independent yardstick: one plain forward pass
                 fwd, _ = timed(lambda: model(pts, torch.full((len(pts),), 0.5)), 20)
             evals = 4 * density.DEFAULT_STEPS
             print(f"{res}x{res} grid ({res * res} points): median {med:.3f} s  min {best:.3f} s  "
                   f"= {med / (evals * fwd):.1f} x ({evals} plain forward passes of {fwd * 1e3:.2f} ms)")
+            if width == 96:  # the toy preset's size: the one the targets are for
+                limit, text = GRID_TARGETS[res]
+                rec.row(f"exact log-density, {res}x{res} grid, toy-sized MLP, {density.DEFAULT_STEPS} RK4 steps",
+                        f"{med:.3f} s wall, {cpu[0]:.3f} CPU s (medians)", text, met=med <= limit, median_s=med,
+                        min_s=best, median_cpu_s=cpu[0])
     if args.quick:
         return
     model = mlp(2, 128, 3)

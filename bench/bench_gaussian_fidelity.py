@@ -27,6 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from record import Recording  # noqa: E402  (bench/ is this script's folder)
+
+SHARE_TARGET = 0.9  # tests/test_fidelity.py: the median over seeds of the log-det share
+
 
 def parse_variant(text: str) -> dict:
     out = {}
@@ -64,10 +68,9 @@ def main() -> None:
     from smeme.threads import configure
 
     configure()
-    from test_fidelity import (LAM, PRETRAIN_STEPS, correlated_gaussian_csv, exact_covs, independent_gaussian_csv,
-                               model_cov, spread_gaussian_csv, target_t_r)
+    from test_fidelity import (PRETRAIN_STEPS, correlated_gaussian_csv, independent_gaussian_csv, model_cov,
+                               spread_gaussian_csv)
 
-    from smeme.explore import ExploreConfig, run_rounds
     from smeme.pipeline import pretrain_run
     from smeme.store import Run
 
@@ -88,25 +91,65 @@ def main() -> None:
     src = Run.open(root / "run")
     cov0 = model_cov(src, 0)
     print(json.dumps({"d": args.d, "cov0_eigenvalues": np.round(np.linalg.eigvalsh(cov0), 3).tolist()}), flush=True)
-    for variant in args.variants.split(";"):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            work = Path(tempfile.mkdtemp()) / "run"
-            shutil.copytree(src.folder, work)
-            run = Run.open(work)
-            config = ExploreConfig(**{**run.domain.explore_defaults(), "lam": LAM, "seed": seed,
-                                      "metrics_logp": False, **parse_variant(variant)})
-            start = time.perf_counter()
-            run_rounds(run, 1, config)
-            seconds = time.perf_counter() - start
-            c1 = model_cov(run, 1)
-            health = {k: (round(v, 4) if isinstance(v, float) else v)
-                      for k, v in run.metrics()[1].items() if k.startswith("lr_")}
-            row = {"variant": variant, "seed": seed, "round_s": round(seconds, 1),
-                   "paper_target": shape_row(c1, exact_covs(run, cov0, 1, 0.0)[1], cov0)}
-            if target_t_r(config) > 0:
-                row["smoothed_target"] = shape_row(c1, exact_covs(run, cov0, 1, config.t_r)[1], cov0)
-            print(json.dumps({**row, **health}), flush=True)
-            shutil.rmtree(work.parent, ignore_errors=True)
+    with Recording(record_name(args), capability="Gaussian fidelity") as rec:
+        defaults = []  # the defaults' rows ('' variant), for the record
+        for variant in args.variants.split(";"):
+            defaults += run_variant(src, cov0, variant, args)
+        if defaults:
+            record_row(rec, args, defaults)
+
+
+def record_name(args: argparse.Namespace) -> str:
+    """gaussian_fidelity_d8 for the test's data; suffixes name any other data or pre-training."""
+    name = f"gaussian_fidelity_d{args.d}" + ("_independent" if args.independent else "")
+    name += "_spread" if args.eigenvalues else ""
+    name += "" if args.data_seed is None else f"_data{args.data_seed}"
+    return name + ("" if args.pretrain_steps is None else f"_steps{args.pretrain_steps}")
+
+
+def record_row(rec: Recording, args: argparse.Namespace, rows: list[dict]) -> None:
+    key = "smoothed_target" if "smoothed_target" in rows[0] else "paper_target"
+    shares = [r[key]["logdet_share"] for r in rows]
+    lowest = min(r[key]["share_min_med_max"][0] for r in rows)
+    median = float(np.median(shares))
+    rec.row(f"one round at lam {rows[0]['lam']:.3g}, explore defaults, d = {args.d}"
+            + (", independent columns" if args.independent else "") + (f", spectrum {args.eigenvalues}" if args.eigenvalues else "")
+            + f": share of the exact log-det gain ({key.replace('_', ' ')})",
+            " / ".join(f"{v:.3f}" for v in shares) + f" (seeds {args.seeds}); lowest direction {lowest:.2f}; "
+            + ", ".join(f"{r['round_s']} s" for r in rows) + " a round",
+            f">= {SHARE_TARGET} median (tests/test_fidelity.py)", met=median >= SHARE_TARGET,
+            median_logdet_share=median, lowest_direction_share=lowest)
+
+
+def run_variant(src, cov0, variant: str, args: argparse.Namespace) -> list[dict]:
+    """One round per seed of ExploreConfig defaults plus `variant`; the rows when it is the defaults."""
+    from test_fidelity import LAM, exact_covs, model_cov, target_t_r
+
+    from smeme.explore import ExploreConfig, run_rounds
+    from smeme.store import Run
+
+    out = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        work = Path(tempfile.mkdtemp()) / "run"
+        shutil.copytree(src.folder, work)
+        run = Run.open(work)
+        config = ExploreConfig(**{**run.domain.explore_defaults(), "lam": LAM, "seed": seed,
+                                  "metrics_logp": False, **parse_variant(variant)})
+        start = time.perf_counter()
+        run_rounds(run, 1, config)
+        seconds = time.perf_counter() - start
+        c1 = model_cov(run, 1)
+        health = {k: (round(v, 4) if isinstance(v, float) else v)
+                  for k, v in run.metrics()[1].items() if k.startswith("lr_")}
+        row = {"variant": variant, "seed": seed, "round_s": round(seconds, 1),
+               "paper_target": shape_row(c1, exact_covs(run, cov0, 1, 0.0)[1], cov0)}
+        if target_t_r(config) > 0:
+            row["smoothed_target"] = shape_row(c1, exact_covs(run, cov0, 1, config.t_r)[1], cov0)
+        print(json.dumps({**row, **health}), flush=True)
+        shutil.rmtree(work.parent, ignore_errors=True)
+        if not variant:
+            out.append({**row, "lam": LAM})
+    return out
 
 
 if __name__ == "__main__":

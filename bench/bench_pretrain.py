@@ -17,6 +17,15 @@ from smeme.sampling import sample  # noqa: E402
 from smeme.threads import configure  # noqa: E402
 from smeme.train import pretrain  # noqa: E402
 
+from record import Recording  # noqa: E402  (bench/ is this script's folder)
+
+# issue 2's bars: seconds, and the quality each preset must keep (min over the repeats)
+TARGETS = {
+    "triangles": ("<= 4 s at >= 98% valid (the blog: 12 s)", lambda t, q: t <= 4 and q["valid"][0] >= 0.98),
+    "toy": ("<= 30 s, dense 90 +- 3%, on support >= 97%",
+            lambda t, q: t <= 30 and q["dense"][0] >= 0.87 and q["dense"][1] <= 0.93 and q["on_support"][0] >= 0.97),
+}
+
 
 def quality(name, ds, model, st):
     z = sample(model, 8192, steps=100, seed=11).double().numpy()
@@ -35,20 +44,34 @@ def main():
     args = ap.parse_args()
     threads = configure()
     print(f"# {' '.join(sys.argv)}  (threads={threads}, load={os.getloadavg()[0]:.2f})")
-    for name in args.datasets:
-        ds = make_dataset(name)
-        p = PRESETS[name]
-        times, quals = [], []
-        for r in range(args.repeats):
-            tc = p.train.__class__(**{**p.train.to_dict(), "seed": r})
-            t0 = time.perf_counter()
-            model, st, _ = pretrain(ds, tc, p.model)
-            times.append(time.perf_counter() - t0)
-            quals.append(quality(name, ds, model, st))
-        qual = {k: f"{min(q[k] for q in quals):.4f}..{max(q[k] for q in quals):.4f}" for k in quals[0]}
-        print(f"{name:10s} model={p.model} steps={p.train.steps} batch={p.train.batch_size} "
-              f"median={statistics.median(times):.2f}s runs={[round(t, 2) for t in times]} quality={qual}"
-              f" load={os.getloadavg()[0]:.2f}", flush=True)
+    with Recording("pretrain", capability="Pre-training") as rec:
+        for name in args.datasets:
+            measure(name, args.repeats, rec)
+
+
+def measure(name: str, repeats: int, rec: Recording) -> None:
+    ds = make_dataset(name)
+    p = PRESETS[name]
+    times, cpus, quals = [], [], []
+    for r in range(repeats):
+        tc = p.train.__class__(**{**p.train.to_dict(), "seed": r})
+        t0, c0 = time.perf_counter(), time.process_time()
+        model, st, _ = pretrain(ds, tc, p.model)
+        times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        quals.append(quality(name, ds, model, st))
+    qual = {k: f"{min(q[k] for q in quals):.4f}..{max(q[k] for q in quals):.4f}" for k in quals[0]}
+    print(f"{name:10s} model={p.model} steps={p.train.steps} batch={p.train.batch_size} "
+          f"median={statistics.median(times):.2f}s runs={[round(t, 2) for t in times]} quality={qual}"
+          f" load={os.getloadavg()[0]:.2f}", flush=True)
+    bounds = {k: (min(q[k] for q in quals), max(q[k] for q in quals)) for k in quals[0]}
+    target, check = TARGETS.get(name, ("-", None))
+    med = statistics.median(times)
+    rec.row(f"pre-train {name} (preset: {p.train.steps} steps, batch {p.train.batch_size})",
+            f"{med:.2f} s wall, {statistics.median(cpus):.2f} CPU s (medians of {repeats}); " + ", ".join(
+                f"{k.replace('_', ' ')} {lo:.1%}-{hi:.1%}" for k, (lo, hi) in bounds.items()),
+            target, met=None if check is None else check(med, bounds), median_s=med, median_cpu_s=statistics.median(cpus),
+            **{f"{k}_min": lo for k, (lo, hi) in bounds.items()}, **{f"{k}_max": hi for k, (lo, hi) in bounds.items()})
 
 
 if __name__ == "__main__":
