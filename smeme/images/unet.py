@@ -201,9 +201,8 @@ def model_config(config: UNetConfig | None = None) -> dict:
 
 # -- the digits preset ----------------------------------------------------------------------------
 def digits_preset() -> Preset:
-    """Registered as smeme.presets' 'digits' preset by smeme.images."""
-    # Measured (2-core CPU, load 4-6): 800 steps at lr 2e-3 -> 96.5% readable (308 s);
-    # 300 steps at lr 3e-3 -> 92% (100 s); the preset, 600 at 3e-3: bench/bench_images.py.
+    """Registered as smeme.presets' 'digits' preset by smeme.images: a couple of minutes on a CPU
+    for samples the digit classifier mostly reads (bench/bench_images.py measures both)."""
     return Preset(model=model_config(UNetConfig()),
                   train=TrainConfig(steps=600, batch_size=128, lr=3e-3, warmup=50, lr_final=0.05, ema=0.995,
                                     small_t_fraction=0.3, small_t_power=2.0, grad_clip=1.0))
