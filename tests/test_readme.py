@@ -109,9 +109,9 @@ def test_the_readme_starts_with_the_two_setup_commands():
 
 
 def test_the_readme_points_only_at_files_in_the_repository():
-    assert "../" not in README
-    links = [t for t in re.findall(r"\]\(([^)]+)\)", README) if "://" not in t]
-    paths = [t.split()[0] for t in re.findall(r"`([^`]+)`", README)
-             if re.match(r"(smeme|tests|bench|docs|pages|\.ci|\.streamlit)/", t) or re.fullmatch(r"[\w.-]+\.md", t)]
-    missing = sorted({p for p in links + paths if not (ROOT / p.split("#")[0]).exists()})
-    assert not missing, f"README points at files that are not in the repository: {missing}"
+    assert "../" not in README and "DESIGN.md" not in README
+    paths = set(re.findall(r"`((?:[\w.-]+/)+[\w.-]+\.\w+)`", README))  # `folder/file.ext`
+    paths |= set(re.findall(r"`([\w.-]+\.md)`", README))  # `BENCHMARKS.md`
+    paths |= set(re.findall(r"\]\(([^)#:]+)\)", README))  # links and images
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert paths and not missing, f"README points at files that are not in the repository: {missing}"
