@@ -147,7 +147,7 @@ def test_the_sidebar_names_a_training_run_with_its_progress(cache):
         assert any("being-trained: " in c.value and "(40%)" in c.value for c in at.sidebar.caption)
 
 
-# ------------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------------ CLI
 
 def _options(parser: argparse.ArgumentParser):
     for action in parser._actions:
