@@ -67,75 +67,64 @@ class ExploreConfig(ConfigBase):
 
     Args:
         lam (`float`, defaults to 0.1):
-            lambda = 1/alpha, the mirror-descent step: round k's exact target is p_{k-1}^(1 - lam).
-            In (0, 1); 1 only with `allow_lam_one`.
+            lambda = 1/alpha, the mirror-descent step: round k's exact target is p_{k-1}^(1 - lam). In (0, 1); 1 only
+            with `allow_lam_one`.
         lam_schedule (`str`, defaults to `"constant"`):
             `"constant"` (lam every round) or `"decreasing"` (lam / k^lam_power in round k).
-        lam_power (`float`, defaults to 0.6):
-            Exponent of the decreasing schedule, in (0.5, 1] (Robbins-Monro).
-        solver (`str`, defaults to `"adjoint"`):
-            `"adjoint"` (Adjoint Matching) or `"student-teacher"`.
+        lam_power (`float`, defaults to 0.6): Exponent of the decreasing schedule, in (0.5, 1] (Robbins-Monro).
+        solver (`str`, defaults to `"adjoint"`): `"adjoint"` (Adjoint Matching) or `"student-teacher"`.
         iterations (`int`, defaults to 15):
             Solver iterations per round, each on fresh trajectories: the round's budget.
-        trajectories (`int`, defaults to 1024):
-            Trajectories sampled per solver iteration.
-        steps (`int`, defaults to 50):
-            DDPM steps of each trajectory.
-        adam_steps (`int`, defaults to 2):
-            Adam steps per iteration on the same trajectories.
+        trajectories (`int`, defaults to 1024): Trajectories sampled per solver iteration.
+        steps (`int`, defaults to 50): DDPM steps of each trajectory.
+        adam_steps (`int`, defaults to 2): Adam steps per iteration on the same trajectories.
         lr (`float`, *optional*):
-            The solver's learning rate. None (default): 2e-3 * sqrt(lam_k / 0.3), since Adam's
-            iterate noise is ~lr while the control to learn grows with lam.
+            The solver's learning rate. None (default): 2e-3 * sqrt(lam_k / 0.3), since Adam's iterate noise is ~lr
+            while the control to learn grows with lam.
         likelihood_ratio_share (`float`, defaults to 0.8):
-            Share of the stochastic steps, the earliest, that also regress onto the
-            likelihood-ratio target (one PF-ODE solve of the reward's values per iteration);
-            0 turns the term off (Adjoint Matching alone).
-        reward_ode_steps (`int`, defaults to 8):
-            RK4 steps of the PF-ODE that gives the reward's values (at least 2).
+            Share of the stochastic steps, the earliest, that also regress onto the likelihood-ratio target (one
+            PF-ODE solve of the reward's values per iteration); 0 turns the term off (Adjoint Matching alone).
+        reward_ode_steps (`int`, defaults to 8): RK4 steps of the PF-ODE that gives the reward's values (at least 2).
         adjoint_weight_on_lr_steps (`float`, defaults to 0.0):
-            Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers;
-            0 leaves those steps to the likelihood-ratio term (the lean adjoint is heavy-tailed
-            there) and skips their backward pass.
+            Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers; 0 leaves those steps to
+            the likelihood-ratio term (the lean adjoint is heavy-tailed there) and skips their backward pass.
         likelihood_ratio_target (`str`, defaults to `"next"`):
-            The likelihood-ratio term's target: `"next"` E*[zeta_i | x_i], or `"current"`
-            J_i^T E*[zeta_i | x_i] = std_i grad V_i (exact in closed form, one base VJP per
-            selected step); README, "Known limits", says why `"next"` is the default.
+            The likelihood-ratio term's target: `"next"` E*[zeta_i | x_i], or `"current"` J_i^T E*[zeta_i | x_i] =
+            std_i grad V_i (exact in closed form, one base VJP per selected step); README, "Known limits", says why
+            `"next"` is the default.
         outlier_mode (`str`, defaults to `"off"`):
             Adjoint Matching's outlier rule: `"off"`, `"drop"` (the official code's) or `"scale"`.
         weight_ema (`float`, *optional*, defaults to 0.9):
-            EMA decay of the tuned weights over the iterations after `average_start`; the round
-            keeps the average. None: the last iterate.
+            EMA decay of the tuned weights over the iterations after `average_start`; the round keeps the average.
+            None: the last iterate.
         average_start (`float`, defaults to 0.5):
-            Share of the iterations before the weight average starts (a tail average, past the
-            iterates whose control is still growing).
+            Share of the iterations before the weight average starts (a tail average, past the iterates whose control
+            is still growing).
         t_r (`float`, defaults to 0.05):
-            Diffusion time, in (0, 1), at which the previous round's score gives the reward; the
-            solver's loss fits the tuned score well only from t ~ 0.03 up.
+            Diffusion time, in (0, 1), at which the previous round's score gives the reward; the solver's loss fits
+            the tuned score well only from t ~ 0.03 up.
         reward_target (`str`, defaults to `"smoothed"`):
-            `"smoothed"`: r = -lam log p_{k-1}(x, t_r), whose target p_{k-1} p_{k-1}(., t_r)^-lam
-            is the paper's only where every direction and mode is much wider than
-            sqrt(1 - ab(t_r)) (0.17 at t_r = 0.05); `"data"`: the paper's -lam log p_{k-1}(x),
-            read at t_r and deconvolved (exact where p_{k-1} is locally Gaussian). README,
-            "Known limits", says why `"smoothed"` is the default.
+            `"smoothed"`: r = -lam log p_{k-1}(x, t_r), whose target p_{k-1} p_{k-1}(., t_r)^-lam is the paper's only
+            where every direction and mode is much wider than sqrt(1 - ab(t_r)) (0.17 at t_r = 0.05); `"data"`: the
+            paper's -lam log p_{k-1}(x), read at t_r and deconvolved (exact where p_{k-1} is locally Gaussian).
+            README, "Known limits", says why `"smoothed"` is the default.
         reward (`str`, defaults to `"previous"`):
-            `"previous"`: the gradient from round k-1's score (the paper's); `"pretrained"`:
-            from round 0's, scaled by prod_{i<k}(1 - lam_i) (module docstring).
+            `"previous"`: the gradient from round k-1's score (the paper's); `"pretrained"`: from round 0's, scaled by
+            prod_{i<k}(1 - lam_i) (module docstring).
         score_clip (`float`, *optional*):
             Caps |s(x, t_r)| per sample at score_clip / sqrt(1 - ab(t_r)). None (default): off.
-        seed (`int`, defaults to 0):
-            Seed of the solver's noise; round k's solver gets seed * 10,007 + k.
+        seed (`int`, defaults to 0): Seed of the solver's noise; round k's solver gets seed * 10,007 + k.
         allow_lam_one (`bool`, defaults to False):
             Allows lam = 1 (Theorem 5.2's one-step case, which needs a compact support).
         max_validity_drop (`float`, defaults to 0.2):
-            A round whose on-support share falls by more than this (a share, 0.2 = 20 points)
-            below the previous round's is rejected.
-        metrics_n (`int`, defaults to 4096):
-            Samples drawn for each round's metrics.
+            A round whose on-support share falls by more than this (a share, 0.2 = 20 points) below the previous
+            round's is rejected.
+        metrics_n (`int`, defaults to 4096): Samples drawn for each round's metrics.
         metrics_logp (`bool`, defaults to True):
             Also computes the PF-ODE cross-entropy and surprise (the slow metrics).
         solver_options (`dict`, defaults to `{}`):
-            Any other `AdjointMatchingConfig` or `StudentTeacherConfig` field by name; it
-            overrides the settings above.
+            Any other `AdjointMatchingConfig` or `StudentTeacherConfig` field by name; it overrides the settings
+            above.
     """
     config_error, config_label = ExploreError, "explore"
     lam: float = 0.1

@@ -19,10 +19,8 @@ class Preset:
     """A data set's default model and training.
 
     Args:
-        model (`dict`):
-            The model registry's config (its 'kind' and fields) minus 'dim', which the data fixes.
-        train (`TrainConfig`, defaults to `TrainConfig()`):
-            The pre-training settings.
+        model (`dict`): The model registry's config (its 'kind' and fields) minus 'dim', which the data fixes.
+        train (`TrainConfig`, defaults to `TrainConfig()`): The pre-training settings.
     """
     model: dict
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -16,10 +16,8 @@ class VPSchedule:
     (0 = data), ab(t) = exp(-int_0^t beta(s) ds).
 
     Args:
-        beta_min (`float`, defaults to 0.1):
-            beta(0), the noise rate at the data end.
-        beta_max (`float`, defaults to 20.0):
-            beta(1), the noise rate at the noise end (ab(1) ~ 4e-5).
+        beta_min (`float`, defaults to 0.1): beta(0), the noise rate at the data end.
+        beta_max (`float`, defaults to 20.0): beta(1), the noise rate at the noise end (ab(1) ~ 4e-5).
     """
 
     beta_min: float = 0.1

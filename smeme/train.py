@@ -31,28 +31,18 @@ class TrainConfig(ConfigBase):
     """Settings of denoising score-matching pre-training (module docstring's loss).
 
     Args:
-        steps (`int`, defaults to 2000):
-            Optimiser steps.
-        batch_size (`int`, defaults to 512):
-            Rows per step.
-        lr (`float`, defaults to 3e-3):
-            Adam's peak learning rate.
-        warmup (`int`, defaults to 50):
-            Steps of linear warm-up to `lr`, followed by cosine decay to lr x lr_final.
-        lr_final (`float`, defaults to 0.02):
-            The learning rate at the end, as a share of `lr`.
-        ema (`float`, defaults to 0.0):
-            EMA decay of the weights, in [0, 1); the EMA weights are returned. 0: off.
-        seed (`int`, defaults to 0):
-            Seed of all the training's randomness (same seed, same weights).
+        steps (`int`, defaults to 2000): Optimiser steps.
+        batch_size (`int`, defaults to 512): Rows per step.
+        lr (`float`, defaults to 3e-3): Adam's peak learning rate.
+        warmup (`int`, defaults to 50): Steps of linear warm-up to `lr`, followed by cosine decay to lr x lr_final.
+        lr_final (`float`, defaults to 0.02): The learning rate at the end, as a share of `lr`.
+        ema (`float`, defaults to 0.0): EMA decay of the weights, in [0, 1); the EMA weights are returned. 0: off.
+        seed (`int`, defaults to 0): Seed of all the training's randomness (same seed, same weights).
         small_t_fraction (`float`, defaults to 0.3):
             Share of each batch whose times are t = u^small_t_power (more small t).
-        small_t_power (`float`, defaults to 2.0):
-            That power.
-        t_min (`float`, defaults to 1e-4):
-            Smallest training time (ab(t) < 1 keeps the target defined).
-        grad_clip (`float`, defaults to 1.0):
-            Maximum global gradient norm. 0: no clipping.
+        small_t_power (`float`, defaults to 2.0): That power.
+        t_min (`float`, defaults to 1e-4): Smallest training time (ab(t) < 1 keeps the target defined).
+        grad_clip (`float`, defaults to 1.0): Maximum global gradient norm. 0: no clipping.
     """
     config_error, config_label = ValueError, "training"
     steps: int = 2000

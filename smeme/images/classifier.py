@@ -35,16 +35,11 @@ class ClassifierConfig(ConfigBase):
     """Training settings of the digit classifier behind the digits metrics (its cache key).
 
     Args:
-        epochs (`int`, defaults to 40):
-            Passes over the 1,797 digits.
-        batch_size (`int`, defaults to 64):
-            Images per step.
-        lr (`float`, defaults to 2e-3):
-            Adam's learning rate.
-        weight_decay (`float`, defaults to 1e-4):
-            Weight decay.
-        seed (`int`, defaults to 0):
-            Seed of the training.
+        epochs (`int`, defaults to 40): Passes over the 1,797 digits.
+        batch_size (`int`, defaults to 64): Images per step.
+        lr (`float`, defaults to 2e-3): Adam's learning rate.
+        weight_decay (`float`, defaults to 1e-4): Weight decay.
+        seed (`int`, defaults to 0): Seed of the training.
         outlier_weight (`float`, defaults to 0.5):
             Weight of outlier exposure: junk images trained towards uniform probabilities.
         version (`int`, defaults to 2):

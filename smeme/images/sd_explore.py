@@ -76,35 +76,24 @@ class SDExploreConfig(ConfigBase):
     """Settings of S-MEME rounds on Stable Diffusion (LoRA, guided), stored in an SD run's config.
 
     Args:
-        lam (`float`, defaults to 0.1):
-            lambda of every round, in (0, 1).
+        lam (`float`, defaults to 0.1): lambda of every round, in (0, 1).
         t_r (`float`, defaults to 0.01):
             Diffusion time at which the previous round's guided score gives the reward, in (0, 1).
-        iterations (`int`, defaults to 20):
-            Solver iterations per round.
-        trajectories (`int`, defaults to 4):
-            Trajectories per iteration (per process when several run).
-        steps (`int`, defaults to 60):
-            DDPM steps of each trajectory.
-        adam_steps (`int`, defaults to 10):
-            Adam steps per iteration on the same trajectories.
+        iterations (`int`, defaults to 20): Solver iterations per round.
+        trajectories (`int`, defaults to 4): Trajectories per iteration (per process when several run).
+        steps (`int`, defaults to 60): DDPM steps of each trajectory.
+        adam_steps (`int`, defaults to 10): Adam steps per iteration on the same trajectories.
         loss_steps (`int`, defaults to 2):
             Time steps per Adam step, so a batch holds trajectories x loss_steps = 8 predictions.
         lr (`float`, defaults to 2e-5):
-            Adam's learning rate on the LoRA weights: the paper's full-UNet 3e-7 scaled by the
-            change per Adam step (a projection's output moves ~lr x fan_in |x| when all its
-            weights move, ~lr x r |x| / sqrt(3) through a rank-r LoRA: 70-280x less in SD 1.5),
-            at the low end of 2e-5..8e-5; a starting point to check on a GPU.
-        clip_grad_norm (`float`, defaults to 1.0):
-            Maximum global gradient norm.
-        seed (`int`, defaults to 0):
-            Seed of the solver's trajectories (offset by each process's rank).
-        sample_n (`int`, defaults to 8):
-            Images drawn per round for its grid and metrics (the paper used 3,000).
-        sample_steps (`int`, defaults to 60):
-            DDPM steps of those images.
-        sample_seed (`int`, defaults to 1234):
-            Seed of their fixed noise, the same in every round.
+            Adam's learning rate on the LoRA weights: the paper's full-UNet 3e-7 scaled by the change per Adam step (a
+            projection's output moves ~lr x fan_in |x| when all its weights move, ~lr x r |x| / sqrt(3) through a
+            rank-r LoRA: 70-280x less in SD 1.5), at the low end of 2e-5..8e-5; a starting point to check on a GPU.
+        clip_grad_norm (`float`, defaults to 1.0): Maximum global gradient norm.
+        seed (`int`, defaults to 0): Seed of the solver's trajectories (offset by each process's rank).
+        sample_n (`int`, defaults to 8): Images drawn per round for its grid and metrics (the paper used 3,000).
+        sample_steps (`int`, defaults to 60): DDPM steps of those images.
+        sample_seed (`int`, defaults to 1234): Seed of their fixed noise, the same in every round.
     """
     config_error, config_label = SDRunError, "SD exploration"
     lam: float = 0.1

@@ -29,10 +29,8 @@ class MetricWeights:
     Args:
         inception (`str`, *optional*):
             Path of the Inception-v3 TorchScript file (FID, Inception cross-entropy); None: missing.
-        clip (`str`, *optional*):
-            Folder of the local CLIP model (CLIP score); None: missing.
-        missing (`list`, defaults to `[]`):
-            One sentence per missing weight, saying how to provide it.
+        clip (`str`, *optional*): Folder of the local CLIP model (CLIP score); None: missing.
+        missing (`list`, defaults to `[]`): One sentence per missing weight, saying how to provide it.
     """
     inception: str | None = None
     clip: str | None = None

@@ -29,23 +29,18 @@ class UNetConfig(ConfigBase):
     """Shape of a UNet noise predictor (diffusers `UNet2DModel`) and its schedule.
 
     Args:
-        sample_size (`int`, defaults to 8):
-            Image height and width, in pixels.
-        channels (`int`, defaults to 1):
-            Image channels.
+        sample_size (`int`, defaults to 8): Image height and width, in pixels.
+        channels (`int`, defaults to 1): Image channels.
         block_out_channels (`tuple`, defaults to (32, 64, 64)):
             Channels per level; each level after the first halves the image.
-        layers_per_block (`int`, defaults to 1):
-            ResNet layers per block.
+        layers_per_block (`int`, defaults to 1): ResNet layers per block.
         attention (`tuple`, defaults to (False, False, False)):
             Self-attention per level (off by default: 1.7x faster a step, no visible gain at 8x8).
-        norm_num_groups (`int`, defaults to 8):
-            GroupNorm groups; every channel count must be divisible by it.
-        dropout (`float`, defaults to 0.0):
-            Dropout rate of the ResNet blocks.
+        norm_num_groups (`int`, defaults to 8): GroupNorm groups; every channel count must be divisible by it.
+        dropout (`float`, defaults to 0.0): Dropout rate of the ResNet blocks.
         schedule (`str`, defaults to `"cosine"`):
-            `"cosine"` or `"linear"` (diffusers DDPMScheduler tables, make_schedule) or `"vp"`
-            (the schedule passed in).
+            `"cosine"` or `"linear"` (diffusers DDPMScheduler tables, make_schedule) or `"vp"` (the schedule passed
+            in).
     """
     config_error, config_label = ValueError, "UNet model"
     sample_size: int = 8

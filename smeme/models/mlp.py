@@ -17,27 +17,20 @@ class MLPConfig(ConfigBase):
     """Shape of an MLP noise predictor.
 
     Args:
-        dim (`int`):
-            Features of a sample (the data's columns).
-        width (`int`, defaults to 128):
-            Hidden units per layer.
-        depth (`int`, defaults to 3):
-            Hidden layers.
-        time_dim (`int`, defaults to 32):
-            Size of the sinusoidal time embedding.
+        dim (`int`): Features of a sample (the data's columns).
+        width (`int`, defaults to 128): Hidden units per layer.
+        depth (`int`, defaults to 3): Hidden layers.
+        time_dim (`int`, defaults to 32): Size of the sinusoidal time embedding.
         time_scale (`float`, defaults to 100.0):
-            t in [0, 1] is scaled to [0, time_scale] before the sinusoidal features; 1000 (the
-            DDPM convention) makes trained nets oscillate in t, which costs the PF-ODE
-            log-density accuracy.
+            t in [0, 1] is scaled to [0, time_scale] before the sinusoidal features; 1000 (the DDPM convention) makes
+            trained nets oscillate in t, which costs the PF-ODE log-density accuracy.
         prior_skip (`float`, defaults to 0.0):
-            eps = net(x, t) + prior_skip sqrt(1 - ab(t)) x: with 1 the untrained model is the
-            exact eps of N(0, I) (standardised data's own Gaussian), so the net learns only the
-            departure from it.
+            eps = net(x, t) + prior_skip sqrt(1 - ab(t)) x: with 1 the untrained model is the exact eps of N(0, I)
+            (standardised data's own Gaussian), so the net learns only the departure from it.
         linear_skip (`int`, defaults to 0):
-            n > 0 adds sqrt(1 - ab) sum_{k=1..n} ab^k x L_k^T with trainable d x d matrices L_k
-            starting at 0: a power series in ab of the change of a Gaussian's exact eps around
-            N(0, I), so a round can change the data linearly along any direction, including
-            those where the net's output is ~0 under `prior_skip`.
+            n > 0 adds sqrt(1 - ab) sum_{k=1..n} ab^k x L_k^T with trainable d x d matrices L_k starting at 0: a power
+            series in ab of the change of a Gaussian's exact eps around N(0, I), so a round can change the data
+            linearly along any direction, including those where the net's output is ~0 under `prior_skip`.
     """
     config_error, config_label = ValueError, "MLP model"
     dim: int

@@ -35,32 +35,21 @@ class StudentTeacherConfig(ConfigBase):
     """Settings of one student-teacher solve (module docstring's loss).
 
     Args:
-        iterations (`int`, defaults to 20):
-            Solver iterations.
+        iterations (`int`, defaults to 20): Solver iterations.
         samples (`int`, defaults to 4096):
             Previous-round samples x_0 drawn once per call, then filtered by `valid_fn`.
-        steps (`int`, defaults to 50):
-            DDPM steps used to draw them.
-        adam_steps (`int`, defaults to 8):
-            Adam steps per iteration.
-        batch_size (`int`, defaults to 1024):
-            Forward-noised points per Adam step.
-        lr (`float`, defaults to 1e-3):
-            Adam's learning rate.
-        lam_prox (`float`, defaults to 0.5):
-            Weight of the proximity term |s_student - s_teacher|^2.
+        steps (`int`, defaults to 50): DDPM steps used to draw them.
+        adam_steps (`int`, defaults to 8): Adam steps per iteration.
+        batch_size (`int`, defaults to 1024): Forward-noised points per Adam step.
+        lr (`float`, defaults to 1e-3): Adam's learning rate.
+        lam_prox (`float`, defaults to 0.5): Weight of the proximity term |s_student - s_teacher|^2.
         beta (`float`, defaults to 1.0):
             Weight of the direction term; beta = 2 lam_prox moves the near-data score by grad r.
-        t_near (`float`, defaults to 0.05):
-            The direction term acts for t <= t_near.
-        near_fraction (`float`, defaults to 0.5):
-            Share of each batch drawn with t <= t_near.
-        t_min (`float`, defaults to 1e-3):
-            Smallest diffusion time drawn, in (0, t_near).
-        clip_grad_norm (`float`, *optional*, defaults to 1.0):
-            Maximum global gradient norm. None: no clipping.
-        seed (`int`, defaults to 0):
-            Seed of the sample pool and the batches.
+        t_near (`float`, defaults to 0.05): The direction term acts for t <= t_near.
+        near_fraction (`float`, defaults to 0.5): Share of each batch drawn with t <= t_near.
+        t_min (`float`, defaults to 1e-3): Smallest diffusion time drawn, in (0, t_near).
+        clip_grad_norm (`float`, *optional*, defaults to 1.0): Maximum global gradient norm. None: no clipping.
+        seed (`int`, defaults to 0): Seed of the sample pool and the batches.
     """
     config_error, config_label = SolverError, "student-teacher"
     iterations: int = 20
