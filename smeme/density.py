@@ -5,24 +5,21 @@ instantaneous change of variables:
     log p_0(x_0) = log N(x_1; 0, I) + int_{t_min}^1 div v(x_t, t) dt,
 with s = -eps / sqrt(1 - ab), so  div v = -1/2 beta (D - tr(d eps/dx) / sqrt(1 - ab)).
 
-Choices, measured (bench/bench_density.py; numbers in BENCHMARKS.md):
+Numerics (accuracy against closed forms: bench/bench_density.py and BENCHMARKS.md):
 - RK4 on the augmented state (x, logdet) on the grid t = t_min + (1 - t_min) u^1.5, u
-  uniform (the sampler's power). Against a 400-step solve, mean |error| on a sharp-edged
-  2-D mixture: 0.003 nats at 24 steps, 0.001 at 32; uniform t needs > 40 steps.
-  Trained MLPs: with t scaled to [0, 1000] in the time embedding, eps oscillated in t
-  with period ~0.006 and coarse grids aliased it (~0.01 nats at 32 steps on the toy);
-  hence MLPConfig.time_scale = 100, which converges cleanly: 0.001 nats at 32 steps.
-- Exact divergence for D <= 16. MLP noise predictors take a hand-written forward-mode
-  path (tangents pushed through the layers, all D of them in one matmul, no autograd);
-  other models use D vector-Jacobian products. Above 16, Hutchinson's estimator with
-  Rademacher probes drawn once per solve (the same probes at every step).
+  uniform (the sampler's power), which converges in fewer steps than uniform t at sharp
+  edges; DEFAULT_STEPS steps.
+- Exact divergence for D <= 16: MLP noise predictors take a hand-written forward-mode path
+  (all D tangents pushed through the layers in one matmul, no autograd), other models use
+  D vector-Jacobian products. Above 16, Hutchinson's estimator with Rademacher probes drawn
+  once per solve (the same probes at every step).
 - t_min: the solve returns log p_{t_min}, the data density blurred by noise of standard
-  deviation sqrt(1 - ab(t_min)) (~0.01 standardised units at the default 1e-3). That
-  bias is largest at sharp support edges (0.09 nats mean on a mixture of narrow
-  squares at 1e-3, 0.009 at 1e-4); the step count barely depends on t_min on the cubic
-  grid, but trained networks are least accurate at the smallest t.
-- The prior N(0, I) at t = 1 ignores the O(sqrt(ab(1))) = 0.0066 shift of the data mean:
-  ~0.002 nats for data with mean of norm ~1, much less for standardised data.
+  deviation sqrt(1 - ab(t_min)) (~0.01 standardised units at the default 1e-3); the bias is
+  largest at sharp support edges.
+- The prior N(0, I) at t = 1 ignores the O(sqrt(ab(1))) shift of the data mean.
+
+deconvolved_score reads the data-end score and log-density correction from the score at a
+small time t_r (Tweedie's formula; exact where p_0 is locally Gaussian).
 """
 from __future__ import annotations
 
@@ -319,10 +316,9 @@ def mc_cross_entropy(logp) -> float:
 
 # -- the data-end density from the score at a small noise level ------------------------------
 
-# Smallest eigenvalue kept in M: the sharpening is capped at 1 / floor = 4x, i.e. directions
-# narrower than ~0.01 standardised variance at t_r 0.05 read a capped score. With a cap of 20x a
-# digits round (64 pixels on a manifold of much lower rank) left the support (on-support share
-# 91.8% -> 12.9%, issue 20); a narrow direction of variance 0.06 needs only 1.5x.
+# Smallest eigenvalue kept in M: the sharpening is capped at 1 / floor = 4x, so directions
+# narrower than ~0.01 standardised variance at t_r 0.05 read a capped score; a larger cap lets a
+# network's Jacobian on data of low rank (digits' 64 pixels) push rounds off the support.
 DECONVOLUTION_FLOOR = 0.25
 
 

@@ -1,38 +1,37 @@
-"""S-MEME outer loop (paper Algorithm 1): rounds of linear fine-tuning with the entropy reward.
+"""S-MEME outer loop (paper Algorithm 1): rounds of fine-tuning with the entropy reward.
 
-pi_0 = the pre-trained model; for k = 1..K fine-tune pi_{k-1} with the reward
+pi_0 is the pre-trained model; round k = 1..K fine-tunes pi_{k-1} with the reward
 r_k(x) = -lam_k log p_{k-1}(x), whose gradient needs no density:
     grad r_k(x) = -lam_k s_{k-1}(x)                       (reward='previous', the paper's)
 or, using p_{k-1} ~ p_0^{prod_{i<k}(1 - lam_i)} (exact if every round reached its tilt),
     grad r_k(x) = -lam_k prod_{i<k}(1 - lam_i) s_0(x)      (reward='pretrained').
+The exact round is the KL-regularised tilt p_k ~ p_{k-1} exp(r_k) = p_{k-1}^(1 - lam_k).
 lam schedule: 'constant' lam_k = lam, or 'decreasing' lam_k = lam / k^lam_power with
 0.5 < lam_power <= 1, so sum lam_k = inf and sum lam_k^2 < inf (Robbins-Monro, paper s.6).
-With reward_target 'data', the score at the data end, s(x) = grad log p(x), is read from the
-network at t_r = 0.05 and deconvolved (density.deconvolved_score): the network is trained and
-tuned where it is accurate (t_r 0.001 diverged at lam 0.3; the solver's loss fits a tuned
-score only from t ~ 0.03 up), and the deconvolution removes the smoothing, exactly where
-p_{k-1} is locally Gaussian. reward_target 'smoothed' (the default) reads s(x, t_r) as it is:
-the reward -lam log p_{k-1}(x, t_r), whose target p_{k-1} p_{k-1, t_r}^-lam is a different one.
-The solver's optional likelihood-ratio term (on by default) also needs the reward's values:
-r_k(x) = -lam_k log p_{k-1}(x) from the frozen previous model's PF-ODE at t_r (smeme.density),
-plus the deconvolution's local correction for 'data', which is what lets a round move mass
-between separated modes (solvers/adjoint_matching.py).
 
-The tuned network is a model of the round's tilt (the solver regresses in score units,
-solvers/adjoint_matching.py step 3), so the next round reads its reward from that network's
-score as users run it, and its samples, PF-ODE density and heatmaps all show the same model.
-Each round's metrics carry the solver's result beside its solver seconds: its health (the
-likelihood-ratio weights' effective sample size, how often they were tempered) and whether it
-converged (solver_converged, solver_control_change; SolverResult.round_metrics).
+The score is read from the network at t_r (0.05 by default), where it is accurate:
+- reward_target 'smoothed' (default) uses s(x, t_r) as it is: the reward is
+  -lam log p_{k-1}(x, t_r), whose exact round is p_{k-1} p_{k-1}(., t_r)^-lam;
+- reward_target 'data' deconvolves it to the data end (density.deconvolved_score), giving
+  the paper's reward -lam log p_{k-1}(x), exact wherever p_{k-1} is locally Gaussian.
+The solver's likelihood-ratio term also needs the reward's values: r_k(x) from the frozen
+previous model's PF-ODE at t_r (smeme.density.log_prob), plus the deconvolution's local
+correction for 'data' (RoundReward).
 
-Each finished round is checked (finite weights, on-support share not down by more than
-max_validity_drop against the previous round) and saved at once with its metrics; a
-rejected round raises ExploreError and leaves the previous round as the latest.
+The tuned network is itself a model of the round's tilt (the solver regresses in score
+units), so the next round reads its reward from that network's score, and its samples,
+PF-ODE density and heatmaps all show the same model. Each round's metrics carry the
+solver's result beside its solver seconds: the likelihood-ratio weights' health and whether
+the control converged (SolverResult.round_metrics).
 
-One round loop serves every kind of round: drive_rounds asks a RoundKind for round k's
-problem (frozen base, tuned copy, reward, solver settings), solves it, and hands the result
-back to the kind to check, measure and save. PointRounds is the kind of smeme.store's point
-and digits runs (run_rounds); Stable Diffusion and the in-memory public API add their own.
+Contract: each finished round is checked (finite weights, on-support share not down by more
+than max_validity_drop against the previous round) and saved at once with its metrics; a
+rejected round raises ExploreError and leaves the previous round as the latest. One round
+loop serves every kind of round: drive_rounds asks a RoundKind for round k's problem (frozen
+base, tuned copy, reward, solver settings), solves it, and hands the result back to the kind
+to check, measure and save. PointRounds is the kind of smeme.store's point and digits runs
+(run_rounds); Stable Diffusion (smeme.images.sd_explore) and the in-memory public API
+(smeme.api) add their own.
 """
 from __future__ import annotations
 
@@ -64,83 +63,96 @@ class ExploreError(ValueError):
 
 @dataclass
 class ExploreConfig(ConfigBase):
+    """Settings of S-MEME rounds (point data and digits runs, and the public API's rounds).
+
+    Args:
+        lam (`float`, defaults to 0.1):
+            lambda = 1/alpha, the mirror-descent step: round k's exact target is p_{k-1}^(1 - lam). In (0, 1); 1 only
+            with `allow_lam_one`.
+        lam_schedule (`str`, defaults to `"constant"`):
+            `"constant"` (lam every round) or `"decreasing"` (lam / k^lam_power in round k).
+        lam_power (`float`, defaults to 0.6): Exponent of the decreasing schedule, in (0.5, 1] (Robbins-Monro).
+        solver (`str`, defaults to `"adjoint"`): `"adjoint"` (Adjoint Matching) or `"student-teacher"`.
+        iterations (`int`, defaults to 15):
+            Solver iterations per round, each on fresh trajectories: the round's budget.
+        trajectories (`int`, defaults to 1024): Trajectories sampled per solver iteration.
+        steps (`int`, defaults to 50): DDPM steps of each trajectory.
+        adam_steps (`int`, defaults to 2): Adam steps per iteration on the same trajectories.
+        lr (`float`, *optional*):
+            The solver's learning rate. None (default): 2e-3 * sqrt(lam_k / 0.3), since Adam's iterate noise is ~lr
+            while the control to learn grows with lam.
+        likelihood_ratio_share (`float`, defaults to 0.8):
+            Share of the stochastic steps, the earliest, that also regress onto the likelihood-ratio target (one
+            PF-ODE solve of the reward's values per iteration); 0 turns the term off (Adjoint Matching alone).
+        reward_ode_steps (`int`, defaults to 8): RK4 steps of the PF-ODE that gives the reward's values (at least 2).
+        adjoint_weight_on_lr_steps (`float`, defaults to 0.0):
+            Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers; 0 leaves those steps to
+            the likelihood-ratio term (the lean adjoint is heavy-tailed there) and skips their backward pass.
+        likelihood_ratio_target (`str`, defaults to `"next"`):
+            The likelihood-ratio term's target: `"next"` E*[zeta_i | x_i], or `"current"` J_i^T E*[zeta_i | x_i] =
+            std_i grad V_i (exact in closed form, one base VJP per selected step); README, "Known limits", says why
+            `"next"` is the default.
+        outlier_mode (`str`, defaults to `"off"`):
+            Adjoint Matching's outlier rule: `"off"`, `"drop"` (the official code's) or `"scale"`.
+        weight_ema (`float`, *optional*, defaults to 0.9):
+            EMA decay of the tuned weights over the iterations after `average_start`; the round keeps the average.
+            None: the last iterate.
+        average_start (`float`, defaults to 0.5):
+            Share of the iterations before the weight average starts (a tail average, past the iterates whose control
+            is still growing).
+        t_r (`float`, defaults to 0.05):
+            Diffusion time, in (0, 1), at which the previous round's score gives the reward; the solver's loss fits
+            the tuned score well only from t ~ 0.03 up.
+        reward_target (`str`, defaults to `"smoothed"`):
+            `"smoothed"`: r = -lam log p_{k-1}(x, t_r), whose target p_{k-1} p_{k-1}(., t_r)^-lam is the paper's only
+            where every direction and mode is much wider than sqrt(1 - ab(t_r)) (0.17 at t_r = 0.05); `"data"`: the
+            paper's -lam log p_{k-1}(x), read at t_r and deconvolved (exact where p_{k-1} is locally Gaussian).
+            README, "Known limits", says why `"smoothed"` is the default.
+        reward (`str`, defaults to `"previous"`):
+            `"previous"`: the gradient from round k-1's score (the paper's); `"pretrained"`: from round 0's, scaled by
+            prod_{i<k}(1 - lam_i) (module docstring).
+        score_clip (`float`, *optional*):
+            Caps |s(x, t_r)| per sample at score_clip / sqrt(1 - ab(t_r)). None (default): off.
+        seed (`int`, defaults to 0): Seed of the solver's noise; round k's solver gets seed * 10,007 + k.
+        allow_lam_one (`bool`, defaults to False):
+            Allows lam = 1 (Theorem 5.2's one-step case, which needs a compact support).
+        max_validity_drop (`float`, defaults to 0.2):
+            A round whose on-support share falls by more than this (a share, 0.2 = 20 points) below the previous
+            round's is rejected.
+        metrics_n (`int`, defaults to 4096): Samples drawn for each round's metrics.
+        metrics_logp (`bool`, defaults to True):
+            Also computes the PF-ODE cross-entropy and surprise (the slow metrics).
+        solver_options (`dict`, defaults to `{}`):
+            Any other `AdjointMatchingConfig` or `StudentTeacherConfig` field by name; it overrides the settings
+            above.
+    """
     config_error, config_label = ExploreError, "explore"
-    lam: float = 0.1  # lambda = 1/alpha of the mirror-descent step
-    lam_schedule: str = "constant"  # 'constant' | 'decreasing' (lam / k^lam_power)
+    lam: float = 0.1
+    lam_schedule: str = "constant"
     lam_power: float = 0.6
-    solver: str = "adjoint"  # 'adjoint' | 'student-teacher'
-    iterations: int = 15  # solver iterations per round (the budget)
-    # Toy (two squares): with the lean adjoint alone, the mass moved between the squares is
-    # carried by < 1% of the trajectories (those crossing the region where the base flow
-    # decides between the squares; their lean adjoint grows ~60x backwards), and lam = 0.3
-    # reached about half of the exact shift. Dropping outlier trajectories (the official
-    # code's rule) moved no mass at all; with 'scale' the likelihood-ratio term below moved
-    # half as much (its signal and the adjoint's heavy tail add up). The term carries the
-    # signal on every trajectory. With it (lr 2e-3), 1,024 trajectories x 25 iterations left
-    # round 1's sparse share (lam 0.1) at 0.091-0.113 over seeds 0-2 (exact tilt 0.098);
-    # 2,048 x 15 gave 0.097-0.098 for seeds 0-3, in about the same time. With the adjoint term
-    # off on the likelihood-ratio steps (adjoint_weight_on_lr_steps below) 1,024 trajectories
-    # reach 0.94-1.06 (lam 0.1) and 0.87-1.03 (lam 0.3) of the exact log-odds shift (seeds 5-9)
-    # in half the time of 2,048 (BENCHMARKS.md, issue 14).
+    solver: str = "adjoint"
+    iterations: int = 15
     trajectories: int = 1024
     steps: int = 50
     adam_steps: int = 2
-    # None: 2e-3 * sqrt(lam_k / 0.3). Adam moves the weights by ~lr a step whatever the
-    # gradient's size, so the iterate noise is ~lr while the control to learn grows with lam.
-    # Toy, 4 seeds x 2 pre-trained models, 3 rounds: lr 2e-3 met every bar at lam 0.3 (8/8) but
-    # swung the sparse share +-20% at lam 0.1 (5/8); 1e-3 met 7/8 at lam 0.1 and under-tilted at
-    # lam 0.3 (6/8, every round short).
     lr: float | None = None
-    # Earliest share of the solver's stochastic steps that also regress onto the
-    # likelihood-ratio target (needs r's values: a PF-ODE solve of reward_ode_steps RK4
-    # steps per iteration, ~0.07 s for 1,024 toy samples). 0: Adjoint Matching alone.
     likelihood_ratio_share: float = 0.8
-    # 8: with 6 steps, round 1 at lam 0.3 overshot in 2 of 3 seeds (sparse share 0.191-0.204 against
-    # an exact 0.147; 8 steps: 0.131-0.147), though r at the squares' centres moved by only 0.02
     reward_ode_steps: int = 8
-    # Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers. Both
-    # regress the same control, but there the lean adjoint is heavy-tailed (trajectories through
-    # the toy's decision region carry it ~60x backwards) and swung one round's tilt by +-50%
-    # between solver seeds (toy, lam 0.1, seeds 5-9: 0.49-1.46 of the exact log-odds shift); with
-    # the likelihood-ratio term alone there 0.92-1.05. 0 also spares the backward pass over them.
     adjoint_weight_on_lr_steps: float = 0.0
-    # The likelihood-ratio term's target: 'current' J_i^T E*[zeta_i | x_i] = std_i grad V_i, whose fixed
-    # point is the exact tilt (one base VJP per selected step); 'next' E*[zeta_i | x_i] is off by J_i^-T
-    # (over-tilts a linear reward's shift by 3-5% at explore's settings). 'next' is the default:
-    # with 'current' trained Gaussian rounds land lower (d = 2: 0.86-0.89 of the exact gain, 0.93 with
-    # 'next'), a gap not yet explained (README, "Known limits").
     likelihood_ratio_target: str = "next"
-    outlier_mode: str = "off"  # Adjoint Matching's outlier rule ('off' | 'drop' (official code) | 'scale'); see above
-    # Toy, lam 0.1: each iterate's sparse share swung over 0.08-0.14 (closed form 0.102); the
-    # EMA of the weights after a 20% burn-in landed on 0.101-0.108 (seeds 0-3). None: off.
+    outlier_mode: str = "off"
     weight_ema: float | None = 0.9
-    # Share of the iterations before the average starts: a tail average. With a 20% burn-in the
-    # average took in iterates whose control was still growing from zero and a trained Gaussian
-    # CSV round reached 0.85-0.89 of its exact gain (d = 2 and 3); the later half holds iterates
-    # that have converged, so the average removes their noise without that lag.
     average_start: float = 0.5
-    # t_r = 0.05 (not 0.01): a smoother reward (noise scale ~4x wider) gives a less noisy tilt;
-    # toy, lam 0.1: within 8% of the closed form per round; 0.07 and 0.1 under-tilted (0.07, lam 0.3: -24 to -37%).
-    # The next round reads the tuned score at t_r, and the solver's loss (weight std_i^2 per step)
-    # fits that score only from t ~ 0.03 up: at 0.01 a Gaussian round read 1.5x the exact change.
-    t_r: float = 0.05  # time at which the previous round's score gives the reward gradient
-    # 'data': the paper's reward -lam log p_{k-1}(x) at the data end, read from the score at t_r
-    # and deconvolved (density.deconvolved_score: exact where p_{k-1} is locally Gaussian; a 5-D
-    # Gaussian's direction of variance 0.06 gets its whole gain, where the smoothed reward's exact
-    # tilt reaches 0.6 of it). 'smoothed': -lam log p_{k-1}(x, t_r), a different target,
-    # p_{k-1} p_{k-1, t_r}^-lam, that equals the paper's only where every direction and mode is
-    # much wider than sqrt(1 - ab(t_r)) (0.17 at 0.05); gentler at sharp support edges. The
-    # default stays 'smoothed' until trained rounds reach the paper's target within the fidelity
-    # tests' bars with 'data' (README, "Known limits").
+    t_r: float = 0.05
     reward_target: str = "smoothed"
-    reward: str = "previous"  # 'previous' (paper) | 'pretrained' (see module docstring)
-    score_clip: float | None = None  # cap |s(x, t_r)| per sample at score_clip / sqrt(1 - ab(t_r)) (None: off)
+    reward: str = "previous"
+    score_clip: float | None = None
     seed: int = 0
     allow_lam_one: bool = False
-    max_validity_drop: float = 0.20  # reject a round whose on-support share drops more than this
+    max_validity_drop: float = 0.20
     metrics_n: int = 4096
-    metrics_logp: bool = True  # PF-ODE cross-entropy and surprise (the slow metrics)
-    solver_options: dict = field(default_factory=dict)  # any other AdjointMatching/StudentTeacher setting
+    metrics_logp: bool = True
+    solver_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         lam = self.lam

@@ -3,7 +3,7 @@
 Each preset: `model` (the registry's model config minus 'dim', which the data fixes) and
 `train` (a TrainConfig). 'tiny' is a seconds-long preset for tests; it is not accurate.
 Data sets defined above the core register theirs (smeme.extensions.register_preset).
-Measured numbers behind these choices: BENCHMARKS.md (bench/bench_pretrain.py).
+Their measured quality and cost: BENCHMARKS.md (bench/bench_pretrain.py).
 """
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ from .train import TrainConfig
 
 @dataclass(frozen=True)
 class Preset:
+    """A data set's default model and training.
+
+    Args:
+        model (`dict`): The model registry's config (its 'kind' and fields) minus 'dim', which the data fixes.
+        train (`TrainConfig`, defaults to `TrainConfig()`): The pre-training settings.
+    """
     model: dict
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -28,19 +34,17 @@ PRESETS: dict[str, Preset] = {
                           small_t_power=2.0),
     ),
     # Two uniform squares: sharp edges need many small-t samples (t = u^3 for most of a batch),
-    # depth 4 and large batches (measured: depth 3 or batch 512 left > 3% of samples off the squares).
+    # depth 4 and large batches to keep samples on the squares.
     "toy": Preset(
         model={"kind": "mlp", "width": 96, "depth": 4, "time_dim": 32},
         train=TrainConfig(steps=2500, batch_size=1024, lr=1e-2, warmup=100, small_t_fraction=0.7,
                           small_t_power=3.0),
     ),
     # Any numeric CSV (2 to 64 columns); steps scale with the rows (sized_preset), 4,000 at
-    # 20,000 rows. On a 3-component 2-D mixture (20,000 rows) the PF-ODE log-density was
-    # 0.060 nats from the truth on average (Spearman 0.998; bench/bench_csv_density.py),
-    # against 0.17 before prior_skip and EMA 0.999: the skip makes the untrained net the exact
-    # N(0, I), so at large t (where the PF-ODE weighs errors by beta ~ 10-20) it has little
-    # left to learn; 8,000 steps without it still gave 0.11, width 256 0.20. linear_skip gives
-    # rounds a linear path along directions the skip alone fits (see MLPConfig; MAE 0.067).
+    # 20,000 rows. prior_skip makes the untrained net the exact N(0, I), so at large t (where
+    # the PF-ODE weighs score errors by beta ~ 10-20) it has little left to learn; linear_skip
+    # lets rounds change the data linearly along any direction (MLPConfig). The log-density's
+    # accuracy: bench/bench_csv_density.py.
     "csv": Preset(
         model={"kind": "mlp", "width": 128, "depth": 3, "time_dim": 32, "prior_skip": 1.0, "linear_skip": 3},
         train=TrainConfig(steps=4000, batch_size=1024, lr=5e-3, warmup=50, ema=0.999,
@@ -70,10 +74,9 @@ def sized_preset(name: str, rows: int) -> Preset:
     """The preset for data set `name`, sized to a data set of `rows` rows.
 
     Only 'csv' scales (every other preset, 'tiny' included, comes back as is): one step per
-    CSV_ROWS_PER_STEP rows, kept between CSV_MIN_STEPS and CSV_MAX_STEPS. 4,000 steps at
-    20,000 rows is what the 0.08-nat target needed (BENCHMARKS.md, issue 14); a smaller
-    file has less to learn and is fitted sooner, and the cap bounds the cost (CPU at one
-    thread: 12.8 ms a step for 2 columns, 16.0 ms for 64: at most ~64 s and ~80 s).
+    CSV_ROWS_PER_STEP rows, kept between CSV_MIN_STEPS and CSV_MAX_STEPS: 20,000 rows get the
+    4,000 steps the 0.08-nat log-density target needs, a smaller file has less to learn, and
+    the cap bounds the cost (about a minute and a half at one CPU thread).
     """
     chosen = get_preset(name)
     if name != "csv":

@@ -12,7 +12,13 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class VPSchedule:
-    """Continuous variance-preserving schedule of score_sde (beta linear in t)."""
+    """Continuous variance-preserving schedule of score_sde: beta(t) linear in t in [0, 1]
+    (0 = data), ab(t) = exp(-int_0^t beta(s) ds).
+
+    Args:
+        beta_min (`float`, defaults to 0.1): beta(0), the noise rate at the data end.
+        beta_max (`float`, defaults to 20.0): beta(1), the noise rate at the noise end (ab(1) ~ 4e-5).
+    """
 
     beta_min: float = 0.1
     beta_max: float = 20.0

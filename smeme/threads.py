@@ -1,7 +1,7 @@
 """Torch thread count: a setting, defaulting to one thread.
 
-Measured on the 2-core target machine (see BENCHMARKS.md): small models ran several
-times slower with torch's default of two threads whenever the other core was busy.
+On a 2-core machine small models run several times slower with torch's default of two
+threads whenever the other core is busy (BENCHMARKS.md).
 """
 from __future__ import annotations
 

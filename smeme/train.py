@@ -28,18 +28,34 @@ ProgressFn = Callable[[int, int, float], None]  # (step done, total steps, loss)
 
 @dataclass
 class TrainConfig(ConfigBase):
+    """Settings of denoising score-matching pre-training (module docstring's loss).
+
+    Args:
+        steps (`int`, defaults to 2000): Optimiser steps.
+        batch_size (`int`, defaults to 512): Rows per step.
+        lr (`float`, defaults to 3e-3): Adam's peak learning rate.
+        warmup (`int`, defaults to 50): Steps of linear warm-up to `lr`, followed by cosine decay to lr x lr_final.
+        lr_final (`float`, defaults to 0.02): The learning rate at the end, as a share of `lr`.
+        ema (`float`, defaults to 0.0): EMA decay of the weights, in [0, 1); the EMA weights are returned. 0: off.
+        seed (`int`, defaults to 0): Seed of all the training's randomness (same seed, same weights).
+        small_t_fraction (`float`, defaults to 0.3):
+            Share of each batch whose times are t = u^small_t_power (more small t).
+        small_t_power (`float`, defaults to 2.0): That power.
+        t_min (`float`, defaults to 1e-4): Smallest training time (ab(t) < 1 keeps the target defined).
+        grad_clip (`float`, defaults to 1.0): Maximum global gradient norm. 0: no clipping.
+    """
     config_error, config_label = ValueError, "training"
     steps: int = 2000
     batch_size: int = 512
     lr: float = 3e-3
-    warmup: int = 50  # linear warm-up steps, then cosine decay to lr * lr_final
+    warmup: int = 50
     lr_final: float = 0.02
-    ema: float = 0.0  # EMA decay of weights (0 = off); the EMA weights are returned
+    ema: float = 0.0
     seed: int = 0
-    small_t_fraction: float = 0.3  # share of each batch with t = u^small_t_power
+    small_t_fraction: float = 0.3
     small_t_power: float = 2.0
-    t_min: float = 1e-4  # smallest training time (ab(t) < 1 keeps the target defined)
-    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    t_min: float = 1e-4
+    grad_clip: float = 1.0
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1:

@@ -1,6 +1,7 @@
 """Shared helpers of the AppTest files (tests/test_app_*.py): the app under AppTest, its
-figures and metrics as data, a job held open, and jobs settled before a rerun. The cache
-fixtures they use (`built_cache`, `cache`) are in conftest.py."""
+figures and metrics as data, a job held open, jobs settled before a rerun, and the tiny runs
+of the Fields and Rounds views (`tiny_cache`, `csv_run`). The cache fixtures most files use
+(`built_cache`, `cache`) are in conftest.py."""
 from __future__ import annotations
 
 import contextlib
@@ -14,6 +15,7 @@ from smeme.services import jobs
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 60
+SLOW_TIMEOUT = 90  # seconds a script run may take on the Fields and Rounds views (many figures)
 
 
 @contextlib.contextmanager
@@ -54,11 +56,22 @@ def held_job(folder, kind, progress=None, **start):
         job.wait(10)
 
 
-def app(run: str | None = None):
+def app(run: str | None = None, timeout: float = TIMEOUT):
+    """The app under AppTest, not yet run, with `run` as the current run."""
     from streamlit.testing.v1 import AppTest
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at = AppTest.from_file(APP, default_timeout=timeout)
     if run:
         at.session_state["run"] = run
+    return at
+
+
+def opened(run: str | None = None, page: str | None = None):
+    """The app run once with `run` current, then switched to `page`; no exception on either."""
+    at = app(run, SLOW_TIMEOUT)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
     return at
 
 
@@ -66,14 +79,19 @@ def figs(at) -> list[dict]:
     return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
 
 
+def fig_with(at, text: str) -> dict:
+    """The first figure whose layout mentions `text`."""
+    return [f for f in figs(at) if text in json.dumps(f["layout"])][0]
+
+
 def arr(v) -> list:
-    """A Plotly array from a chart spec (plotly 6+ ships numbers as base64 'bdata')."""
+    """A Plotly array from a chart spec, flat (plotly 6+ ships numbers as base64 'bdata')."""
     import base64
 
     import numpy as np
-    if isinstance(v, dict) and "bdata" in v:
+    if isinstance(v, dict) and "bdata" in v:  # flat, whatever its shape
         return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
-    return list(v)
+    return list(np.ravel(np.asarray(v, dtype=object))) if v is not None else []
 
 
 def fig_text(at) -> str:
@@ -121,3 +139,40 @@ def captions(at) -> str:
 
 
 CSV = b"x,y\n" + b"".join(f"{i % 7},{(i * 3) % 11}\n".encode() for i in range(300))
+
+
+@contextlib.contextmanager
+def tiny_cache(root: Path, datasets=("toy", "triangles")):
+    """Yields {'root', 'toy', 'tri'} (resolved run folders) with SMEME_CACHE_DIR set to root: a
+    tiny toy run with 2 explored rounds and a tiny triangles run with 1, heatmaps computed."""
+    from smeme.explore import ExploreConfig, run_rounds
+    from smeme.pipeline import pretrain_run
+    from smeme.services import launch, runs, settings
+    out = {"root": root}
+    with tiny_app_env(root):
+        for name, key, rounds, n in (("toy", "toy", 2, 2000), ("triangles", "tri", 1, 1024)):
+            if name not in datasets:
+                continue
+            folder = settings.runs_dir() / key
+            pretrain_run(folder, name, n=n, preset="tiny")
+            run = runs.open_run(folder)
+            run_rounds(run, rounds, ExploreConfig(**settings.explore_defaults(run)))
+            launch.start_heatmaps(folder, runs.open_run(folder).rounds())
+            assert jobs.wait_all(240)
+            out[key] = str(folder.resolve())
+        yield out
+
+
+def csv_run(root: Path, rows: int = 400, steps: int = 20, name: str = "csv3") -> str:
+    """A tiny 3-column CSV run (round 0 only) in the current cache."""
+    import numpy as np
+
+    from smeme.pipeline import pretrain_run
+    from smeme.services import settings
+    rng = np.random.default_rng(0)
+    table = root / "three.csv"
+    table.write_text("height,weight,age\n" + "\n".join(",".join(f"{v:.3f}" for v in row)
+                                                      for row in rng.normal(size=(rows, 3))))
+    folder = settings.runs_dir() / name
+    pretrain_run(folder, "csv", dataset_params={"path": str(table)}, preset="tiny", steps=steps)
+    return str(folder.resolve())

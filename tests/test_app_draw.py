@@ -4,28 +4,24 @@ be trained. Tiny models (SMEME_APP_PRESET=tiny) in a temporary cache."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from apptest_helpers import TIMEOUT, app
 from smeme.services import jobs, runs, settings
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TIMEOUT = 60
 
 
 @pytest.fixture
-def empty_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMEME_CACHE_DIR", str(tmp_path / "cache"))
+def empty_cache(empty_cache, monkeypatch):
+    """conftest's empty cache, with the app's tiny preset."""
     monkeypatch.setenv("SMEME_APP_PRESET", "tiny")
-    yield tmp_path / "cache"
-    jobs.wait_all(60)
+    return empty_cache
 
 
 def model_page():
-    from streamlit.testing.v1 import AppTest
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at = app().run()
     at.switch_page("pages/1_Model.py").run()
     assert not at.exception, at.exception
     return at

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from app_runs import app, arr, csv_run, fig_with, figs, tiny_cache
+from apptest_helpers import arr, csv_run, fig_with, figs, opened, tiny_cache
 from smeme.services import fields, runs
 
 PAGE = "pages/7_Fields.py"
@@ -28,7 +28,7 @@ def arrows(at, name: str) -> np.ndarray:
 
 
 def test_fields_show_both_arrow_sets_and_paths_for_a_round_and_a_time(cache):
-    at = app(cache["toy"], PAGE)
+    at = opened(cache["toy"], PAGE)
     assert at.select_slider(key="f_round").value == 2
     fig = fig_with(at, "reward gradient of round 2")
     assert "learned change at t = 0.05" in json.dumps(fig["layout"])
@@ -43,7 +43,7 @@ def test_fields_show_both_arrow_sets_and_paths_for_a_round_and_a_time(cache):
 
 
 def test_the_time_slider_moves_only_the_learned_change(cache):
-    at = app(cache["toy"], PAGE)
+    at = opened(cache["toy"], PAGE)
     reward, change = arrows(at, "reward gradient"), arrows(at, "learned change")
     at.select_slider(key="f_t").set_value(0.9).run()
     assert not at.exception
@@ -62,7 +62,7 @@ def test_the_time_slider_moves_only_the_learned_change(cache):
 
 
 def test_another_round_redraws_the_fields(cache):
-    at = app(cache["toy"], PAGE)
+    at = opened(cache["toy"], PAGE)
     at.select_slider(key="f_round").set_value(1).run()
     assert not at.exception
     assert "reward gradient of round 1" in json.dumps(fig_with(at, "reward gradient")["layout"])
@@ -70,10 +70,10 @@ def test_another_round_redraws_the_fields(cache):
 
 
 def test_runs_without_fields_say_why(cache):
-    at = app(cache["tri"], PAGE)
+    at = opened(cache["tri"], PAGE)
     assert any("maps its columns to other features" in i.value for i in at.info)
     assert not figs(at)
-    at = app(csv_run(cache["root"]), PAGE)
+    at = opened(csv_run(cache["root"]), PAGE)
     assert any("only its pre-trained round" in i.value for i in at.info)
 
 
@@ -83,7 +83,7 @@ def test_a_csv_of_three_columns_draws_a_chosen_pair(cache):
     folder = csv_run(cache["root"], name="csv3-explored")
     run = runs.open_run(folder)
     run_rounds(run, 1, ExploreConfig(**settings.explore_defaults(run)))
-    at = app(folder, PAGE)
+    at = opened(folder, PAGE)
     assert any("held at their medians" in c.value for c in at.caption)
     at.selectbox(key="f_col_y").set_value(2).run()
     assert not at.exception

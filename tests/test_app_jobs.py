@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from apptest_helpers import app
 from smeme.services import access, image_runs, jobs
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 IMAGES = "pages/4_Images.py"
-
-
-def session():
-    from streamlit.testing.v1 import AppTest
-    return AppTest.from_file(APP, default_timeout=60)
 
 
 def progress_texts(at) -> list[str]:
@@ -71,7 +65,7 @@ def start_in(at) -> jobs.Job:
 
 
 def test_a_pretraining_started_in_one_tab_shows_with_its_progress_in_another(cache, paced_training):
-    a, b = session().run(), session().run()
+    a, b = app().run(), app().run()
     job = start_in(a)
     deadline = time.monotonic() + 30
     while job.snapshot()["eta"] is None and time.monotonic() < deadline:  # past the estimator's warm-up
@@ -87,7 +81,7 @@ def test_a_pretraining_started_in_one_tab_shows_with_its_progress_in_another(cac
 
 
 def test_only_the_session_that_started_a_job_may_stop_it(cache, paced_training):
-    a, b = session().run(), session().run()
+    a, b = app().run(), app().run()
     job = start_in(a)
     b.switch_page(IMAGES).run()
     assert stop_keys(b) == []  # hidden, not greyed out
@@ -102,7 +96,7 @@ def test_only_the_session_that_started_a_job_may_stop_it(cache, paced_training):
 
 
 def test_the_single_user_switch_lets_any_session_stop_any_job(cache, paced_training, monkeypatch):
-    a, b = session().run(), session().run()
+    a, b = app().run(), app().run()
     job = start_in(a)
     monkeypatch.setenv("SMEME_SINGLE_USER", "1")
     b.switch_page(IMAGES).run()
@@ -112,11 +106,11 @@ def test_the_single_user_switch_lets_any_session_stop_any_job(cache, paced_train
 
 
 def test_viewers_never_stop_a_job_even_in_single_user_mode(cache, paced_training, monkeypatch):
-    a = session().run()
+    a = app().run()
     job = start_in(a)
     monkeypatch.setenv("SMEME_VIEWER", "1")
     monkeypatch.setenv("SMEME_SINGLE_USER", "1")
-    for at in (a, session().run()):  # the session that started it, and another
+    for at in (a, app().run()):  # the session that started it, and another
         at.switch_page(IMAGES).run()
         assert not at.exception
         assert progress_texts(at)  # viewers still see the progress
@@ -148,7 +142,7 @@ def test_the_demo_and_budget_jobs_belong_to_the_session_that_starts_them(cache, 
 
     monkeypatch.setattr(demo, "_stages", lambda owner: [])  # nothing to train: only the demo's own job
     monkeypatch.setattr(demo, "import_ready_digits", lambda: None)
-    at = session().run()
+    at = app().run()
     at.button(key="home_demo_start").click().run()
     job = demo.job()
     assert job is not None and job.owner == at.session_state["_smeme_owner"]

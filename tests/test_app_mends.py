@@ -1,7 +1,7 @@
 """Issue 24's mends, each through the page (AppTest) or the command a user runs: triangles'
 support numbers add up, per-data-set text, Budget's sweep list, viewer mode hides what it
 cannot do, the loss chart's ticks, shares in percent, Home's next step, the sidebar while a
-run trains, CLI help with defaults, `budget` progress on stderr, README's file references."""
+run trains, CLI help with defaults, `budget` progress on stderr (README's file references: tests/test_readme.py)."""
 from __future__ import annotations
 
 import argparse
@@ -147,7 +147,7 @@ def test_the_sidebar_names_a_training_run_with_its_progress(cache):
         assert any("being-trained: " in c.value and "(40%)" in c.value for c in at.sidebar.caption)
 
 
-# ------------------------------------------------------------------------------ CLI, README
+# ------------------------------------------------------------------------------ CLI
 
 def _options(parser: argparse.ArgumentParser):
     for action in parser._actions:
@@ -184,10 +184,3 @@ def test_budget_prints_progress_to_stderr_before_the_first_k_ends(cache, capsys)
     assert lines[0].startswith("budget: K = 1 (1 of 2), round 1 of 1")
     assert any(l.startswith("budget: K = 2 (2 of 2), round 2 of 2") for l in lines)
     assert len(out.strip().splitlines()) == 2  # the JSON lines, one per K, on stdout
-
-
-def test_readme_points_only_at_files_in_the_repository():
-    text = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"`((?:[\w.-]+/)+[\w.-]+\.\w+)`", text)) | set(re.findall(r"\]\(([^)#:]+)\)", text))
-    assert "DESIGN.md" not in text
-    assert named and not [p for p in named if not (ROOT / p).exists()]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from app_runs import app, arr, csv_run, fig_with, figs, tiny_cache
+from apptest_helpers import SLOW_TIMEOUT, app, arr, csv_run, figs, opened, tiny_cache
 from smeme.services import motion, runs
 from smeme.services.figures import PREVIOUS_COLOR
 
@@ -24,7 +24,7 @@ def player(at) -> dict:
 
 
 def test_the_rounds_figure_has_a_frame_per_round_on_fixed_axes(cache):
-    at = app(cache["toy"], "pages/5_Rounds.py")
+    at = opened(cache["toy"], "pages/5_Rounds.py")
     fig = player(at)
     rounds = runs.open_run(cache["toy"]).rounds()
     assert [f["name"] for f in fig["frames"]] == [str(k) for k in rounds] == ["0", "1", "2"]
@@ -48,7 +48,7 @@ def test_the_rounds_figure_has_a_frame_per_round_on_fixed_axes(cache):
 
 
 def test_the_speed_control_sets_the_frame_duration(cache):
-    at = app(cache["toy"], "pages/5_Rounds.py")
+    at = opened(cache["toy"], "pages/5_Rounds.py")
     duration = lambda: player(at)["layout"]["updatemenus"][0]["buttons"][0]["args"][1]["frame"]["duration"]  # noqa: E731
     assert duration() == motion.SPEEDS["normal"]
     at.select_slider(key="r_speed").set_value("fast").run()
@@ -58,7 +58,7 @@ def test_the_speed_control_sets_the_frame_duration(cache):
 
 
 def test_triangles_play_both_category_views(cache):
-    at = app(cache["tri"], "pages/5_Rounds.py")
+    at = opened(cache["tri"], "pages/5_Rounds.py")
     fig = player(at)
     assert [f["name"] for f in fig["frames"]] == ["0", "1"]
     text = json.dumps(fig["layout"])
@@ -68,19 +68,16 @@ def test_triangles_play_both_category_views(cache):
 
 def test_the_projector_toggle_restyles_every_page(cache):
     # the toggle lives in the sidebar (AppTest draws the sidebar with app.py, not with a page alone)
-    at = app(cache["toy"])
+    at = opened(cache["toy"])
     assert not at.toggle(key="projector").value
     assert all(f["layout"].get("font", {}).get("size") != motion.PROJECTOR_FONT for f in figs(at))
     at.toggle(key="projector").set_value(True).run()
     assert not at.exception and figs(at)
     assert all(f["layout"]["font"]["size"] == motion.PROJECTOR_FONT for f in figs(at))
     # the pages read the toggle's session key: the Rounds player grows its points and darkens round k-1
-    plain = player(app(cache["toy"], "pages/5_Rounds.py"))
-    from streamlit.testing.v1 import AppTest
-
-    from app_runs import APP, TIMEOUT
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["run"], at.session_state["projector"] = cache["toy"], True
+    plain = player(opened(cache["toy"], "pages/5_Rounds.py"))
+    at = app(cache["toy"], SLOW_TIMEOUT)
+    at.session_state["projector"] = True
     for page in ("pages/5_Rounds.py", "pages/1_Model.py", "pages/7_Fields.py"):
         at.switch_page(page).run()
         assert not at.exception and figs(at)
@@ -95,7 +92,7 @@ def test_the_projector_toggle_restyles_every_page(cache):
 
 def test_a_csv_run_plays_a_chosen_pair_of_columns(cache):
     folder = csv_run(cache["root"])
-    at = app(folder, "pages/5_Rounds.py")
+    at = opened(folder, "pages/5_Rounds.py")
     assert any("only the pre-trained round" in i.value for i in at.info)
     at.selectbox(key="r_col_y").set_value(2).run()
     assert not at.exception

@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from apptest_helpers import app
 from smeme.bundle import BundleError
 from smeme.services import image_runs, jobs, runs
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
-
-
-def session():
-    from streamlit.testing.v1 import AppTest
-    return AppTest.from_file(APP, default_timeout=120)
 
 
 @pytest.fixture
@@ -43,7 +38,7 @@ def test_the_ready_model_ships_checksummed_and_small():
 
 
 def test_one_click_on_images_imports_it_and_rounds_can_start(cache):
-    at = session().run()
+    at = app(timeout=120).run()
     at.switch_page("pages/4_Images.py").run()
     assert not at.exception
     assert any("use the ready one" in i.value for i in at.info)

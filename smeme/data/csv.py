@@ -75,10 +75,8 @@ class CsvDomain(Domain):
         return self.nearest_distance(raw) <= self.nn_threshold
 
     def explore_defaults(self) -> dict:
-        # 1,024 trajectories x 30 iterations (not 2,048 x 15; the same cost): on a trained 3-D
-        # Gaussian CSV model, rounds 2 and 3 reached only 0.84-0.87 of their own exact tilt at
-        # 15 (or 20) iterations, so 3 rounds fell to 0.89-0.90 of the exact recursion; more
-        # Adam steps fix that (BENCHMARKS.md, 2026-12-02, later: the options measured).
+        # 30 iterations of 1,024 trajectories: later rounds of a CSV model need more Adam steps
+        # than the toy's 15 to reach their tilt (BENCHMARKS.md, solver fidelity).
         return {"iterations": 30, "trajectories": 1024}
 
     def plane_grid(self, resolution: int = 64):

@@ -32,13 +32,26 @@ FEATURE_DIM = 64
 
 @dataclass(frozen=True)
 class ClassifierConfig(ConfigBase):
+    """Training settings of the digit classifier behind the digits metrics (its cache key).
+
+    Args:
+        epochs (`int`, defaults to 40): Passes over the 1,797 digits.
+        batch_size (`int`, defaults to 64): Images per step.
+        lr (`float`, defaults to 2e-3): Adam's learning rate.
+        weight_decay (`float`, defaults to 1e-4): Weight decay.
+        seed (`int`, defaults to 0): Seed of the training.
+        outlier_weight (`float`, defaults to 0.5):
+            Weight of outlier exposure: junk images trained towards uniform probabilities.
+        version (`int`, defaults to 2):
+            Bumped when the training changes, so a cached classifier of an older one is not reused.
+    """
     config_error, config_label = ValueError, "classifier"
     epochs: int = 40
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    outlier_weight: float = 0.5  # outlier exposure: junk images trained towards uniform probabilities
+    outlier_weight: float = 0.5
     version: int = 2
 
     def key(self) -> str:

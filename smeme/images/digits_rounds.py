@@ -1,17 +1,15 @@
 """S-MEME rounds on the digits UNet: the digits' own Algorithm 1 defaults.
 
 The digits UNet is an ordinary NoisePredictor, so smeme.explore.run_rounds drives it; what
-digits need is their own defaults (the toy's 256 trajectories x 25 iterations at lr 2e-3
-would take ~10 minutes a round and overshoot: lr 3e-4 at lambda 0.3 collapsed round 2).
-Measured (bench/bench_images.py, 2-core CPU under load ~5): ~40-60 s a round, and with
-lambda = 0.1 over 3 rounds rare share 0.15 -> 0.19 -> 0.24 -> 0.32, Vendi diversity
-4.8 -> 5.1 -> 5.4 -> 5.9, confidence 0.98 -> 0.97 -> 0.96 -> 0.93.
+digits need is their own settings (DIGITS_ROUND, DIGITS_LAM, DIGITS_T_R), sized for a round
+of about a minute on a 2-core CPU (BENCHMARKS.md has the measured time and per-round
+metrics: rare-class share, Vendi diversity, classifier confidence).
 """
 from __future__ import annotations
 
 
 def digits_solver_config(**overrides):
-    """Adjoint Matching defaults for one digits round in <= 60 s on the 2-core CPU."""
+    """Adjoint Matching settings of one digits round (DIGITS_ROUND, then `overrides` that are not None)."""
     from ..solvers.adjoint_matching import AdjointMatchingConfig
 
     base = dict(DIGITS_ROUND)
@@ -19,15 +17,12 @@ def digits_solver_config(**overrides):
     return AdjointMatchingConfig(**base)
 
 
-# Image rounds keep the earlier control (the 40-step chain's own tilt; the network's score carries
-# kappa_i of it) and the smoothed reward -lam log p(x, t_r) at t_r 0.02: their settings were
-# measured with them. Issue 20 measured the point rounds' treatment on a CI digits round (score
-# control, the reward deconvolved to the data end at t_r 0.05, sharpening then capped at 20x):
-# it was rejected, the on-support share falling from 91.8% to 12.9%. The 64 pixels span a data
-# manifold of much lower rank; the deconvolution sharpened its nearly degenerate directions and
-# the reward pushed the samples off it. The cap is now 4x (not re-measured on digits); a floor
-# set from the data's own spectrum, or the deconvolution restricted to the directions the data
-# spans, is what the switch needs (density.deconvolved_score).
+# Image rounds use the DDPM-unit control (the 40-step chain's own tilt; the network's score
+# carries kappa_i of it) and the smoothed reward -lam log p(x, t_r): the deconvolved reward
+# sharpens the nearly degenerate directions of the 64 pixels' low-rank data manifold and
+# pushes samples off it (README, "Known limits"); see density.deconvolved_score.
+# DIGITS_ROUND: the AdjointMatchingConfig fields of one digits round; DIGITS_LAM: its lambda;
+# DIGITS_T_R: the diffusion time at which the previous round's score gives the reward.
 IMAGE_CONTROL = "ddpm"
 DIGITS_ROUND = dict(iterations=6, trajectories=64, steps=40, adam_steps=4, lr=1e-4, loss_steps=8,
                     late_fraction=0.5, clip_grad_norm=1.0, control=IMAGE_CONTROL)
@@ -42,8 +37,8 @@ def digits_explore_defaults() -> dict:
     return dict(lam=DIGITS_LAM, t_r=DIGITS_T_R, reward_target="smoothed", iterations=DIGITS_ROUND["iterations"],
                 trajectories=DIGITS_ROUND["trajectories"], steps=DIGITS_ROUND["steps"],
                 adam_steps=DIGITS_ROUND["adam_steps"], lr=DIGITS_ROUND["lr"], metrics_logp=False,
-                weight_ema=None,  # measured (BENCHMARKS.md) without averaging: 6 iterations leave no burn-in
-                likelihood_ratio_share=0.0,  # a 64-D UNet PF-ODE (Hutchinson) per iteration: not measured, left off
+                weight_ema=None,  # no weight average: 6 iterations leave no room for a burn-in
+                likelihood_ratio_share=0.0,  # off: it needs a 64-D UNet PF-ODE (Hutchinson) per iteration
                 solver_options=solver)
 
 

@@ -13,9 +13,8 @@ All computed on samples drawn under fixed noise, through the in-project digit cl
 - diversity: the Vendi score (Friedman & Dieng 2023) of the samples' classifier features
   with a cosine kernel, exp(entropy of the eigenvalues of K / n): the effective number of
   distinct samples. Scale-free on purpose: the mean pairwise feature distance (kept as
-  `feature_spread`) FELL while S-MEME rounds raised every entropy measure, because the
-  classifier's feature norms shrink on less prototypical digits (measured, lam = 0.1:
-  spread 28.0 -> 22.9 while Vendi rose 4.8 -> 5.9);
+  `feature_spread`) can fall while S-MEME rounds raise every entropy measure, because the
+  classifier's feature norms shrink on less prototypical digits;
 - entropy_knn: the Kozachenko-Leonenko k-NN entropy of the samples in pixel space
   (64-d, features in [-1, 1]: the quantity S-MEME maximises; biased in 64-d but comparable
   across rounds) and class_entropy, the entropy of the predicted-class histogram.

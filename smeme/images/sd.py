@@ -152,13 +152,33 @@ def load_pipeline(source, device=None, dtype=torch.float32):
 # -- the model ---------------------------------------------------------------------------
 @dataclass
 class SDConfig(ConfigBase):
+    """The Stable Diffusion model of an SD run: its pipeline, prompt, guidance and LoRA adapter.
+
+    Args:
+        source (`str`, defaults to `""`):
+            A local diffusers pipeline folder, or the name of a model in the local Hugging Face cache
+            (resolve_pipeline_folder); required.
+        prompt (`str`, defaults to `"A creative architecture."`): The text prompt every sample is conditioned on.
+        negative_prompt (`str`, defaults to `""`):
+            The unconditional branch's prompt (empty: the plain unconditional eps).
+        resolution (`int`, *optional*):
+            Image side in pixels. None (default): the UNet's sample_size x the VAE's factor.
+        guidance (`float`, defaults to 8.0):
+            Classifier-free guidance scale w of the model explored and sampled, at least 1 (the paper's w = 8).
+        lora_rank (`int`, defaults to 8): Rank r of the LoRA adapter.
+        lora_alpha (`float`, defaults to 8.0): LoRA's alpha (the update is scaled by alpha / r).
+        lora_targets (`tuple`, defaults to DEFAULT_TARGETS):
+            Names of the UNet's attention projections that get an adapter.
+        lora_seed (`int`, defaults to 0): Seed of the adapter's initialisation.
+        dtype (`str`, defaults to `"float32"`): `"float32"`, `"float16"` or `"bfloat16"`.
+    """
     config_error, config_label = SDError, "Stable Diffusion"
     ignored_keys = ("kind",)  # the model part of a run's config names its kind
     source: str = ""
     prompt: str = "A creative architecture."
     negative_prompt: str = ""
-    resolution: int | None = None  # pixels; None: the UNet's sample_size x the VAE factor
-    guidance: float = 8.0  # CFG scale of the model explored and sampled (paper: w = 8)
+    resolution: int | None = None
+    guidance: float = 8.0
     lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_targets: tuple = DEFAULT_TARGETS

@@ -25,17 +25,9 @@ guidance would apply w delta_c - (w - 1) delta_u: anywhere from delta_c to w del
 tilt, depending on how the adapter moves the unconditional eps (tests/test_sd_guidance.py
 builds that case exactly). Cost: every solver forward runs the UNet on 2x the batch.
 
-Defaults (paper Appendix G: 4 trajectories of 60 DDPM steps, 10 Adam steps per
-iteration with batch 8, 20 iterations per round, K = 3, lambda = 0.1, Adam lr 3e-7 for
-the full UNet). Batch 8 = 4 trajectories x 2 time steps per Adam step (loss_steps=2).
-LoRA lr 2e-5, from the paper's 3e-7 by matching the change per Adam step: Adam moves each
-trained weight by ~lr along its gradient's sign. Full fine-tuning moves all fan-in weights
-of a projection coherently, changing its output by ~lr * fan_in * |x| (fan_in 320-1280 in
-SD 1.5). A rank-r LoRA (B = 0 at the start, so only B moves) changes it by dB (A x): A x has
-r entries of size ~|x| / sqrt(3) (peft's uniform init of A), so ~lr * r * |x| / sqrt(3),
-about 4.6 lr |x| at r = 8: 70-280x less per step. Matching the paper therefore needs
-lr ~ 3e-7 x (70..280) = 2e-5..8e-5; we take the low end (S-MEME tilts a distribution by a
-little each round). It is a starting point to check on a GPU (bench/bench_images.py --sd PATH).
+Defaults follow the paper's Appendix G (4 trajectories of 60 DDPM steps, 10 Adam steps per
+iteration on batches of 8, 20 iterations per round, lambda = 0.1), scaled to LoRA:
+SDExploreConfig says how.
 
 Multi-process: `torchrun --nproc_per_node N -m smeme sd-explore --pipeline PATH --run-folder DIR
 --rounds 3` (the CLI's own entry point on every rank; Accelerate reads torchrun's environment).
@@ -81,6 +73,28 @@ class SDRunError(StoreError, ValueError):
 
 @dataclass
 class SDExploreConfig(ConfigBase):
+    """Settings of S-MEME rounds on Stable Diffusion (LoRA, guided), stored in an SD run's config.
+
+    Args:
+        lam (`float`, defaults to 0.1): lambda of every round, in (0, 1).
+        t_r (`float`, defaults to 0.01):
+            Diffusion time at which the previous round's guided score gives the reward, in (0, 1).
+        iterations (`int`, defaults to 20): Solver iterations per round.
+        trajectories (`int`, defaults to 4): Trajectories per iteration (per process when several run).
+        steps (`int`, defaults to 60): DDPM steps of each trajectory.
+        adam_steps (`int`, defaults to 10): Adam steps per iteration on the same trajectories.
+        loss_steps (`int`, defaults to 2):
+            Time steps per Adam step, so a batch holds trajectories x loss_steps = 8 predictions.
+        lr (`float`, defaults to 2e-5):
+            Adam's learning rate on the LoRA weights: the paper's full-UNet 3e-7 scaled by the change per Adam step (a
+            projection's output moves ~lr x fan_in |x| when all its weights move, ~lr x r |x| / sqrt(3) through a
+            rank-r LoRA: 70-280x less in SD 1.5), at the low end of 2e-5..8e-5; a starting point to check on a GPU.
+        clip_grad_norm (`float`, defaults to 1.0): Maximum global gradient norm.
+        seed (`int`, defaults to 0): Seed of the solver's trajectories (offset by each process's rank).
+        sample_n (`int`, defaults to 8): Images drawn per round for its grid and metrics (the paper used 3,000).
+        sample_steps (`int`, defaults to 60): DDPM steps of those images.
+        sample_seed (`int`, defaults to 1234): Seed of their fixed noise, the same in every round.
+    """
     config_error, config_label = SDRunError, "SD exploration"
     lam: float = 0.1
     t_r: float = 0.01
@@ -88,11 +102,11 @@ class SDExploreConfig(ConfigBase):
     trajectories: int = 4
     steps: int = 60
     adam_steps: int = 10
-    loss_steps: int = 2  # time steps per Adam step: batch = trajectories x loss_steps = 8
+    loss_steps: int = 2
     lr: float = 2e-5
     clip_grad_norm: float = 1.0
     seed: int = 0
-    sample_n: int = 8  # images per round for metrics (paper: 3,000; raise on a GPU)
+    sample_n: int = 8
     sample_steps: int = 60
     sample_seed: int = 1234
 

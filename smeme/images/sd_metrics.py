@@ -24,9 +24,17 @@ CLIP_ENV = "SMEME_CLIP"  # local CLIP folder (transformers), or a model in the l
 
 @dataclass
 class MetricWeights:
+    """Which SD metric weights are on disk.
+
+    Args:
+        inception (`str`, *optional*):
+            Path of the Inception-v3 TorchScript file (FID, Inception cross-entropy); None: missing.
+        clip (`str`, *optional*): Folder of the local CLIP model (CLIP score); None: missing.
+        missing (`list`, defaults to `[]`): One sentence per missing weight, saying how to provide it.
+    """
     inception: str | None = None
     clip: str | None = None
-    missing: list = field(default_factory=list)  # one sentence per missing weight
+    missing: list = field(default_factory=list)
 
     @property
     def any(self) -> bool:

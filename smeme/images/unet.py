@@ -5,13 +5,10 @@ continuous-time samplers and solvers drive it unchanged. The schedule is a diffu
 `DDPMScheduler` built in code from its settings (no download) and read through
 `DiscreteSchedule`; its alphas_cumprod table is stored with the run.
 
-Default (chosen by measurement, see bench/bench_images.py): channels (32, 64, 64) over
-8x8 -> 4x4 -> 2x2 (no downsampling to 1x1), one ResNet layer per block, no self-attention
-(attention at 4x4 made a training step 1.7x slower for no visible gain at 8x8), GroupNorm
-with 8 groups, zero-initialised output; a cosine ("squaredcos_cap_v2") table of 1000
-entries floored at ab = 1e-4 (see make_schedule); EMA 0.995 of the weights.
-800 Adam steps of batch 128 (lr 2e-3) gave 96.5% of samples that the digit classifier
-reads with confidence >= 0.7 (real digits: ~99%); the preset is 600 steps at lr 3e-3.
+The digits default: channels (32, 64, 64) over 8x8 -> 4x4 -> 2x2 (no downsampling to 1x1),
+one ResNet layer per block, no self-attention, GroupNorm with 8 groups, zero-initialised
+output; a cosine ("squaredcos_cap_v2") table of 1000 entries floored at ab = 1e-4 (see
+make_schedule); EMA 0.995 of the weights (bench/bench_images.py measures its sample quality).
 """
 from __future__ import annotations
 
@@ -29,15 +26,31 @@ from ..train import TrainConfig
 
 @dataclass
 class UNetConfig(ConfigBase):
+    """Shape of a UNet noise predictor (diffusers `UNet2DModel`) and its schedule.
+
+    Args:
+        sample_size (`int`, defaults to 8): Image height and width, in pixels.
+        channels (`int`, defaults to 1): Image channels.
+        block_out_channels (`tuple`, defaults to (32, 64, 64)):
+            Channels per level; each level after the first halves the image.
+        layers_per_block (`int`, defaults to 1): ResNet layers per block.
+        attention (`tuple`, defaults to (False, False, False)):
+            Self-attention per level (off by default: 1.7x faster a step, no visible gain at 8x8).
+        norm_num_groups (`int`, defaults to 8): GroupNorm groups; every channel count must be divisible by it.
+        dropout (`float`, defaults to 0.0): Dropout rate of the ResNet blocks.
+        schedule (`str`, defaults to `"cosine"`):
+            `"cosine"` or `"linear"` (diffusers DDPMScheduler tables, make_schedule) or `"vp"` (the schedule passed
+            in).
+    """
     config_error, config_label = ValueError, "UNet model"
     sample_size: int = 8
     channels: int = 1
     block_out_channels: tuple = (32, 64, 64)
     layers_per_block: int = 1
-    attention: tuple = (False, False, False)  # self-attention per level (off: 1.7x faster, as good here)
+    attention: tuple = (False, False, False)
     norm_num_groups: int = 8
     dropout: float = 0.0
-    schedule: str = "cosine"  # 'cosine' | 'linear' (DDPMScheduler tables) | 'vp' (the schedule passed in)
+    schedule: str = "cosine"
 
     def __post_init__(self):
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -76,7 +89,7 @@ def make_schedule(kind: str = "cosine", num_train_timesteps: int = 1000,
     'linear': DDPM's betas 1e-4..0.02 (ab(1) ~ 4e-5). 'cosine': diffusers'
     "squaredcos_cap_v2" with alphas_cumprod floored at AB_MIN: its last entries fall to
     ~2e-9, and the memoryless sampler's first step from there multiplies the model's
-    error by sqrt(ab_j / ab_i) ~ 500 (measured: samples blew up to |x| ~ 4000).
+    error by sqrt(ab_j / ab_i) ~ 500.
     """
     from diffusers import DDPMScheduler
 
@@ -183,9 +196,8 @@ def model_config(config: UNetConfig | None = None) -> dict:
 
 # -- the digits preset ----------------------------------------------------------------------------
 def digits_preset() -> Preset:
-    """Registered as smeme.presets' 'digits' preset by smeme.images."""
-    # Measured (2-core CPU, load 4-6): 800 steps at lr 2e-3 -> 96.5% readable (308 s);
-    # 300 steps at lr 3e-3 -> 92% (100 s); the preset, 600 at 3e-3: bench/bench_images.py.
+    """Registered as smeme.presets' 'digits' preset by smeme.images: a couple of minutes on a CPU
+    for samples the digit classifier mostly reads (bench/bench_images.py measures both)."""
     return Preset(model=model_config(UNetConfig()),
                   train=TrainConfig(steps=600, batch_size=128, lr=3e-3, warmup=50, lr_final=0.05, ema=0.995,
                                     small_t_fraction=0.3, small_t_power=2.0, grad_clip=1.0))

@@ -14,29 +14,31 @@ from .base import NoisePredictor
 
 @dataclass
 class MLPConfig(ConfigBase):
+    """Shape of an MLP noise predictor.
+
+    Args:
+        dim (`int`): Features of a sample (the data's columns).
+        width (`int`, defaults to 128): Hidden units per layer.
+        depth (`int`, defaults to 3): Hidden layers.
+        time_dim (`int`, defaults to 32): Size of the sinusoidal time embedding.
+        time_scale (`float`, defaults to 100.0):
+            t in [0, 1] is scaled to [0, time_scale] before the sinusoidal features; 1000 (the DDPM convention) makes
+            trained nets oscillate in t, which costs the PF-ODE log-density accuracy.
+        prior_skip (`float`, defaults to 0.0):
+            eps = net(x, t) + prior_skip sqrt(1 - ab(t)) x: with 1 the untrained model is the exact eps of N(0, I)
+            (standardised data's own Gaussian), so the net learns only the departure from it.
+        linear_skip (`int`, defaults to 0):
+            n > 0 adds sqrt(1 - ab) sum_{k=1..n} ab^k x L_k^T with trainable d x d matrices L_k starting at 0: a power
+            series in ab of the change of a Gaussian's exact eps around N(0, I), so a round can change the data
+            linearly along any direction, including those where the net's output is ~0 under `prior_skip`.
+    """
     config_error, config_label = ValueError, "MLP model"
     dim: int
     width: int = 128
     depth: int = 3
     time_dim: int = 32
-    # t in [0, 1] is scaled to [0, time_scale] before the sinusoidal features. 1000 (the
-    # DDPM convention) made trained nets wiggle in t with period ~0.006, which costs the
-    # PF-ODE log-density ~0.01 nats at 32 steps; 100 keeps edges sharp without that.
     time_scale: float = 100.0
-    # eps = net(x, t) + prior_skip * sqrt(1 - ab(t)) * x: with 1 the untrained model is the
-    # exact eps of N(0, I) (standardised data's own Gaussian), so the net learns only the
-    # departure from it; at large t, where that departure is small but the PF-ODE weighs
-    # score errors by beta(t) ~ 10-20, this cut the CSV log-density error (BENCHMARKS.md).
     prior_skip: float = 0.0
-    # linear_skip = n > 0: eps += sqrt(1 - ab) sum_k ab^k x L_k^T (k = 1..n) with trainable d x d
-    # matrices L_k starting at 0: a power series in ab of the change of the exact eps of a
-    # Gaussian around N(0, I), so a linear (Gaussian) change of the data along any direction is
-    # a few matrices away. Why: with prior_skip, a direction whose standardised variance is ~1
-    # (an independent column) leaves the net's output at ~0 there, and a round's Adam steps
-    # could not grow it from nothing: independent 2-D columns got 0.46 of a round's exact tilt
-    # (0.92 with prior_skip off, 0.93-0.98 with one power; a d = 8 Gaussian 0.84-0.87 -> 0.94).
-    # n = 3 rather than 1: over 3 rounds of a 3-D Gaussian, n = 1 fell to 0.82 of the exact
-    # recursion where n = 3 kept 0.89-0.90 at the same budget (BENCHMARKS.md).
     linear_skip: int = 0
 
     def __post_init__(self):
@@ -63,9 +65,8 @@ MLP_LIMITS = {"dim": 4096, "width": 8192, "depth": 64, "time_dim": 4096}
 MAX_MLP_PARAMETERS = 2 ** 26  # 256 MiB of float32 weights
 
 
-# L_k = 10 L_k,raw: Adam moves a weight by about lr a step, so a round's steps at lr 2e-3 move
-# L_raw by <= 0.06, while a 1.43x variance change needs |L| ~ 0.4 (measured on independent
-# columns: scale 1 0.49 of the tilt, 10 0.93 / 0.98, 30 0.90 / 1.00; pre-training unharmed).
+# L_k = LINEAR_SKIP_SCALE x L_k,raw: Adam moves a weight by about lr a step, so at lr 2e-3 a
+# round's steps move L_raw by <= 0.06, while a 1.43x variance change needs |L| ~ 0.4.
 LINEAR_SKIP_SCALE = 10.0
 
 

@@ -1,9 +1,8 @@
 """Time left for a background job, from its measured pace: one estimator for every job kind
 (training, rounds, heatmaps, the demo, budget sweeps, image jobs), fed by `Job.update`.
 
-The old estimate, elapsed * (1 - f) / f, counted the start-up (starting a worker process,
-building the data set: often most of the first half-minute) as if it were the job's pace: toy
-training said "about 7 min left" at 31 s and ended at 97 s. Here:
+The naive estimate, elapsed * (1 - f) / f, counts the start-up (starting a worker process,
+building the data set: often most of the first half-minute) as if it were the job's pace. Here:
 
 - the clock starts at the first progress (f > 0), so start-up is not counted as pace;
 - nothing is said during a short warm-up (WARMUP_FRACTION of the job and WARMUP_S seconds of

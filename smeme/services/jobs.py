@@ -10,8 +10,7 @@ targets take it.)
 `start_process` runs the work in a child process instead (forkserver, torch preloaded):
 the registry, progress and cancel work the same, relayed through a queue by the job's
 thread. Heavy numeric work belongs there: in a thread it shares the GIL with the Streamlit
-server, and measured with the app open in a browser, toy pre-training took 3.4x and an
-S-MEME round 4x as long as alone.
+server and runs several times slower while the app is open.
 
 Nothing here imports Streamlit: pages poll `get()` / `snapshot()`; tests drive it directly.
 """
@@ -251,8 +250,8 @@ def _message(exc: BaseException) -> str:
 
 
 # -- jobs in a child process --------------------------------------------------------------
-# torch._dynamo too: torch.optim.Adam imports it on first construction, which cost every
-# training or round job 1.0-1.5 s (measured with cProfile in a fresh process).
+# torch._dynamo too: torch.optim.Adam imports it on first construction, about a second of
+# every training or round job otherwise.
 PRELOAD = ("torch", "torch._dynamo", "smeme.pipeline", "smeme.explore", "smeme.density", "smeme.services.launch")
 ENV_PREFIX = "SMEME_"  # settings the child must see as they are NOW (the forkserver may be older)
 

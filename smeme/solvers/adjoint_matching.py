@@ -53,47 +53,86 @@ from .likelihood_ratio import (cap_reward, effective_sample_share, likelihood_ra
 
 @dataclass
 class AdjointMatchingConfig(ConfigBase):
+    """Settings of one Adjoint Matching solve (one S-MEME round); step numbers refer to the module docstring.
+
+    Args:
+        iterations (`int`, defaults to 20): Solver iterations, each on fresh trajectories.
+        trajectories (`int`, defaults to 256): Trajectories m sampled per iteration.
+        steps (`int`, defaults to 50): DDPM steps M of each trajectory.
+        grid_power (`float`, defaults to 1.5): The time grid t_i = (i / steps)^grid_power, as the sampler's default.
+        adam_steps (`int`, defaults to 8): Adam steps per iteration on the same trajectories (step 5).
+        lr (`float`, defaults to 2e-3): Adam's learning rate.
+        batch_trajectories (`int`, *optional*): Trajectories per Adam step. None (default): all m.
+        loss_steps (`int`, *optional*, defaults to 10): Time steps per Adam step (a fresh subsample). None: all.
+        late_fraction (`float`, defaults to 0.5): Share of `loss_steps` always taken from the last (near-data) steps.
+        clip_grad_norm (`float`, *optional*, defaults to 1.0): Maximum global gradient norm. None: no clipping.
+        outlier_mode (`str`, defaults to `"drop"`):
+            The outlier rule: `"drop"` an outlier trajectory (the official code's), `"scale"` its loss down to the
+            threshold, or `"off"`.
+        outlier_quantile (`float`, defaults to 0.99): Quantile of the trajectory losses the threshold tracks.
+        outlier_factor (`float`, defaults to 3.0): An outlier's loss exceeds this x the EMA of that quantile.
+        outlier_ema (`float`, defaults to 0.9): Decay of that EMA over Adam steps, in [0, 1).
+        seed (`int`, defaults to 0): Seed of the trajectories' noise and of the step subsamples.
+        adjoint_chunk (`int`, *optional*, defaults to 1024):
+            Rows per vector-Jacobian product in the backward pass (memory and speed only). None: all rows at once.
+        weight_ema (`float`, *optional*):
+            EMA decay of the tuned weights over the iterations after `average_start`, returned at the end (step 6).
+            None (default): the last iterate.
+        average_start (`float`, defaults to 0.0): Share of the iterations before the average starts (burn-in).
+        pairing (`str`, *optional*):
+            The adjoint each step's control u_i is regressed onto: `"current"` -std_i a_i or `"next"` -std_i a_{i+1}.
+            None (default): the pairing exact for `control` (`"current"` for `"score"`, `"next"` for `"ddpm"`).
+        weight_power (`float`, defaults to 0.0): Per-step loss weight std_i^-weight_power (0: SOC weighting).
+        likelihood_ratio_share (`float`, defaults to 0.0):
+            Share of the stochastic steps, the earliest, that also carry the likelihood-ratio term (needs
+            `reward_value`). 0: off.
+        control (`str`, defaults to `"score"`):
+            What the tuned network's output means: `"score"`, the base step plus std_i^2 (s_ft - s_base)(x_i), so its
+            score is the tilted model's at any step count; `"ddpm"`, its own DDPM step, whose score carries kappa_i of
+            the tilt (step 5).
+        reward_cap_quantile (`float`, *optional*, defaults to 0.999):
+            The likelihood-ratio term's r is capped at this quantile of each iteration's r, and a_M is zeroed where
+            the cap binds, so both terms tilt towards exp(min(r, cap)). None: no cap.
+        ess_floor (`float`, defaults to 0.1):
+            The path weights are tempered (log w scaled by beta < 1) when their effective sample size at some step
+            falls below ess_floor x m; in (0, 1).
+        adjoint_weight_on_lr_steps (`float`, defaults to 1.0):
+            Weight of the Adjoint Matching term on the steps that carry the likelihood-ratio term (1: both terms in
+            full; 0: the likelihood-ratio term alone there).
+        likelihood_ratio_target (`str`, defaults to `"current"`):
+            The likelihood-ratio term's target: `"current"` J_i^T E*[zeta_i | x_i] = std_i grad V_i (exact; one base
+            VJP per selected step) or `"next"` E*[zeta_i | x_i] (off by J_i^-T).
+        convergence_tolerance (`float`, defaults to 0.1):
+            The solve counts as converged when the tuned control, read on fixed probe points, moved by at most this
+            share of its size (or within twice its noise) between the first and second half of the averaged window.
+    """
     config_error, config_label = SolverError, "Adjoint Matching"
-    iterations: int = 20  # solver iterations (fresh trajectories each)
-    trajectories: int = 256  # m
-    steps: int = 50  # DDPM steps of each trajectory
-    grid_power: float = 1.5  # time grid t = (i/steps)^power, as the sampler's default
-    adam_steps: int = 8  # Adam steps per iteration on the same trajectories
+    iterations: int = 20
+    trajectories: int = 256
+    steps: int = 50
+    grid_power: float = 1.5
+    adam_steps: int = 8
     lr: float = 2e-3
-    batch_trajectories: int | None = None  # trajectories per Adam step (None: all m)
-    loss_steps: int | None = 10  # time steps per Adam step in the loss (None: all)
-    late_fraction: float = 0.5  # share of loss_steps always taken from the last (near-data) steps
-    clip_grad_norm: float | None = 1.0  # max global gradient norm (None: off)
-    outlier_mode: str = "drop"  # 'drop' | 'scale' (shrink an outlier's loss to the threshold) | 'off'
+    batch_trajectories: int | None = None
+    loss_steps: int | None = 10
+    late_fraction: float = 0.5
+    clip_grad_norm: float | None = 1.0
+    outlier_mode: str = "drop"
     outlier_quantile: float = 0.99
-    outlier_factor: float = 3.0  # outlier: trajectory loss > factor * EMA(quantile)
+    outlier_factor: float = 3.0
     outlier_ema: float = 0.9
     seed: int = 0
-    adjoint_chunk: int | None = 1024  # rows per VJP in the backward pass (None: all at once); speed and memory only
-    weight_ema: float | None = None  # EMA decay of the tuned weights over iterations, returned at the end (None: off)
-    average_start: float = 0.0  # share of the iterations before the weight average starts (burn-in)
-    # u_i regressed onto -std_i a_{i+1} ('next') or -std_i a_i ('current'); None: the pairing that is
-    # exact for the control ('current' for 'score', 'next' for 'ddpm'; module docstring, step 3)
+    adjoint_chunk: int | None = 1024
+    weight_ema: float | None = None
+    average_start: float = 0.0
     pairing: str | None = None
-    weight_power: float = 0.0  # per-step loss weight std_i^-power (0: SOC weighting; 2: score units)
-    likelihood_ratio_share: float = 0.0  # earliest share of stochastic steps with the likelihood-ratio term (0: off)
-    # 'score': the tuned step is the base step plus std_i^2 (s_ft - s_base)(x_i), so the tuned
-    # network's score carries the whole tilt (kappa = 1) and reads as a model at any step count;
-    # 'ddpm': the tuned network's own DDPM step, whose score carries only kappa_i of the tilt
+    weight_power: float = 0.0
+    likelihood_ratio_share: float = 0.0
     control: str = "score"
-    # LR term: r capped at this quantile of each iteration's r, and the adjoint's a_M zeroed where the
-    # cap binds, so both terms tilt towards the same exp(min(r, cap)) (None: off)
     reward_cap_quantile: float | None = 0.999
-    # LR term: the path weights are tempered (w ~ exp(beta log w), beta < 1) whenever their effective
-    # sample size at some step falls below ess_floor x m (healthy rounds: 0.85-0.95 of m)
     ess_floor: float = 0.1
-    # weight of the Adjoint Matching term on the steps that carry the likelihood-ratio term (1: both in full)
     adjoint_weight_on_lr_steps: float = 1.0
-    # the LR term's target: 'current' J_i^T E*[zeta_i | x_i] = std_i grad V_i (exact; one VJP of the base per
-    # selected step), 'next' E*[zeta_i | x_i] (the tilt one step later, off by J_i^-T)
     likelihood_ratio_target: str = "current"
-    # converged: the tuned control, read on fixed probe points, moved by at most this share of its
-    # size (or within twice its noise) between the first and second half of the averaged window
     convergence_tolerance: float = 0.1
 
     def __post_init__(self):
@@ -170,7 +209,7 @@ def _row_chunks(n: int, chunk: int | None):
 def _eps_vjp(model: NoisePredictor, x: Tensor, t: Tensor, v: Tensor, chunk: int | None) -> tuple[Tensor, Tensor]:
     """eps(x, t) and J_eps(x)^T v over rows (B, ...), `chunk` rows at a time; no graph kept."""
     eps, vjp = torch.empty_like(x), torch.empty_like(v)
-    for rows in _row_chunks(len(x), chunk):  # toy MLP, 2,048 rows: blocks of 1,024 took 0.21 s a pass, of 256 0.30 s
+    for rows in _row_chunks(len(x), chunk):
         xr = x[rows].detach().requires_grad_(True)
         with torch.enable_grad():
             out = model(xr, t[rows])

@@ -7,7 +7,7 @@ with g = grad r (for S-MEME, -lam s_prev(x, t_r); the blog used -s_teacher(x_t, 
 Per point the minimiser is s_student = s_teacher + beta g / (2 lam_prox) near the data
 and s_teacher elsewhere, so beta = 2 lam_prox (the default) sets the near-data score to
 s_teacher + grad r. It only reshapes the score near the data end: it spreads mass
-locally but moves little mass between separated regions (measured in the issue).
+locally but moves little mass between separated regions.
 
 We multiply each point's loss by (1 - ab(t)) (same minimiser) so that it reads in eps
 units: lam_prox |d_eps|^2 + beta sqrt(1 - ab) <d_eps, g> 1[t <= t_near], d_eps = eps_s - eps_t.
@@ -32,17 +32,36 @@ ValidFn = Callable[[Tensor], Tensor]  # x (B, *shape) in model space -> bool (B,
 
 @dataclass
 class StudentTeacherConfig(ConfigBase):
+    """Settings of one student-teacher solve (module docstring's loss).
+
+    Args:
+        iterations (`int`, defaults to 20): Solver iterations.
+        samples (`int`, defaults to 4096):
+            Previous-round samples x_0 drawn once per call, then filtered by `valid_fn`.
+        steps (`int`, defaults to 50): DDPM steps used to draw them.
+        adam_steps (`int`, defaults to 8): Adam steps per iteration.
+        batch_size (`int`, defaults to 1024): Forward-noised points per Adam step.
+        lr (`float`, defaults to 1e-3): Adam's learning rate.
+        lam_prox (`float`, defaults to 0.5): Weight of the proximity term |s_student - s_teacher|^2.
+        beta (`float`, defaults to 1.0):
+            Weight of the direction term; beta = 2 lam_prox moves the near-data score by grad r.
+        t_near (`float`, defaults to 0.05): The direction term acts for t <= t_near.
+        near_fraction (`float`, defaults to 0.5): Share of each batch drawn with t <= t_near.
+        t_min (`float`, defaults to 1e-3): Smallest diffusion time drawn, in (0, t_near).
+        clip_grad_norm (`float`, *optional*, defaults to 1.0): Maximum global gradient norm. None: no clipping.
+        seed (`int`, defaults to 0): Seed of the sample pool and the batches.
+    """
     config_error, config_label = SolverError, "student-teacher"
     iterations: int = 20
-    samples: int = 4096  # previous-round samples drawn once per call (then filtered by valid_fn)
-    steps: int = 50  # DDPM steps used to draw them
-    adam_steps: int = 8  # Adam steps per iteration
+    samples: int = 4096
+    steps: int = 50
+    adam_steps: int = 8
     batch_size: int = 1024
     lr: float = 1e-3
     lam_prox: float = 0.5
     beta: float = 1.0
-    t_near: float = 0.05  # the direction term acts for t <= t_near
-    near_fraction: float = 0.5  # share of each batch drawn with t <= t_near
+    t_near: float = 0.05
+    near_fraction: float = 0.5
     t_min: float = 1e-3
     clip_grad_norm: float | None = 1.0
     seed: int = 0
