@@ -16,6 +16,7 @@ from smeme.services import jobs
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 60
 SLOW_TIMEOUT = 90  # seconds a script run may take on the Fields and Rounds views (many figures)
+JOBS_TIMEOUT = 900  # seconds background jobs may take (a hang, not a pace: speed is measured in bench/)
 
 
 @contextlib.contextmanager
@@ -109,7 +110,7 @@ def picker(at):
 
 def settle(at, page: str | None = None):
     """Let background jobs finish, then rerun so their results are drawn."""
-    assert jobs.wait_all(TIMEOUT)
+    assert jobs.wait_all(JOBS_TIMEOUT)
     if page:
         at.switch_page(page)
     at.run()
