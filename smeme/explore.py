@@ -26,8 +26,10 @@ likelihood-ratio weights' effective sample size, how often they were tempered) a
 converged (solver_converged, solver_control_change; SolverResult.round_metrics).
 
 Each finished round is checked (finite weights, on-support share not down by more than
-max_validity_drop against the previous round) and saved at once with its metrics; a
-rejected round raises ExploreError and leaves the previous round as the latest.
+max_validity_drop against the previous round) and saved at once with the metrics that define
+it (smeme.metrics.sample_metrics); the PF-ODE ones are computed after the commit unless
+metrics_logp asks for them first (smeme.deferred). A rejected round raises ExploreError and
+leaves the previous round as the latest.
 
 One round loop serves every kind of round: drive_rounds asks a RoundKind for round k's
 problem (frozen base, tuned copy, reward, solver settings), solves it, and hands the result
@@ -138,8 +140,11 @@ class ExploreConfig(ConfigBase):
     seed: int = 0
     allow_lam_one: bool = False
     max_validity_drop: float = 0.20  # reject a round whose on-support share drops more than this
-    metrics_n: int = 4096
-    metrics_logp: bool = True  # PF-ODE cross-entropy and surprise (the slow metrics)
+    metrics_n: int = 4096  # samples each round's metrics are measured on
+    # The PF-ODE cross-entropy and surprise (~7x the cost of the other metrics): True computes them
+    # before each round commits, into its record; False (default) leaves them for after the commit
+    # (smeme.deferred: `smeme metrics`, the app's background job), so a round is visible at once.
+    metrics_logp: bool = False
     solver_options: dict = field(default_factory=dict)  # any other AdjointMatching/StudentTeacher setting
 
     def __post_init__(self):
