@@ -95,12 +95,12 @@ def start_deferred_metrics(folder, owner: str | None = None) -> jobs.Job | None:
 
     if not pending(open_run(folder)):
         return None
-    existing = jobs.get(folder, "metrics")
-    if existing is not None and existing.running:
-        return existing
     rounds_job = jobs.get(folder, "explore")
     if rounds_job is not None and rounds_job.running:
         return None
+    existing = jobs.get(folder, "metrics")
+    if existing is not None and existing.running:
+        return existing
     return jobs.start_process(folder, "metrics", _deferred_job, str(folder), label="PF-ODE metrics",
                               writes=False, owner=owner)
 
