@@ -68,3 +68,19 @@ def test_new_rounds_stop_the_deferred_metrics_and_queue_them_after(cache):
     again = jobs.get(folder, "metrics")
     assert again is not held and again.status == "done" and again.started >= job.finished
     assert deferred.pending(runs.open_run(folder)) == []
+
+
+def test_a_failed_deferred_job_is_not_started_again_at_once(cache, monkeypatch):
+    folder = cache["toy"]
+    drop_deferred(folder)
+    blocker = Path(folder) / "round_0.deferred.json"
+    blocker.mkdir()  # the file cannot be written (as on a full disk); reading it fails too
+    job = launch.start_deferred_metrics(folder)
+    assert job.wait(TIMEOUT * 2) and job.status == jobs.FAILED
+    assert launch.start_deferred_metrics(folder) is job  # a page visit shows the failure, it does not retry
+    blocker.rmdir()
+    assert launch.start_deferred_metrics(folder) is job  # not before RETRY_AFTER_S
+    monkeypatch.setattr(launch, "RETRY_AFTER_S", 0.0)
+    fresh = launch.start_deferred_metrics(folder)
+    assert fresh is not job and fresh.wait(TIMEOUT * 2) and fresh.status == jobs.DONE, fresh.error
+    assert deferred.pending(runs.open_run(folder)) == []

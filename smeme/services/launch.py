@@ -86,23 +86,32 @@ def after_rounds(job: jobs.Job) -> None:
     heatmaps_after(job)
 
 
+RETRY_AFTER_S = 60.0  # a failed deferred-metrics job of the same rounds is not retried sooner
+
+
 def start_deferred_metrics(folder, owner: str | None = None) -> jobs.Job | None:
     """Compute the deferred metrics of the run's rounds that lack them (smeme.deferred) in a
     background process: a read-only job of kind 'metrics', whose progress names the round and
     the ODE step. Returns the running job, or None when nothing is pending or rounds are
-    running on the run (their job queues this one when it ends)."""
+    running on the run (their job queues this one when it ends). A job that failed on the same
+    rounds (e.g. a full disk) less than RETRY_AFTER_S ago is returned, not started again on
+    every page visit."""
     from ..deferred import pending
 
-    if not pending(open_run(folder)):
+    todo = pending(open_run(folder))
+    if not todo:
         return None
     rounds_job = jobs.get(folder, "explore")
     if rounds_job is not None and rounds_job.running:
         return None
+    topic = ",".join(map(str, todo))
     existing = jobs.get(folder, "metrics")
-    if existing is not None and existing.running:
+    if existing is not None and (existing.running or (
+            existing.status == jobs.FAILED and existing.topic == topic
+            and existing.clock() - existing.finished < RETRY_AFTER_S)):
         return existing
     return jobs.start_process(folder, "metrics", _deferred_job, str(folder), label="PF-ODE metrics",
-                              writes=False, owner=owner)
+                              writes=False, owner=owner, topic=topic)
 
 
 def _deferred_job(job, folder: str) -> list[int]:
