@@ -301,7 +301,9 @@ class RoundKind(Protocol):
     def problem(self, k: int) -> RoundProblem: ...  # round k's frozen base, tuned copy and reward
 
     def finish(self, k: int, problem: RoundProblem, result: SolverResult, seconds: float) -> dict: ...
-    # checks, measures and saves round k; returns its metrics (raises when it is rejected)
+    # checks, measures and saves round k with the metrics that define it; returns them (raises when
+    # it is rejected). Metrics its run kind defers (run.deferred_metrics, a smeme.metrics.DeferredMetrics)
+    # are left out: smeme.deferred computes them after the commit.
 
     def reject(self, k: int, reason: str) -> Exception: ...  # the kind's error for a diverged round
 
