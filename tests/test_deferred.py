@@ -251,32 +251,33 @@ def lines(proc) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-def test_cli_explore_leaves_them_for_later_and_metrics_computes_them_once(tri_run, tmp_path):
+def test_cli_metrics_computes_them_once_then_reads_them(tri_run, tmp_path):
     folder = tmp_path / "tri"
     shutil.copytree(tri_run, folder)
-    proc = smeme("explore", "--run", folder, "--rounds", 1, "--iterations", 1, "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    assert "cross_entropy_pfode" not in proc.stdout and "cross_entropy_pfode" not in Run.open(folder).metrics()[2]
-
-    first = lines(smeme("metrics", "--run", folder, "--rounds", "0,2", "--quiet"))
-    assert [(r["round"], r["computed"]) for r in first] == [(0, True), (2, True)]
+    first = lines(smeme("metrics", "--run", folder, "--rounds", "1", "--quiet"))
+    assert [(r["round"], r["computed"]) for r in first] == [(1, True)]
     run = Run.open(folder)
-    for row in first:
-        record = run.metrics()[row["round"]]
-        truth = direct_density(run, row["round"], record["n"], record["seed"], record["steps"])
-        assert {name: row[name] for name in DENSITY_METRICS} == pytest.approx(truth, rel=1e-6)
-    files = {p.name: p.read_bytes() for p in folder.glob("*.deferred.json")}
+    record = run.metrics()[1]
+    truth = direct_density(run, 1, record["n"], record["seed"], record["steps"])
+    assert {name: first[0][name] for name in DENSITY_METRICS} == pytest.approx(truth, rel=1e-6)
+    written = (folder / "round_1.deferred.json").read_bytes()
     again = lines(smeme("metrics", "--run", folder))
-    assert [(r["round"], r["computed"]) for r in again] == [(0, False), (1, True), (2, False)]
-    assert [r for r in again if r["round"] != 1] == [{**r, "computed": False} for r in first]
-    assert {p.name: p.read_bytes() for p in folder.glob("*.deferred.json") if p.name in files} == files
+    assert [(r["round"], r["computed"]) for r in again] == [(0, True), (1, False)]
+    assert again[1] == {**first[0], "computed": False}
+    assert (folder / "round_1.deferred.json").read_bytes() == written  # read back, not rewritten
     report = json.loads(smeme("report", "--run", folder).stdout)
-    assert report["rounds"]["2"]["surprise_pre"] == first[1]["surprise_pre"]
+    assert report["rounds"]["1"]["surprise_pre"] == first[0]["surprise_pre"]
 
-    proc = smeme("explore", "--run", folder, "--rounds", 1, "--iterations", 1, "--density-metrics", "now", "--quiet")
-    assert proc.returncode == 0 and "cross_entropy_pfode=" in proc.stdout, proc.stderr
-    assert "cross_entropy_pfode" in Run.open(folder).metrics()[3]
-    assert [(r["round"], r["computed"]) for r in lines(smeme("metrics", "--run", folder, "--rounds", 3))] == [(3, False)]
+
+@pytest.mark.parametrize("option, logp", [([], False), (["--density-metrics", "later"], False),
+                                          (["--density-metrics", "now"], True)])
+def test_cli_explore_computes_them_before_the_commit_only_when_asked(tri_run, monkeypatch, option, logp):
+    from smeme.cli import main
+
+    seen = []
+    monkeypatch.setattr("smeme.explore.run_rounds", lambda run, rounds, config, **kw: seen.append(config))
+    assert main(["explore", "--run", str(tri_run), "--rounds", "1", "--quiet", *option]) == 0
+    assert [c.metrics_logp for c in seen] == [logp]
 
 
 @pytest.mark.parametrize("args, words", [
