@@ -68,7 +68,7 @@ def _number(v) -> bool:
 def check_record(record, k: int, digest: str, spec, settings: dict) -> dict:
     """The metrics of round k's deferred record, or StoreError (one sentence) for the first
     thing that is not what smeme writes for this round, its weights and its settings."""
-    where = f"{deferred_path('.', k).name}"
+    where = deferred_path(".", k).name
     if not isinstance(record, dict) or set(record) != RECORD_KEYS:
         extra = sorted(set(record) - RECORD_KEYS) if isinstance(record, dict) else []
         raise StoreError(f"{where} is not a deferred-metrics record" + (f" (unknown field {extra[0]!r})" if extra else ""))
@@ -181,34 +181,32 @@ def files(folder) -> list[str]:
     return sorted(p.name for p in Path(folder).iterdir() if FILE_RE.match(p.name))
 
 
+def _check_file(run, spec, records: dict, committed: list, name: str) -> None:
+    """StoreError unless the deferred-metrics file `name` is one smeme writes for a committed round."""
+    k = int(FILE_RE.match(name).group(1))
+    if name != deferred_path(".", k).name or k not in committed:
+        raise StoreError(f"it holds {name}, deferred metrics of a round that is not saved in it")
+    if spec is None:
+        raise StoreError(f"it holds {name}, but this kind of run defers no metrics")
+    _read_checked(run, spec, k, records[k])
+
+
 def check_files(run) -> None:
     """Every deferred-metrics file in the run's folder passes check_record for a committed
     round of a kind that defers metrics (a bundle's import); StoreError naming the first that does not."""
-    spec = getattr(run, "deferred_metrics", None)
-    records, committed = run.metrics(), run.rounds()
+    spec, records, committed = getattr(run, "deferred_metrics", None), run.metrics(), run.rounds()
     for name in files(run.folder):
-        k = int(FILE_RE.match(name).group(1))
-        if name != deferred_path(".", k).name or k not in committed:
-            raise StoreError(f"it holds {name}, deferred metrics of a round that is not saved in it")
-        if spec is None:
-            raise StoreError(f"it holds {name}, but this kind of run defers no metrics")
-        _read_checked(run, spec, k, records[k])
+        _check_file(run, spec, records, committed, name)
 
 
 def packable(run) -> list[str]:
     """The deferred-metrics files of the run that a bundle carries: those check_files accepts
     (a damaged or stale one is left out: it is computed again)."""
-    spec = getattr(run, "deferred_metrics", None)
-    if spec is None:
-        return []
-    records, committed = run.metrics(), set(run.rounds())
+    spec, records, committed = getattr(run, "deferred_metrics", None), run.metrics(), run.rounds()
     keep = []
     for name in files(run.folder):
-        k = int(FILE_RE.match(name).group(1))
-        if name != deferred_path(".", k).name or k not in committed:
-            continue
         try:
-            _read_checked(run, spec, k, records[k])
+            _check_file(run, spec, records, committed, name)
         except (StoreError, OSError):
             continue
         keep.append(name)

@@ -302,3 +302,26 @@ def test_cli_help_names_the_defaults(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert words in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_kind_that_defers_nothing_takes_no_deferred_file(tmp_path):
+    """A Stable Diffusion run defers no metrics: `smeme metrics` has nothing to do for it, and a
+    bundle of one that holds a deferred-metrics file is refused."""
+    from test_bundle import make_sd_run
+
+    from smeme.cli import main
+    from smeme.store import open_run
+
+    src, _ = make_sd_run(tmp_path / "made" / "sd")
+    run = open_run(src)
+    assert run.deferred_metrics is None and deferred.pending(run) == [] and deferred.measure(run) == {}
+    assert main(["metrics", "--run", str(src), "--quiet"]) == 0
+    assert not list(src.glob("*.deferred.json"))
+    good = export_run(src, tmp_path / "sd.zip")
+    record = {"schema_version": 1, "round": 1, "weights_sha256": deferred.weights_sha256(src / "round_1.safetensors"),
+              "settings": {}, "metrics": {"fid": 1.0}, "seconds": 1.0}
+    bad = rezip(good, tmp_path / "bad.zip", {"round_1.deferred.json": json.dumps(record)})
+    with pytest.raises(BundleError, match="this kind of run defers no metrics"):
+        import_bundle(bad, tmp_path / "runs")
+    (src / "round_1.deferred.json").write_text(json.dumps(record))
+    assert "round_1.deferred.json" not in zipfile.ZipFile(export_run(src, tmp_path / "again.zip")).namelist()
