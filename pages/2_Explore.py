@@ -82,6 +82,8 @@ def show_results():
 
 status = ui.job_panel(folder, "explore", key="x_job", extra=show_results)
 if status != jobs.RUNNING:
+    launch.start_deferred_metrics(folder, owner=ui.owner())  # rounds saved without their PF-ODE metrics
+    ui.job_panel(folder, "metrics", show_loss=False, key="x_metrics")
     show_results()
     st.download_button("Download metrics (JSON)", results.metrics_json(run), file_name="metrics.json",
                        mime="application/json", key="x_dl_metrics")

@@ -20,6 +20,8 @@ res = c3.select_slider("Heatmap resolution", [32, 48, 64, 96], value=settings.HE
 if len(rounds) < 2:
     st.info("This run has only the pre-trained round: run S-MEME rounds on the Explore page to compare.")
 names = (f"round {a}", f"round {b}")
+launch.start_deferred_metrics(folder, owner=ui.owner())  # rounds saved without their PF-ODE metrics
+ui.job_panel(folder, "metrics", show_loss=False, key="c_metrics")
 tl = cached.timeline(run)
 
 # ---------------------------------------------------------------- log-density heatmaps

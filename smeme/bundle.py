@@ -1,8 +1,9 @@
 """Run bundles: one zip file that carries a run to another machine or cache.
 
 A bundle holds exactly what a run needs and nothing else:
-    config.json, metrics.json (if any), round_<k>.safetensors, training_rows.npy (a csv run's
-    rows, checksummed in config.json), cache/<key>.npy
+    config.json, metrics.json (if any), round_<k>.safetensors, round_<k>.deferred.json (a round's
+    deferred metrics, smeme.deferred), training_rows.npy (a csv run's rows, checksummed in
+    config.json), cache/<key>.npy
 (no .lock, no temporary files, no cached training-data sample). Binary members are stored,
 JSON members deflated, so a genuine bundle is hardly compressed at all.
 
@@ -16,7 +17,9 @@ member's declared size and the total (declared sizes can lie). Then, in a tempor
 inside the runs folder, config.json must follow its run kind's strict schema (smeme.run_schema:
 no unknown field at any level, no file named), every round file must be named in metrics.json
 and match the config's model (tensor names, shapes, finite values, read with safetensors),
-kept training rows must match their checksum, and every cached array must load without pickle.
+every deferred-metrics file must be one smeme writes for a committed round and its weights
+(smeme.deferred.check_files), kept training rows must match their checksum, and every cached
+array must load without pickle.
 Only then is the folder renamed into place, so a refused import writes nothing. An existing run
 is replaced only with overwrite=True.
 
@@ -46,6 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .deferred import FILE_RE as _DEFERRED_RE
+from .deferred import check_files as _check_deferred_files
+from .deferred import packable as _packable_deferred
 from .safe_io import MAX_JSON_BYTES, read_json, size_text
 from .store import (CACHE_DIR, CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE, StoreError, folder_lock, open_run,
                     read_training_rows, run_kind)
@@ -85,6 +91,7 @@ def _members_of(folder: Path) -> list[str]:
             names.append(name)
     names += sorted((p.name for p in folder.iterdir() if _ROUND_RE.match(p.name) and os.path.lexists(p)),
                     key=lambda n: int(_ROUND_RE.match(n).group(1)))
+    names += _packable_deferred(open_run(folder))  # a damaged or stale one is left out (computed again)
     cache = folder / CACHE_DIR
     if cache.is_dir() and not _is_link(cache):
         for p in sorted(cache.iterdir()):
@@ -225,10 +232,11 @@ def _check_name(name: str) -> str:
         return f"the member name {name!r} is an absolute path"
     if ".." in name.split("/"):
         return f"the member name {name!r} climbs out of the run with '..'"
-    if name in (CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE) or _ROUND_RE.match(name) or _CACHE_RE.match(name):
+    if (name in (CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE) or _ROUND_RE.match(name) or _CACHE_RE.match(name)
+            or _DEFERRED_RE.match(name)):
         return ""
     return (f"it holds the unexpected file {name!r} (a bundle holds only config.json, metrics.json, "
-            f"round_<k>.safetensors, {TRAINING_ROWS_FILE} and cache/<key>.npy)")
+            f"round_<k>.safetensors, round_<k>.deferred.json, {TRAINING_ROWS_FILE} and cache/<key>.npy)")
 
 
 def _check_directory(zf: zipfile.ZipFile, zip_bytes: int) -> list[zipfile.ZipInfo]:
@@ -318,6 +326,7 @@ def _check_feature_run(folder: Path) -> None:
     run.domain  # the data set's domain rebuilds from the config
     _check_round_files(folder, run.metrics(), first=0)
     _check_training_rows(folder, run)
+    _check_deferred_files(run)
     try:
         with torch.device("meta"):  # shapes only: a hostile config cannot make us allocate its model
             model = run.new_model()
@@ -380,6 +389,7 @@ def _check_sd_run(folder: Path) -> None:
     """An SD run's adapters checked without its pipeline: LoRA pairs of the config's rank."""
     run = open_run(folder)
     _check_round_files(folder, run.metrics(), first=1)
+    _check_deferred_files(run)
     if os.path.lexists(folder / TRAINING_ROWS_FILE):
         raise BundleError(f"it holds {TRAINING_ROWS_FILE}, which a Stable Diffusion run does not keep")
     rank = run.sd_config.lora_rank

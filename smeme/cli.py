@@ -216,6 +216,8 @@ def cmd_explore(args) -> int:
         if key not in names:
             raise CliError(f"This smeme's explore has no setting '{key}'.")
         kwargs[key] = value
+    if args.density_metrics == "now":
+        kwargs["metrics_logp"] = True
     config = ExploreConfig(**{**run.domain.explore_defaults(), **kwargs})
 
     def on_round(k, metrics):
@@ -275,7 +277,7 @@ def cmd_report(args) -> int:
     from .images.grid import open_any_run
 
     run = open_any_run(args.run)  # a feature run or a Stable Diffusion run
-    metrics = run.metrics()
+    metrics = run.all_metrics()  # with the deferred metrics computed so far
     dataset = run.config["dataset"].get("name") if "dataset" in run.config else run.config.get("kind")
     report = {"run": os.fspath(run.folder), "dataset": dataset,
               "rounds": {str(k): metrics.get(k, {}) for k in run.rounds()}}
@@ -443,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import(sub, common)
     _add_budget(sub, common)
     _add_sd_explore(sub, common)
+    _add_metrics(sub, common)
     return parser
 
 
@@ -478,6 +481,9 @@ def _add_explore(sub, common) -> None:
                    help="'data': the paper's reward -lam log p at the data end (score at t_r, deconvolved); "
                         "'smoothed' (default): -lam log p(x, t_r), a different, smoothed target")
     p.add_argument("--t-r", type=float, dest="t_r", help="noise level the reward's score is read at (default: 0.05)")
+    p.add_argument("--density-metrics", choices=["later", "now"], default="later",
+                   help="the PF-ODE cross-entropy and surprise: 'later' (default) leaves them out of the rounds' "
+                        "time ('smeme metrics' computes them on request); 'now' computes each before its round is saved")
     p.set_defaults(func=cmd_explore)
 
 
@@ -590,6 +596,39 @@ def _add_sd_explore(sub, common) -> None:
     p.add_argument("--no-metrics", action="store_true", help="skip the per-round image metrics (samples, FID, CLIP)")
     p.add_argument("--cpu", action="store_true", help="force CPU even when a GPU is present")
     p.set_defaults(func=cmd_sd_explore)
+
+
+def _add_metrics(sub, common) -> None:
+    p = sub.add_parser("metrics", parents=[common], help="the rounds' deferred metrics (PF-ODE cross-entropy and "
+                       "surprise), computed on first request and kept in the run; one JSON line per round")
+    p.add_argument("--run", required=True, help="the run folder")
+    p.add_argument("--rounds", help="comma-separated rounds, e.g. 0,2 (default: every saved round)")
+    p.set_defaults(func=cmd_metrics)
+
+
+def cmd_metrics(args) -> int:
+    from .deferred import measure, pending
+    from .store import open_run
+
+    run = open_run(args.run)
+    rounds = None
+    if args.rounds is not None:
+        try:
+            rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
+        except ValueError:
+            raise CliError(f"--rounds needs comma-separated round numbers like 0,1,2, got '{args.rounds}'.") from None
+        if not rounds:
+            raise CliError("--rounds names no round; give e.g. 0,1,2 or leave it out for every round.")
+    todo = set(pending(run, rounds))
+    bar = Bar("metrics", None if not args.quiet else False)
+
+    def progress(index, count, k, done, total):
+        bar.label = f"round {k} ({index + 1} of {count})"
+        bar(done, total)
+
+    for k, values in measure(run, rounds, progress=progress).items():
+        print(json.dumps({"round": k, **values, "computed": k in todo}, allow_nan=False), flush=True)
+    return 0
 
 
 def _sentence(exc: BaseException) -> str:

@@ -25,7 +25,8 @@ solver's result beside its solver seconds: the likelihood-ratio weights' health 
 the control converged (SolverResult.round_metrics).
 
 Contract: each finished round is checked (finite weights, on-support share not down by more
-than max_validity_drop against the previous round) and saved at once with its metrics; a
+than max_validity_drop against the previous round) and saved at once with the metrics that define it
+(smeme.metrics.sample_metrics; the PF-ODE ones follow the commit, smeme.deferred); a
 rejected round raises ExploreError and leaves the previous round as the latest. One round
 loop serves every kind of round: drive_rounds asks a RoundKind for round k's problem (frozen
 base, tuned copy, reward, solver settings), solves it, and hands the result back to the kind
@@ -120,8 +121,10 @@ class ExploreConfig(ConfigBase):
             A round whose on-support share falls by more than this (a share, 0.2 = 20 points) below the previous
             round's is rejected.
         metrics_n (`int`, defaults to 4096): Samples drawn for each round's metrics.
-        metrics_logp (`bool`, defaults to True):
-            Also computes the PF-ODE cross-entropy and surprise (the slow metrics).
+        metrics_logp (`bool`, defaults to False):
+            Computes the PF-ODE cross-entropy and surprise (~7x the other metrics' cost) before the round commits,
+            into its record; False leaves them for after the commit (smeme.deferred: `smeme metrics`, the app's
+            background job), so a round is visible at once.
         solver_options (`dict`, defaults to `{}`):
             Any other `AdjointMatchingConfig` or `StudentTeacherConfig` field by name; it overrides the settings
             above.
@@ -151,7 +154,7 @@ class ExploreConfig(ConfigBase):
     allow_lam_one: bool = False
     max_validity_drop: float = 0.20
     metrics_n: int = 4096
-    metrics_logp: bool = True
+    metrics_logp: bool = False
     solver_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -308,7 +311,9 @@ class RoundKind(Protocol):
     def problem(self, k: int) -> RoundProblem: ...  # round k's frozen base, tuned copy and reward
 
     def finish(self, k: int, problem: RoundProblem, result: SolverResult, seconds: float) -> dict: ...
-    # checks, measures and saves round k; returns its metrics (raises when it is rejected)
+    # checks, measures and saves round k with the metrics that define it; returns them (raises when
+    # it is rejected). Metrics its run kind defers (run.deferred_metrics, a smeme.metrics.DeferredMetrics)
+    # are left out: smeme.deferred computes them after the commit.
 
     def reject(self, k: int, reason: str) -> Exception: ...  # the kind's error for a diverged round
 

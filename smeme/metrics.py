@@ -13,11 +13,20 @@ What `round_metrics` reports, all in the data's own units:
 - toy: sparse_share, and the closed-form prediction p_k ~ p_pre^g, g = prod_i (1 - lam_i)
   where the lambdas of rounds 1..k are known, with p_pre the
   pre-trained model's own two-region split (round 0's `closed_form.pre_sparse_share`).
+
+A round's metrics come in two parts. The ones that define it (shares, support, validity,
+k-NN entropy, the closed form: `sample_metrics`) are cheap, sample-based, and committed with
+the round. The PF-ODE ones (cross_entropy_pfode, surprise_pre: `density_metrics`, ~7x the
+cost of the rest on a triangles round) are DEFERRED: `deferred_metrics_of(run)` says which
+metrics a run's rounds leave for later and how they are computed from the committed round
+(smeme.deferred stores them beside it); `round_metrics` computes both parts at once.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +35,8 @@ from .density import knn_entropy, log_prob_raw, mc_cross_entropy
 from .sampling import FixedNoise, sample_ddpm
 
 KNN_K = 5
+METRICS_N, METRICS_SEED, METRICS_STEPS = 4096, 1234, 100  # a round's metric samples: n, fixed-noise seed, DDPM steps
+DENSITY_METRICS = ("cross_entropy_pfode", "surprise_pre")  # the PF-ODE metrics (deferred)
 NOTES = {
     "entropy_knn": "Kozachenko-Leonenko k-NN entropy (nats) of all finite samples, data units",
     "cross_entropy_pfode": "-mean log p_k under the PF-ODE density: a cross-entropy, not the entropy",
@@ -67,7 +78,7 @@ def _model_dtype(model) -> torch.dtype:
     return p.dtype if p is not None else torch.float64
 
 
-def round_samples(run, model, n: int = 4096, seed: int = 1234, steps: int = 100) -> np.ndarray:
+def round_samples(run, model, n: int = METRICS_N, seed: int = METRICS_SEED, steps: int = METRICS_STEPS) -> np.ndarray:
     """n DDPM samples under the fixed noise of `seed`, in the data's own units (n rows)."""
     noise = FixedNoise.from_seed(seed, n, tuple(model.sample_shape), steps, dtype=_model_dtype(model))
     z = sample_ddpm(model, noise).detach().to(torch.float64).cpu().numpy()
@@ -133,21 +144,34 @@ def _support_sparse_share(shares: dict) -> float | None:
     return sparse / (dense + sparse) if dense + sparse else None
 
 
-def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234, steps: int = 100,
-                  base_model=None, logp: bool = True, lam_history: list[float] | None = None,
-                  density_kw: dict | None = None) -> dict:
-    """Metrics of round `round_index` (see the module docstring), JSON-ready.
+def round_metrics(run, model, round_index: int, n: int = METRICS_N, seed: int = METRICS_SEED,
+                  steps: int = METRICS_STEPS, base_model=None, logp: bool = True,
+                  lam_history: list[float] | None = None, density_kw: dict | None = None) -> dict:
+    """Metrics of round `round_index` (see the module docstring), JSON-ready: the sample-based
+    ones (sample_metrics) and, unless logp=False, the PF-ODE ones on the same samples
+    (density_metrics; the slow part).
 
     run: run.domain, run.standardizer, run.load_model(0), run.config.
     base_model: the pre-trained model (default: `model` itself for round 0, else
-    run.load_model(0)). logp=False skips both PF-ODE quantities (the slow part).
-    lam_history: lambdas of rounds 1..k (default: read from run.config['explore']).
-    A domain with its own `round_metrics` (images) computes them itself.
+    run.load_model(0)). lam_history: lambdas of rounds 1..k (default: read from
+    run.config['explore']). A domain with its own `round_metrics` (images) computes them itself.
     """
     domain = run.domain
     if hasattr(domain, "round_metrics"):
         return domain.round_metrics(run, model, round_index)
     start = time.perf_counter()
+    out, raw = sample_metrics(run, model, round_index, n, seed, steps, lam_history)
+    if logp:
+        out.update(density_metrics(run, model, round_index, raw, base_model, density_kw))
+    out["seconds"] = round(time.perf_counter() - start, 3)
+    return out
+
+
+def sample_metrics(run, model, round_index: int, n: int = METRICS_N, seed: int = METRICS_SEED,
+                   steps: int = METRICS_STEPS, lam_history: list[float] | None = None) -> tuple[dict, np.ndarray]:
+    """The metrics that define round `round_index` (all but the PF-ODE ones), and the n samples
+    (data units) they were measured on: drawn under the fixed noise of `seed`."""
+    domain = run.domain
     raw = round_samples(run, model, n, seed, steps)
     finite = np.all(np.isfinite(raw.reshape(len(raw), -1)), axis=1)
     on_support = np.asarray(domain.on_support(raw), dtype=bool)
@@ -157,13 +181,6 @@ def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234,
     out["entropy_knn"] = _float(knn_entropy(raw[finite], k=KNN_K)) if finite.sum() > KNN_K else None
     out["entropy_knn_on_support"] = (_float(knn_entropy(raw[on_support], k=KNN_K))
                                      if on_support.sum() > KNN_K else None)
-    if logp:
-        kw = density_kw or {}
-        out["cross_entropy_pfode"] = _mean_surprise(model, run, raw[finite], **kw)
-        if base_model is None:
-            base_model = model if round_index == 0 else run.load_model(0)
-        out["surprise_pre"] = (out["cross_entropy_pfode"] if base_model is model
-                               else _mean_surprise(base_model, run, raw[finite], **kw))
     shares = {key: category_shares(labels) for key, labels in domain.categories(raw).items()}
     out["shares"] = shares
     invalid = [s["invalid"]["share"] for s in shares.values() if "invalid" in s]
@@ -173,16 +190,83 @@ def round_metrics(run, model, round_index: int, n: int = 4096, seed: int = 1234,
         out["sparse_share"] = shares["region"].get("sparse", {"share": 0.0})["share"]
         out["sparse_share_on_support"] = _support_sparse_share(shares)  # what the closed form describes
     if hasattr(domain, "sparse_share_after"):
-        hist = lam_history if lam_history is not None else lam_history_from_config(getattr(run, "config", {}), round_index)
-        if round_index == 0:
-            hist = []
-        if hist is not None:
-            pre = (_support_sparse_share(shares) if round_index == 0
-                   else (getattr(run, "metrics", dict)() or {}).get(0, {}).get("closed_form", {}).get("pre_sparse_share"))
-            cf = toy_closed_form(domain, hist, pre)
-            out["closed_form"] = cf
-            out["sparse_share_closed_form"] = cf["sparse_share"]
-            out["tilt_share_closed_form"] = tilt_share(pre, out.get("sparse_share_on_support"), cf["sparse_share"])
+        out.update(_closed_form_metrics(run, round_index, shares, lam_history, out.get("sparse_share_on_support")))
     out["notes"] = dict(NOTES)
-    out["seconds"] = round(time.perf_counter() - start, 3)
-    return out
+    return out, raw
+
+
+def _closed_form_metrics(run, round_index: int, shares: dict, lam_history, reached) -> dict:
+    """The toy's closed form after the round's lambdas (when known) and the share of its shift reached."""
+    hist = lam_history if lam_history is not None else lam_history_from_config(getattr(run, "config", {}), round_index)
+    if round_index == 0:
+        hist = []
+    if hist is None:
+        return {}
+    pre = (_support_sparse_share(shares) if round_index == 0
+           else (getattr(run, "metrics", dict)() or {}).get(0, {}).get("closed_form", {}).get("pre_sparse_share"))
+    cf = toy_closed_form(run.domain, hist, pre)
+    return {"closed_form": cf, "sparse_share_closed_form": cf["sparse_share"],
+            "tilt_share_closed_form": tilt_share(pre, reached, cf["sparse_share"])}
+
+
+def density_metrics(run, model, round_index: int, raw: np.ndarray, base_model=None,
+                    density_kw: dict | None = None) -> dict:
+    """The PF-ODE metrics of round `round_index` on its samples `raw` (data units):
+    cross_entropy_pfode under the round's own model, surprise_pre under the pre-trained one
+    (`base_model`, default run.load_model(0); round 0 is its own). density_kw goes to
+    smeme.density.log_prob (e.g. its progress callback)."""
+    kw = density_kw or {}
+    finite = np.all(np.isfinite(raw.reshape(len(raw), -1)), axis=1)
+    cross_entropy = _mean_surprise(model, run, raw[finite], **kw)
+    if base_model is None:
+        base_model = model if round_index == 0 else run.load_model(0)
+    surprise = cross_entropy if base_model is model else _mean_surprise(base_model, run, raw[finite], **kw)
+    return {"cross_entropy_pfode": cross_entropy, "surprise_pre": surprise}
+
+
+@dataclass(frozen=True)
+class DeferredMetrics:
+    """Metrics a kind of run leaves out of a round's committed record and computes after it
+    (smeme.deferred stores and caches them, one file per round)."""
+    names: tuple[str, ...]  # the keys they add to a round's metrics
+    settings: Callable[[dict], dict]  # a round's committed record -> what its deferred metrics are computed with
+    compute: Callable  # (run, k, settings, progress) -> {name: number or None}; progress(done, total) or None
+
+
+def _density_settings(record: dict) -> dict:
+    """The samples a round's PF-ODE metrics are measured on: those its record was (n, seed, steps)."""
+    defaults = {"n": METRICS_N, "seed": METRICS_SEED, "steps": METRICS_STEPS}
+    return {key: int(record[key]) if type(record.get(key)) is int else value for key, value in defaults.items()}
+
+
+def _deferred_density(run, k: int, settings: dict, progress=None) -> dict:
+    """Round k's PF-ODE metrics on the samples its committed metrics were measured on
+    (drawn again under the same fixed noise): what round_metrics(logp=True) computes."""
+    model = run.load_model(k)
+    raw = round_samples(run, model, settings["n"], settings["seed"], settings["steps"])
+    kw = {"progress": _over_solves(progress, 1 if k == 0 else 2)} if progress else None
+    return density_metrics(run, model, k, raw, density_kw=kw)
+
+
+def _over_solves(progress, solves: int):
+    """progress(done, total) over `solves` PF-ODE solves in a row, from each solve's own count."""
+    state = {"solve": 0, "last": 0}
+
+    def tick(done, total):
+        if done < state["last"]:  # the next solve started
+            state["solve"] += 1
+        state["last"] = done
+        progress(min(state["solve"], solves - 1) * total + done, solves * total)
+    return tick
+
+
+POINT_DENSITY = DeferredMetrics(DENSITY_METRICS, _density_settings, _deferred_density)
+
+
+def deferred_metrics_of(run) -> DeferredMetrics | None:
+    """What a run's rounds leave for later: the domain's own `deferred_metrics()` when it has
+    one; else the PF-ODE metrics for point data (a domain without its own round_metrics)."""
+    domain = run.domain
+    if hasattr(domain, "deferred_metrics"):
+        return domain.deferred_metrics()
+    return None if hasattr(domain, "round_metrics") else POINT_DENSITY

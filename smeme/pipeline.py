@@ -109,13 +109,14 @@ def _pretrain_unlocked(folder, dataset, build, steps, seed, model_params, progre
 
 
 def compute_round_metrics(run: Run, model, k: int, extra: dict | None = None) -> dict | None:
-    """round_metrics for round k, saved into metrics.json; a failure is reported, not raised."""
+    """round_metrics for round k, saved into metrics.json; a failure is reported, not raised.
+    The PF-ODE metrics are deferred (smeme.deferred computes them on request)."""
     try:
         from .metrics import round_metrics
     except ImportError:
         return None
     try:
-        metrics = {**round_metrics(run, model, k), **(extra or {})}
+        metrics = {**round_metrics(run, model, k, logp=False), **(extra or {})}
     except Exception as exc:  # the round itself is saved; metrics can be recomputed
         print(f"warning: round {k} metrics failed ({type(exc).__name__}: {exc}); the round is saved.",
               file=sys.stderr)

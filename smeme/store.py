@@ -5,6 +5,7 @@ A run is a folder:
     round_<k>.safetensors  round k's weights (a point or digits run: the model, 0 = pre-trained;
                            a Stable Diffusion run: round k's LoRA adapter, round 0 = the pipeline)
     metrics.json           {"schema_version", "rounds": {"<k>": {...}}}: the manifest
+    round_<k>.deferred.json  round k's deferred metrics, computed after its commit (smeme.deferred)
     cache/<key>.npy        cached arrays, keyed by what produced them
     .lock                  writers hold an exclusive flock on it
 
@@ -268,6 +269,14 @@ class RunFolder:
             self.metrics()  # a damaged manifest raises the kind's error, as on reading
             update_manifest(self.folder, k, metrics)
 
+    deferred_metrics = None  # a kind's smeme.metrics.DeferredMetrics: what its rounds compute after the commit
+
+    def all_metrics(self) -> dict[int, dict]:
+        """metrics() with each round's deferred metrics folded in where computed (smeme.deferred)."""
+        from .deferred import merged
+
+        return merged(self)
+
     # -- cached arrays ------------------------------------------------------------------
     def cache_path(self, key: str) -> Path:
         """Where the array keyed by `key` (what produced it) lives; long keys are hashed."""
@@ -403,6 +412,12 @@ class Run(RunFolder):
         return run
 
     # -- what the config describes ------------------------------------------------------
+    @property
+    def deferred_metrics(self):
+        from .metrics import deferred_metrics_of
+
+        return deferred_metrics_of(self)
+
     @property
     def domain(self):
         if self._domain is None:

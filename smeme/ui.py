@@ -316,17 +316,28 @@ def _with_parts(row) -> dict:
     return out
 
 
+DEFERRED_TILES = {"surprise"}  # computed after the round is saved (services.launch.start_deferred_metrics)
+COMPUTING = "computing…"
+
+
 def _headline(now, before, title: str, triangles: bool = False) -> None:
-    """HEADLINE metrics of `now` (a dict or a timeline row) with the change from `before`."""
+    """HEADLINE metrics of `now` (a dict or a timeline row) with the change from `before`; a
+    deferred metric still being computed shows as COMPUTING."""
     spec = HEADLINE[:2] + TRIANGLE_PARTS + HEADLINE[2:] if triangles else HEADLINE
+    waiting = bool(now.get("deferred_pending"))
     if triangles:
         now, before = _with_parts(now), None if before is None else _with_parts(before)
-    items = [it for it in spec if now.get(it[0]) is not None and pd.notna(now.get(it[0]))]
+    known = lambda name: now.get(name) is not None and pd.notna(now.get(name))  # noqa: E731
+    items = [it for it in spec if known(it[0]) or (waiting and it[0] in DEFERRED_TILES)]
     if not items:
         return
     st.markdown(title)
     cols = st.columns(len(items))
     for col, (name, label, fmt) in zip(cols, items):
+        if not known(name):
+            col.metric(label, COMPUTING, help="Computed after the round was saved, in the background; "
+                       "shown here when ready.")
+            continue
         delta = None
         if before is not None and before.get(name) is not None and pd.notna(before.get(name)):
             d = float(now[name] - before[name])

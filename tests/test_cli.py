@@ -306,7 +306,7 @@ def read_only(monkeypatch):
     return lambda folder: roots.append(os.path.abspath(os.fspath(folder)))
 
 
-@pytest.mark.parametrize("command", ["pretrain", "explore", "export", "import", "budget"])
+@pytest.mark.parametrize("command", ["pretrain", "explore", "export", "import", "budget", "metrics"])
 def test_a_read_only_cache_is_named_as_read_only(capsys, base_run, tmp_path, monkeypatch, read_only, command):
     import shutil
 
@@ -327,7 +327,8 @@ def test_a_read_only_cache_is_named_as_read_only(capsys, base_run, tmp_path, mon
             "export": ["export", "--run", runs / "toy", "--out", cache / "toy.zip"],
             "import": ["import", bundle, "--name", "again"],
             "budget": ["budget", "--run", runs / "toy", "--iterations", 2, "--rounds", "1", "--trajectories", 8,
-                       "--solver-steps", 4, "--metrics-n", 16, "--no-logp", "--quiet"]}[command]
+                       "--solver-steps", 4, "--metrics-n", 16, "--no-logp", "--quiet"],
+            "metrics": ["metrics", "--run", runs / "toy", "--quiet"]}[command]
     _, line = run_in_process(capsys, *args)
     assert "read-only" in line and str(cache) in line, line
     assert snapshot(cache) == before

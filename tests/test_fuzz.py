@@ -371,6 +371,7 @@ def test_damaged_run_folders_open_or_are_refused(trained, data, monkeypatch):
 
 # -- bundles ------------------------------------------------------------------------------------
 MEMBER_NAMES = ["config.json", "metrics.json", "round_0.safetensors", "round_1.safetensors", "round_7.safetensors",
+                "round_0.deferred.json", "round_01.deferred.json",
                 "cache/data_n2000.npy", "cache/", "../evil.json", "/etc/evil", "cache/../../evil", "a\\b",
                 "C:/evil", "round_0.safetensors/", "", ".", "cache/x.pkl", "émoji-✓.json", "x" * 300,
                 "../outside/sentinel.txt"]

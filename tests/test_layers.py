@@ -22,7 +22,7 @@ LAYERS = [
     ("sampling / density / training", ["smeme.sampling", "smeme.density", "smeme.train", "smeme.presets"]),
     ("solvers", ["smeme.solvers"]),
     ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics", "smeme.api"]),
-    ("store", ["smeme.store"]),
+    ("store", ["smeme.store", "smeme.deferred"]),
     ("pipeline, budget", ["smeme.pipeline", "smeme.budget"]),
     ("images", ["smeme.images"]),
     ("bundles", ["smeme.bundle", "smeme.run_schema"]),  # a bundle carries point runs and image (SD) runs alike

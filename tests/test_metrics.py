@@ -120,10 +120,15 @@ def test_round_metrics_triangles_validity():
 
 def test_round_metrics_on_a_real_run(tmp_path):
     from smeme import pipeline
+    from smeme.deferred import measure
     run = pipeline.pretrain_run(tmp_path / "run", "toy", preset="tiny", steps=30, n=2000)
     m0 = run.metrics()[0]
-    for key in ("entropy_knn", "cross_entropy_pfode", "surprise_pre", "on_support", "sparse_share"):
+    for key in ("entropy_knn", "on_support", "sparse_share"):
         assert key in m0, key
+    assert "cross_entropy_pfode" not in m0  # deferred: computed on request (smeme.deferred)
+    measure(run, [0])
+    for key in ("cross_entropy_pfode", "surprise_pre"):
+        assert key in run.all_metrics()[0], key
     m = metrics.round_metrics(run, run.load_model(0), 1, n=256, steps=10, density_kw=FAST, lam_history=[0.1])
     pre = m0["closed_form"]["pre_sparse_share"]  # the pre-trained model's own split
     ratio = ((1 - pre) / pre) ** 0.9

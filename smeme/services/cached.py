@@ -46,6 +46,8 @@ def _mem_put(key, value):
 
 def _round_stamp(run, k: int):
     for p in Path(run_folder(run)).glob(f"round_{k}.*"):
+        if p.name.endswith(".deferred.json"):  # written after the round: not the round itself
+            continue
         try:
             return p.stat().st_mtime_ns
         except OSError:
@@ -305,10 +307,14 @@ def _exact_row(r: dict, first: dict, h0, prefix: str) -> dict:
 
 
 def timeline(run) -> pd.DataFrame:
-    """One row per finished round: 'round' plus the flattened metrics, and what a perfect
-    solver would have reached where it can be computed (perfect_solver)."""
-    metrics = sorted(run.metrics().items(), key=lambda kv: int(kv[0]))
-    rows = [{"round": int(k), **flat_metrics(m)} for k, m in metrics]
+    """One row per finished round: 'round' plus the flattened metrics (with the deferred ones
+    computed so far; 'deferred_pending' is True where they are still to come), and what a
+    perfect solver would have reached where it can be computed (perfect_solver)."""
+    from ..deferred import pending
+
+    metrics = sorted(run.all_metrics().items(), key=lambda kv: int(kv[0]))
+    waiting = set(pending(run))
+    rows = [{"round": int(k), **flat_metrics(m), "deferred_pending": int(k) in waiting} for k, m in metrics]
     for row, exact in zip(rows, perfect_solver(run, dict(metrics)) or []):
         row.update(exact)
     return pd.DataFrame(rows) if rows else pd.DataFrame({"round": []})

@@ -1,5 +1,8 @@
 """Start the app's long work in background processes (smeme.services.jobs): pre-training,
-S-MEME rounds and heatmaps. Bad settings raise at once, on the page, not in the worker."""
+S-MEME rounds, the rounds' deferred metrics and heatmaps. Bad settings raise at once, on the
+page, not in the worker. A round's deferred metrics (smeme.deferred: the PF-ODE cross-entropy
+and surprise) and heatmaps are read-only work queued once a training or rounds job ends, never
+beside a round: a round never shares the CPU with them."""
 from __future__ import annotations
 
 import time
@@ -22,7 +25,7 @@ def start_training(folder, dataset: str, dataset_params: dict | None = None, ste
     ReadOnlyError in viewer mode). `owner`: the session that may stop it."""
     return jobs.start_process(folder, "train", _train_job, str(folder), dataset, dict(dataset_params or {}),
                               steps, seed, dict(model_params or {}), label=label or f"Training ({dataset})",
-                              owner=owner, then=heatmaps_after)
+                              owner=owner, then=after_rounds)
 
 
 def _train_job(job, folder: str, dataset: str, dataset_params: dict, steps, seed: int, model_params: dict):
@@ -66,10 +69,67 @@ def start_rounds(folder, rounds: int, config: "ExploreConfig | dict", owner: str
     if not isinstance(config, ExploreConfig):
         config = ExploreConfig.from_dict(dict(config))
     access.require_writer()  # before anything else is touched
-    # heatmaps never run beside a round: stop them; the rounds job queues them again when it ends
+    # read-only work never runs beside a round: stop it; the rounds job queues it again when it ends
     jobs.halt(folder, "heatmap")
+    jobs.halt(folder, "metrics")
     return jobs.start_process(folder, "explore", _rounds_job, str(folder), int(rounds), config.to_dict(),
-                              label=f"S-MEME rounds ({int(rounds)})", owner=owner, then=heatmaps_after)
+                              label=f"S-MEME rounds ({int(rounds)})", owner=owner, then=after_rounds)
+
+
+def after_rounds(job: jobs.Job) -> None:
+    """Once a training or rounds job has ended (any status: the rounds saved so far deserve
+    theirs): the deferred metrics, then the heatmaps of its run's rounds, each in its own job."""
+    try:
+        start_deferred_metrics(job.folder, owner=job.owner)
+    except Exception:  # noqa: BLE001 - e.g. a training stopped before round 0 was saved
+        pass
+    heatmaps_after(job)
+
+
+RETRY_AFTER_S = 60.0  # a failed deferred-metrics job of the same rounds is not retried sooner
+
+
+def start_deferred_metrics(folder, owner: str | None = None) -> jobs.Job | None:
+    """Compute the deferred metrics of the run's rounds that lack them (smeme.deferred) in a
+    background process: a read-only job of kind 'metrics', whose progress names the round and
+    the ODE step. Returns the running job, or None when nothing is pending or rounds are
+    running on the run (their job queues this one when it ends). A job that failed on the same
+    rounds (e.g. a full disk) less than RETRY_AFTER_S ago is returned, not started again on
+    every page visit."""
+    from ..deferred import pending
+
+    todo = pending(open_run(folder))
+    if not todo:
+        return None
+    rounds_job = jobs.get(folder, "explore")
+    if rounds_job is not None and rounds_job.running:
+        return None
+    topic = ",".join(map(str, todo))
+    existing = jobs.get(folder, "metrics")
+    if existing is not None and (existing.running or (
+            existing.status == jobs.FAILED and existing.topic == topic
+            and existing.clock() - existing.finished < RETRY_AFTER_S)):
+        return existing
+    return jobs.start_process(folder, "metrics", _deferred_job, str(folder), label="PF-ODE metrics",
+                              writes=False, owner=owner, topic=topic)
+
+
+def _deferred_job(job, folder: str) -> list[int]:
+    from ..deferred import measure, pending
+    setup()
+    run = open_run(folder)
+    todo = pending(run)
+    job.update(0.0, f"PF-ODE metrics of round(s) {', '.join(map(str, todo))}...")
+
+    def progress(index, count, k, done, total):
+        if job.cancel.is_set():
+            raise jobs.JobCancelled()
+        job.update((index + done / max(total, 1)) / count,
+                   f"PF-ODE metrics of round {k} ({index + 1} of {count}): ODE step {done}/{total}")
+
+    measure(run, todo, progress=progress, cancel=job.cancel,
+            on_round=lambda k, values: job.log({"round": int(k), "deferred": values}))
+    return todo
 
 
 def heatmaps_after(job: jobs.Job) -> jobs.Job | None:

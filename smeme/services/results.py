@@ -71,7 +71,8 @@ def flat_metrics(m: dict) -> dict:
 
 
 def metrics_json(run) -> str:
-    return json.dumps({str(k): v for k, v in sorted(run.metrics().items())}, indent=2, default=_json_default)
+    """Every round's metrics, with the deferred ones computed so far (smeme.deferred), as JSON."""
+    return json.dumps({str(k): v for k, v in sorted(run.all_metrics().items())}, indent=2, default=_json_default)
 
 
 def _json_default(o):
