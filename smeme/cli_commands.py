@@ -71,14 +71,20 @@ def write_problem(exc: OSError, target=None) -> str | None:
     return f"Cannot save '{path}': its folder {folder} {why}."
 
 
-def _frame_csv(columns, values, extra: dict | None = None) -> str:
-    import pandas as pd
+def _points_csv(columns, values) -> str:
+    """A CSV of `values` (n, len(columns)) under a header of `columns`, floats to 9 significant
+    digits and NaN as an empty field: what pandas' to_csv(index=False, float_format='%.9g')
+    writes, without importing pandas (0.6 CPU-s at start-up)."""
+    import numpy as np
 
-    frame = pd.DataFrame(values, columns=list(columns))
-    for name, col in (extra or {}).items():
-        frame[name] = col
+    values = np.asarray(values)
     buf = io.StringIO()
-    frame.to_csv(buf, index=False, float_format="%.9g")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([str(c) for c in columns])
+    if np.issubdtype(values.dtype, np.floating):
+        writer.writerows([["" if v != v else f"{v:.9g}" for v in row] for row in values.tolist()])
+    else:
+        writer.writerows(values.tolist())
     return buf.getvalue()
 
 
@@ -223,7 +229,7 @@ def cmd_sample(args) -> int:
     raw = sample_run(run, args.round, args.n, seed=args.seed, steps=args.steps,
                      progress=Bar("sample", None if not args.quiet else False))
     raw = raw.reshape(len(raw), -1)
-    _write_text_atomic(args.out, _frame_csv(run.domain.columns, raw))
+    _write_text_atomic(args.out, _points_csv(run.domain.columns, raw))
     return 0
 
 
