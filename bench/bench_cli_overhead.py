@@ -1,4 +1,4 @@
-"""A CLI command's fixed cost beyond `import torch` (issue 12: <= 1.5 s).
+"""A CLI command's fixed cost beyond `import torch` (issue 12: <= 1.5 s; issue 23: <= 1.0 s).
 
 For each command: the time of the whole process and of `python -c "import torch"` run just
 before it, and the command's own work (the same command run a second time inside one

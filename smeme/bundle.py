@@ -14,8 +14,9 @@ before a byte is written: at most MAX_TOTAL_BYTES uncompressed in all, at most M
 times the zip file's own size in all (above RATIO_FLOOR), each large member at most MAX_RATIO,
 and room on the disk. While extracting, the bytes actually written are counted against each
 member's declared size and the total (declared sizes can lie). Then, in a temporary folder
-inside the runs folder, config.json must follow its run kind's strict schema (smeme.run_schema:
-no unknown field at any level, no file named), every round file must be named in metrics.json
+inside the runs folder, the run's contents are checked (smeme.bundle_contents): config.json
+must follow its run kind's strict schema (smeme.run_schema: no unknown field at any level, no
+file named), every round file must be named in metrics.json
 and match the config's model (tensor names, shapes, finite values, read with safetensors),
 every deferred-metrics file must be one smeme writes for a committed round and its weights
 (smeme.deferred.check_files), kept training rows must match their checksum, and every cached
@@ -49,12 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundle_contents import ROUND_FILE_RE, BundleError, check_run
 from .deferred import FILE_RE as _DEFERRED_RE
-from .deferred import check_files as _check_deferred_files
 from .deferred import packable as _packable_deferred
 from .safe_io import MAX_JSON_BYTES, read_json, size_text
-from .store import (CACHE_DIR, CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE, StoreError, folder_lock, open_run,
-                    read_training_rows, run_kind)
+from .store import CACHE_DIR, CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE, folder_lock, open_run
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 1 << 30  # 1 GiB: a round of the digits UNet is ~10 MB, an SD LoRA ~3 MB
@@ -63,13 +63,8 @@ MAX_RATIO = 100  # uncompressed / compressed, for a member above RATIO_FLOOR byt
 MAX_TOTAL_RATIO = 20  # all members uncompressed / the zip file's size, once above RATIO_FLOOR
 RATIO_FLOOR = 1 << 20
 _CHUNK = 1 << 20
-_ROUND_RE = re.compile(r"^round_(\d{1,6})\.safetensors$")
 _CACHE_RE = re.compile(r"^cache/[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}\.npy$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-class BundleError(StoreError):
-    """A bundle cannot be written or is refused on import (one sentence naming why)."""
 
 
 # -- export -------------------------------------------------------------------------------
@@ -89,8 +84,8 @@ def _members_of(folder: Path) -> list[str]:
     for name in (METRICS_FILE, TRAINING_ROWS_FILE):
         if os.path.lexists(folder / name):
             names.append(name)
-    names += sorted((p.name for p in folder.iterdir() if _ROUND_RE.match(p.name) and os.path.lexists(p)),
-                    key=lambda n: int(_ROUND_RE.match(n).group(1)))
+    names += sorted((p.name for p in folder.iterdir() if ROUND_FILE_RE.match(p.name) and os.path.lexists(p)),
+                    key=lambda n: int(ROUND_FILE_RE.match(n).group(1)))
     names += _packable_deferred(open_run(folder))  # a damaged or stale one is left out (computed again)
     cache = folder / CACHE_DIR
     if cache.is_dir() and not _is_link(cache):
@@ -232,7 +227,7 @@ def _check_name(name: str) -> str:
         return f"the member name {name!r} is an absolute path"
     if ".." in name.split("/"):
         return f"the member name {name!r} climbs out of the run with '..'"
-    if (name in (CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE) or _ROUND_RE.match(name) or _CACHE_RE.match(name)
+    if (name in (CONFIG_FILE, METRICS_FILE, TRAINING_ROWS_FILE) or ROUND_FILE_RE.match(name) or _CACHE_RE.match(name)
             or _DEFERRED_RE.match(name)):
         return ""
     return (f"it holds the unexpected file {name!r} (a bundle holds only config.json, metrics.json, "
@@ -316,141 +311,6 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> int:
 
 
 # -- import: checks on the extracted run --------------------------------------------------
-def _check_feature_run(folder: Path) -> None:
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    from .store import Run
-
-    run = Run.open(folder)
-    run.domain  # the data set's domain rebuilds from the config
-    _check_round_files(folder, run.metrics(), first=0)
-    _check_training_rows(folder, run)
-    _check_deferred_files(run)
-    try:
-        with torch.device("meta"):  # shapes only: a hostile config cannot make us allocate its model
-            model = run.new_model()
-    except (RuntimeError, NotImplementedError):  # a model that computes while it initialises (digits UNet)
-        model = run.new_model()
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for k in run.rounds():  # names, shapes and finiteness against the config's model
-        where = f"round_{k}.safetensors"
-        try:
-            with safe_open(run.round_path(k), framework="pt") as f:
-                names = set(f.keys())
-                if names != set(expected):
-                    missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
-                    raise BundleError(f"{where} does not hold the config's model: {len(missing)} tensor(s) "
-                                      f"missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
-                for name in sorted(names):
-                    shape = tuple(f.get_slice(name).get_shape())
-                    if shape != expected[name]:
-                        raise BundleError(f"{where}: the tensor {name!r} has shape {shape} but the config's "
-                                          f"model needs {expected[name]}")
-                    if not bool(torch.isfinite(f.get_tensor(name)).all()):
-                        raise BundleError(f"{where}: the tensor {name!r} holds NaN or infinite values")
-        except (SafetensorError, OSError, ValueError) as exc:
-            if isinstance(exc, BundleError):
-                raise
-            raise BundleError(f"{where} is not a readable safetensors file ({exc})") from None
-
-
-def _check_round_files(folder: Path, named: dict, first: int) -> None:
-    """Every round file is one metrics.json names, and every round it names from `first` on
-    has its file (an SD run's round 0 is its pipeline, not a file)."""
-    for p in folder.iterdir():
-        m = _ROUND_RE.match(p.name)
-        if m and (int(m.group(1)) not in named or p.name != f"round_{int(m.group(1))}.safetensors"):
-            raise BundleError(f"it holds {p.name}, a round that its {METRICS_FILE} does not name")
-    missing = sorted(k for k in named if k >= first and not (folder / f"round_{k}.safetensors").is_file())
-    if missing:
-        raise BundleError(f"its {METRICS_FILE} names round {missing[0]}, but round_{missing[0]}.safetensors "
-                          "is not in it")
-
-
-def _check_training_rows(folder: Path, run) -> None:
-    """A csv run's kept rows match the checksum and shape its config records; no other run
-    holds rows."""
-    dataset = run.config["dataset"]
-    record = dataset.get("training_rows")
-    if record is None:
-        if os.path.lexists(folder / TRAINING_ROWS_FILE):
-            raise BundleError(f"it holds {TRAINING_ROWS_FILE}, which its {CONFIG_FILE} does not record")
-        return
-    if dataset.get("name") != "csv":
-        raise BundleError(f"its {CONFIG_FILE} records training rows, which only csv runs keep")
-    rows = read_training_rows(folder, record)
-    if rows.shape[1] != len(run.domain.columns):
-        raise BundleError(f"{TRAINING_ROWS_FILE} has {rows.shape[1]} columns but the data set has "
-                          f"{len(run.domain.columns)}")
-
-
-def _check_sd_run(folder: Path) -> None:
-    """An SD run's adapters checked without its pipeline: LoRA pairs of the config's rank."""
-    run = open_run(folder)
-    _check_round_files(folder, run.metrics(), first=1)
-    _check_deferred_files(run)
-    if os.path.lexists(folder / TRAINING_ROWS_FILE):
-        raise BundleError(f"it holds {TRAINING_ROWS_FILE}, which a Stable Diffusion run does not keep")
-    rank = run.sd_config.lora_rank
-    targets = tuple(run.sd_config.lora_targets)
-    stray = sorted(set(_ROUND_RE.match(p.name).group(1) for p in folder.iterdir() if _ROUND_RE.match(p.name))
-                   - {str(k) for k in run.rounds()})
-    if stray:
-        raise BundleError(f"round {stray[0]} of the Stable Diffusion run does not follow its earlier rounds")
-    for k in run.rounds()[1:]:
-        where = f"round_{k}.safetensors"
-        state = run.read_adapter(k)
-        if not state:
-            raise BundleError(f"{where} holds no tensors")
-        for name, tensor in state.items():
-            module, _, kind = name.rpartition(".lora_")
-            if kind not in ("A.weight", "B.weight") or not module.endswith(targets):
-                raise BundleError(f"{where} holds the tensor {name!r}, which is not a LoRA weight of the "
-                                  f"config's targets {list(targets)}")
-            rank_dim = 0 if kind == "A.weight" else 1
-            if tensor.dim() < 2 or tensor.shape[rank_dim] != rank:
-                raise BundleError(f"{where}: the tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                  f"not that of a rank-{rank} LoRA weight as the config says")
-            partner = f"{module}.lora_{'B' if kind == 'A.weight' else 'A'}.weight"
-            if partner not in state:
-                raise BundleError(f"{where} holds {name!r} without its partner {partner!r}")
-            if not bool(tensor.isfinite().all()):
-                raise BundleError(f"{where}: the tensor {name!r} holds NaN or infinite values")
-
-
-def _check_run(folder: Path) -> None:
-    from .run_schema import check_point_config, check_sd_config
-
-    cfg = read_json(folder / CONFIG_FILE, BundleError, CONFIG_FILE)
-    if not isinstance(cfg, dict):
-        raise BundleError(f"its {CONFIG_FILE} does not hold a JSON object")
-    if os.path.lexists(folder / METRICS_FILE):
-        metrics = read_json(folder / METRICS_FILE, BundleError, METRICS_FILE)
-        unknown = sorted(set(metrics) - {"schema_version", "rounds"}) if isinstance(metrics, dict) else ["(not an object)"]
-        if unknown:
-            raise BundleError(f"its {METRICS_FILE} has the unknown top-level field {unknown[0]!r}")
-    for p in (folder / CACHE_DIR).glob("*") if (folder / CACHE_DIR).is_dir() else ():
-        try:
-            np.load(p, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            raise BundleError(f"the cached array {CACHE_DIR}/{p.name} is not a plain .npy array "
-                              "(arrays that need pickle are refused)") from None
-    kind = None
-    try:
-        kind = "sd" if cfg.get("kind") == "sd" else run_kind(folder)
-        (check_sd_config if kind == "sd" else check_point_config)(cfg)
-        (_check_sd_run if kind == "sd" else _check_feature_run)(folder)
-    except BundleError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever a hostile run trips, it is refused in one sentence
-        # the run's own messages name the temporary folder; name the member instead
-        text = " ".join(str(exc).replace(f" in {folder}", "").replace(str(folder), "the bundle").split())
-        if not isinstance(exc, StoreError):  # every kind's errors are StoreErrors
-            text = f"its run cannot be opened ({type(exc).__name__}: {text})"
-        raise BundleError(text.rstrip(".")) from None
-
-
 # -- import ---------------------------------------------------------------------------------
 def import_bundle(zip_path, runs_dir, name: str | None = None, overwrite: bool = False) -> Path:
     """Check the bundle `zip_path` and add it as the run `name` (default: the zip's stem) in
@@ -491,7 +351,7 @@ def import_bundle(zip_path, runs_dir, name: str | None = None, overwrite: bool =
                 if isinstance(exc, BundleError):
                     raise
                 raise BundleError(f"a member cannot be read ({type(exc).__name__}: {exc})") from None
-        _check_run(staged)
+        check_run(staged)
         _move_into_place(staged, dest, work)
         return dest
     except BundleError as exc:

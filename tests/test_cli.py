@@ -361,3 +361,39 @@ def test_sd_explore_is_a_subcommand_with_clean_refusals(tmp_path):
                          match="does not exist")
     assert_clean_failure(smeme("sd-explore", "--run", tmp_path / "new", "--rounds", 0), match="--rounds")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("columns", [["x", "y", "z"], ["a,b", 'say "hi"', "plain"]])
+def test_the_sample_csv_is_what_pandas_writes(columns):
+    """`sample` writes its CSV without pandas (0.6 CPU-s at start-up), byte for byte as
+    pandas' to_csv(index=False, float_format='%.9g') does: 9 significant digits, NaN empty,
+    quoted names."""
+    from smeme.cli_commands import _points_csv
+
+    rng = np.random.default_rng(0)
+    for values in (rng.normal(size=(40, 3)) * 10.0 ** rng.integers(-12, 12, size=(40, 3)),
+                   np.array([[np.nan, np.inf, -np.inf], [-0.0, 0.0, 1e300], [1234567890.0, 0.1, 1 / 3]]),
+                   rng.normal(size=(10, 3)).astype(np.float32), rng.integers(-5, 2 ** 40, size=(4, 3)),
+                   np.zeros((0, 3))):
+        expected = pd.DataFrame(values, columns=columns).to_csv(index=False, float_format="%.9g")
+        assert _points_csv(columns, values) == expected
+
+
+def test_commands_load_only_what_they_need(base_run, tmp_path):
+    """--help loads neither torch nor numpy; sample and report load neither pandas nor scipy
+    (their fixed cost beyond `import torch`, bench/bench_cli_overhead.py)."""
+    script = ("import sys\nfrom smeme.cli import main\ncode = main(sys.argv[2:]) if sys.argv[1] == 'run' else 0\n"
+              "heavy = ('torch', 'numpy', 'pandas', 'scipy', 'plotly', 'streamlit')\n"
+              "print('loaded:', *(m for m in heavy if m in sys.modules)); sys.exit(code)")
+    env = {**os.environ, "SMEME_THREADS": "1", "PYTHONPATH": ROOT}
+
+    def loaded(*argv):
+        proc = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return set(proc.stdout.strip().splitlines()[-1].split()[1:])  # the line after the command's output
+
+    assert loaded("import") == set()  # importing the CLI
+    assert loaded("run", "report", "--run", base_run) == {"torch", "numpy"}
+    assert loaded("run", "sample", "--run", base_run, "--n", 8, "--steps", 5, "--out", tmp_path / "s.csv",
+                  "--quiet") == {"torch", "numpy"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smeme import cli
+from smeme import cli, cli_commands
 from smeme.store import Run, StoreError
 
 PRETRAIN = ["pretrain", "--dataset", "toy", "--preset", "tiny", "--n", 1000, "--steps", 30, "--quiet"]
@@ -259,7 +259,7 @@ def test_a_fractional_count_is_not_a_whole_number(capsys):
 
 
 def test_sample_noise_is_capped_by_samples_times_steps_times_features(capsys, run_copy, monkeypatch):
-    monkeypatch.setattr(cli, "MAX_NOISE_NUMBERS", 1000)
+    monkeypatch.setattr(cli_commands, "MAX_NOISE_NUMBERS", 1000)
     out = run_copy.parent / "s.csv"
     message = refusal(capsys, 2, "sample", "--run", run_copy, "--n", 100, "--steps", 10, "--out", out)
     assert message == ("100 samples x 10 steps x 2 features need 2,000 noise numbers, more than the limit "

@@ -2,7 +2,9 @@
 
 Inputs are plain arrays, dicts and DataFrames (what the other smeme.services modules hand the pages),
 so each builder can be unit-tested. Only display geometry lives here (placing a triangle
-from its sides, clipping a colour range); no model work.
+from its sides, clipping a colour range); no model work. The log-density and step-through
+figures live in smeme.services.density_figures, the shared look in smeme.services.figure_style;
+both are re-exported here, so a page calls every builder as figures.<name>.
 """
 from __future__ import annotations
 
@@ -13,61 +15,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
-OVERLAY_COLOR = "#111111"
-HEAT_SCALE = "Viridis"
-DIFF_SCALE = "RdBu_r"  # red = more likely under round b, blue = less; white at 0
-DISPLAY_RANGE = 12.0  # nats of log-density shown below the maximum (lower is clipped)
+# re-exported: the pages and smeme.services.motion / stepper name them through this module
+from .density_figures import (PREVIOUS_COLOR, class_histogram, display_range, heatmap, heatmap_compare,  # noqa: F401
+                              pair_scatter, round_frame)
+from .figure_style import (CATEGORY_COLORS, DIFF_SCALE, DISPLAY_RANGE, HEAT_SCALE, OVERLAY_COLOR,  # noqa: F401
+                           PALETTE, PLOTLY_CONFIG, base_layout, legend_room, overlay_traces, xy_columns)
 
-# SVG scatter (not WebGL): at these sizes (<= 1,000 points a panel) WebGL was no faster in
-# software-rendered Chromium (bench_app.py, 2026-11-26), and SVG works without WebGL.
-# Config for st.plotly_chart: keep the modebar, and make its PNG button export at 2x.
-PLOTLY_CONFIG = {
-    "displaylogo": False,
-    "toImageButtonOptions": {"format": "png", "scale": 2, "filename": "smeme"},
-}
-
-
-CATEGORY_COLORS = {
-    "dense": "#4C78A8", "sparse": "#54A24B", "off": "#E45756",
-    "acute": "#4C78A8", "right": "#F58518", "obtuse": "#54A24B",
-    "scalene": "#4C78A8", "isosceles": "#F58518", "equilateral": "#B279A2", "invalid": "#E45756",
-}
-
-
-def _layout(fig: go.Figure, title: str | None = None, height: int = 380, subtitles: bool = False) -> go.Figure:
-    """Common look: title top-left, legend under the plot (never over titles)."""
-    top = (45 if title else 20) + (25 if subtitles else 0)
-    fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left", y=1.0, yanchor="top", yref="container", pad=dict(t=8)) if title else None,
-        height=height, margin=dict(l=55, r=20, t=top, b=50),
-        template="plotly_white",
-        legend=dict(orientation="h", yanchor="top", y=-0.16, x=0, xanchor="left"),
-    )
-    return fig
-
-
-def _legend_room(fig: go.Figure) -> go.Figure:
-    """Grow the bottom margin (and height) when a legend is shown under the plot."""
-    shown = [t for t in fig.data if t.showlegend is not False and t.name]
-    if shown and fig.layout.showlegend is not False:
-        fig.update_layout(margin=dict(b=95), height=(fig.layout.height or 380) + 40)
-    return fig
-
-
-def _overlay_traces(overlay: Sequence[dict] | None, showlegend: bool = False) -> list[go.Scatter]:
-    traces = []
-    dashes = ["solid", "dash", "dot", "dot", "dashdot"]
-    for i, item in enumerate(overlay or []):
-        mode = item.get("mode", "lines")
-        item = {"dash": dashes[i % len(dashes)], **item}
-        traces.append(go.Scatter(
-            x=list(item["x"]), y=list(item["y"]), mode=mode, name=item.get("name", "overlay"),
-            line=dict(color=item.get("color", OVERLAY_COLOR), width=1.5, dash=item.get("dash", "solid")),
-            marker=dict(color=item.get("color", OVERLAY_COLOR), size=9, symbol=item.get("symbol", "star")),
-            hoverinfo="name", showlegend=showlegend, legendgroup="overlay",
-        ))
-    return traces
+_overlay_traces = overlay_traces  # the name smeme.services.motion imports
 
 
 # --------------------------------------------------------------------------------------
@@ -101,7 +55,7 @@ def loss_curve(losses: Sequence[tuple[int, float]] | Sequence[float], title: str
         fig.update_yaxes(title_text="loss", type="log", tickvals=tickvals, ticktext=[f"{v:g}" for v in tickvals])
     else:
         fig.update_yaxes(title_text="loss", type="linear")
-    return _layout(fig, title, height=300)
+    return base_layout(fig, title, height=300)
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:
@@ -118,13 +72,6 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     # a range too narrow for 1..9 steps (a loss settled within a few percent): 4 values across it
     return sorted({float(f"{v:.3g}") for v in np.geomspace(lo, hi, 4)}) if hi > lo else [float(f"{lo:.3g}")]
 
-
-# --------------------------------------------------------------------------------------
-# samples
-
-def _xy(points) -> np.ndarray:
-    p = np.asarray(points, dtype=float)
-    return p.reshape(len(p), -1)[:, :2] if len(p) else np.zeros((0, 2))
 
 
 def scatter_panels(panels: Sequence[tuple[str, np.ndarray]], overlay: Sequence[dict] | None = None,
@@ -144,7 +91,7 @@ def scatter_panels(panels: Sequence[tuple[str, np.ndarray]], overlay: Sequence[d
                         shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.04)
     shown_groups: set = set()
     for i, (name, pts) in enumerate(panels):
-        xy = _xy(pts)[:max_points]
+        xy = xy_columns(pts)[:max_points]
         cats = None if not colors or colors[i] is None else np.asarray(colors[i])[:max_points]
         if cats is None:
             fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=name,
@@ -159,7 +106,7 @@ def scatter_panels(panels: Sequence[tuple[str, np.ndarray]], overlay: Sequence[d
                                                        color=CATEGORY_COLORS.get(str(c), PALETTE[j % len(PALETTE)]))),
                               row=1, col=i + 1)
                 shown_groups.add(str(c))
-        for tr in _overlay_traces(overlay):
+        for tr in overlay_traces(overlay):
             fig.add_trace(tr, row=1, col=i + 1)
     fig.update_xaxes(title_text=labels[0], matches="x")
     fig.update_yaxes(matches="y")
@@ -167,7 +114,7 @@ def scatter_panels(panels: Sequence[tuple[str, np.ndarray]], overlay: Sequence[d
         fig.update_xaxes(range=list(ranges[0]))
         fig.update_yaxes(range=list(ranges[1]))
     fig.update_yaxes(title_text=labels[1], col=1)
-    return _legend_room(_layout(fig, title, height=height, subtitles=True))
+    return legend_room(base_layout(fig, title, height=height, subtitles=True))
 
 
 def displacement(points_a: np.ndarray, points_b: np.ndarray, overlay: Sequence[dict] | None = None,
@@ -176,7 +123,7 @@ def displacement(points_a: np.ndarray, points_b: np.ndarray, overlay: Sequence[d
                  ranges: tuple | None = None) -> go.Figure:
     """The same initial noise through two rounds: a line from each sample under a to its
     position under b, with both sets of end points."""
-    a, b = _xy(points_a), _xy(points_b)
+    a, b = xy_columns(points_a), xy_columns(points_b)
     m = min(len(a), len(b), max_points)
     a, b = a[:m], b[:m]
     seg_x = np.column_stack([a[:, 0], b[:, 0], np.full(m, np.nan)]).ravel()
@@ -188,191 +135,14 @@ def displacement(points_a: np.ndarray, points_b: np.ndarray, overlay: Sequence[d
                                marker=dict(size=4, color=PALETTE[0])))
     fig.add_trace(go.Scatter(x=b[:, 0], y=b[:, 1], mode="markers", name=names[1],
                                marker=dict(size=4, color=PALETTE[1])))
-    for tr in _overlay_traces(overlay):
+    for tr in overlay_traces(overlay):
         fig.add_trace(tr)
     fig.update_xaxes(title_text=labels[0])
     fig.update_yaxes(title_text=labels[1], scaleanchor="x", scaleratio=1)
     if ranges:
         fig.update_xaxes(range=list(ranges[0]))
         fig.update_yaxes(range=list(ranges[1]))
-    return _legend_room(_layout(fig, title, height=height))
-
-
-# --------------------------------------------------------------------------------------
-# densities
-
-def display_range(*arrays: np.ndarray, span: float = DISPLAY_RANGE) -> tuple[float, float]:
-    """A shared colour range: from (max - span) to max over the finite values."""
-    vals = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays]) if arrays else np.zeros(1)
-    vals = vals[np.isfinite(vals)]
-    if not len(vals):
-        return (-1.0, 0.0)
-    hi = float(vals.max())
-    lo = max(float(vals.min()), hi - span)
-    return (lo, hi if hi > lo else lo + 1.0)
-
-
-def heatmap(hm: dict, overlay: Sequence[dict] | None = None, title: str | None = None,
-            zrange: tuple[float, float] | None = None, height: int = 420) -> go.Figure:
-    """One log-density heatmap; hm = {'xs', 'ys', 'logp' (len(ys), len(xs)), 'labels'}."""
-    z = np.asarray(hm["logp"], dtype=float)
-    lo, hi = zrange or display_range(z)
-    fig = go.Figure(go.Heatmap(x=hm["xs"], y=hm["ys"], z=np.clip(z, lo, hi), zmin=lo, zmax=hi,
-                               colorscale=HEAT_SCALE, colorbar=dict(title="log p"),
-                               hovertemplate="(%{x:.2f}, %{y:.2f}): log p = %{z:.2f}<extra></extra>"))
-    for tr in _overlay_traces(overlay):
-        fig.add_trace(tr)
-    xl, yl = _labels(hm)
-    fig.update_xaxes(title_text=xl, range=[float(np.min(hm["xs"])), float(np.max(hm["xs"]))])
-    fig.update_yaxes(title_text=yl, range=[float(np.min(hm["ys"])), float(np.max(hm["ys"]))])
-    return _layout(fig, title, height=height)
-
-
-def _labels(hm: dict) -> tuple[str, str]:
-    lab = hm.get("labels") or ("x", "y")
-    if isinstance(lab, dict):
-        return lab.get("x", "x"), lab.get("y", "y")
-    return str(lab[0]), str(lab[1])
-
-
-def heatmap_compare(hm_a: dict, hm_b: dict, overlay: Sequence[dict] | None = None,
-                    names: tuple[str, str] = ("round a", "round b"), height: int = 400) -> go.Figure:
-    """log p under round a, under round b (one shared scale) and b - a (diverging, 0 = white)."""
-    za = np.asarray(hm_a["logp"], dtype=float)
-    zb = np.asarray(hm_b["logp"], dtype=float)
-    if za.shape != zb.shape:
-        raise ValueError(f"The two heatmaps differ in shape ({za.shape} vs {zb.shape}); compute them at one resolution.")
-    lo, hi = display_range(za, zb)
-    # the difference where either density is visible on the shared scale
-    diff = np.clip(zb, lo, hi) - np.clip(za, lo, hi)
-    finite = diff[np.isfinite(diff)]
-    d = float(np.quantile(np.abs(finite), 0.99)) if len(finite) else 1.0
-    d = d if d > 0 else 1.0
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=[f"log p, {names[0]}", f"log p, {names[1]}",
-                                        f"difference ({names[1]} − {names[0]})"])
-    hover = "(%{x:.2f}, %{y:.2f}): %{z:.2f}<extra></extra>"
-    for col, z in ((1, za), (2, zb)):
-        fig.add_trace(go.Heatmap(x=hm_a["xs"], y=hm_a["ys"], z=np.clip(z, lo, hi), coloraxis="coloraxis",
-                                 hovertemplate=hover, name=names[col - 1]), row=1, col=col)
-    fig.add_trace(go.Heatmap(x=hm_a["xs"], y=hm_a["ys"], z=np.clip(diff, -d, d), coloraxis="coloraxis2",
-                             hovertemplate=hover, name="difference"), row=1, col=3)
-    for col in (1, 2, 3):
-        for tr in _overlay_traces(overlay):
-            fig.add_trace(tr, row=1, col=col)
-    xl, yl = _labels(hm_a)
-    x_rng = [float(np.min(hm_a["xs"])), float(np.max(hm_a["xs"]))]
-    y_rng = [float(np.min(hm_a["ys"])), float(np.max(hm_a["ys"]))]
-    fig.update_xaxes(title_text=xl, range=x_rng)
-    fig.update_yaxes(range=y_rng)
-    fig.update_yaxes(title_text=yl, col=1)
-    fig.update_layout(
-        coloraxis=dict(colorscale=HEAT_SCALE, cmin=lo, cmax=hi,
-                       colorbar=dict(title=dict(text="log p", side="right"), x=0.585, xanchor="left",
-                                     len=0.9, thickness=12)),
-        coloraxis2=dict(colorscale=DIFF_SCALE, cmin=-d, cmax=d, cmid=0.0,
-                        colorbar=dict(title=dict(text="Δ log p", side="right"), x=1.0, xanchor="left",
-                                      len=0.9, thickness=12)),
-    )
-    fig = _layout(fig, None, height=height, subtitles=True)
-    fig.update_layout(margin=dict(l=55, r=70, t=45, b=50), showlegend=False)
-    # the shared log p bar sits between panel 2 and the difference panel
-    domains = ([0.0, 0.265], [0.29, 0.555], [0.69, 0.955])
-    fig.update_layout(xaxis=dict(domain=domains[0]), xaxis2=dict(domain=domains[1]),
-                      xaxis3=dict(domain=domains[2]))
-    for ann, dom in zip(fig.layout.annotations, domains):
-        ann.x = (dom[0] + dom[1]) / 2
-    return fig
-
-
-# --------------------------------------------------------------------------------------
-# one round at a time (the step-through)
-
-PREVIOUS_COLOR = "rgba(130,130,130,0.28)"
-
-
-def _round_points(fig: go.Figure, pts, prev, cats, k: int, max_points: int, **pos) -> None:
-    """Round k's points over the previous round's, drawn faint behind them."""
-    if prev is not None:
-        p = _xy(prev)[:max_points]
-        fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers", name=f"round {k - 1}",
-                                 marker=dict(size=4, color=PREVIOUS_COLOR), legendgroup="previous"), **pos)
-    xy = _xy(pts)[:max_points]
-    if cats is None:
-        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"round {k}",
-                                 marker=dict(size=4, color=PALETTE[1], opacity=0.7)), **pos)
-        return
-    cats = np.asarray(cats)[:max_points]
-    for j, c in enumerate(sorted(set(cats.tolist()), key=str)):
-        m = cats == c
-        fig.add_trace(go.Scatter(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"round {k}: {c}",
-                                 marker=dict(size=4, opacity=0.75,
-                                             color=CATEGORY_COLORS.get(str(c), PALETTE[j % len(PALETTE)]))), **pos)
-
-
-def round_frame(k: int, hm: dict | None, points, prev_points=None, overlay: Sequence[dict] | None = None,
-                labels: tuple[str, str] = ("x", "y"), colors=None, zrange: tuple[float, float] | None = None,
-                ranges: tuple | None = None, max_points: int = 500, height: int = 440) -> go.Figure:
-    """Round k: its log-density heatmap (left; a note while it is computed) and its samples
-    under the fixed noise, round k-1's faint behind them (right). `zrange` and `ranges` are
-    fixed by the caller over all rounds, so that frames differ only where the model did."""
-    fig = make_subplots(rows=1, cols=2, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=[f"log-density, round {k}",
-                                        f"samples, round {k}" + (f" over round {k - 1}'s" if prev_points is not None
-                                                                 else "")])
-    if hm is not None:
-        z = np.asarray(hm["logp"], dtype=float)
-        lo, hi = zrange or display_range(z)
-        fig.add_trace(go.Heatmap(x=hm["xs"], y=hm["ys"], z=np.clip(z, lo, hi), zmin=lo, zmax=hi,
-                                 colorscale=HEAT_SCALE, showlegend=False,
-                                 colorbar=dict(title=dict(text="log p", side="right"), x=-0.12, xanchor="right",
-                                               thickness=12, len=0.9),
-                                 hovertemplate="(%{x:.2f}, %{y:.2f}): log p = %{z:.2f}<extra></extra>"), row=1, col=1)
-    else:
-        fig.add_annotation(text="log-density: being computed in the background", showarrow=False,
-                           xref="x domain", yref="y domain", x=0.5, y=0.5, font=dict(color="#666"))
-    _round_points(fig, points, prev_points, colors, k, max_points, row=1, col=2)
-    for col in (1, 2):
-        for tr in _overlay_traces(overlay):
-            fig.add_trace(tr, row=1, col=col)
-    fig.update_xaxes(title_text=labels[0], matches="x")
-    fig.update_yaxes(matches="y")
-    fig.update_yaxes(title_text=labels[1], col=1)
-    if ranges:
-        fig.update_xaxes(range=list(ranges[0]))
-        fig.update_yaxes(range=list(ranges[1]))
-    fig = _layout(fig, None, height=height, subtitles=True)
-    fig.update_layout(margin=dict(l=110, r=20, t=45, b=95), height=height + 40)
-    return fig
-
-
-def pair_scatter(k: int, points, prev_points=None, labels: tuple[str, str] = ("x", "y"),
-                 ranges: tuple | None = None, max_points: int = 500, height: int = 380) -> go.Figure:
-    """Two chosen columns of round k's samples over round k-1's (a CSV's category view)."""
-    fig = go.Figure()
-    _round_points(fig, points, prev_points, None, k, max_points)
-    fig.update_xaxes(title_text=labels[0])
-    fig.update_yaxes(title_text=labels[1])
-    if ranges:
-        fig.update_xaxes(range=list(ranges[0]))
-        fig.update_yaxes(range=list(ranges[1]))
-    return _legend_room(_layout(fig, f"{labels[0]} against {labels[1]}, round {k}", height=height))
-
-
-def class_histogram(shares: dict, k: int, previous: dict | None = None, y_max: float | None = None,
-                    height: int = 320) -> go.Figure:
-    """Predicted digit classes of round k (bars) beside round k-1's (faint): shares = {'0': 0.1, ...}."""
-    classes = [str(d) for d in range(10)]
-    fig = go.Figure()
-    if previous:
-        fig.add_trace(go.Bar(x=classes, y=[float(previous.get(c, 0.0)) for c in classes], name=f"round {k - 1}",
-                             marker_color=PREVIOUS_COLOR))
-    fig.add_trace(go.Bar(x=classes, y=[float(shares.get(c, 0.0)) for c in classes], name=f"round {k}",
-                         marker_color=PALETTE[1]))
-    fig.update_layout(barmode="group")
-    fig.update_xaxes(title_text="predicted digit", type="category")
-    fig.update_yaxes(title_text="share", range=[0.0, float(y_max)] if y_max else None, rangemode="tozero")
-    return _legend_room(_layout(fig, f"Digit classes, round {k}", height=height))
+    return legend_room(base_layout(fig, title, height=height))
 
 
 # --------------------------------------------------------------------------------------
@@ -389,7 +159,7 @@ def budget_lines(rows: Sequence[dict], height: int = 380) -> go.Figure:
                                  line=dict(color=PALETTE[i % len(PALETTE)])))
     fig.update_xaxes(title_text="round", dtick=1)
     fig.update_yaxes(title_text="entropy (k-NN, nats)")
-    return _legend_room(_layout(fig, "One budget of solver iterations over K rounds: entropy per round",
+    return legend_room(base_layout(fig, "One budget of solver iterations over K rounds: entropy per round",
                                 height=height))
 
 
@@ -438,7 +208,7 @@ def timeline(df: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, s
         fig.update_xaxes(title_text=None if vertical and i < n - 1 else "round", dtick=1, **pos(i))
         if any(is_share(col) for col, _ in series):  # shares in percent, as on the tiles
             fig.update_yaxes(tickformat=".0%", **pos(i))
-    fig = _layout(fig, title, height=height, subtitles=True)
+    fig = base_layout(fig, title, height=height, subtitles=True)
     # each panel is titled; a legend is needed only where a panel holds several series
     several = any(len(s) > 1 for _, s in panels)
     fig.update_layout(showlegend=several, legend=dict(orientation="h", yanchor="top", y=-0.25 if not vertical else -0.1,
@@ -470,7 +240,7 @@ def category_bars(shares: pd.DataFrame, title: str | None = None, height: int = 
         fig.update_yaxes(range=[0.0, float(y_max)])
     if categories is not None:
         fig.update_xaxes(categoryorder="array", categoryarray=list(categories))
-    fig = _layout(fig, title, height=height)
+    fig = base_layout(fig, title, height=height)
     fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
     return fig
 
