@@ -29,8 +29,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial import cKDTree
-from scipy.special import digamma, gammaln
 from torch import Tensor, nn
 
 from .models.base import NoisePredictor
@@ -295,6 +293,9 @@ def knn_entropy(x, k: int = 5) -> float:
         raise ValueError(f"k must be at least 1, got {k}.")
     if n <= k:
         raise ValueError(f"The k-NN entropy needs more than k = {k} distinct finite points, got {n}.")
+    from scipy.spatial import cKDTree  # here: commands that never measure entropy skip scipy's import
+    from scipy.special import digamma, gammaln
+
     dist, _ = cKDTree(x).query(x, k=k + 1)  # column 0 is the point itself
     r = dist[:, k]
     log_vd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1)  # unit-ball volume

@@ -23,7 +23,7 @@ LAYERS = [
     ("sampling / density / training", ["smeme.sampling", "smeme.density", "smeme.train", "smeme.presets"]),
     ("solvers", ["smeme.solvers"]),
     ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics", "smeme.api"]),
-    ("store", ["smeme.store", "smeme.deferred"]),
+    ("store", ["smeme.run_files", "smeme.store", "smeme.deferred"]),
     ("pipeline, budget", ["smeme.pipeline", "smeme.budget"]),
     ("images", ["smeme.images"]),
     # a bundle carries point runs and image (SD) runs alike
