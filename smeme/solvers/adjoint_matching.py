@@ -20,7 +20,7 @@ Fine-tunes a noise predictor towards p_base(x) exp(r(x)). One iteration:
    E*[zeta_i | x_i], off by J_i^-T. The adjoint term is weighed by adjoint_weight_on_lr_steps there.
    Outliers (trajectory loss > outlier_factor x an EMA of its quantile) are dropped, scaled or kept.
    Weights below ess_floor are tempered (one beta for all the term's steps), or with ess_fallback a step
-   whose own weights are below it leaves the term out and the adjoint term takes it in full: in 16-32
+   whose own weights' share is below ess_fallback leaves the term out and the adjoint term takes it in full: in 16-32
    dimensions the weights' ESS is inherently small (at the exact control step i's weights are
    exp(V_i(x_i)), whose log varies ~ lam^2 d / 2 near the data end) and tempering under-tilts.
 6. WeightAverage: an EMA of the weights over the iterates after a burn-in (weight_ema, average_start).
@@ -91,10 +91,11 @@ class AdjointMatchingConfig(ConfigBase):
     # LR term: the path weights are tempered (w ~ exp(beta log w), beta < 1) whenever their effective
     # sample size at some step falls below ess_floor x m (healthy rounds: 0.85-0.95 of m)
     ess_floor: float = 0.1
-    # LR term: instead of tempering, a step whose own weights' effective sample share is below ess_floor
-    # leaves the term out and the adjoint term takes that step in full (its backward pass then covers
-    # every step); False: temper all the term's steps by one beta
-    ess_fallback: bool = False
+    # LR term, instead of tempering: a step whose own weights' effective sample share (a share of m) is
+    # below this leaves the term out and the adjoint term takes that step in full (the backward pass then
+    # covers every step); None: temper all the term's steps by one beta (ess_floor). 0.5: 16-D Gaussian
+    # 0.71-1.06 of the exact gain per direction, 0.1: 0.50-1.22 (BENCHMARKS.md)
+    ess_fallback: float | None = None
     # weight of the Adjoint Matching term on the steps that carry the likelihood-ratio term (1: both in full)
     adjoint_weight_on_lr_steps: float = 1.0
     # the LR term's target: 'current' J_i^T E*[zeta_i | x_i] = std_i grad V_i (exact; one VJP of the base per
@@ -131,8 +132,9 @@ class AdjointMatchingConfig(ConfigBase):
             raise SolverError(f"reward_cap_quantile must lie in (0, 1] (or None), got {self.reward_cap_quantile}.")
         if not 0 < self.ess_floor < 1:
             raise SolverError(f"ess_floor must lie in (0, 1), got {self.ess_floor}.")
-        if not isinstance(self.ess_fallback, bool):
-            raise SolverError(f"ess_fallback must be true or false, got {self.ess_fallback!r}.")
+        if self.ess_fallback is not None and not (isinstance(self.ess_fallback, (int, float))
+                                                  and 0 < self.ess_fallback < 1):
+            raise SolverError(f"ess_fallback must lie in (0, 1) (or None), got {self.ess_fallback!r}.")
         if not 0 <= self.likelihood_ratio_share <= 1:
             raise SolverError(f"likelihood_ratio_share must lie in [0, 1], got {self.likelihood_ratio_share}.")
         if not (isinstance(self.adjoint_weight_on_lr_steps, (int, float))
@@ -277,7 +279,7 @@ def plan_steps(model_base: NoisePredictor, cfg: AdjointMatchingConfig, shape: tu
     weight = torch.where(on_lr, weight * cfg.adjoint_weight_on_lr_steps, weight)
     pairing = cfg.adjoint_pairing
     # the backward pass stops at the earliest adjoint a loss reads (a_i for 'current', a_{i+1} for 'next')
-    with_adjoint = torch.nonzero((full_weight if cfg.ess_fallback else weight) > 0).flatten()
+    with_adjoint = torch.nonzero((full_weight if cfg.ess_fallback is not None else weight) > 0).flatten()
     first_adjoint = (int(with_adjoint[0]) + (pairing == "next")) if with_adjoint.numel() else cfg.steps
     return StepPlan(grid, c_x, c_eps, std, factor, weight, full_weight, stochastic, lr_steps, on_lr, first_adjoint,
                     pairing, shape)
@@ -399,8 +401,8 @@ def iteration_data(sampler, model_base, reward_grad, reward_value, plan: StepPla
     if plan.lr_steps.numel():
         with torch.no_grad():
             data.lr_pull, data.lr_w, ess, beta, kept = likelihood_ratio_targets(
-                states, eps_base, noise.z, reward, plan.c_x, plan.c_eps, plan.std, plan.lr_steps, cfg.ess_floor,
-                per_step=cfg.ess_fallback)
+                states, eps_base, noise.z, reward, plan.c_x, plan.c_eps, plan.std, plan.lr_steps,
+                cfg.ess_floor if cfg.ess_fallback is None else cfg.ess_fallback, per_step=cfg.ess_fallback is not None)
         if not kept.all():  # the adjoint term takes the dropped steps in full
             dropped = plan.lr_steps[~kept].to(plan.on_lr.device)
             data.on_lr, data.weight = plan.on_lr.clone(), plan.weight.clone()
