@@ -18,6 +18,7 @@ bars widened by three of those standard errors.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -72,9 +73,10 @@ def paired_log_ratios(x1: np.ndarray, x0: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.log(a2.mean(0) / b2.mean(0)), z.std(0) / math.sqrt(len(a))
 
 
-def gaussian_round(S: torch.Tensor, q: np.ndarray, seed: int, **explore) -> tuple[np.ndarray, np.ndarray, object]:
+def gaussian_round(S: torch.Tensor, q: np.ndarray, seed: int, **explore):
     """One round built as explore builds it on N(0, S) + a zero-initialised correction: per
-    eigen-direction of S, (measured log variance ratio, its standard error) and the SolverResult."""
+    eigen-direction of S (q's columns), the measured log variance ratio and its standard error, the
+    SolverResult, the ExploreConfig, the solver's config and the solver's CPU seconds."""
     from smeme.explore import ExploreConfig, RoundReward, _frozen
     from smeme.models import GaussianModel, MLPConfig, MLPNoisePredictor
     from smeme.sampling import FixedNoise, sample_ddpm
@@ -90,12 +92,14 @@ def gaussian_round(S: torch.Tensor, q: np.ndarray, seed: int, **explore) -> tupl
     ft = ResidualNoisePredictor(base, correction)
     reward = RoundReward(_frozen(base), config.lam_at(1), config)
     cfg = config.solver_config(1)
+    cpu = time.process_time()
     result = adjoint_matching(ft, base, reward.grad, cfg, reward_value=reward.value)
+    cpu = time.process_time() - cpu
     noise = FixedNoise.from_seed(123, N_EVAL, (d,), cfg.steps, dtype=F64)
     with torch.no_grad():
         x1, x0 = sample_ddpm(ft, noise).numpy() @ q, sample_ddpm(base, noise).numpy() @ q
     log_r, se = paired_log_ratios(x1, x0)
-    return log_r, se, result, config, cfg
+    return log_r, se, result, config, cfg, cpu
 
 
 def exact_log_ratios(e: np.ndarray, config, cfg) -> np.ndarray:
@@ -115,7 +119,7 @@ def test_ess_fallback_lands_a_16d_spread_gaussian_round_in_every_direction():
     (its log-variance gain > 3 standard errors), none may overshoot the exact gain by more than 10%
     (+3 SE), and the median direction must reach the exact gain within 10% (+3 SE)."""
     S, e, q = spread_covariance(16)
-    log_r, se, result, config, cfg = gaussian_round(S, q, seed=5, solver_options={"ess_fallback": 0.5})
+    log_r, se, result, config, cfg, _ = gaussian_round(S, q, seed=5, solver_options={"ess_fallback": 0.5})
     want = exact_log_ratios(e, config, cfg)
     share, share_se = log_r / want, se / want
     report = (f"shares {np.round(share, 3).tolist()} (se {np.round(share_se, 3).max()}), "
