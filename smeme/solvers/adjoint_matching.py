@@ -19,10 +19,10 @@ Fine-tunes a noise predictor towards p_base(x) exp(r(x)). One iteration:
    step) has the minimiser std_i grad V_i = J_i^T E*[zeta_i | x_i] exactly, 'next' (the pull itself)
    E*[zeta_i | x_i], off by J_i^-T. The adjoint term is weighed by adjoint_weight_on_lr_steps there.
    Outliers (trajectory loss > outlier_factor x an EMA of its quantile) are dropped, scaled or kept.
-   Weights below ess_floor are tempered (one beta for all the term's steps), or with ess_fallback a step
-   whose own weights' share is below ess_fallback leaves the term out and the adjoint term takes it in full: in 16-32
-   dimensions the weights' ESS is inherently small (at the exact control step i's weights are
-   exp(V_i(x_i)), whose log varies ~ lam^2 d / 2 near the data end) and tempering under-tilts.
+   Weights below ess_floor are tempered (one beta for all the term's steps), or a step whose own
+   weights' share is below ess_fallback leaves the term out and the adjoint term takes it in full:
+   in 16-32 dimensions the weights' ESS is inherently small (at the exact control step i's weights
+   are exp(V_i(x_i)), whose log varies ~ lam^2 d / 2 near the data end) and tempering under-tilts.
 6. WeightAverage: an EMA of the weights over the iterates after a burn-in (weight_ema, average_start).
 Convergence (ControlProbe): the tuned control read on fixed probe points over the averaged window
 (the last half of the iterations when averaging is off); converged when the mean of the window's

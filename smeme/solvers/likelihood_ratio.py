@@ -131,7 +131,7 @@ def likelihood_ratio_targets(states: Tensor, eps_base: Tensor, z: Tensor, reward
     if per_step:
         w[lr_steps] = torch.softmax(log_w - girsanov[lr_steps], dim=1) * w.shape[1]
         shares = effective_sample_share(w[lr_steps])
-        return likelihood_ratio_pull(u, z, w), w, float(shares.min()), 1.0, shares >= ess_floor
+        return likelihood_ratio_pull(u, z, w), w, float(shares.min()), 1.0, (shares >= ess_floor).cpu()
     w[lr_steps], ess, beta = path_weights(log_w, ess_floor, girsanov=girsanov[lr_steps])
     return likelihood_ratio_pull(u, z, w), w, ess, beta, torch.ones(len(lr_steps), dtype=torch.bool)
 
