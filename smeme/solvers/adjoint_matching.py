@@ -19,6 +19,10 @@ Fine-tunes a noise predictor towards p_base(x) exp(r(x)). One iteration:
    step) has the minimiser std_i grad V_i = J_i^T E*[zeta_i | x_i] exactly, 'next' (the pull itself)
    E*[zeta_i | x_i], off by J_i^-T. The adjoint term is weighed by adjoint_weight_on_lr_steps there.
    Outliers (trajectory loss > outlier_factor x an EMA of its quantile) are dropped, scaled or kept.
+   Weights below ess_floor are tempered (one beta for all the term's steps), or a step whose own
+   weights' share is below ess_fallback leaves the term out and the adjoint term takes it in full:
+   in 16-32 dimensions the weights' ESS is inherently small (at the exact control step i's weights
+   are exp(V_i(x_i)), whose log varies ~ lam^2 d / 2 near the data end) and tempering under-tilts.
 6. WeightAverage: an EMA of the weights over the iterates after a burn-in (weight_ema, average_start).
 Convergence (ControlProbe): the tuned control read on fixed probe points over the averaged window
 (the last half of the iterations when averaging is off); converged when the mean of the window's
@@ -96,6 +100,10 @@ class AdjointMatchingConfig(ConfigBase):
         ess_floor (`float`, defaults to 0.1):
             The path weights are tempered (log w scaled by beta < 1) when their effective sample size at some step
             falls below ess_floor x m; in (0, 1).
+        ess_fallback (`float`, *optional*):
+            Instead of tempering: a likelihood-ratio step whose own weights' effective sample share is below this
+            leaves the term out there, and the adjoint term takes that step in full (the backward pass then covers
+            every step). None (default): temper all the term's steps by one beta (`ess_floor`).
         adjoint_weight_on_lr_steps (`float`, defaults to 1.0):
             Weight of the Adjoint Matching term on the steps that carry the likelihood-ratio term (1: both terms in
             full; 0: the likelihood-ratio term alone there).
@@ -131,6 +139,7 @@ class AdjointMatchingConfig(ConfigBase):
     control: str = "score"
     reward_cap_quantile: float | None = 0.999
     ess_floor: float = 0.1
+    ess_fallback: float | None = None
     adjoint_weight_on_lr_steps: float = 1.0
     likelihood_ratio_target: str = "current"
     convergence_tolerance: float = 0.1
@@ -162,6 +171,9 @@ class AdjointMatchingConfig(ConfigBase):
             raise SolverError(f"reward_cap_quantile must lie in (0, 1] (or None), got {self.reward_cap_quantile}.")
         if not 0 < self.ess_floor < 1:
             raise SolverError(f"ess_floor must lie in (0, 1), got {self.ess_floor}.")
+        if self.ess_fallback is not None and not (isinstance(self.ess_fallback, (int, float))
+                                                  and 0 < self.ess_fallback < 1):
+            raise SolverError(f"ess_fallback must lie in (0, 1) (or None), got {self.ess_fallback!r}.")
         if not 0 <= self.likelihood_ratio_share <= 1:
             raise SolverError(f"likelihood_ratio_share must lie in [0, 1], got {self.likelihood_ratio_share}.")
         if not (isinstance(self.adjoint_weight_on_lr_steps, (int, float))
@@ -274,6 +286,7 @@ class StepPlan:
     std: Tensor
     factor: Tensor  # u_i = -factor_i (eps_ft - eps_base)
     weight: Tensor  # the adjoint term's weight per step
+    full_weight: Tensor  # the adjoint term's weight per step where it takes a step alone (ess_fallback)
     stochastic: Tensor  # indices of the steps with std > 0
     lr_steps: Tensor  # indices of the steps with the likelihood-ratio term
     on_lr: Tensor  # bool per step: carries the likelihood-ratio term
@@ -301,13 +314,14 @@ def plan_steps(model_base: NoisePredictor, cfg: AdjointMatchingConfig, shape: tu
         raise SolverError("likelihood_ratio_share > 0 needs the reward's values (reward_value).")
     on_lr = torch.zeros(cfg.steps, dtype=torch.bool, device=device)
     on_lr[lr_steps] = True
+    full_weight = weight
     weight = torch.where(on_lr, weight * cfg.adjoint_weight_on_lr_steps, weight)
     pairing = cfg.adjoint_pairing
     # the backward pass stops at the earliest adjoint a loss reads (a_i for 'current', a_{i+1} for 'next')
-    with_adjoint = torch.nonzero(weight > 0).flatten()
+    with_adjoint = torch.nonzero((full_weight if cfg.ess_fallback is not None else weight) > 0).flatten()
     first_adjoint = (int(with_adjoint[0]) + (pairing == "next")) if with_adjoint.numel() else cfg.steps
-    return StepPlan(grid, c_x, c_eps, std, factor, weight, stochastic, lr_steps, on_lr, first_adjoint, pairing,
-                    shape)
+    return StepPlan(grid, c_x, c_eps, std, factor, weight, full_weight, stochastic, lr_steps, on_lr, first_adjoint,
+                    pairing, shape)
 
 
 def sample_trajectories(sampler: NoisePredictor, cfg: AdjointMatchingConfig, plan: StepPlan, it: int, dtype,
@@ -355,6 +369,8 @@ class IterationData:
     target_adj: Tensor  # the adjoint each step's control is paired with, (M, m, ...)
     lr_pull: Tensor | None = None  # the likelihood-ratio term's pull (M, m, ...)
     lr_w: Tensor | None = None  # its path weights (M, m)
+    weight: Tensor | None = None  # this iteration's adjoint weight per step (None: plan.weight)
+    on_lr: Tensor | None = None  # this iteration's steps with the likelihood-ratio term (None: plan.on_lr)
 
 
 class OutlierRule:
@@ -391,12 +407,13 @@ def regression_loss(model_ft: NoisePredictor, model_base: NoisePredictor, data: 
     eps_ft = model_ft(x.reshape(K * B, *plan.shape), t).reshape(x.shape)
     u = -plan.view(plan.factor[sel]) * (eps_ft - data.eps_base[sel][:, rows])  # control of step i -> j
     residual = u + plan.view(plan.std[sel]) * data.target_adj[sel][:, rows]  # u_i + std_i a
-    per_step = residual.pow(2).reshape(K, B, -1).sum(-1) * plan.view(plan.weight[sel])[..., 0]  # (K, B)
+    weight = plan.weight if data.weight is None else data.weight
+    per_step = residual.pow(2).reshape(K, B, -1).sum(-1) * plan.view(weight[sel])[..., 0]  # (K, B)
     per_traj = per_step.sum(0)  # (B,)
     if not torch.isfinite(per_traj).all():
         raise SolverDivergedError(f"The Adjoint Matching loss became NaN/inf at iteration {it + 1}.")
     loss = outliers.loss(per_traj, K)
-    picked = plan.on_lr[sel]  # the selected steps that carry the likelihood-ratio term
+    picked = (plan.on_lr if data.on_lr is None else data.on_lr)[sel]  # the selected steps with the LR term
     if picked.any():  # (the outlier rule above is the adjoint's alone)
         i_lr = sel[picked]
         pull = data.lr_pull[i_lr][:, rows]
@@ -422,10 +439,17 @@ def iteration_data(sampler, model_base, reward_grad, reward_value, plan: StepPla
     data = IterationData(states, eps_base, adj[1:] if plan.pairing == "next" else adj[:-1])
     if plan.lr_steps.numel():
         with torch.no_grad():
-            data.lr_pull, data.lr_w, ess, beta = likelihood_ratio_targets(
-                states, eps_base, noise.z, reward, plan.c_x, plan.c_eps, plan.std, plan.lr_steps, cfg.ess_floor)
+            data.lr_pull, data.lr_w, ess, beta, kept = likelihood_ratio_targets(
+                states, eps_base, noise.z, reward, plan.c_x, plan.c_eps, plan.std, plan.lr_steps,
+                cfg.ess_floor if cfg.ess_fallback is None else cfg.ess_fallback, per_step=cfg.ess_fallback is not None)
+        if not kept.all():  # the adjoint term takes the dropped steps in full
+            dropped = plan.lr_steps[~kept].to(plan.on_lr.device)
+            data.on_lr, data.weight = plan.on_lr.clone(), plan.weight.clone()
+            data.on_lr[dropped] = False
+            data.weight[dropped] = plan.full_weight[dropped]
         health.setdefault("ess", []).append(ess)
         health.setdefault("beta", []).append(beta)
+        health.setdefault("kept", []).append(float(kept.double().mean()))
     timings["sampling"] += t1 - t0
     timings["reward"] += t_reward - t1
     timings["adjoint"] += time.perf_counter() - t_reward
@@ -458,7 +482,8 @@ def weights_health(history: dict) -> dict:
     if not ess:
         return {}
     return {"lr_ess_min": min(ess), "lr_ess_median": float(statistics.median(ess)),
-            "lr_tempered_iterations": sum(b < 1 for b in beta), "lr_beta_min": min(beta)}
+            "lr_tempered_iterations": sum(b < 1 for b in beta), "lr_beta_min": min(beta),
+            "lr_steps_kept_mean": float(statistics.fmean(history["kept"]))}
 
 
 def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, reward_grad: RewardGrad,

@@ -115,14 +115,25 @@ def likelihood_ratio_loss(u_model: Tensor, pull: Tensor, w: Tensor) -> Tensor:
 
 
 def likelihood_ratio_targets(states: Tensor, eps_base: Tensor, z: Tensor, reward: Tensor, c_x: Tensor,
-                             c_eps: Tensor, std: Tensor, lr_steps: Tensor, ess_floor: float):
+                             c_eps: Tensor, std: Tensor, lr_steps: Tensor, ess_floor: float,
+                             per_step: bool = False):
     """One iteration's regression data for the term on `lr_steps`: (pull (M, m, ...), w (M, m),
-    ESS share before tempering, beta). Rows off lr_steps keep w = 1 and are never read."""
+    ESS share before tempering, beta, kept (len(lr_steps),) bool). Rows off lr_steps keep w = 1
+    and are never read.
+
+    per_step False: every step's weights tempered by one beta (path_weights), all steps kept.
+    per_step True: no tempering; a step is kept only where its own weights' effective sample
+    share reaches ess_floor (the caller hands the others to the adjoint term), so every kept
+    target is the full tilt's and no step's is a weaker one."""
     u, girsanov = sampled_controls(states, eps_base, z, c_x, c_eps, std)
     w = torch.ones_like(girsanov)
-    w[lr_steps], ess, beta = path_weights(reward.reshape(1, -1).expand(len(lr_steps), -1), ess_floor,
-                                          girsanov=girsanov[lr_steps])
-    return likelihood_ratio_pull(u, z, w), w, ess, beta
+    log_w = reward.reshape(1, -1).expand(len(lr_steps), -1)
+    if per_step:
+        w[lr_steps] = torch.softmax(log_w - girsanov[lr_steps], dim=1) * w.shape[1]
+        shares = effective_sample_share(w[lr_steps])
+        return likelihood_ratio_pull(u, z, w), w, float(shares.min()), 1.0, (shares >= ess_floor).cpu()
+    w[lr_steps], ess, beta = path_weights(log_w, ess_floor, girsanov=girsanov[lr_steps])
+    return likelihood_ratio_pull(u, z, w), w, ess, beta, torch.ones(len(lr_steps), dtype=torch.bool)
 
 
 __all__ = ["cap_reward", "likelihood_ratio_terms", "sampled_controls", "effective_sample_share", "path_weights",
