@@ -18,10 +18,9 @@ from smeme.sampling import FixedNoise, sample_ddpm, time_grid
 from smeme.schedule import VPSchedule
 from helpers import ResidualNoisePredictor, gaussian_sampler_moments
 from smeme.solvers import AdjointMatchingConfig, SolverDivergedError, SolverError, adjoint_matching
-from smeme.solvers.adjoint_matching import (base_mean_vjp, effective_sample_share, lean_adjoint, likelihood_ratio_loss,
-                                            likelihood_ratio_pull, likelihood_ratio_terms, path_weights,
-                                            step_coefficients)
-from smeme.solvers.likelihood_ratio import sampled_controls
+from smeme.solvers.lean_adjoint import base_mean_vjp, lean_adjoint, step_coefficients
+from smeme.solvers.likelihood_ratio import (effective_sample_share, likelihood_ratio_loss, likelihood_ratio_pull,
+                                            likelihood_ratio_terms, path_weights, sampled_controls)
 from smeme.tilt import exact_rounds
 
 SCH = VPSchedule()
