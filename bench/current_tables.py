@@ -52,6 +52,7 @@ RUNNERS = {
     "sampling": (["bench/bench_sampling.py", "--repeats", "5"], "sampling"),
     "density": (["bench/bench_density.py", "--quick"], "density"),
     "pretrain": (["bench/bench_pretrain.py", "--datasets", "triangles", "toy", "--repeats", "2"], "pretrain"),
+    "cli_overhead": (["bench/bench_cli_overhead.py", "--repeats", "3"], "cli_overhead"),
     "triangles_cli": (["bench/bench_triangles_cli.py"], "triangles_cli"),
     "toy_round": (["bench/bench_round.py", "--repeats", "3"], "toy_round"),
     "csv_density": (["bench/bench_csv_density.py"], "csv_density"),
