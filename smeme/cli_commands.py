@@ -295,13 +295,21 @@ def cmd_tilt(args) -> int:
     return 0
 
 
+def round_list(text: str) -> list[int]:
+    """--rounds '0,1,2' -> [0, 1, 2]; CliError (one sentence) for anything else."""
+    try:
+        rounds = [int(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise CliError(f"--rounds needs comma-separated round numbers like 0,1,2, got '{text}'.") from None
+    if not rounds:
+        raise CliError("--rounds names no round; give e.g. 0,1,2.")
+    return rounds
+
+
 def cmd_grid(args) -> int:
     from .images.grid import open_any_run, save_grid
 
-    try:
-        rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
-    except ValueError:
-        raise CliError(f"--rounds needs comma-separated round numbers like 0,1,2, got '{args.rounds}'.") from None
+    rounds = round_list(args.rounds)
     run = open_any_run(args.run)
     kind = run.config.get("kind") or run.config.get("dataset", {}).get("name")
     if kind not in IMAGE_RUNS:
@@ -366,14 +374,7 @@ def cmd_metrics(args) -> int:
     from .store import open_run
 
     run = open_run(args.run)
-    rounds = None
-    if args.rounds is not None:
-        try:
-            rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
-        except ValueError:
-            raise CliError(f"--rounds needs comma-separated round numbers like 0,1,2, got '{args.rounds}'.") from None
-        if not rounds:
-            raise CliError("--rounds names no round; give e.g. 0,1,2 or leave it out for every round.")
+    rounds = None if args.rounds is None else round_list(args.rounds)
     todo = set(pending(run, rounds))
     bar = Bar("metrics", None if not args.quiet else False)
 
