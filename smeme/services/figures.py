@@ -15,13 +15,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-# re-exported: the pages and smeme.services.motion / stepper name them through this module
+# re-exported: the pages name every figure through this module
 from .density_figures import (PREVIOUS_COLOR, class_histogram, display_range, heatmap, heatmap_compare,  # noqa: F401
                               pair_scatter, round_frame)
 from .figure_style import (CATEGORY_COLORS, DIFF_SCALE, DISPLAY_RANGE, HEAT_SCALE, OVERLAY_COLOR,  # noqa: F401
                            PALETTE, PLOTLY_CONFIG, base_layout, legend_room, overlay_traces, xy_columns)
-
-_overlay_traces = overlay_traces  # the name smeme.services.motion imports
 
 
 # --------------------------------------------------------------------------------------

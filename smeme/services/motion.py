@@ -16,7 +16,8 @@ import plotly.figure_factory as ff
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import CATEGORY_COLORS, HEAT_SCALE, PALETTE, PREVIOUS_COLOR, display_range
+from .density_figures import PREVIOUS_COLOR, display_range
+from .figure_style import CATEGORY_COLORS, HEAT_SCALE, PALETTE, overlay_traces
 
 SPEEDS = {"slow": 1600, "normal": 900, "fast": 400}  # milliseconds a frame stays on screen
 PROJECTOR_PREVIOUS = "rgba(60,60,60,0.6)"  # the previous round on a projector: dark enough to see
@@ -78,7 +79,6 @@ def rounds_player(frames: list[dict], zrange=None, ranges=None, labels=("x", "y"
     """One figure with a frame per round; frames = [{'k', 'hm', 'points', 'prev_points',
     'colors', 'bars': [(categories, shares now, shares before)] per view}], in round order.
     `zrange`, `ranges` and each bar view's (title, y_max) are fixed over every frame."""
-    from .figures import _overlay_traces
     views = len(bar_titles)
     maps = [f["hm"]["logp"] for f in frames if f.get("hm") is not None]
     zrange = zrange or (display_range(*maps) if maps else (-1.0, 0.0))
@@ -93,7 +93,7 @@ def rounds_player(frames: list[dict], zrange=None, ranges=None, labels=("x", "y"
         fig.add_trace(tr, row=r, col=c)
     moving = list(range(len(fig.data)))
     for col in (1, 2):
-        for tr in _overlay_traces(overlay):
+        for tr in overlay_traces(overlay):
             fig.add_trace(tr, row=1, col=col)
     if last.get("colors") is not None:  # a legend of the categories' colours (static)
         for i, c in enumerate(sorted(set(np.asarray(last["colors"]).tolist()), key=str)):
