@@ -2,6 +2,8 @@
 
     SMEME_THREADS=1 python bench/bench_images.py                 # digits: pre-train (800 steps) + 3 rounds
     SMEME_THREADS=1 python bench/bench_images.py --steps 300 --rounds 1
+    SMEME_THREADS=1 python bench/bench_images.py --from-run <ready digits run> --rounds 1 [--layout contiguous]
+                                 # one round of a given run (the shipped ready model); NCHW convolutions
     python bench/bench_images.py --skip-digits --tiny-sd         # a tiny random SD pipeline, one round
     python bench/bench_images.py --skip-digits --sd /path/sd15   # a local SD folder, one round
     python bench/bench_images.py --skip-digits --sd15-random --sd-iterations 2
@@ -192,7 +194,15 @@ def main(argv=None) -> int:
     p.add_argument("--sd-steps", type=int, default=60, help="DDPM steps per trajectory (--sd15-random)")
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last",
+                   help="memory layout of the digits UNet's convolutions (default: channels_last, the shipped one)")
     args = p.parse_args(argv)
+    if args.layout != "channels_last":
+        import torch
+
+        from smeme.images import unet
+
+        unet.CONV_MEMORY_FORMAT = torch.contiguous_format
 
     from smeme.threads import configure
 
@@ -228,10 +238,15 @@ def record_summary(summary: dict, args) -> None:
         start = "the run " + Path(args.from_run).name if args.from_run else f"a {args.steps}-step pre-training"
         # 'digits_round' is a round of a given run (the ready model); after this script's own pre-training
         # the rounds start from another model and get a name of their own
-        name = "digits_round" if args.from_run else f"digits_round_pretrained{args.steps}"
-        with Recording(name, capability="Digits round") as rec:
+        name = ("digits_round" if args.from_run else f"digits_round_pretrained{args.steps}") + (
+            "" if args.layout == "channels_last" else f"_{args.layout}")
+        from record import command_line
+
+        command = command_line().replace(args.from_run, "<digits run>") if args.from_run else None
+        with Recording(name, capability="Digits round", command=command) as rec:
             for r in digits["rounds"]:
-                rec.row(f"digits round {r['round']} at lam {args.lam}, default budget, from {start}",
+                layout = "" if args.layout == "channels_last" else f", {args.layout} convolutions"
+                rec.row(f"digits round {r['round']} at lam {args.lam}, default budget, from {start}{layout}",
                         f"{r['round_seconds_incl_metrics']} s wall, {r['round_cpu_seconds_incl_metrics']} CPU s "
                         f"(solver {r['solver_seconds']:.1f} s); rare share {r['rare_share']:.1%}, "
                         f"confidence {r['confidence']:.1%}", "<= 60 s on one core (issue 24)",

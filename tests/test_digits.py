@@ -101,6 +101,39 @@ def test_unet_builds_from_registry_with_its_schedule():
         UNetConfig(block_out_channels=(12, 16), attention=(False, False))
 
 
+def test_unet_runs_channels_last_and_saves_the_same_weights_as_nchw(tmp_path):
+    """The convolutions run channels-last (the faster CPU layout); outputs and gradients match the
+    NCHW layout, saved weights are ordinary contiguous tensors, and a file saved from one layout
+    loads into the other unchanged."""
+    from smeme.images import unet
+    from smeme.models.registry import build_model
+    from smeme.run_files import load_weights_into, save_weights
+    from smeme.schedule import VPSchedule
+
+    cfg = unet.model_config(unet.UNetConfig(block_out_channels=(16, 16), attention=(False, False)))
+    torch.manual_seed(0)
+    fast = build_model(cfg, VPSchedule())
+    for p in fast.parameters():  # a non-trivial network (the output convolution starts at zero)
+        p.data.add_(0.1 * torch.randn_like(p))
+    convs = [p for p in fast.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)  # really a different layout (not a 1x1 coincidence)
+    save_weights(tmp_path / "w.safetensors", fast)
+    from safetensors.torch import load_file
+
+    assert all(v.is_contiguous() for v in load_file(str(tmp_path / "w.safetensors")).values())
+    plain = build_model(cfg, VPSchedule()).to(memory_format=torch.contiguous_format)
+    load_weights_into(tmp_path / "w.safetensors", plain)
+    assert all(p.is_contiguous() for p in plain.parameters())
+    x, t = torch.randn(5, 1, 8, 8, requires_grad=True), torch.rand(5)
+    out_fast = fast(x, t)
+    (g_fast,) = torch.autograd.grad(out_fast.square().sum(), x)
+    out_plain = plain(x, t)
+    (g_plain,) = torch.autograd.grad(out_plain.square().sum(), x)
+    assert torch.allclose(out_fast, out_plain, atol=1e-5) and torch.allclose(g_fast, g_plain, atol=1e-4)
+    assert float(out_fast.abs().max()) > 1e-3  # the comparison is not between two zero outputs
+
+
 # ---------------------------------------------------------------------------- a pre-trained model
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):

@@ -2,8 +2,8 @@
 
 The digits UNet is an ordinary NoisePredictor, so smeme.explore.run_rounds drives it; what
 digits need is their own settings (DIGITS_ROUND, DIGITS_LAM, DIGITS_T_R), sized for a round
-of about a minute on a 2-core CPU (BENCHMARKS.md has the measured time and per-round
-metrics: rare-class share, Vendi diversity, classifier confidence).
+under a minute on one CPU core with its metrics (BENCHMARKS.md, "Digits round": the measured
+time and what a round reaches over solver seeds: rare-class share, confidence, readable share).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def digits_solver_config(**overrides):
 # DIGITS_ROUND: the AdjointMatchingConfig fields of one digits round; DIGITS_LAM: its lambda;
 # DIGITS_T_R: the diffusion time at which the previous round's score gives the reward.
 IMAGE_CONTROL = "ddpm"
-DIGITS_ROUND = dict(iterations=6, trajectories=64, steps=40, adam_steps=4, lr=1e-4, loss_steps=8,
+DIGITS_ROUND = dict(iterations=4, trajectories=48, steps=40, adam_steps=4, lr=1.5e-4, loss_steps=8,
                     late_fraction=0.5, clip_grad_norm=1.0, control=IMAGE_CONTROL)
 DIGITS_LAM = 0.1
 DIGITS_T_R = 0.02
@@ -37,7 +37,7 @@ def digits_explore_defaults() -> dict:
     return dict(lam=DIGITS_LAM, t_r=DIGITS_T_R, reward_target="smoothed", iterations=DIGITS_ROUND["iterations"],
                 trajectories=DIGITS_ROUND["trajectories"], steps=DIGITS_ROUND["steps"],
                 adam_steps=DIGITS_ROUND["adam_steps"], lr=DIGITS_ROUND["lr"], metrics_logp=False,
-                weight_ema=None,  # no weight average: 6 iterations leave no room for a burn-in
+                weight_ema=None,  # no weight average: 4 iterations leave no room for a burn-in
                 likelihood_ratio_share=0.0,  # off: it needs a 64-D UNet PF-ODE (Hutchinson) per iteration
                 solver_options=solver)
 

@@ -76,6 +76,10 @@ class UNetConfig(ConfigBase):
 
 
 SCHEDULES = ("vp", "linear", "cosine")
+# The UNets' weights (and so their activations) are channels-last: oneDNN's CPU convolutions
+# on these small images take ~0.75x the time of the NCHW layout (a digits round: BENCHMARKS.md,
+# `bench/bench_images.py --layout`). Saved weights are contiguous either way (run_files).
+CONV_MEMORY_FORMAT = torch.channels_last
 # Caps on a stored UNet's size (config.json may come from a bundle): far above the digits
 # presets (channels <= 64, 3 levels, 8x8 images), low enough to build without exhausting memory.
 UNET_MAX_CHANNELS, UNET_MAX_LEVELS, UNET_MAX_LAYERS_PER_BLOCK, UNET_MAX_SAMPLE_SIZE = 1024, 6, 8, 512
@@ -125,6 +129,7 @@ class UNetNoisePredictor(NoisePredictor):
         # Zero-initialised output convolution: the untrained model predicts eps = 0.
         torch.nn.init.zeros_(self.unet.conv_out.weight)
         torch.nn.init.zeros_(self.unet.conv_out.bias)
+        self.unet.to(memory_format=CONV_MEMORY_FORMAT)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         timestep = self.schedule.timestep(t).to(x.dtype)
@@ -153,7 +158,7 @@ class FolderUNet(NoisePredictor):
 
     def __init__(self, unet, schedule: Schedule):
         super().__init__()
-        self.unet, self.schedule = unet, schedule
+        self.unet, self.schedule = unet.to(memory_format=CONV_MEMORY_FORMAT), schedule
         cfg = unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
         self.sample_shape = (int(cfg.in_channels), int(size), int(size))

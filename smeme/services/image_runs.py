@@ -80,9 +80,10 @@ def seconds_per_training_step() -> float | None:
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
-def measured_where() -> str:
-    """Where the ready model's timings were taken: 'one core, machine load 17'."""
-    load = (ready_manifest() or {}).get("load_average_at_measurement")
+def measured_where(part: str = "train") -> str:
+    """Where the ready model's timings of `part` ('train' or 'round') were taken: 'one core, machine load 17'."""
+    manifest = ready_manifest() or {}
+    load = (manifest.get(part) or {}).get("load_average_at_measurement", manifest.get("load_average_at_measurement"))
     return "one core" + (f", machine load {load:g}" if isinstance(load, (int, float)) else "")
 
 
@@ -97,7 +98,7 @@ def round_seconds(run=None) -> tuple[float, str] | None:
         return times[len(times) // 2], f"the median of this run's {len(times)} round(s)"
     measured = (ready_manifest() or {}).get("round", {}).get("cpu_seconds")
     if isinstance(measured, (int, float)) and measured > 0:
-        return float(measured), f"measured on the ready model, {measured_where()}"
+        return float(measured), f"measured on the ready model, {measured_where('round')}"
     return None
 
 
