@@ -29,7 +29,7 @@ METRICS_N = 16384  # fixed-noise samples a round (and round 0) is read on
 
 def parse_config(text: str) -> dict:
     """'1024x15' -> trajectories and iterations; then ':oN' (reward-ODE steps) or ':key=value'
-    (any other ExploreConfig field, a number or a word), e.g. '1024x30:weight_ema=0.999:lr=5e-4'."""
+    (any other ExploreConfig field, a number, a word or none), e.g. '1024x30:weight_ema=0.999:lr=5e-4'."""
     size, *extras = text.split(":")
     trajectories, iterations = (int(v) for v in size.split("x"))
     out = {"trajectories": trajectories, "iterations": iterations}
@@ -38,8 +38,8 @@ def parse_config(text: str) -> dict:
             key, value = extra.split("=", 1)
             try:
                 out[key] = float(value)
-            except ValueError:  # a word, e.g. likelihood_ratio_target=current
-                out[key] = value
+            except ValueError:  # a word, e.g. likelihood_ratio_target=current, or none (e.g. ess_fallback=none)
+                out[key] = None if value == "none" else value
         elif extra.startswith("o"):
             out["reward_ode_steps"] = int(extra[1:])
     return out

@@ -85,6 +85,22 @@ def _int_in(low: int, high: int):
 _seed = _int_in(0, MAX_SEED)
 
 
+def _share_or_none(text: str):
+    """An argparse type: a share in (0, 1), or 'none' (returned as the string 'none')."""
+    if text.strip().lower() in ("none", "off"):
+        return "none"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:  # also nan
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, or 'none', got '{_shown(text)}'")
+    return value
+
+
+_share_or_none.__name__ = "share"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--threads", type=_int_in(1, MAX_THREADS), default=argparse.SUPPRESS,
@@ -141,6 +157,10 @@ def _add_explore(sub, common) -> None:
                    help="'data': the paper's reward -lam log p at the data end (score at t_r, deconvolved); "
                         "'smoothed' (default): -lam log p(x, t_r), a different, smoothed target")
     p.add_argument("--t-r", type=float, dest="t_r", help="noise level the reward's score is read at (default: 0.05)")
+    p.add_argument("--ess-fallback", type=_share_or_none, dest="ess_fallback", metavar="SHARE",
+                   help="a likelihood-ratio step whose weights' effective sample size falls below this share of the "
+                        "trajectories goes to the adjoint term in full; 'none' tempers the weights instead "
+                        "(default: 0.5)")
     p.add_argument("--density-metrics", choices=["later", "now"], default="later",
                    help="the PF-ODE cross-entropy and surprise: 'later' (default) leaves them out of the rounds' "
                         "time ('smeme metrics' computes them on request); 'now' computes each before its round is saved")

@@ -192,7 +192,7 @@ def cmd_explore(args) -> int:
     names = {f.name for f in dataclasses.fields(ExploreConfig)}
     wanted = {"lam": args.lam, "solver": args.solver, "seed": args.seed, "lam_schedule": args.lam_schedule,
               "allow_lam_one": args.allow_lam_one or None, "iterations": args.iterations,
-              "reward_target": args.reward_target, "t_r": args.t_r}
+              "reward_target": args.reward_target, "t_r": args.t_r, "ess_fallback": args.ess_fallback}
     kwargs = {}
     for key, value in wanted.items():
         if value is None:
@@ -200,6 +200,8 @@ def cmd_explore(args) -> int:
         if key not in names:
             raise CliError(f"This smeme's explore has no setting '{key}'.")
         kwargs[key] = value
+    if kwargs.get("ess_fallback") == "none":  # switched off: ExploreConfig's None (temper the weights)
+        kwargs["ess_fallback"] = None
     if args.density_metrics == "now":
         kwargs["metrics_logp"] = True
     config = ExploreConfig(**{**run.domain.explore_defaults(), **kwargs})

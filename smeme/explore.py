@@ -93,6 +93,11 @@ class ExploreConfig(ConfigBase):
             The likelihood-ratio term's target: `"next"` E*[zeta_i | x_i], or `"current"` J_i^T E*[zeta_i | x_i] =
             std_i grad V_i (exact in closed form, one base VJP per selected step); README, "Known limits", says why
             `"next"` is the default.
+        ess_fallback (`float`, *optional*, defaults to 0.5):
+            A likelihood-ratio step whose weights' effective sample size is below this share of the trajectories
+            (in (0, 1)) leaves that term in that iteration and the Adjoint Matching term takes the step in full,
+            instead of all the term's steps being tempered to a smaller tilt (in 16-64 dimensions the weights'
+            share is small and tempering under-tilts). None: temper (the solver's `ess_floor`).
         outlier_mode (`str`, defaults to `"off"`):
             Adjoint Matching's outlier rule: `"off"`, `"drop"` (the official code's) or `"scale"`.
         weight_ema (`float`, *optional*, defaults to 0.9):
@@ -143,6 +148,7 @@ class ExploreConfig(ConfigBase):
     reward_ode_steps: int = 8
     adjoint_weight_on_lr_steps: float = 0.0
     likelihood_ratio_target: str = "next"
+    ess_fallback: float | None = 0.5
     outlier_mode: str = "off"
     weight_ema: float | None = 0.9
     average_start: float = 0.5
@@ -186,6 +192,10 @@ class ExploreConfig(ConfigBase):
             raise ExploreError(f"The reward target must be 'data' (the paper's) or 'smoothed', got {self.reward_target!r}.")
         if self.reward not in ("previous", "pretrained"):
             raise ExploreError(f"The reward must be 'previous' or 'pretrained', got {self.reward!r}.")
+        fallback = self.ess_fallback
+        if fallback is not None and (isinstance(fallback, bool) or not isinstance(fallback, (int, float))
+                                     or not 0 < fallback < 1):
+            raise ExploreError(f"ess_fallback must be a share in (0, 1) (or None: temper), got {fallback!r}.")
         if not 0 <= self.max_validity_drop <= 1:
             raise ExploreError(f"max_validity_drop must lie in [0, 1], got {self.max_validity_drop}.")
         self.solver_config(1)  # the solver's own checks (weight_ema, solver_options, ...), now not mid-run
@@ -211,7 +221,7 @@ class ExploreConfig(ConfigBase):
                         "outlier_mode": self.outlier_mode, "weight_ema": self.weight_ema,
                         "average_start": self.average_start, "likelihood_ratio_share": self.likelihood_ratio_share,
                         "adjoint_weight_on_lr_steps": self.adjoint_weight_on_lr_steps,
-                        "likelihood_ratio_target": self.likelihood_ratio_target}
+                        "likelihood_ratio_target": self.likelihood_ratio_target, "ess_fallback": self.ess_fallback}
             return AdjointMatchingConfig.from_dict({**settings, **self.solver_options})
         except (SolverError, TypeError) as exc:
             raise ExploreError(f"Bad solver setting: {exc}") from None

@@ -118,6 +118,29 @@ def test_round_trip_report_and_samples_equal(good_zip, toy_run, tmp_path, capsys
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
+@pytest.mark.parametrize("saved", ["with", "without"])
+def test_rounds_with_and_without_ess_fallback_import_and_continue(saved, good_zip, tmp_path):
+    """A round's saved explore settings carry ess_fallback (explore's default since it became a
+    setting); a bundle of rounds explored before that has none. Both import, and a run's settings
+    rebuild from either (the field missing: the default)."""
+    from smeme.explore import ExploreConfig
+    from smeme.store import Run
+
+    entries = []
+    for info, data in members(good_zip):
+        if info.filename == "metrics.json":
+            metrics = json.loads(data)
+            assert metrics["rounds"]["1"]["explore"]["ess_fallback"] == 0.5
+            if saved == "without":
+                del metrics["rounds"]["1"]["explore"]["ess_fallback"]
+            data = json.dumps(metrics).encode()
+        entries.append((info.filename, data))
+    dest = import_bundle(write_zip(tmp_path / "old.zip", entries), tmp_path / "runs")
+    explore = Run.open(dest).metrics()[1]["explore"]
+    assert ("ess_fallback" in explore) == (saved == "with")
+    assert ExploreConfig.from_dict(explore).ess_fallback == 0.5
+
+
 def test_cli_export_import_and_force(toy_run, tmp_path, capsys):
     out = tmp_path / "shared.zip"
     assert cli(capsys, "export", "--run", toy_run, "--out", out)[0] == 0

@@ -163,6 +163,23 @@ def test_explore_one_round_and_refusals(run_copy):
     assert snapshot(run_copy) == before
 
 
+def test_explore_ess_fallback_reaches_the_rounds_and_none_switches_it_off(run_copy):
+    """--ess-fallback sets the share each round's solver runs with ('none': tempering); a value outside
+    (0, 1) is refused in one sentence naming the option, and nothing is written."""
+    from smeme.store import Run
+
+    for given in ("none", "0.3"):
+        proc = smeme("explore", "--run", run_copy, "--rounds", 1, "--iterations", 2, "--ess-fallback", given)
+        assert proc.returncode == 0, proc.stderr
+    metrics = Run.open(run_copy).metrics()
+    assert metrics[1]["explore"]["ess_fallback"] is None and metrics[2]["explore"]["ess_fallback"] == 0.3
+    before = snapshot(run_copy)
+    for bad in ("1", "half"):
+        assert_clean_failure(smeme("explore", "--run", run_copy, "--rounds", 1, "--ess-fallback", bad),
+                             match="--ess-fallback")
+    assert snapshot(run_copy) == before
+
+
 def test_tilt_prints_the_exact_rounds_of_a_2d_run(base_run, tmp_path):
     proc = smeme("tilt", "--run", base_run, "--rounds", 2, "--lam", 0.3, "--resolution", 48, "--quiet")
     assert proc.returncode == 0, proc.stderr

@@ -52,10 +52,37 @@ def test_lambda_one_needs_the_flag():
 @pytest.mark.parametrize("kw, word", [(dict(iterations=0), "budget"), (dict(solver="sgd"), "solver"),
                                       (dict(lam_schedule="cosine"), "schedule"),
                                       (dict(lam_schedule="decreasing", lam_power=0.4), "lam_power"),
-                                      (dict(t_r=0.0), "t_r"), (dict(score_clip=0.0), "score_clip")])
+                                      (dict(t_r=0.0), "t_r"), (dict(score_clip=0.0), "score_clip"),
+                                      (dict(ess_fallback=1.0), "ess_fallback"), (dict(ess_fallback=True), "ess_fallback"),
+                                      (dict(ess_fallback="half"), "ess_fallback")])
 def test_bad_settings_are_refused(kw, word):
     with pytest.raises(ExploreError, match=word):
         ExploreConfig(**kw)
+
+
+def test_ess_fallback_is_explores_default_and_reaches_each_round():
+    """0.5 by default into every round's solver; None (tempering) and other shares pass through, a
+    solver option still overrides it, and a round saved before the field rebuilds with the default.
+    The image rounds run no likelihood-ratio term, so the field changes nothing there: the backward
+    pass can never extend below the adjoint term's own steps."""
+    import importlib
+
+    from smeme.images.digits_rounds import digits_explore_config
+    from smeme.models import GaussianModel
+    from smeme.schedule import VPSchedule
+
+    assert [ExploreConfig(**kw).solver_config(k).ess_fallback for kw, k in
+            [({}, 1), ({}, 3), ({"ess_fallback": None}, 1), ({"ess_fallback": 0.3}, 2),
+             ({"ess_fallback": 0.3, "solver_options": {"ess_fallback": 0.2}}, 1)]] == [0.5, 0.5, None, 0.3, 0.2]
+    saved = ExploreConfig().to_dict()
+    del saved["ess_fallback"]  # metrics of a round explored before the field existed
+    assert ExploreConfig.from_dict(saved).ess_fallback == 0.5
+    am = importlib.import_module("smeme.solvers.adjoint_matching")
+    digits = digits_explore_config().solver_config(1)
+    assert digits.likelihood_ratio_share == 0 and digits.ess_fallback == 0.5
+    plan = am.plan_steps(GaussianModel(torch.zeros(2), torch.eye(2), VPSchedule()), digits, (2,), torch.float32,
+                         "cpu", False)
+    assert plan.lr_steps.numel() == 0 and plan.fallback_first == plan.first_adjoint
 
 
 def test_bad_solver_option_is_one_sentence(tiny_run):

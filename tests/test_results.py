@@ -22,3 +22,10 @@ def test_solver_health_says_whether_the_solver_converged():
                           "solver_control_change": 0.35})
     assert "solver NOT converged" in line and "moved 35%" in line
     assert solver_health({"solver_converged": "yes"}) is None  # only a real flag is shown
+
+
+def test_solver_health_names_the_steps_left_to_adjoint_matching():
+    line = solver_health({"lr_ess_min": 0.01, "lr_ess_median": 0.2, "lr_tempered_iterations": 0,
+                          "lr_steps_kept_mean": 0.69})
+    assert "31% of the likelihood-ratio steps left to Adjoint Matching" in line
+    assert "left to" not in solver_health({"lr_ess_min": 0.6, "lr_ess_median": 0.8, "lr_steps_kept_mean": 1.0})

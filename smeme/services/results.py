@@ -96,6 +96,9 @@ def solver_health(m: dict) -> str | None:
         if tempered:
             parts.append(f"tempered in {tempered} iteration{'s' if tempered > 1 else ''} "
                          f"(down to beta {m.get('lr_beta_min', 1.0):.2f})")
+        kept = metric_number(m.get("lr_steps_kept_mean"))
+        if kept is not None and kept < 1:  # ess_fallback: those steps went to the adjoint term
+            parts.append(f"{1 - kept:.0%} of the likelihood-ratio steps left to Adjoint Matching (weights too uneven)")
     if isinstance(m.get("solver_converged"), bool):
         change = metric_number(m.get("solver_control_change"))
         moved = f" (the control moved {change:.0%} over the averaged window)" if change is not None else ""

@@ -4,7 +4,8 @@ Fine-tunes a noise predictor towards p_base(x) exp(r(x)). One iteration:
 1. sample_trajectories: m trajectories x_0 ~ N(0, I) -> x_M with the memoryless DDPM chain, no grad.
 2. reward_at_end (likelihood-ratio term only): r(x_M), capped at its own quantile.
 3. lean_adjoint (smeme.solvers.lean_adjoint): a_M = -grad r(x_M), then backwards with the FROZEN base's mean step
-   a_i = (d mean_base(x_i) / d x_i)^T a_{i+1} = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1}.
+   a_i = (d mean_base(x_i) / d x_i)^T a_{i+1} = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1}, down to the
+   earliest adjoint this iteration's loss reads (lower only where step 4 drops a likelihood-ratio step).
 4. likelihood_ratio_targets (smeme.solvers.likelihood_ratio): Girsanov path weights and the
    control-variate pull whose weighted mean is E*[zeta_i | x_i].
 5. regression_step (several Adam steps on the same trajectories): per stochastic step i -> j,
@@ -50,7 +51,7 @@ from .base import (CancelFlag, IterationFn, RewardGrad, RewardValue, SolverDiver
                    SolverResult, check_finite_params, is_cancelled, model_dtype_device, optimiser_step,
                    trainable_parameters)
 from .iterates import ControlProbe, WeightAverage
-from .lean_adjoint import base_mean_vjp, lean_adjoint, step_coefficients
+from .lean_adjoint import LeanAdjoint, base_mean_vjp, step_coefficients
 from .likelihood_ratio import cap_reward, likelihood_ratio_loss, likelihood_ratio_targets
 
 
@@ -101,8 +102,9 @@ class AdjointMatchingConfig(ConfigBase):
             falls below ess_floor x m; in (0, 1).
         ess_fallback (`float`, *optional*):
             Instead of tempering: a likelihood-ratio step whose own weights' effective sample share is below this
-            leaves the term out there, and the adjoint term takes that step in full (the backward pass then covers
-            every step). None (default): temper all the term's steps by one beta (`ess_floor`).
+            leaves the term out there, and the adjoint term takes that step in full (the backward pass then runs
+            down to the earliest such step in that iteration). None (default): temper all the term's steps by one
+            beta (`ess_floor`).
         adjoint_weight_on_lr_steps (`float`, defaults to 1.0):
             Weight of the Adjoint Matching term on the steps that carry the likelihood-ratio term (1: both terms in
             full; 0: the likelihood-ratio term alone there).
@@ -221,7 +223,8 @@ class StepPlan:
     stochastic: Tensor  # indices of the steps with std > 0
     lr_steps: Tensor  # indices of the steps with the likelihood-ratio term
     on_lr: Tensor  # bool per step: carries the likelihood-ratio term
-    first_adjoint: int  # the earliest adjoint a loss reads
+    first_adjoint: int  # the earliest adjoint a loss reads when no step falls back
+    fallback_first: int  # the earliest adjoint a loss can read when steps fall back (ess_fallback)
     pairing: str  # 'current' (a_i) or 'next' (a_{i+1})
     shape: tuple
 
@@ -248,11 +251,17 @@ def plan_steps(model_base: NoisePredictor, cfg: AdjointMatchingConfig, shape: tu
     full_weight = weight
     weight = torch.where(on_lr, weight * cfg.adjoint_weight_on_lr_steps, weight)
     pairing = cfg.adjoint_pairing
-    # the backward pass stops at the earliest adjoint a loss reads (a_i for 'current', a_{i+1} for 'next')
-    with_adjoint = torch.nonzero((full_weight if cfg.ess_fallback is not None else weight) > 0).flatten()
-    first_adjoint = (int(with_adjoint[0]) + (pairing == "next")) if with_adjoint.numel() else cfg.steps
+    first_adjoint = first_read(weight, pairing)
+    fallback_first = first_read(full_weight, pairing) if cfg.ess_fallback is not None else first_adjoint
     return StepPlan(grid, c_x, c_eps, std, factor, weight, full_weight, stochastic, lr_steps, on_lr, first_adjoint,
-                    pairing, shape)
+                    min(fallback_first, first_adjoint), pairing, shape)
+
+
+def first_read(weight: Tensor, pairing: str) -> int:
+    """The earliest adjoint a loss with per-step adjoint weights `weight` (M,) reads: a_i of the first
+    step with weight > 0 for 'current', a_{i+1} for 'next' (M when none); the backward pass stops there."""
+    with_adjoint = torch.nonzero(weight > 0).flatten()
+    return int(with_adjoint[0]) + (pairing == "next") if with_adjoint.numel() else weight.numel()
 
 
 def sample_trajectories(sampler: NoisePredictor, cfg: AdjointMatchingConfig, plan: StepPlan, it: int, dtype,
@@ -275,21 +284,31 @@ def reward_at_end(reward_value: RewardValue, x_last: Tensor, cfg: AdjointMatchin
     return cap_reward(reward, cfg.reward_cap_quantile)
 
 
-def adjoint_phase(model_base: NoisePredictor, reward_grad: RewardGrad, states: Tensor, plan: StepPlan,
-                  capped: Tensor | None, cfg: AdjointMatchingConfig, it: int) -> tuple[Tensor, Tensor]:
-    """Step 3: a_M = -grad r(x_M) (zero where the reward cap binds), then the lean adjoint
-    a_i = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1}; returns (adjoints, eps_base)."""
+def start_adjoint(model_base: NoisePredictor, reward_grad: RewardGrad, states: Tensor, plan: StepPlan,
+                  capped: Tensor | None, cfg: AdjointMatchingConfig, it: int) -> LeanAdjoint:
+    """Step 3 up to what every iteration reads: a_M = -grad r(x_M) (zero where the reward cap binds), the
+    lean adjoint a_i = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1} down to plan.first_adjoint, and
+    eps_base at the steps below (their graphs kept from plan.fallback_first on, should a step fall back)."""
     with torch.no_grad():
         a_last = -reward_grad(states[-1]).to(states.dtype)
         if capped is not None:  # grad of min(r, cap): zero above the cap
             a_last[capped] = 0
     if a_last.shape != states[-1].shape or not torch.isfinite(a_last).all():
         raise SolverDivergedError(f"The reward gradient is NaN/inf or of the wrong shape at iteration {it + 1}.")
-    adj, eps_base = lean_adjoint(model_base, states, plan.grid, a_last, plan.c_x, plan.c_eps, plan.first_adjoint,
-                                 chunk=cfg.adjoint_chunk)
-    if not torch.isfinite(adj[plan.first_adjoint:]).all():
+    backward = LeanAdjoint(model_base, states, plan.grid, a_last, plan.c_x, plan.c_eps, chunk=cfg.adjoint_chunk)
+    backward.backward_to(plan.first_adjoint)
+    backward.forward_rest(keep_from=plan.fallback_first)
+    return backward
+
+
+def finish_adjoint(backward: LeanAdjoint, first: int, it: int) -> Tensor:
+    """Step 3's rest: the lean adjoint down to this iteration's earliest read adjoint a_first (below
+    plan.first_adjoint only where steps fell back), then the kept graphs are dropped; returns the adjoints."""
+    backward.backward_to(first)
+    backward.release()
+    if not torch.isfinite(backward.adj[first:]).all():
         raise SolverDivergedError(f"The adjoint became NaN/inf at iteration {it + 1}.")
-    return adj, eps_base
+    return backward.adj
 
 
 @dataclass
@@ -297,7 +316,7 @@ class IterationData:
     """One iteration's trajectories and regression targets (steps 1-4)."""
     states: Tensor  # (M+1, m, ...)
     eps_base: Tensor  # (M, m, ...)
-    target_adj: Tensor  # the adjoint each step's control is paired with, (M, m, ...)
+    target_adj: Tensor | None = None  # the adjoint each step's control is paired with, (M, m, ...)
     lr_pull: Tensor | None = None  # the likelihood-ratio term's pull (M, m, ...)
     lr_w: Tensor | None = None  # its path weights (M, m)
     weight: Tensor | None = None  # this iteration's adjoint weight per step (None: plan.weight)
@@ -360,31 +379,42 @@ def regression_loss(model_ft: NoisePredictor, model_base: NoisePredictor, data: 
 
 def iteration_data(sampler, model_base, reward_grad, reward_value, plan: StepPlan, cfg: AdjointMatchingConfig,
                    it: int, dtype, device, timings: dict, health: dict) -> IterationData:
-    """Steps 1-4 of one iteration: trajectories, reward values, lean adjoint and path weights."""
+    """Steps 1-4 of one iteration: trajectories, reward values, lean adjoint and path weights. The
+    weights need eps_base at every step; the backward pass then runs only as far down as this
+    iteration's loss reads (below plan.first_adjoint only where a step falls back)."""
     t0 = time.perf_counter()
     noise, states = sample_trajectories(sampler, cfg, plan, it, dtype, device)
     t1 = time.perf_counter()
     reward, capped = reward_at_end(reward_value, states[-1], cfg, it) if plan.lr_steps.numel() else (None, None)
     t_reward = time.perf_counter()
-    adj, eps_base = adjoint_phase(model_base, reward_grad, states, plan, capped, cfg, it)
-    data = IterationData(states, eps_base, adj[1:] if plan.pairing == "next" else adj[:-1])
+    backward = start_adjoint(model_base, reward_grad, states, plan, capped, cfg, it)
+    data = IterationData(states, backward.eps_base)
     if plan.lr_steps.numel():
-        with torch.no_grad():
-            data.lr_pull, data.lr_w, ess, beta, kept = likelihood_ratio_targets(
-                states, eps_base, noise.z, reward, plan.c_x, plan.c_eps, plan.std, plan.lr_steps,
-                cfg.ess_floor if cfg.ess_fallback is None else cfg.ess_fallback, per_step=cfg.ess_fallback is not None)
-        if not kept.all():  # the adjoint term takes the dropped steps in full
-            dropped = plan.lr_steps[~kept].to(plan.on_lr.device)
-            data.on_lr, data.weight = plan.on_lr.clone(), plan.weight.clone()
-            data.on_lr[dropped] = False
-            data.weight[dropped] = plan.full_weight[dropped]
-        health.setdefault("ess", []).append(ess)
-        health.setdefault("beta", []).append(beta)
-        health.setdefault("kept", []).append(float(kept.double().mean()))
+        weights_phase(data, noise.z, reward, plan, cfg, health)
+    adj = finish_adjoint(backward, first_read(plan.weight if data.weight is None else data.weight, plan.pairing), it)
+    data.target_adj = adj[1:] if plan.pairing == "next" else adj[:-1]
     timings["sampling"] += t1 - t0
     timings["reward"] += t_reward - t1
     timings["adjoint"] += time.perf_counter() - t_reward
     return data
+
+
+def weights_phase(data: IterationData, z: Tensor, reward: Tensor, plan: StepPlan, cfg: AdjointMatchingConfig,
+                  health: dict) -> None:
+    """Step 4: the likelihood-ratio pull and path weights into `data`; the steps that fall back
+    (ess_fallback) leave the term and take the adjoint term in full."""
+    with torch.no_grad():
+        data.lr_pull, data.lr_w, ess, beta, kept = likelihood_ratio_targets(
+            data.states, data.eps_base, z, reward, plan.c_x, plan.c_eps, plan.std, plan.lr_steps,
+            cfg.ess_floor if cfg.ess_fallback is None else cfg.ess_fallback, per_step=cfg.ess_fallback is not None)
+    if not kept.all():  # the adjoint term takes the dropped steps in full
+        dropped = plan.lr_steps[~kept].to(plan.on_lr.device)
+        data.on_lr, data.weight = plan.on_lr.clone(), plan.weight.clone()
+        data.on_lr[dropped] = False
+        data.weight[dropped] = plan.full_weight[dropped]
+    health.setdefault("ess", []).append(ess)
+    health.setdefault("beta", []).append(beta)
+    health.setdefault("kept", []).append(float(kept.double().mean()))
 
 
 def regression_phase(model_ft, model_base, opt, params, data: IterationData, plan: StepPlan, outliers: OutlierRule,

@@ -47,28 +47,77 @@ def _eps_vjp(model: NoisePredictor, x: Tensor, t: Tensor, v: Tensor, chunk: int 
     return eps, vjp
 
 
+class LeanAdjoint:
+    """One iteration's backward pass a_i = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1}, in stages, so that
+    how far down it runs can depend on what eps_base at the lower steps says (the likelihood-ratio weights):
+
+    backward_to(k): the adjoints down to a_k, with eps_base on the way (one VJP per step);
+    forward_rest(keep_from): eps_base at every step not evaluated yet, keeping the graphs of the steps >= keep_from
+        (memory: their activations) so that a later backward_to reaches them without evaluating any step twice;
+    release(): drops the kept graphs. Adjoints below the lowest a_k reached stay 0 (never read).
+    """
+
+    def __init__(self, model_base: NoisePredictor, states: Tensor, grid: Tensor, a_last: Tensor, c_x: Tensor,
+                 c_eps: Tensor, chunk: int | None = None):
+        self.model, self.states, self.grid, self.c_x, self.c_eps, self.chunk = (model_base, states, grid, c_x,
+                                                                                c_eps, chunk)
+        self.adj = torch.zeros_like(states)
+        self.adj[-1] = a_last
+        self.eps_base = torch.empty_like(states[:-1])
+        self.lowest = self.evaluated = states.shape[0] - 1  # a_i known for i >= lowest, eps_base for i >= evaluated
+        self._graphs: dict[int, list] = {}  # step -> [(rows, x rows, eps rows)] with their graphs
+
+    def _t(self, i: int) -> Tensor:
+        return self.grid[i].expand(self.states.shape[1])
+
+    def backward_to(self, first: int) -> None:
+        """a_i for every i >= first (from a_{lowest} down)."""
+        for i in range(self.lowest - 1, first - 1, -1):
+            a = self.adj[i + 1]
+            if i in self._graphs:
+                vjp = torch.empty_like(a)
+                for rows, xr, out in self._graphs.pop(i):
+                    (vjp[rows],) = torch.autograd.grad(out, xr, grad_outputs=a[rows])
+            else:
+                self.eps_base[i], vjp = _eps_vjp(self.model, self.states[i], self._t(i), a, self.chunk)
+            self.adj[i] = (self.c_x[i] * a - self.c_eps[i] * vjp).detach()  # a_i = (d mean_i / d x_i)^T a_{i+1}
+        self.lowest = min(self.lowest, first)
+        self.evaluated = min(self.evaluated, self.lowest)
+
+    def forward_rest(self, keep_from: int) -> None:
+        """eps_base at the steps below those evaluated; the graphs of steps >= keep_from are kept."""
+        for i in range(self.evaluated - 1, -1, -1):
+            x, t = self.states[i], self._t(i)
+            if i < keep_from:
+                with torch.no_grad():
+                    self.eps_base[i] = self.model(x, t)
+                continue
+            kept = []
+            for rows in _row_chunks(len(x), self.chunk):
+                xr = x[rows].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    out = self.model(xr, t[rows])
+                self.eps_base[i][rows] = out.detach()
+                kept.append((rows, xr, out))
+            self._graphs[i] = kept
+        self.evaluated = 0
+
+    def release(self) -> None:
+        """Drop the graphs no backward_to used."""
+        self._graphs.clear()
+
+
 def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_last: Tensor,
                  c_x: Tensor, c_eps: Tensor, first: int = 0, chunk: int | None = None):
-    """Backward pass a_i = c_x a_{i+1} - c_eps J_eps_base(x_i)^T a_{i+1} (no graph kept), down to a_first.
+    """The whole backward pass down to a_first: (adjoints (M+1, m, ...), eps_base at every step (M, m, ...)).
 
-    Returns adjoints (M+1, m, ...) and eps_base at every step (M, m, ...). Below `first` no
-    adjoint is read (its loss weight is 0): a_i is left 0 there and eps_base is evaluated
-    without a graph.
+    Below `first` no adjoint is read (its loss weight is 0): a_i is left 0 there and eps_base is
+    evaluated without a graph.
     """
-    M, n = states.shape[0] - 1, states.shape[1]
-    adj = torch.zeros_like(states)
-    eps_base = torch.empty_like(states[:-1])
-    adj[M] = a = a_last
-    for i in range(M - 1, -1, -1):
-        t_i = grid[i].expand(n)
-        if i < first:
-            with torch.no_grad():
-                eps_base[i] = model_base(states[i], t_i)
-            continue
-        eps_base[i], vjp = _eps_vjp(model_base, states[i], t_i, a, chunk)
-        a = (c_x[i] * a - c_eps[i] * vjp).detach()  # a_i = (d mean_i / d x_i)^T a_{i+1}
-        adj[i] = a
-    return adj, eps_base
+    backward = LeanAdjoint(model_base, states, grid, a_last, c_x, c_eps, chunk)
+    backward.backward_to(first)
+    backward.forward_rest(keep_from=first)
+    return backward.adj, backward.eps_base
 
 
 def base_mean_vjp(model_base: NoisePredictor, x: Tensor, t: Tensor, v: Tensor, c_x: Tensor, c_eps: Tensor,
