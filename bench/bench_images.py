@@ -3,7 +3,7 @@
     SMEME_THREADS=1 python bench/bench_images.py                 # digits: pre-train (800 steps) + 3 rounds
     SMEME_THREADS=1 python bench/bench_images.py --steps 300 --rounds 1
     SMEME_THREADS=1 python bench/bench_images.py --from-run <ready digits run> --rounds 1 [--layout contiguous]
-                                 # one round of a given run (the shipped ready model); NCHW convolutions
+                                 # one round of a given run (the ready model); --layout contiguous: NCHW
     python bench/bench_images.py --skip-digits --tiny-sd         # a tiny random SD pipeline, one round
     python bench/bench_images.py --skip-digits --sd /path/sd15   # a local SD folder, one round
     python bench/bench_images.py --skip-digits --sd15-random --sd-iterations 2

@@ -8,10 +8,11 @@ It measures, on one thread, the CPU seconds of a training step (a short training
 scratch) and of one digits round at its default budget on the trained model (on a copy:
 the shipped run keeps round 0 only), reads the model's round-0 quality (the digit
 classifier's confidence, the readable share, the class shares), exports the run as a
-bundle and writes the manifest with its SHA-256. `--round-only` imports the shipped bundle
-(checked against its SHA-256) into a temporary folder and rewrites only the manifest's
-`round` (after a change of the default budget); the bundle stays byte for byte. CPU seconds of one thread are what one
+bundle and writes the manifest with its SHA-256. CPU seconds of one thread are what one
 idle core takes; on a shared machine the wall time is longer (both are recorded).
+`--round-only` imports the shipped bundle (checked against its SHA-256) into a temporary
+folder and rewrites only the manifest's `round` (after a change of the default budget);
+the bundle stays byte for byte.
 """
 from __future__ import annotations
 

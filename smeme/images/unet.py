@@ -77,7 +77,7 @@ class UNetConfig(ConfigBase):
 
 SCHEDULES = ("vp", "linear", "cosine")
 # The UNets' weights (and so their activations) are channels-last: oneDNN's CPU convolutions
-# on these small images take ~0.75x the time of the NCHW layout (a digits round: BENCHMARKS.md,
+# on these small images take ~0.85x the time of the NCHW layout (a digits round: BENCHMARKS.md,
 # `bench/bench_images.py --layout`). Saved weights are contiguous either way (run_files).
 CONV_MEMORY_FORMAT = torch.channels_last
 # Caps on a stored UNet's size (config.json may come from a bundle): far above the digits
