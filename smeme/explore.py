@@ -192,10 +192,6 @@ class ExploreConfig(ConfigBase):
             raise ExploreError(f"The reward target must be 'data' (the paper's) or 'smoothed', got {self.reward_target!r}.")
         if self.reward not in ("previous", "pretrained"):
             raise ExploreError(f"The reward must be 'previous' or 'pretrained', got {self.reward!r}.")
-        fallback = self.ess_fallback
-        if fallback is not None and (isinstance(fallback, bool) or not isinstance(fallback, (int, float))
-                                     or not 0 < fallback < 1):
-            raise ExploreError(f"ess_fallback must be a share in (0, 1) (or None: temper), got {fallback!r}.")
         if not 0 <= self.max_validity_drop <= 1:
             raise ExploreError(f"max_validity_drop must lie in [0, 1], got {self.max_validity_drop}.")
         self.solver_config(1)  # the solver's own checks (weight_ema, solver_options, ...), now not mid-run
