@@ -28,8 +28,9 @@ ROUND = dict(iterations=2, trajectories=64, steps=20, metrics_n=512, max_validit
 
 
 @pytest.fixture(scope="module")
-def tri_run(tmp_path_factory):
-    """A tiny triangles run with one round, explored with the defaults (deferred metrics)."""
+def base_run(tmp_path_factory):
+    """A tiny triangles run with one round, explored with the defaults (deferred metrics); tests
+    change only their own copy (conftest's `run_copy`)."""
     from smeme.explore import ExploreConfig, run_rounds
     from smeme.pipeline import pretrain_run
 
@@ -37,13 +38,6 @@ def tri_run(tmp_path_factory):
     pretrain_run(folder, "triangles", preset="tiny", steps=100, n=1024)
     run_rounds(Run.open(folder), 1, ExploreConfig(**ROUND))
     return folder
-
-
-@pytest.fixture
-def run_copy(tri_run, tmp_path):
-    dst = tmp_path / "tri"
-    shutil.copytree(tri_run, dst)
-    return Run.open(dst)
 
 
 def direct_density(run, k: int, n: int, seed: int, steps: int) -> dict:
@@ -59,8 +53,8 @@ def direct_density(run, k: int, n: int, seed: int, steps: int) -> dict:
     return out
 
 
-def test_a_round_is_visible_with_its_defining_metrics_and_without_the_deferred(tri_run):
-    run = Run.open(tri_run)
+def test_a_round_is_visible_with_its_defining_metrics_and_without_the_deferred(base_run):
+    run = Run.open(base_run)
     assert run.rounds() == [0, 1]
     for k in (0, 1):
         record = run.metrics()[k]
@@ -69,11 +63,11 @@ def test_a_round_is_visible_with_its_defining_metrics_and_without_the_deferred(t
         assert not set(DENSITY_METRICS) & set(run.all_metrics()[k])
     assert run.metrics()[1]["n"] == ROUND["metrics_n"]
     assert deferred.pending(run) == [0, 1]
-    assert not list(Path(tri_run).glob("*.deferred.json"))  # nothing computed until asked
+    assert not list(Path(base_run).glob("*.deferred.json"))  # nothing computed until asked
 
 
 def test_the_deferred_metrics_equal_the_old_path_and_are_cached(run_copy, monkeypatch):
-    run = run_copy
+    run = Run.open(run_copy)
     values = deferred.measure(run)
     assert set(values) == {0, 1} and deferred.pending(run) == []
     for k in (0, 1):
@@ -98,13 +92,13 @@ def test_the_deferred_metrics_equal_the_old_path_and_are_cached(run_copy, monkey
     assert {p.name: p.stat().st_mtime_ns for p in run.folder.glob("*.deferred.json")} == stamps
 
 
-def test_values_measured_before_the_commit_are_the_ones_computed_after(tri_run, tmp_path):
+def test_values_measured_before_the_commit_are_the_ones_computed_after(base_run, tmp_path):
     """explore with metrics_logp=True (the old path) puts them in the round's record; the
     deferred computation of the same round gives the same numbers (and finds nothing to do)."""
     from smeme.explore import ExploreConfig, run_rounds
 
     folder = tmp_path / "now"
-    shutil.copytree(tri_run, folder)
+    shutil.copytree(base_run, folder)
     run = Run.open(folder)
     run_rounds(run, 1, ExploreConfig(**ROUND, metrics_logp=True))
     record = run.metrics()[2]
@@ -129,7 +123,7 @@ deferred.measure(Run.open(sys.argv[1]), [1])
 
 
 def test_a_crash_mid_write_leaves_no_partial_file(run_copy):
-    run = run_copy
+    run = Run.open(run_copy)
     proc = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, str(run.folder)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ROOT, "SMEME_THREADS": "1"}, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -148,7 +142,7 @@ def test_a_crash_mid_write_leaves_no_partial_file(run_copy):
 
 @pytest.mark.parametrize("edit", ["weights", "settings", "round", "extra", "value"])
 def test_a_stale_or_foreign_file_is_not_shown(run_copy, edit):
-    run = run_copy
+    run = Run.open(run_copy)
     deferred.measure(run, [1])
     path = run.folder / "round_1.deferred.json"
     record = json.loads(path.read_text())
@@ -169,7 +163,7 @@ def test_a_stale_or_foreign_file_is_not_shown(run_copy, edit):
 
 # -- bundles ----------------------------------------------------------------------------------
 def test_a_bundle_carries_the_deferred_metrics_or_none(run_copy, tmp_path):
-    run = run_copy
+    run = Run.open(run_copy)
     without = export_run(run.folder, tmp_path / "without.zip")
     deferred.measure(run, [1])
     (run.folder / "round_0.deferred.json").write_text("{}")  # damaged: left out, computed again
@@ -209,7 +203,7 @@ def rezip(src, dst, edits: dict):
     ("not json", "round_1.deferred.json"),
 ])
 def test_import_refuses_a_deferred_file_smeme_would_not_write(run_copy, tmp_path, case, words):
-    run = run_copy
+    run = Run.open(run_copy)
     deferred.measure(run, [1])
     good = export_run(run.folder, tmp_path / "good.zip")
     record = json.loads((run.folder / "round_1.deferred.json").read_text())
@@ -251,9 +245,9 @@ def lines(proc) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-def test_cli_metrics_computes_them_once_then_reads_them(tri_run, tmp_path):
+def test_cli_metrics_computes_them_once_then_reads_them(base_run, tmp_path):
     folder = tmp_path / "tri"
-    shutil.copytree(tri_run, folder)
+    shutil.copytree(base_run, folder)
     first = lines(smeme("metrics", "--run", folder, "--rounds", "1", "--quiet"))
     assert [(r["round"], r["computed"]) for r in first] == [(1, True)]
     run = Run.open(folder)
@@ -271,12 +265,12 @@ def test_cli_metrics_computes_them_once_then_reads_them(tri_run, tmp_path):
 
 @pytest.mark.parametrize("option, logp", [([], False), (["--density-metrics", "later"], False),
                                           (["--density-metrics", "now"], True)])
-def test_cli_explore_computes_them_before_the_commit_only_when_asked(tri_run, monkeypatch, option, logp):
+def test_cli_explore_computes_them_before_the_commit_only_when_asked(base_run, monkeypatch, option, logp):
     from smeme.cli import main
 
     seen = []
     monkeypatch.setattr("smeme.explore.run_rounds", lambda run, rounds, config, **kw: seen.append(config))
-    assert main(["explore", "--run", str(tri_run), "--rounds", "1", "--quiet", *option]) == 0
+    assert main(["explore", "--run", str(base_run), "--rounds", "1", "--quiet", *option]) == 0
     assert [c.metrics_logp for c in seen] == [logp]
 
 
@@ -285,14 +279,14 @@ def test_cli_explore_computes_them_before_the_commit_only_when_asked(tri_run, mo
     (["--rounds", ","], "names no round"),
     (["--rounds", "9"], "has no round 9"),
 ])
-def test_cli_metrics_refuses_bad_rounds_in_one_line(tri_run, args, words, capsys):
+def test_cli_metrics_refuses_bad_rounds_in_one_line(base_run, args, words, capsys):
     from smeme.cli import main
 
-    before = sorted(p.name for p in Path(tri_run).iterdir())
-    assert main(["metrics", "--run", str(tri_run), *args]) == 2
+    before = sorted(p.name for p in Path(base_run).iterdir())
+    assert main(["metrics", "--run", str(base_run), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
-    assert sorted(p.name for p in Path(tri_run).iterdir()) == before
+    assert sorted(p.name for p in Path(base_run).iterdir()) == before
 
 
 def test_cli_help_names_the_defaults(capsys):
