@@ -83,6 +83,15 @@ def _int_in(low: int, high: int):
 
 
 _seed = _int_in(0, MAX_SEED)
+_thread_count = _int_in(1, MAX_THREADS)
+
+
+def _threads(text: str):
+    """An argparse type: 'auto' or a whole number of threads in [1, MAX_THREADS]."""
+    return "auto" if text.strip().lower() == "auto" else _thread_count(text)
+
+
+_threads.__name__ = "threads"
 
 
 def _share_or_none(text: str):
@@ -103,8 +112,9 @@ _share_or_none.__name__ = "share"
 
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--threads", type=_int_in(1, MAX_THREADS), default=argparse.SUPPRESS,
-                        help="torch threads (default: $SMEME_THREADS or 1, the measured best)")
+    common.add_argument("--threads", type=_threads, default=argparse.SUPPRESS,
+                        help="torch threads, or 'auto': every core while the others are idle, else one, "
+                             "decided every solver iteration (default: $SMEME_THREADS or auto)")
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
     parser = _Parser(prog="smeme", description="S-MEME: score-based maximum entropy manifold exploration.",
                      parents=[common])

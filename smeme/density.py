@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .models.base import NoisePredictor
 from .models.mlp import MLPNoisePredictor
+from .threads import rebalance
 
 DEFAULT_STEPS = 32
 DEFAULT_T_MIN = 1e-3
@@ -165,6 +166,7 @@ def _solve(model, x: Tensor, grid: Tensor, probes: Tensor, exact: bool, tick) ->
     logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     f = lambda y, t: velocity_and_divergence(model, y, t, probes, exact)  # noqa: E731
     for k in range(grid.numel() - 1):
+        rebalance()
         t0, t1 = grid[k], grid[k + 1]
         h = t1 - t0
         k1, l1 = f(x, t0)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .models.base import NoisePredictor, expand_like, score
+from .threads import rebalance
 
 ProgressFn = Callable[[int, int], None]  # (step done, total steps)
 
@@ -86,6 +87,7 @@ def sample_ddpm(model: NoisePredictor, noise: FixedNoise, grid: Tensor | None = 
     n = x.shape[0]
     states = [x] if return_trajectory else None
     for k in range(steps):
+        rebalance()
         t_i = grid[k].expand(n)
         t_j = grid[k + 1].expand(n)
         mean = ddpm_mean(model, x, t_i, t_j)

@@ -22,6 +22,7 @@ from .data.base import Dataset, Standardizer
 from .optim import Adam
 from .models.base import NoisePredictor, expand_like
 from .schedule import Schedule, VPSchedule
+from .threads import rebalance
 
 ProgressFn = Callable[[int, int, float], None]  # (step done, total steps, loss)
 
@@ -119,6 +120,7 @@ def train_model(model: NoisePredictor, data: Tensor, cfg: TrainConfig,
         if cancel is not None and cancel.is_set():
             cancelled = True
             break
+        rebalance()
         opt.param_groups[0]["lr"] = cfg.lr * lr_factor(step, cfg)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
         x0 = data[idx]

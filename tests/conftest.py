@@ -10,6 +10,9 @@ if ROOT not in sys.path:
 
 from smeme.threads import configure  # noqa: E402
 
+# One thread unless told otherwise: 'auto' (the default outside tests) may change the count
+# mid-run, and tests compare runs bit for bit. Child processes (CLI, app jobs) inherit it.
+os.environ.setdefault("SMEME_THREADS", "1")
 configure()
 
 

@@ -20,6 +20,7 @@ decide. Data and solver seeds (data 21-23, solver 5-7) were never used for tunin
 """
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import statistics
@@ -141,6 +142,13 @@ def model_cov(run: Run, k: int) -> np.ndarray:
     return np.cov(x.double().numpy().T)
 
 
+@functools.lru_cache(maxsize=None)
+def base_cov(src: str) -> np.ndarray:
+    """model_cov of a pre-trained run's round 0, read once per run (every solver seed's copy has
+    the same round 0 and the samples use fixed noise, so it is the same matrix)."""
+    return model_cov(Run.open(src), 0)
+
+
 def exact_covs(run: Run, cov0: np.ndarray, rounds: int, t_r: float) -> list[np.ndarray]:
     ab = float(run.schedule.ab(torch.tensor(t_r, dtype=torch.float64)))
     eye = np.eye(len(cov0))
@@ -170,7 +178,7 @@ def run_gaussian_rounds(src, tmp_path, rounds: int, seed: int, **overrides) -> l
     config = ExploreConfig(**{**run.domain.explore_defaults(), "lam": LAM, "seed": seed, "metrics_logp": False,
                               "metrics_n": 1024, **overrides})  # the CLI's and the app's CSV defaults
     run_rounds(run, rounds, config)
-    cov0 = model_cov(run, 0)
+    cov0 = base_cov(str(src))
     exact = exact_covs(run, cov0, rounds, target_t_r(config))
     out = []
     for k in range(1, rounds + 1):
@@ -192,8 +200,14 @@ def _span(rows: list[dict]) -> str:
 SMOOTHED = {"reward_target": "smoothed"}
 
 
-@pytest.mark.parametrize("d,independent", [(2, False), (3, False), (8, False), (2, True)])
+# The one-round cases are split over this file and test_fidelity_wide.py (d = 8, independent
+# columns, the narrow direction), so that two test workers share them (CI distributes by file).
+@pytest.mark.parametrize("d,independent", [(2, False), (3, False)])
 def test_one_round_reaches_the_exact_gaussian_tilt(gaussian_runs, tmp_path, d, independent):
+    check_one_round(gaussian_runs, tmp_path, d, independent)
+
+
+def check_one_round(gaussian_runs, tmp_path, d: int, independent: bool) -> None:
     """The median over solver seeds of the log-determinant share within 10%, and of the smallest
     and largest per-direction share within DIRECTION_TOL (the shape, not only the volume)."""
     rows = [run_gaussian_rounds(gaussian_runs(d, independent), tmp_path, 1, seed, **SMOOTHED)[0]
@@ -208,21 +222,6 @@ def test_three_rounds_follow_the_exact_gaussian_recursion(gaussian_runs, tmp_pat
     rows = run_gaussian_rounds(gaussian_runs(3), tmp_path, 3, SOLVER_SEEDS[0], **SMOOTHED)
     assert all(abs(r["logdet"] - 1) <= 0.10 for r in rows), f"cumulative, by round: {_span(rows)}"
     assert all(abs(r["directions"] - 1).max() <= DIRECTION_TOL for r in rows), f"cumulative, by round: {_span(rows)}"
-
-
-@pytest.mark.xfail(strict=True, reason="issue 20: measured 0.80 of the narrow direction's exact gain (seed 5); "
-                                       "the solver under-fits the score change at small t (BENCHMARKS.md)")
-def test_a_narrow_direction_reaches_the_papers_gain(tmp_path):
-    """5 columns whose standardised covariance has one direction of variance 0.06: one default
-    round (the paper's reward, read at the data end) within 10% of the exact gain of
-    p_0^(1 - lam) along every whitened direction. The smoothed reward's own exact round reaches
-    0.72 of it there, so this case tells the two targets apart."""
-    from smeme.pipeline import pretrain_run
-
-    csv = spread_gaussian_csv(tmp_path / "data.csv", [0.06, 1, 1, 1.5, 1.44], seed=31)
-    src = pretrain_run(tmp_path / "run", "csv", {"path": str(csv)}, steps=PRETRAIN_STEPS).folder
-    rows = run_gaussian_rounds(src, tmp_path, 1, SOLVER_SEEDS[0])
-    assert abs(rows[0]["directions"] - 1).max() <= 0.10, _span(rows)
 
 
 def test_ess_health_is_reported_per_round(gaussian_runs, tmp_path):

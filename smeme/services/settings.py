@@ -10,6 +10,7 @@ Environment:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import threading
@@ -49,11 +50,15 @@ _setup_done = False
 
 
 def setup() -> None:
-    """Once per process: torch threads from SMEME_THREADS (default 1)."""
+    """Once per process: torch threads from SMEME_THREADS (default 'auto', smeme.threads)."""
     global _setup_done
     if not _setup_done:
-        from ..threads import configure
-        configure()
+        from ..threads import DEFAULT_THREADS, configure
+        try:
+            configure()
+        except ValueError as exc:  # a bad SMEME_THREADS: say so in the log, run on the default
+            logging.getLogger("smeme.settings").warning("%s Using %s.", exc, DEFAULT_THREADS)
+            configure(DEFAULT_THREADS)
         _setup_done = True
 
 
