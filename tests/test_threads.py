@@ -124,3 +124,17 @@ def test_cli_takes_threads_auto_and_names_a_bad_value():
     bad_env = subprocess.run([sys.executable, "-m", "smeme", *missing], env=env, capture_output=True, text=True,
                              timeout=120)
     assert bad_env.returncode != 0 and "SMEME_THREADS" in bad_env.stderr and "Traceback" not in bad_env.stderr
+
+
+def test_the_app_logs_a_bad_smeme_threads_and_runs_on_the_default(monkeypatch, caplog):
+    from smeme.services import settings
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SMEME_THREADS", "lots")
+    monkeypatch.setattr(settings, "_setup_done", False)
+    try:
+        with caplog.at_level("WARNING", logger="smeme.settings"):
+            settings.setup()
+        assert "SMEME_THREADS" in caplog.text and threads._auto is not None
+    finally:
+        threads.configure(before)
