@@ -85,6 +85,8 @@ class ExploreConfig(ConfigBase):
         likelihood_ratio_share (`float`, defaults to 0.8):
             Share of the stochastic steps, the earliest, that also regress onto the likelihood-ratio target (one
             PF-ODE solve of the reward's values per iteration); 0 turns the term off (Adjoint Matching alone).
+            A round turns it off where its weights cannot be healthy: exp(-lam_k^2 D / 2) below ess_fallback for
+            a model of D features (`likelihood_ratio_share_at`; e.g. D >= 16 at lam 0.3).
         reward_ode_steps (`int`, defaults to 8): RK4 steps of the PF-ODE that gives the reward's values (at least 2).
         adjoint_weight_on_lr_steps (`float`, defaults to 0.0):
             Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers; 0 leaves those steps to
@@ -206,8 +208,22 @@ class ExploreConfig(ConfigBase):
         """The solver's learning rate in round k >= 1."""
         return float(self.lr) if self.lr is not None else 2e-3 * math.sqrt(self.lam_at(k) / 0.3)
 
-    def solver_config(self, round_index: int):
-        """The solver's settings for round `round_index` (its seed, lr and explore's solver fields)."""
+    def likelihood_ratio_share_at(self, k: int, dim: int | None) -> float:
+        """likelihood_ratio_share for round k of a `dim`-dimensional model: 0 where the term's weights
+        cannot reach ess_fallback. At the exact control the path weights of a Gaussian round are
+        log-normal with variance ~lam^2 dim, so their effective sample share is at most
+        exp(-lam^2 dim / 2) (0.49 at lam 0.3, dim 16); below ess_fallback the round would hand most of
+        the term's steps back to the adjoint term iteration by iteration, which measured worse than
+        the adjoint term alone (BENCHMARKS.md, "Solver fidelity in 16-64 dimensions"), and costs a
+        PF-ODE solve per iteration. None for dim, or ess_fallback None: the setting as it is."""
+        share = self.likelihood_ratio_share
+        if dim is None or self.ess_fallback is None or not share:
+            return share
+        return 0.0 if math.exp(-self.lam_at(k) ** 2 * dim / 2) < self.ess_fallback else share
+
+    def solver_config(self, round_index: int, dim: int | None = None):
+        """The solver's settings for round `round_index` (its seed, lr and explore's solver fields) of a
+        model of `dim` features (likelihood_ratio_share_at; None: the share as set)."""
         seed = self.seed * 10_007 + round_index
         common = dict(iterations=self.iterations, steps=self.steps, adam_steps=self.adam_steps, seed=seed)
         try:
@@ -215,7 +231,8 @@ class ExploreConfig(ConfigBase):
                 return StudentTeacherConfig.from_dict({**common, **self.solver_options})
             settings = {**common, "trajectories": self.trajectories, "lr": self.lr_at(round_index),
                         "outlier_mode": self.outlier_mode, "weight_ema": self.weight_ema,
-                        "average_start": self.average_start, "likelihood_ratio_share": self.likelihood_ratio_share,
+                        "average_start": self.average_start,
+                        "likelihood_ratio_share": self.likelihood_ratio_share_at(round_index, dim),
                         "adjoint_weight_on_lr_steps": self.adjoint_weight_on_lr_steps,
                         "likelihood_ratio_target": self.likelihood_ratio_target, "ess_fallback": self.ess_fallback}
             return AdjointMatchingConfig.from_dict({**settings, **self.solver_options})
@@ -276,6 +293,16 @@ def _lam_history(run, config: ExploreConfig, k: int) -> list[float]:
     """lambdas of rounds 1..k: saved ones from earlier rounds' metrics, then the schedule."""
     saved = run.metrics()
     return [float(saved.get(i, {}).get("lam", config.lam_at(i))) for i in range(1, k)] + [config.lam_at(k)]
+
+
+def _likelihood_ratio_record(config: ExploreConfig, solver_cfg) -> dict:
+    """The round's likelihood-ratio share as the solver ran it, and whether explore turned it off
+    (likelihood_ratio_share_at) though the configuration asked for it."""
+    share = getattr(solver_cfg, "likelihood_ratio_share", None)
+    if share is None:
+        return {}
+    return {"lr_share": share, "lr_off_by_dimension": bool(config.likelihood_ratio_share and not share
+                                                           and not config.solver_options.get("likelihood_ratio_share") == 0)}
 
 
 def _finite(model) -> bool:
@@ -402,7 +429,7 @@ class PointRounds:
             scale, reward_model = lam, model_base
 
         reward = RoundReward(reward_model, scale, config)
-        solver_cfg = config.solver_config(k)
+        solver_cfg = config.solver_config(k, dim=math.prod(self.prev.sample_shape))
         return RoundProblem(model_ft, model_base, reward.grad, solver_cfg, lam, lam_history,
                             sampling_model=sampling_model, reward_value=reward.value, valid_fn=self.valid_fn())
 
@@ -441,7 +468,7 @@ class PointRounds:
                         "iterations": len(losses),
                         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                         "solver_seconds": round(solve_s, 3), "explore": config.to_dict(),
-                        **result.round_metrics()})
+                        **_likelihood_ratio_record(config, problem.solver_cfg), **result.round_metrics()})
         self.run.save_round(k, model_ft, metrics)
         self.prev, self.prev_metrics = model_ft, metrics
         return metrics

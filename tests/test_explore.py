@@ -85,6 +85,36 @@ def test_ess_fallback_is_explores_default_and_reaches_each_round():
     assert plan.lr_steps.numel() == 0 and plan.fallback_first == plan.first_adjoint
 
 
+def test_the_likelihood_ratio_term_is_off_where_its_weights_cannot_be_healthy():
+    """exp(-lam^2 D / 2) < ess_fallback turns the term off for that round (lam 0.3: D >= 16); it stays
+    on below, with ess_fallback None, and a solver option or an unknown D keep the setting."""
+    import math
+
+    config = ExploreConfig(lam=0.3)
+    assert math.exp(-0.09 * 15 / 2) > 0.5 > math.exp(-0.09 * 16 / 2)
+    assert [config.solver_config(1, dim=d).likelihood_ratio_share for d in (2, 8, 15, 16, 64)] == [0.8] * 3 + [0.0] * 2
+    assert config.solver_config(1).likelihood_ratio_share == 0.8
+    assert ExploreConfig(lam=0.3, ess_fallback=None).solver_config(1, dim=64).likelihood_ratio_share == 0.8
+    forced = ExploreConfig(lam=0.3, solver_options={"likelihood_ratio_share": 0.5})
+    assert forced.solver_config(1, dim=64).likelihood_ratio_share == 0.5
+    assert ExploreConfig(lam=0.1).solver_config(1, dim=64).likelihood_ratio_share == 0.8  # 0.73 > 0.5
+    decaying = ExploreConfig(lam=0.9, lam_schedule="decreasing", lam_power=1.0)  # lam_k = 0.9 / k
+    assert [decaying.solver_config(k, dim=3).likelihood_ratio_share for k in (1, 2)] == [0.0, 0.8]
+
+
+def test_a_round_records_its_likelihood_ratio_share(tiny_run):
+    """The toy (D = 2) keeps the term at lam 0.3 and turns it off at lam 0.9 (exp(-0.81) < 0.5); the round's
+    record says so, and the app's solver-health line with it."""
+    from smeme.services.results import solver_health
+
+    run_rounds(tiny_run, 1, ExploreConfig(**FAST, lam=0.3))
+    run_rounds(tiny_run, 1, ExploreConfig(**FAST, lam=0.9))
+    m = tiny_run.metrics()
+    assert (m[1]["lr_share"], m[1]["lr_off_by_dimension"]) == (0.8, False)
+    assert (m[2]["lr_share"], m[2]["lr_off_by_dimension"]) == (0.0, True)
+    assert "lr_ess_min" not in m[2] and "term off" in solver_health(m[2])
+
+
 def test_bad_solver_option_is_one_sentence(tiny_run):
     with pytest.raises(ExploreError, match="Bad solver setting"):
         run_rounds(tiny_run, 1, ExploreConfig(**FAST, solver_options={"warp": 9}))

@@ -29,3 +29,8 @@ def test_solver_health_names_the_steps_left_to_adjoint_matching():
                           "lr_steps_kept_mean": 0.69})
     assert "31% of the likelihood-ratio steps left to Adjoint Matching" in line
     assert "left to" not in solver_health({"lr_ess_min": 0.6, "lr_ess_median": 0.8, "lr_steps_kept_mean": 1.0})
+
+
+def test_solver_health_says_when_the_likelihood_ratio_term_was_off_by_dimension():
+    assert "likelihood-ratio term off for this round" in solver_health({"lr_off_by_dimension": True, "lr_share": 0.0})
+    assert solver_health({"lr_off_by_dimension": False, "lr_share": 0.8}) is None

@@ -89,6 +89,9 @@ def solver_health(m: dict) -> str | None:
     converged (SolverResult.round_metrics) and, for the toy, the share of the closed form's
     log-odds shift reached. None when the round has none of them."""
     parts = []
+    if m.get("lr_off_by_dimension") is True:
+        parts.append("likelihood-ratio term off for this round: in this many dimensions at this lambda its "
+                     "weights could not stay even enough (Adjoint Matching alone)")
     if metric_number(m.get("lr_ess_min")) is not None:
         parts.append(f"likelihood-ratio weights: effective sample size {m['lr_ess_min']:.0%} of the "
                      f"trajectories at worst, {m.get('lr_ess_median', m['lr_ess_min']):.0%} typical")
