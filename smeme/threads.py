@@ -1,23 +1,27 @@
-"""Torch thread count: a fixed number, or 'auto' (every allowed core while the others are idle).
+"""Torch thread count: a fixed number, or 'auto' (a second thread while another core is idle).
 
 On a 2-core machine small models run ~1.3-1.6x faster on two threads while the other core is
 idle, and ~2x slower when another process keeps it busy (BENCHMARKS.md, "Threads"). 'auto'
-starts on one thread and, at each `rebalance()` (every solver iteration, training step, sampling
-step and log-density ODE step; at most every AUTO_MIN_INTERVAL seconds), measures from /proc/stat how much CPU other processes used on the cores this
-process may run on since the last decision: below AUTO_IDLE_SHARE of one core, it takes all of
-them; else one. A wrong guess costs at most one interval. Float rounding depends on the thread
-count, so 'auto' runs agree with each other to rounding, not bit for bit: pin a number
-(SMEME_THREADS=1, `--threads 1`) for bit-identical reruns; the test suite pins 1.
+starts on one thread and, at each `rebalance()` (every solver iteration, training step,
+sampling step and log-density ODE step; at most every AUTO_MIN_INTERVAL seconds), measures
+from /proc/stat how much CPU other processes used on the cores this process may run on since
+the last decision, and takes as many threads as cores they left idle (a core counts as idle
+when they used less than AUTO_IDLE_SHARE of it), at least one and at most AUTO_MAX_THREADS
+(2, what was measured). A wrong guess costs at most one interval. Float rounding depends on
+the thread count, so 'auto' runs agree with each other to rounding, not bit for bit: pin a
+number (SMEME_THREADS=1, `--threads 1`) for bit-identical reruns; the test suite pins 1.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 
 import torch
 
 DEFAULT_THREADS = "auto"
-AUTO_IDLE_SHARE = 0.2  # other processes' CPU over the interval, in cores, below which they count as idle
+AUTO_IDLE_SHARE = 0.2  # other processes' CPU over the interval, in cores, below which a core counts as idle
+AUTO_MAX_THREADS = 2  # measured to help on 2 cores (BENCHMARKS.md, "Threads"); more threads were not measured
 AUTO_MIN_INTERVAL = 0.25  # seconds: decisions are no more frequent (/proc/stat counts in 10 ms ticks)
 
 
@@ -39,7 +43,8 @@ def parse_threads(text: str | int | None):
 
 
 class AutoThreads:
-    """One thread, or every allowed core while other processes leave them idle (see the module doc).
+    """One thread, or as many as the cores other processes leave idle, at most AUTO_MAX_THREADS (see the
+    module doc); `cores` is what this process may use.
 
     `read_busy()` -> busy seconds summed over the allowed cores (all processes); `read_own()` ->
     this process's CPU seconds; `clock()` -> wall seconds. Injectable so the rule is testable.
@@ -63,8 +68,9 @@ class AutoThreads:
             return self.threads
         if self._mark is not None:
             wall = now - self._mark[0]
-            others = (busy - self._mark[1]) - (own - self._mark[2])
-            self.threads = self.cores if others < AUTO_IDLE_SHARE * wall else 1
+            others = (busy - self._mark[1]) - (own - self._mark[2])  # CPU seconds of other processes
+            free = self.cores - others / wall  # cores (fractional) other processes left to this one
+            self.threads = max(1, min(self.cores, AUTO_MAX_THREADS, math.floor(free + AUTO_IDLE_SHARE)))
         self._mark = (now, busy, own)
         return self.threads
 
@@ -74,6 +80,18 @@ def _allowed_cores() -> set[int]:
         return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return set(range(os.cpu_count() or 1))
+
+
+def _core_budget() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota if one is set."""
+    cores = len(_allowed_cores())
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def _allowed_cores_busy_seconds() -> float | None:
@@ -106,7 +124,7 @@ def configure(n: int | str | None = None) -> int | str:
         except ValueError as exc:
             raise ValueError(f"SMEME_THREADS: {exc}") from None
     if setting == "auto":
-        _auto = AutoThreads(len(_allowed_cores()))
+        _auto = AutoThreads(_core_budget())
         torch.set_num_threads(1)
     else:
         _auto = None

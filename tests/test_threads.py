@@ -54,6 +54,16 @@ def test_auto_uses_every_core_only_after_an_idle_interval():
     assert auto.decide() == 2
 
 
+def test_auto_counts_the_cores_others_leave_idle_up_to_its_cap():
+    m = FakeMachine()
+    auto = m.auto(cores=4)
+    auto.decide()
+    m.run(1.0, ours=1.0, others=1.0)  # two of four cores idle: capped at AUTO_MAX_THREADS
+    assert auto.decide() == threads.AUTO_MAX_THREADS == 2
+    m.run(1.0, ours=2.0, others=2.5)  # 1.5 cores left: one thread
+    assert auto.decide() == 1
+
+
 def test_auto_keeps_its_decision_within_the_minimum_interval_and_on_one_core():
     m = FakeMachine()
     auto = m.auto()
