@@ -15,7 +15,7 @@ rounds after the first start from the previous round's tuned network, as run_rou
 The truth (issue 20, item 6): the tuned network should BE the tilted model N(0, S*),
 S* = (S^-1 - lam S_r^-1)^-1, S_r = ab(t_r) S + (1 - ab(t_r)) I, diagonal in S's eigenbasis (and
 compounded over rounds). Three judges per eigen-direction v of S (signal and noise apart):
-- fixed point (the test): on trajectories of the exact tilt's own chain, the solver's regression
+- fixed point (the tests): on trajectories of the exact tilt's own chain, the solver's regression
   target (the adjoint its control is paired with) against the exact tilt's control, step by step
   (fixed_point_ratios): 1 where the tilt is the control's fixed point, whatever the budget.
 - score share: at diffusion time t, on probes x ~ N(0, ab S + (1 - ab) I), the slope of v'eps(x, t)
@@ -224,30 +224,36 @@ def fixed_point_ratios(control: str, trajectories: int = 2048, seed: int = 0) ->
 LATE_T = 0.25  # the steps judged: t <= 0.25, where half of each Adam step's loss steps are drawn and t_r lies
 
 
+def fixed_point_misses(control: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """|ratio - 1| minus 4.5 standard errors at the late steps (t <= LATE_T), with the ratios and SEs."""
+    ratios, se, t = fixed_point_ratios(control, trajectories=1024)
+    late = t <= LATE_T
+    return np.abs(ratios[late] - 1) - 4.5 * se[late], ratios[late], se[late]
+
+
 @pytest.mark.slow
-def test_the_image_control_has_the_exact_tilt_as_its_fixed_point_at_image_size():
+def test_the_score_control_has_the_exact_tilt_as_its_fixed_point_at_image_size():
     """At the exact tilted image model (the smoothed target, through the digits' schedule and 40-step
-    grid), the shipped image control's regression target equals its control in every direction
-    at every late step: the tilt is the round's fixed point. With the other control it is not
-    ('ddpm' pairs a_{i+1} with the model's own DDPM step, so its fixed point's score carries kappa_i
-    = 0.5-0.85 of the tilt; the test would fail for it, as the second half shows). Bar: 0.02 plus
-    4.5 standard errors of the regression slope (a family-wise 1% over the ~1,600 step x direction
-    comparisons)."""
+    grid, the digits' solver config), the score-unit control's regression target equals its control
+    in every direction at every late step: the tilt is the round's fixed point, whatever the budget.
+    Bar: 0.02 plus 4.5 standard errors of the regression slope (a family-wise 1% over the ~1,600
+    step x direction comparisons)."""
+    off, ratios, se = fixed_point_misses("score")
+    worst = np.unravel_index(np.argmax(off), off.shape)
+    assert off.max() <= 0.02, f"ratio {ratios[worst]:.3f} (se {se[worst]:.3f}) at late step {worst[0]}, direction {worst[1]}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="digits rounds ship control='ddpm' (IMAGE_CONTROL): its fixed point's score "
+                   "carries kappa_i = 0.3-0.85 of the tilt; the score-unit control failed test_digits' round "
+                   "(on-support share 91.8% -> 50.4%, rejected), so the switch waits (issue 20, item 6)")
+def test_the_shipped_image_control_has_the_exact_tilt_as_its_fixed_point():
+    """The same check for the control digits rounds ship (IMAGE_CONTROL)."""
     from smeme.images.digits_rounds import IMAGE_CONTROL
 
-    results = {}
-    for control in (IMAGE_CONTROL, "ddpm" if IMAGE_CONTROL == "score" else "score"):
-        ratios, se, t = fixed_point_ratios(control, trajectories=1024)
-        late = t <= LATE_T
-        results[control] = (ratios[late], se[late])
-    ratios, se = results[IMAGE_CONTROL]
-    off = np.abs(ratios - 1) - 4.5 * se
+    off, ratios, se = fixed_point_misses(IMAGE_CONTROL)
     worst = np.unravel_index(np.argmax(off), off.shape)
-    assert off.max() <= 0.02, (f"{IMAGE_CONTROL}: ratio {ratios[worst]:.3f} (se {se[worst]:.3f}) at late step "
-                               f"{worst[0]}, direction {worst[1]}")
-    other, other_se = next(v for k, v in results.items() if k != IMAGE_CONTROL)
-    # the judge can tell: the other control misses by far more than the bar at the steps nearest the data
-    assert np.all(np.abs(other[-3:] - 1) - 4.5 * other_se[-3:] > 0.02), np.round(other[-3:], 3)
+    assert off.max() <= 0.02, f"ratio {ratios[worst]:.3f} (se {se[worst]:.3f}) at late step {worst[0]}, direction {worst[1]}"
 
 
 def test_the_zero_start_unet_starts_at_zero_and_trains_every_layer():

@@ -17,17 +17,13 @@ def digits_solver_config(**overrides):
     return AdjointMatchingConfig(**base)
 
 
-# Digits rounds use the score-unit control, as explore's other rounds: its fixed point is the tilted
-# model itself through the digits' schedule and 40-step grid, while the DDPM-unit control's network
-# carries kappa_i = 0.5-0.85 of the tilt in its score (tests/test_image_fidelity.py; at the digits
-# budget it also moved the analytic image model's samples further towards the tilt,
-# bench/bench_image_fidelity.py). They keep the smoothed reward -lam log p(x, t_r): the deconvolved
-# reward sharpens the nearly degenerate directions of the 64 pixels' low-rank data manifold and
+# Image rounds use the DDPM-unit control (the 40-step chain's own tilt; the network's score
+# carries kappa_i of it) and the smoothed reward -lam log p(x, t_r): the deconvolved reward
+# sharpens the nearly degenerate directions of the 64 pixels' low-rank data manifold and
 # pushes samples off it (README, "Known limits"); see density.deconvolved_score.
-# IMAGE_CONTROL: the digits rounds' control; DIGITS_ROUND: the AdjointMatchingConfig fields of one
-# digits round; DIGITS_LAM: its lambda; DIGITS_T_R: the diffusion time at which the previous round's
-# score gives the reward.
-IMAGE_CONTROL = "score"
+# DIGITS_ROUND: the AdjointMatchingConfig fields of one digits round; DIGITS_LAM: its lambda;
+# DIGITS_T_R: the diffusion time at which the previous round's score gives the reward.
+IMAGE_CONTROL = "ddpm"
 DIGITS_ROUND = dict(iterations=4, trajectories=48, steps=40, adam_steps=4, lr=1.5e-4, loss_steps=8,
                     late_fraction=0.5, clip_grad_norm=1.0, control=IMAGE_CONTROL)
 DIGITS_LAM = 0.1

@@ -59,15 +59,12 @@ from ..store import RunFolder, run_kind
 from ..models.base import score
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 
+from .digits_rounds import IMAGE_CONTROL
 from .sd import (SDConfig, SDError, SDGuidedTunedView, SDGuidedView, SDNoisePredictor, build_sd_model,
                  load_adapter_state)
 from .sd_metrics import find_metric_weights, sd_metrics
 
 KIND = "sd"
-# Stable Diffusion rounds keep the DDPM-unit control (the chain of the solver's own step count lands
-# on the tilt; the network's score carries kappa_i of it): unlike the digits' (IMAGE_CONTROL), the
-# score-unit control is not yet checked through the SD scheduler's table and guidance (issue 20, item 6).
-SD_CONTROL = "ddpm"
 
 
 class SDRunError(StoreError, ValueError):
@@ -368,7 +365,7 @@ class SDRounds:
         tuned, base, reward_grad = guided_round_problem(model, run.sd_config.guidance, lam, t_r)
         am = AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
                                    adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
-                                   clip_grad_norm=cfg.clip_grad_norm, control=SD_CONTROL,
+                                   clip_grad_norm=cfg.clip_grad_norm, control=IMAGE_CONTROL,
                                    seed=cfg.seed * 7919 + k * 104729 + self.rank)
         return RoundProblem(tuned, base, reward_grad, am, lam, [lam] * k,
                             release=_average_gradients_across(model, self.accelerator))
