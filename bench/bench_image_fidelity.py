@@ -2,6 +2,7 @@
 
     SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py [--controls ddpm,score]
         [--budgets 4x48,24x48] [--rounds 1] [--channels 32,64,64] [--samples 1000] [--steps 40,50,100]
+    SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --fixed-point [--trajectories 2048]
     SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --digits-run /tmp/hH-dg/digits
         [--controls ddpm,score] [--seeds 0,1,2]
 
@@ -14,6 +15,10 @@ the digits UNet's form (--channels; the digits' own by default), tuned by the di
 signal (10) and noise (54) apart: the share of the exact tilt's log-variance gain of paired samples
 through each step count in --steps (40: the solver's chain, 50: the digits metrics', 100: the app's
 draws), and the share of the exact change of the eps slope at t_r (what the next round's reward reads).
+
+--fixed-point: per control, the solver's regression target over the exact tilt's control on
+trajectories of the exact tilt (tests/test_image_fidelity.fixed_point_ratios), per band of steps:
+1 where the exact tilt is that control's fixed point.
 
 --digits-run: one round of a ready digits run (a fresh copy per control and seed) through
 run_digits_rounds with that control: rare-class share, confidence, readable share, Vendi score.
@@ -75,6 +80,25 @@ def closed_form(control: str, budget: str, args, rec) -> None:
                 "each direction 0.9-1.1", met=bool(max(abs(s40[0] - 1), abs(s40[2] - 1)) <= 0.1), **row)
 
 
+def fixed_point(control: str, args, rec) -> None:
+    from test_image_fidelity import RANK, fixed_point_ratios
+
+    start = time.process_time()
+    ratios, se, t = fixed_point_ratios(control, trajectories=args.trajectories)
+    cpu = time.process_time() - start
+    for lo, hi in ((0.1, 0.25), (0.02, 0.1), (0.0, 0.02)):
+        rows = (t > lo) & (t <= hi)
+        sig, noi = ratios[rows][:, 64 - RANK:], ratios[rows][:, :64 - RANK]
+        row = {"control": control, "t": [lo, hi], "signal": span(sig), "noise": span(noi),
+               "se_max": round(float(se[rows].max()), 3), "cpu_s": round(cpu, 1)}
+        print(json.dumps(row), flush=True)
+        worst = float(np.abs(ratios[rows] - 1).max())
+        rec.row(f"fixed point, {control} control, steps with t in ({lo}, {hi}]: regression target over the exact "
+                f"tilt's control, signal (min/median/max)", f"{row['signal']}; noise {row['noise']} "
+                f"(se <= {row['se_max']})", "1 in every direction (within 0.02 + 4.5 se)",
+                met=bool(np.all(np.abs(ratios[rows] - 1) <= 0.02 + 4.5 * se[rows])), worst=worst, **row)
+
+
 def digits_rounds(control: str, seed: int, args, rec) -> None:
     from smeme.images.digits_rounds import run_digits_rounds
     from smeme.store import Run
@@ -107,6 +131,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000, help="paired samples per step count")
     ap.add_argument("--steps", default="40,50,100", help="DDPM step counts the samples are drawn with")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fixed-point", action="store_true",
+                    help="the regression at the exact tilt per control (tests/test_image_fidelity.py) instead")
+    ap.add_argument("--trajectories", type=int, default=2048, help="--fixed-point: trajectories")
     ap.add_argument("--digits-run", default=None, help="a ready digits run: measure its rounds instead")
     ap.add_argument("--seeds", default="0,1,2", help="--digits-run: solver seeds")
     args = ap.parse_args()
@@ -118,10 +145,13 @@ def main() -> None:
 
     print(json.dumps({"load": [round(v, 2) for v in os.getloadavg()]}), flush=True)
     name, capability = (("digits_round_controls", "Digits round") if args.digits_run
+                        else ("image_fixed_point", "Image rounds in closed form") if args.fixed_point
                         else (f"image_fidelity_{args.channels.replace(',', '_')}", "Image rounds in closed form"))
     with Recording(name, capability=capability) as rec:
         for control in args.controls.split(","):
-            if args.digits_run:
+            if args.fixed_point:
+                fixed_point(control, args, rec)
+            elif args.digits_run:
                 for seed in (int(s) for s in args.seeds.split(",")):
                     digits_rounds(control, seed, args, rec)
             else:
