@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--threads", type=_threads, default=argparse.SUPPRESS,
                         help="torch threads, or 'auto': two while another core is idle, else one, "
-                             "decided every solver iteration (default: $SMEME_THREADS or auto)")
+                             "re-decided as it runs (default: $SMEME_THREADS or auto)")
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
     parser = _Parser(prog="smeme", description="S-MEME: score-based maximum entropy manifold exploration.",
                      parents=[common])

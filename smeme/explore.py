@@ -301,8 +301,8 @@ def _likelihood_ratio_record(config: ExploreConfig, solver_cfg) -> dict:
     share = getattr(solver_cfg, "likelihood_ratio_share", None)
     if share is None:
         return {}
-    return {"lr_share": share, "lr_off_by_dimension": bool(config.likelihood_ratio_share and not share
-                                                           and not config.solver_options.get("likelihood_ratio_share") == 0)}
+    forced = "likelihood_ratio_share" in config.solver_options
+    return {"lr_share": share, "lr_off_by_dimension": share == 0 < config.likelihood_ratio_share and not forced}
 
 
 def _finite(model) -> bool:

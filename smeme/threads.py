@@ -2,8 +2,8 @@
 
 On a 2-core machine small models run ~1.3-1.6x faster on two threads while the other core is
 idle, and ~2x slower when another process keeps it busy (BENCHMARKS.md, "Threads"). 'auto'
-starts on one thread and, at each `rebalance()` (every solver iteration, training step,
-sampling step and log-density ODE step; at most every AUTO_MIN_INTERVAL seconds), measures
+starts on one thread and, at each `rebalance()` (every sampling step, so every solver iteration,
+every training step and log-density ODE step; at most every AUTO_MIN_INTERVAL seconds), measures
 from /proc/stat how much CPU other processes used on the cores this process may run on since
 the last decision, and takes as many threads as cores they left idle (a core counts as idle
 when they used less than AUTO_IDLE_SHARE of it), at least one and at most AUTO_MAX_THREADS
@@ -86,7 +86,8 @@ def _core_budget() -> int:
     """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota if one is set."""
     cores = len(_allowed_cores())
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
         if quota != "max":
             cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):

@@ -47,7 +47,6 @@ from ..config import ConfigBase
 from ..models.base import NoisePredictor
 from ..optim import Adam
 from ..sampling import FixedNoise, sample_ddpm, time_grid
-from ..threads import rebalance
 from .base import (CancelFlag, IterationFn, RewardGrad, RewardValue, SolverDivergedError, SolverError,
                    SolverResult, check_finite_params, is_cancelled, model_dtype_device, optimiser_step,
                    trainable_parameters)
@@ -480,7 +479,6 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
     for it in range(cfg.iterations):
         if is_cancelled(cancel):
             break
-        rebalance()  # under SMEME_THREADS=auto: both cores only while the other is idle
         data = iteration_data(sampler, model_base, reward_grad, reward_value, plan, cfg, it, dtype, device,
                               timings, history)
         t0 = time.perf_counter()
