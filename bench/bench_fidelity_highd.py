@@ -92,12 +92,12 @@ def main() -> None:
     from smeme.threads import configure
 
     configure()
-    if args.divergence != "auto":  # the reward values only (explore reads log_prob through its own name)
-        import smeme.explore
+    if args.divergence != "auto":  # the reward values only (smeme.reward reads log_prob through its own name)
+        import smeme.reward
         from smeme.density import log_prob
 
         kw = {"exact": True} if args.divergence == "exact" else {"exact": False, "probes": int(args.divergence)}
-        smeme.explore.log_prob = functools.partial(log_prob, **kw)
+        smeme.reward.log_prob = functools.partial(log_prob, **kw)
     from test_fidelity_highd import manifold_covariance, spread_covariance
 
     if args.case == "spread":

@@ -47,8 +47,8 @@ import torch
 from torch import Tensor
 
 from .config import ConfigBase
-from .density import deconvolved_score, log_prob
-from .models.base import NoisePredictor, score
+from .models.base import NoisePredictor
+from .reward import RoundReward
 from .solvers import (AdjointMatchingConfig, SolverDivergedError, SolverError, SolverResult, StudentTeacherConfig,
                       adjoint_matching, student_teacher)
 
@@ -87,7 +87,13 @@ class ExploreConfig(ConfigBase):
             PF-ODE solve of the reward's values per iteration); 0 turns the term off (Adjoint Matching alone).
             A round turns it off where its weights cannot be healthy: exp(-lam_k^2 D / 2) below ess_fallback for
             a model of D features (`likelihood_ratio_share_at`; e.g. D >= 16 at lam 0.3).
-        reward_ode_steps (`int`, defaults to 8): RK4 steps of the PF-ODE that gives the reward's values (at least 2).
+        reward_ode_steps (`int`, defaults to 8):
+            The most RK4 steps of the PF-ODE that gives the reward's values (at least 2).
+        reward_values_tolerance (`float`, *optional*, defaults to 0.002):
+            Total variation between the self-normalised weights exp(r) of the first solver iteration's samples read
+            with reward_ode_steps and with half as many, below which the round reads its reward values with half as
+            many (halving again while the total variation to the full-step weights stays below it, down to 2 steps).
+            None: always reward_ode_steps.
         adjoint_weight_on_lr_steps (`float`, defaults to 0.0):
             Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers; 0 leaves those steps to
             the likelihood-ratio term (the lean adjoint is heavy-tailed there) and skips their backward pass.
@@ -148,6 +154,7 @@ class ExploreConfig(ConfigBase):
     lr: float | None = None
     likelihood_ratio_share: float = 0.8
     reward_ode_steps: int = 8
+    reward_values_tolerance: float | None = 0.002
     adjoint_weight_on_lr_steps: float = 0.0
     likelihood_ratio_target: str = "next"
     ess_fallback: float | None = 0.5
@@ -188,6 +195,9 @@ class ExploreConfig(ConfigBase):
             raise ExploreError(f"t_r must lie in (0, 1), got {self.t_r}.")
         if not isinstance(self.reward_ode_steps, int) or self.reward_ode_steps < 2:
             raise ExploreError(f"reward_ode_steps must be an integer >= 2, got {self.reward_ode_steps!r}.")
+        tol = self.reward_values_tolerance
+        if tol is not None and not (isinstance(tol, (int, float)) and 0 <= tol < 1):
+            raise ExploreError(f"reward_values_tolerance must lie in [0, 1) (or None), got {tol!r}.")
         if self.score_clip is not None and not self.score_clip > 0:
             raise ExploreError(f"score_clip must be positive (or None), got {self.score_clip}.")
         if self.reward_target not in REWARD_TARGETS:
@@ -256,39 +266,6 @@ def prepare_models(prev: NoisePredictor):
     return model_ft, _frozen(prev), None
 
 
-class RoundReward:
-    """r_k(x) = -c log p(x) of a frozen model and its gradient, at the data end (reward_target
-    'data', the paper's) or smoothed to t_r ('smoothed'). The solver asks for the values and the
-    gradient at the same final states: the deconvolution behind both is computed once per batch."""
-
-    def __init__(self, model: NoisePredictor, scale: float, config: ExploreConfig):
-        self.model, self.scale, self.config = model, scale, config
-        self._cached: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
-
-    def _deconvolved(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self._cached is None or self._cached[0].shape != x.shape or not torch.equal(self._cached[0], x):
-            self._cached = (x.detach().clone(), deconvolved_score(self.model, x, self.config.t_r))
-        return self._cached[1]
-
-    def grad(self, x: Tensor) -> Tensor:
-        cfg, m = self.config, self.model
-        t = torch.full((x.shape[0],), cfg.t_r, dtype=x.dtype, device=x.device)
-        s = self._deconvolved(x)[0] if cfg.reward_target == "data" else score(m, x, t)
-        if cfg.score_clip is not None:  # off the support |s| grows like distance / sigma^2
-            cap = cfg.score_clip / float(torch.sqrt(1 - m.schedule.ab(t[:1])))
-            norm = s.reshape(len(s), -1).norm(dim=1).clamp(min=1e-12)
-            s = s * (cap / norm).clamp(max=1.0).reshape(-1, *([1] * (s.dim() - 1)))
-        return -self.scale * s
-
-    def value(self, x: Tensor) -> Tensor:  # r(x) up to a constant
-        cfg = self.config
-        if cfg.reward_target == "smoothed":
-            return -self.scale * log_prob(self.model, x, steps=cfg.reward_ode_steps, t_min=cfg.t_r)
-        ab = float(self.model.schedule.ab(torch.tensor(cfg.t_r, dtype=torch.float64)))
-        smoothed = log_prob(self.model, math.sqrt(ab) * x, steps=cfg.reward_ode_steps, t_min=cfg.t_r)
-        return -self.scale * (smoothed + self._deconvolved(x)[1].to(smoothed.dtype))
-
-
 def _lam_history(run, config: ExploreConfig, k: int) -> list[float]:
     """lambdas of rounds 1..k: saved ones from earlier rounds' metrics, then the schedule."""
     saved = run.metrics()
@@ -330,6 +307,7 @@ class RoundProblem:
     reward_value: Callable | None = None  # x -> r_k(x) up to a constant (the likelihood-ratio term)
     valid_fn: Callable | None = None  # x -> on-support mask (student-teacher's filter)
     release: Callable | None = None  # called once the solver returns (e.g. a distributed wrapper dropped)
+    reward_record: Callable | None = None  # () -> what the round's metrics keep of its reward values
 
 
 class RoundKind(Protocol):
@@ -428,10 +406,11 @@ class PointRounds:
         else:  # grad r_k = -lam_k s_{k-1}(x, t_r)
             scale, reward_model = lam, model_base
 
-        reward = RoundReward(reward_model, scale, config)
         solver_cfg = config.solver_config(k, dim=math.prod(self.prev.sample_shape))
+        reward = RoundReward(reward_model, scale, config, getattr(solver_cfg, "reward_cap_quantile", None))
         return RoundProblem(model_ft, model_base, reward.grad, solver_cfg, lam, lam_history,
-                            sampling_model=sampling_model, reward_value=reward.value, valid_fn=self.valid_fn())
+                            sampling_model=sampling_model, reward_value=reward.value, valid_fn=self.valid_fn(),
+                            reward_record=reward.record)
 
     def valid_fn(self):
         return _valid_fn(self.run)
@@ -468,7 +447,8 @@ class PointRounds:
                         "iterations": len(losses),
                         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                         "solver_seconds": round(solve_s, 3), "explore": config.to_dict(),
-                        **_likelihood_ratio_record(config, problem.solver_cfg), **result.round_metrics()})
+                        **_likelihood_ratio_record(config, problem.solver_cfg), **result.round_metrics(),
+                        **(problem.reward_record() if problem.reward_record else {})})
         self.run.save_round(k, model_ft, metrics)
         self.prev, self.prev_metrics = model_ft, metrics
         return metrics

@@ -104,7 +104,8 @@ def test_the_likelihood_ratio_term_is_off_where_its_weights_cannot_be_healthy():
 
 def test_a_round_records_its_likelihood_ratio_share(tiny_run):
     """The toy (D = 2) keeps the term at lam 0.3 and turns it off at lam 0.9 (exp(-0.81) < 0.5); the round's
-    record says so, and the app's solver-health line with it."""
+    record says so, and the app's solver-health line with it. The round that read reward values records
+    their ODE steps (RoundReward); the one without the term read none."""
     from smeme.services.results import solver_health
 
     run_rounds(tiny_run, 1, ExploreConfig(**FAST, lam=0.3))
@@ -113,6 +114,8 @@ def test_a_round_records_its_likelihood_ratio_share(tiny_run):
     assert (m[1]["lr_share"], m[1]["lr_off_by_dimension"]) == (0.8, False)
     assert (m[2]["lr_share"], m[2]["lr_off_by_dimension"]) == (0.0, True)
     assert "lr_ess_min" not in m[2] and "term off" in solver_health(m[2])
+    assert m[1]["reward_ode_steps"] in (2, 4, 8) and 0 <= m[1]["reward_steps_tv"] < 0.002
+    assert "reward_ode_steps" not in m[2]
 
 
 def test_bad_solver_option_is_one_sentence(tiny_run):
@@ -194,12 +197,12 @@ def test_resumed_round_two_equals_two_rounds_in_one_call(tiny_run_src, tmp_path)
 
 
 def test_nan_round_is_rejected_and_previous_stays_latest(tiny_run, monkeypatch):
-    import smeme.explore as explore
+    import smeme.reward as reward  # where a round reads its reward
 
     run_rounds(tiny_run, 1, ExploreConfig(**FAST))
-    real, real_data = explore.score, explore.deconvolved_score
-    monkeypatch.setattr(explore, "score", lambda m, x, t: real(m, x, t) * float("nan"))
-    monkeypatch.setattr(explore, "deconvolved_score",  # the reward at the data end (reward_target 'data')
+    real, real_data = reward.score, reward.deconvolved_score
+    monkeypatch.setattr(reward, "score", lambda m, x, t: real(m, x, t) * float("nan"))
+    monkeypatch.setattr(reward, "deconvolved_score",  # the reward at the data end (reward_target 'data')
                         lambda m, x, t: tuple(v * float("nan") for v in real_data(m, x, t)))
     with pytest.raises(ExploreError, match=r"Round 2 was rejected.*NaN.*round 1 stays the latest"):
         run_rounds(tiny_run, 1, ExploreConfig(**FAST))

@@ -22,7 +22,7 @@ LAYERS = [
     ("models", ["smeme.models"]),
     ("sampling / density / training", ["smeme.sampling", "smeme.density", "smeme.train", "smeme.presets"]),
     ("solvers", ["smeme.solvers"]),
-    ("explore / tilt / metrics", ["smeme.explore", "smeme.tilt", "smeme.metrics", "smeme.api"]),
+    ("explore / tilt / metrics", ["smeme.explore", "smeme.reward", "smeme.tilt", "smeme.metrics", "smeme.api"]),
     ("store", ["smeme.run_files", "smeme.store", "smeme.deferred"]),
     ("pipeline, budget", ["smeme.pipeline", "smeme.budget"]),
     ("images", ["smeme.images"]),

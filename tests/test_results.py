@@ -34,3 +34,9 @@ def test_solver_health_names_the_steps_left_to_adjoint_matching():
 def test_solver_health_says_when_the_likelihood_ratio_term_was_off_by_dimension():
     assert "likelihood-ratio term off for this round" in solver_health({"lr_off_by_dimension": True, "lr_share": 0.0})
     assert solver_health({"lr_off_by_dimension": False, "lr_share": 0.8}) is None
+
+
+def test_solver_health_names_fewer_reward_steps():
+    line = solver_health({"reward_ode_steps": 4, "reward_steps_tv": 0.0008})
+    assert line == "reward values read with 4 ODE steps (their weights within 0.08% of the full steps')."
+    assert solver_health({"reward_ode_steps": 8, "reward_steps_tv": 0.0}) is None  # the full steps: nothing to say

@@ -85,7 +85,8 @@ def _json_default(o):
 
 def solver_health(m: dict) -> str | None:
     """One line on how the round's solve went: the likelihood-ratio weights' effective sample
-    size (share of the trajectories; tempered when it fell below the floor), whether the solver
+    size (share of the trajectories; tempered when it fell below the floor), the reward values' ODE
+    steps where the round read them with fewer than its most (RoundReward), whether the solver
     converged (SolverResult.round_metrics) and, for the toy, the share of the closed form's
     log-odds shift reached. None when the round has none of them."""
     parts = []
@@ -102,6 +103,10 @@ def solver_health(m: dict) -> str | None:
         kept = metric_number(m.get("lr_steps_kept_mean"))
         if kept is not None and kept < 1:  # ess_fallback: those steps went to the adjoint term
             parts.append(f"{1 - kept:.0%} of the likelihood-ratio steps left to Adjoint Matching (weights too uneven)")
+    steps, steps_tv = m.get("reward_ode_steps"), metric_number(m.get("reward_steps_tv"))
+    if isinstance(steps, int) and steps_tv is not None and steps_tv > 0:
+        parts.append(f"reward values read with {steps} ODE steps (their weights within {steps_tv:.2%} "
+                     f"of the full steps')")
     if isinstance(m.get("solver_converged"), bool):
         change = metric_number(m.get("solver_control_change"))
         moved = f" (the control moved {change:.0%} over the averaged window)" if change is not None else ""
