@@ -59,7 +59,6 @@ from ..store import RunFolder, run_kind
 from ..models.base import score
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 
-from .digits_rounds import IMAGE_CONTROL
 from .sd import (SDConfig, SDError, SDGuidedTunedView, SDGuidedView, SDNoisePredictor, build_sd_model,
                  load_adapter_state)
 from .sd_metrics import find_metric_weights, sd_metrics
@@ -303,6 +302,23 @@ def guided_round_problem(model, w: float, lam: float, t_r: float):
     return tuned, base, reward_grad
 
 
+# The control SD rounds regress (AdjointMatchingConfig.control): score units, so that the tuned guided
+# model's score is the tilted one's at every t, the tilt being that control's fixed point on a Gaussian
+# latent model at the tiny pipeline's size (tests/test_sd_fidelity.py), where the DDPM-unit control's
+# score carries only ~0.5 of it near the data. Digits rounds keep 'ddpm' (digits_rounds.DIGITS_CONTROL).
+SD_CONTROL = "score"
+
+
+def sd_solver_config(cfg: SDExploreConfig, k: int, rank: int = 0, control: str = SD_CONTROL):
+    """The Adjoint Matching settings of round k on process `rank` (seeded per round and rank)."""
+    from ..solvers.adjoint_matching import AdjointMatchingConfig
+
+    return AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
+                                 adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
+                                 clip_grad_norm=cfg.clip_grad_norm, control=control,
+                                 seed=cfg.seed * 7919 + k * 104729 + rank)
+
+
 # -- multi-process helpers (Accelerate) ---------------------------------------------------------
 def make_accelerator(cpu: bool = False):
     from accelerate import Accelerator
@@ -357,16 +373,11 @@ class SDRounds:
         return self.run.latest_round
 
     def problem(self, k: int) -> RoundProblem:
-        from ..solvers.adjoint_matching import AdjointMatchingConfig
-
         cfg, run = self.cfg, self.run
         model = run.model_at(k - 1, self.device)  # rounds 1..k-1 merged; adapter at zero = pi_{k-1}
         lam, t_r = float(cfg.lam), float(cfg.t_r)
         tuned, base, reward_grad = guided_round_problem(model, run.sd_config.guidance, lam, t_r)
-        am = AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
-                                   adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
-                                   clip_grad_norm=cfg.clip_grad_norm, control=IMAGE_CONTROL,
-                                   seed=cfg.seed * 7919 + k * 104729 + self.rank)
+        am = sd_solver_config(cfg, k, self.rank)
         return RoundProblem(tuned, base, reward_grad, am, lam, [lam] * k,
                             release=_average_gradients_across(model, self.accelerator))
 
