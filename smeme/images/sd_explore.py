@@ -24,6 +24,10 @@ guided eps (`guided_round_problem`). Tuning only the conditional eps while sampl
 guidance would apply w delta_c - (w - 1) delta_u: anywhere from delta_c to w delta_c of the
 tilt, depending on how the adapter moves the unconditional eps (tests/test_sd_guidance.py
 builds that case exactly). Cost: every solver forward runs the UNet on 2x the batch.
+The control is regressed in score units (SD_CONTROL, sd_solver_config), so the tuned guided
+eps's score is the tilted model's at every step: on a Gaussian latent model of equal-covariance
+conditional and unconditional branches the exact tilt is its fixed point, guided and not, over
+rounds (tests/test_sd_fidelity.py).
 
 Defaults follow the paper's Appendix G (4 trajectories of 60 DDPM steps, 10 Adam steps per
 iteration on batches of 8, 20 iterations per round, lambda = 0.1), scaled to LoRA:
