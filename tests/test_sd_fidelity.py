@@ -32,14 +32,12 @@ per control, guidance and round: bench/bench_image_fidelity.py --sd (BENCHMARKS.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
 
 from fixed_point import LATE_T, EigenGaussian, control_fixed_point, misses, pooled, tilt
-from smeme.models.base import NoisePredictor
+from helpers import SDInterfacePair
 
 pytest.importorskip("diffusers")
 
@@ -62,34 +60,18 @@ def latent_model():
     return e, q, 0.5 * np.sqrt(e), DiscreteSchedule.from_scheduler(tiny_scheduler())
 
 
-class GaussianSDPair(NoisePredictor):
-    """SD's predictor interface (SDNoisePredictor's forward, guided, adapter_disabled) over two
-    Gaussian pairs: (cond, uncond) with the adapter off, (cond_on, uncond_on) with it on."""
+class GaussianSDPair(SDInterfacePair):
+    """SD's predictor interface over two Gaussian pairs: (cond, uncond) with the adapter off,
+    (cond_on, uncond_on) with it on."""
 
     def __init__(self, off: tuple, on: tuple, schedule, shape):
         super().__init__()
         self.cond, self.uncond = off
         self.cond_on, self.uncond_on = on
-        self.schedule, self.sample_shape, self.adapter_on = schedule, tuple(shape), True
+        self.schedule, self.sample_shape = schedule, tuple(shape)
 
-    def _branches(self):
+    def branches(self):
         return (self.cond_on, self.uncond_on) if self.adapter_on else (self.cond, self.uncond)
-
-    def forward(self, x, t):
-        return self._branches()[0](x, t)
-
-    def guided(self, x, t, w):
-        cond, uncond = self._branches()
-        e_c, e_u = cond(x, t), uncond(x, t)
-        return e_u + w * (e_c - e_u)
-
-    @contextlib.contextmanager
-    def adapter_disabled(self):
-        self.adapter_on = False
-        try:
-            yield
-        finally:
-            self.adapter_on = True
 
 
 def branches(e, mean, q, schedule, shape, w: float, uncond_mean=None):
