@@ -3,6 +3,7 @@
     SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py [--controls ddpm,score]
         [--budgets 4x48,24x48] [--rounds 1] [--channels 32,64,64] [--samples 1000] [--steps 40,50,100]
     SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --fixed-point [--trajectories 2048]
+    SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --sd [--trajectories 1024]
     SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --digits-run /tmp/hH-dg/digits
         [--controls ddpm,score] [--seeds 0,1,2]
 
@@ -19,6 +20,13 @@ draws), and the share of the exact change of the eps slope at t_r (what the next
 --fixed-point: per control, the solver's regression target over the exact tilt's control on
 trajectories of the exact tilt (tests/test_image_fidelity.fixed_point_ratios), per band of steps:
 1 where the exact tilt is that control's fixed point.
+
+--sd: the same fixed point for Stable Diffusion rounds (tests/test_sd_fidelity.py): a Gaussian latent
+of the tiny pipeline's shape (4x8x8; 8 signal directions of variance 1-0.1 plus 0.01 in all 256) through
+its scheduler's table, the SD round's guided problem and solver settings, per control, guidance w = 1
+and 8, round 1 and round 2 (from round 1's exact tilt): per eigen-direction, the ratio pooled over the
+steps with t <= 0.25 (slope: the variance's control; intercept: the mean's), and how many step x
+direction comparisons miss 0.02 + 4.5 se.
 
 --digits-run: one round of a ready digits run (a fresh copy per control and seed) through
 run_digits_rounds with that control: rare-class share, confidence, readable share, Vendi score.
@@ -99,6 +107,34 @@ def fixed_point(control: str, args, rec) -> None:
                 met=bool(np.all(np.abs(ratios[rows] - 1) <= 0.02 + 4.5 * se[rows])), worst=worst, **row)
 
 
+def sd_fixed_point(control: str, args, rec) -> None:
+    from fixed_point import LATE_T
+    from test_sd_fidelity import RANK, W, fixed_point_report, sd_fixed_point
+
+    for w in (1.0, W):
+        for rounds in (1, 2):
+            start = time.process_time()
+            report = fixed_point_report(sd_fixed_point(control, w, rounds, trajectories=args.trajectories))
+            cpu = time.process_time() - start
+            (slope_miss, slope, slope_se), (icpt_miss, icpt, icpt_se) = report["slope"], report["intercept"]
+            row = {"control": control, "w": w, "round": rounds, "late_t": LATE_T, "trajectories": args.trajectories,
+                   "slope_signal": span(slope[-RANK:]), "slope_noise": span(slope[:-RANK]),
+                   "slope_se_max": round(float(slope_se.max()), 4),
+                   "intercept_signal": span(icpt[-RANK:]), "intercept_noise": span(icpt[:-RANK]),
+                   "intercept_se_max": round(float(np.nanmax(icpt_se)), 4),
+                   "misses": int((slope_miss > 0).sum() + (icpt_miss > 0).sum()),
+                   "comparisons": int(slope_miss.size + np.isfinite(icpt_miss).sum()), "cpu_s": round(cpu, 1)}
+            print(json.dumps(row), flush=True)
+            within = (np.all(np.abs(slope - 1) <= 0.1) and np.all(np.abs(icpt[-RANK:] - 1) <= 0.1)
+                      and row["misses"] == 0)
+            rec.row(f"SD fixed point, {control} control, w = {w:g}, round {rounds}: regression target over the "
+                    f"exact tilt's control pooled over t <= {LATE_T}, per direction: slope signal (min/median/max)",
+                    f"{row['slope_signal']}; noise {row['slope_noise']}; mean's control, signal "
+                    f"{row['intercept_signal']}; {row['misses']} of {row['comparisons']} step x direction "
+                    f"comparisons miss", "every direction within 10%, no step beyond 0.02 + 4.5 se",
+                    met=bool(within), **row)
+
+
 def digits_rounds(control: str, seed: int, args, rec) -> None:
     from smeme.images.digits_rounds import run_digits_rounds
     from smeme.store import Run
@@ -133,7 +169,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fixed-point", action="store_true",
                     help="the regression at the exact tilt per control (tests/test_image_fidelity.py) instead")
-    ap.add_argument("--trajectories", type=int, default=2048, help="--fixed-point: trajectories")
+    ap.add_argument("--sd", action="store_true",
+                    help="the fixed point of Stable Diffusion rounds (tests/test_sd_fidelity.py) instead")
+    ap.add_argument("--trajectories", type=int, default=2048, help="--fixed-point, --sd: trajectories")
     ap.add_argument("--digits-run", default=None, help="a ready digits run: measure its rounds instead")
     ap.add_argument("--seeds", default="0,1,2", help="--digits-run: solver seeds")
     args = ap.parse_args()
@@ -145,11 +183,14 @@ def main() -> None:
 
     print(json.dumps({"load": [round(v, 2) for v in os.getloadavg()]}), flush=True)
     name, capability = (("digits_round_controls", "Digits round") if args.digits_run
+                        else ("sd_fixed_point", "Image rounds in closed form") if args.sd
                         else ("image_fixed_point", "Image rounds in closed form") if args.fixed_point
                         else (f"image_fidelity_{args.channels.replace(',', '_')}", "Image rounds in closed form"))
     with Recording(name, capability=capability) as rec:
         for control in args.controls.split(","):
-            if args.fixed_point:
+            if args.sd:
+                sd_fixed_point(control, args, rec)
+            elif args.fixed_point:
                 fixed_point(control, args, rec)
             elif args.digits_run:
                 for seed in (int(s) for s in args.seeds.split(",")):

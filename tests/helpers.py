@@ -1,6 +1,9 @@
 """Test references shared by the solver tests and benches: a residual model (frozen analytic
-base + trainable correction) and the exact moments of a Gaussian DDPM chain."""
+base + trainable correction), SD's predictor interface over stand-in branches, and the exact
+moments of a Gaussian DDPM chain."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor
@@ -30,6 +33,33 @@ class ResidualNoisePredictor(NoisePredictor):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.base(x, t) + self.correction(x, t)
+
+
+class SDInterfacePair(NoisePredictor):
+    """Stable Diffusion's predictor interface (SDNoisePredictor's conditional forward, guided(x, t, w)
+    and adapter_disabled()) over a conditional and an unconditional branch; a subclass's branches()
+    gives the pair (cond, uncond) of noise predictors for the adapter's state (self.adapter_on)."""
+
+    adapter_on = True
+
+    def branches(self) -> tuple:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.branches()[0](x, t)
+
+    def guided(self, x: Tensor, t: Tensor, w: float) -> Tensor:
+        cond, uncond = self.branches()
+        e_c, e_u = cond(x, t), uncond(x, t)
+        return e_u + w * (e_c - e_u)
+
+    @contextlib.contextmanager
+    def adapter_disabled(self):
+        self.adapter_on = False
+        try:
+            yield
+        finally:
+            self.adapter_on = True
 
 
 def gaussian_sampler_moments(mean, cov, schedule, grid: Tensor | None = None, steps: int = 50):

@@ -17,8 +17,19 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 
+TINY_LATENT_SHAPE = (4, 8, 8)  # the tiny UNet's in_channels x sample_size x sample_size
+
+
+def tiny_scheduler(prediction_type: str = "epsilon"):
+    """The tiny pipeline's scheduler: SD 1.5's (1,000 steps, scaled-linear betas 0.00085 to 0.012)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, clip_sample=False, steps_offset=1, prediction_type=prediction_type)
+
+
 def make_tiny_pipeline(folder, seed: int = 0, prediction_type: str = "epsilon"):
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     tok_dir = folder.parent / f"{folder.name}_tokenizer_src"
@@ -42,8 +53,7 @@ def make_tiny_pipeline(folder, seed: int = 0, prediction_type: str = "epsilon"):
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, sample_size=16)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012, clip_sample=False, steps_offset=1, prediction_type=prediction_type)
+    sched = tiny_scheduler(prediction_type)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(folder), safe_serialization=True)
@@ -77,7 +87,7 @@ def test_views_share_one_unet_and_start_equal(tiny_sd):
 
     m = build_sd_model(SDConfig(source=str(tiny_sd), prompt="a house."))
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    assert m.sample_shape == (4, 8, 8) and m.resolution == 16
+    assert m.sample_shape == TINY_LATENT_SHAPE and m.resolution == 16
     trainable = [n for n, p in m.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     base, cfg = m.base_view(), m.cfg_view(8.0)

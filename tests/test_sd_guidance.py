@@ -11,15 +11,12 @@ Cov* = (S^-1 - lam S_r^-1)^-1 (as in tests/test_solver_closed_form.py), seen thr
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from smeme.models import GaussianModel, MLPConfig, MLPNoisePredictor, score
-from smeme.models.base import NoisePredictor
 from smeme.sampling import FixedNoise, sample_ddpm
 from smeme.schedule import VPSchedule
-from helpers import ResidualNoisePredictor, gaussian_sampler_moments
+from helpers import ResidualNoisePredictor, SDInterfacePair, gaussian_sampler_moments
 from smeme.solvers import AdjointMatchingConfig, adjoint_matching
 
 SCH = VPSchedule()
@@ -36,32 +33,18 @@ def correction(seed):
     return MLPNoisePredictor(MLPConfig(2, width=32, depth=2, time_dim=16), SCH).double()
 
 
-class GuidedGaussianPair(NoisePredictor):
-    """SD's predictor interface over two analytic Gaussians, each with a trainable correction."""
+class GuidedGaussianPair(SDInterfacePair):
+    """SD's predictor interface over two analytic Gaussians, each with a trainable correction
+    (the adapter: off, the Gaussians alone)."""
 
     def __init__(self, seed=0):
         super().__init__()
         self.cond = ResidualNoisePredictor(GaussianModel(MU_C, S, SCH), correction(seed))
         self.uncond = ResidualNoisePredictor(GaussianModel(MU_U, S, SCH), correction(seed + 100))
-        self.schedule, self.sample_shape, self.adapter_on = SCH, (2,), True
+        self.schedule, self.sample_shape = SCH, (2,)
 
-    def _eps(self, part, x, t):
-        return part(x, t) if self.adapter_on else part.base(x, t)
-
-    def forward(self, x, t):
-        return self._eps(self.cond, x, t)
-
-    def guided(self, x, t, w):
-        e_c, e_u = self._eps(self.cond, x, t), self._eps(self.uncond, x, t)
-        return e_u + w * (e_c - e_u)
-
-    @contextlib.contextmanager
-    def adapter_disabled(self):
-        self.adapter_on = False
-        try:
-            yield
-        finally:
-            self.adapter_on = True
+    def branches(self):
+        return (self.cond, self.uncond) if self.adapter_on else (self.cond.base, self.uncond.base)
 
 
 def config(seed, iterations=40):

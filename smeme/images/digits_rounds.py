@@ -17,15 +17,17 @@ def digits_solver_config(**overrides):
     return AdjointMatchingConfig(**base)
 
 
-# Image rounds use the DDPM-unit control (the 40-step chain's own tilt; the network's score
-# carries kappa_i of it) and the smoothed reward -lam log p(x, t_r): the deconvolved reward
+# Digits rounds use the DDPM-unit control (the 40-step chain's own tilt; the network's score
+# carries kappa_i of it): the score-unit control, whose fixed point is the exact tilt at image size
+# (tests/test_image_fidelity.py), took the suite's briefly trained digits model off its support
+# (README, "Known limits"). And the smoothed reward -lam log p(x, t_r): the deconvolved reward
 # sharpens the nearly degenerate directions of the 64 pixels' low-rank data manifold and
-# pushes samples off it (README, "Known limits"); see density.deconvolved_score.
+# pushes samples off it; see density.deconvolved_score.
 # DIGITS_ROUND: the AdjointMatchingConfig fields of one digits round; DIGITS_LAM: its lambda;
 # DIGITS_T_R: the diffusion time at which the previous round's score gives the reward.
-IMAGE_CONTROL = "ddpm"
+DIGITS_CONTROL = "ddpm"
 DIGITS_ROUND = dict(iterations=4, trajectories=48, steps=40, adam_steps=4, lr=1.5e-4, loss_steps=8,
-                    late_fraction=0.5, clip_grad_norm=1.0, control=IMAGE_CONTROL)
+                    late_fraction=0.5, clip_grad_norm=1.0, control=DIGITS_CONTROL)
 DIGITS_LAM = 0.1
 DIGITS_T_R = 0.02
 

@@ -24,6 +24,10 @@ guided eps (`guided_round_problem`). Tuning only the conditional eps while sampl
 guidance would apply w delta_c - (w - 1) delta_u: anywhere from delta_c to w delta_c of the
 tilt, depending on how the adapter moves the unconditional eps (tests/test_sd_guidance.py
 builds that case exactly). Cost: every solver forward runs the UNet on 2x the batch.
+The control is regressed in score units (SD_CONTROL, sd_solver_config), so the tuned guided
+eps's score is the tilted model's at every step: on a Gaussian latent model of equal-covariance
+conditional and unconditional branches the exact tilt is its fixed point, guided and not, over
+rounds (tests/test_sd_fidelity.py).
 
 Defaults follow the paper's Appendix G (4 trajectories of 60 DDPM steps, 10 Adam steps per
 iteration on batches of 8, 20 iterations per round, lambda = 0.1), scaled to LoRA:
@@ -59,7 +63,6 @@ from ..store import RunFolder, run_kind
 from ..models.base import score
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 
-from .digits_rounds import IMAGE_CONTROL
 from .sd import (SDConfig, SDError, SDGuidedTunedView, SDGuidedView, SDNoisePredictor, build_sd_model,
                  load_adapter_state)
 from .sd_metrics import find_metric_weights, sd_metrics
@@ -303,6 +306,23 @@ def guided_round_problem(model, w: float, lam: float, t_r: float):
     return tuned, base, reward_grad
 
 
+# The control SD rounds regress (AdjointMatchingConfig.control): score units, so that the tuned guided
+# model's score is the tilted one's at every t, the tilt being that control's fixed point on a Gaussian
+# latent model at the tiny pipeline's size (tests/test_sd_fidelity.py), where the DDPM-unit control's
+# score carries only ~0.5 of it near the data. Digits rounds keep 'ddpm' (digits_rounds.DIGITS_CONTROL).
+SD_CONTROL = "score"
+
+
+def sd_solver_config(cfg: SDExploreConfig, k: int, rank: int = 0, control: str = SD_CONTROL):
+    """The Adjoint Matching settings of round k on process `rank` (seeded per round and rank)."""
+    from ..solvers.adjoint_matching import AdjointMatchingConfig
+
+    return AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
+                                 adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
+                                 clip_grad_norm=cfg.clip_grad_norm, control=control,
+                                 seed=cfg.seed * 7919 + k * 104729 + rank)
+
+
 # -- multi-process helpers (Accelerate) ---------------------------------------------------------
 def make_accelerator(cpu: bool = False):
     from accelerate import Accelerator
@@ -357,16 +377,11 @@ class SDRounds:
         return self.run.latest_round
 
     def problem(self, k: int) -> RoundProblem:
-        from ..solvers.adjoint_matching import AdjointMatchingConfig
-
         cfg, run = self.cfg, self.run
         model = run.model_at(k - 1, self.device)  # rounds 1..k-1 merged; adapter at zero = pi_{k-1}
         lam, t_r = float(cfg.lam), float(cfg.t_r)
         tuned, base, reward_grad = guided_round_problem(model, run.sd_config.guidance, lam, t_r)
-        am = AdjointMatchingConfig(iterations=cfg.iterations, trajectories=cfg.trajectories, steps=cfg.steps,
-                                   adam_steps=cfg.adam_steps, lr=cfg.lr, loss_steps=cfg.loss_steps,
-                                   clip_grad_norm=cfg.clip_grad_norm, control=IMAGE_CONTROL,
-                                   seed=cfg.seed * 7919 + k * 104729 + self.rank)
+        am = sd_solver_config(cfg, k, self.rank)
         return RoundProblem(tuned, base, reward_grad, am, lam, [lam] * k,
                             release=_average_gradients_across(model, self.accelerator))
 

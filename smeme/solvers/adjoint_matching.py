@@ -14,7 +14,7 @@ Fine-tunes a noise predictor towards p_base(x) exp(r(x)). One iteration:
        so the tuned network's SCORE is the tilted model's at every t;
    control='ddpm': u_i = (mean_ft - mean_base) / std_i, paired with a_j: the chain of the solver's own
        step count lands on p_M exp(r) while the score moves by kappa_i = std_i^2 / (c_eps sqrt(1 - ab_i))
-       of it (kept for the image rounds and the tests).
+       of it (kept for the digits rounds and the tests).
    On the earliest likelihood_ratio_share of the stochastic steps the likelihood-ratio loss
    w |u - pull / w|^2 is added; its target 'current' (J_i^T of the pull, one base VJP per selected
    step) has the minimiser std_i grad V_i = J_i^T E*[zeta_i | x_i] exactly, 'next' (the pull itself)
