@@ -22,6 +22,9 @@ def test_solver_health_says_whether_the_solver_converged():
                           "solver_control_change": 0.35})
     assert "solver NOT converged" in line and "moved 35%" in line
     assert solver_health({"solver_converged": "yes"}) is None  # only a real flag is shown
+    line = solver_health({"solver_converged": False, "solver_control_change": 0.49, "solver_target_fit": 0.08})
+    assert line.endswith("moved 49% over the averaged window); its regression target 0.08x the control along it "
+                         "(1 at the fixed point)."), line
 
 
 def test_solver_health_names_the_steps_left_to_adjoint_matching():

@@ -50,3 +50,28 @@ def test_drift_within_the_iterate_noise_is_not_called_unconverged():
     steady_rise = probe_with([[1.0], [1.1], [2.0], [2.1]])  # drift 1.0 against a scatter of 0.07
     change, noise = steady_rise.summary()
     assert change > 0.5 and 2 * noise < change
+
+
+def test_target_fit_is_the_targets_projection_on_the_control():
+    """target_fit = sum w target.u / sum w |u|^2 over the stochastic steps, with its standard error over
+    trajectories: a control u = x against targets c x (+ independent noise) reads c."""
+    from types import SimpleNamespace
+
+    from smeme.solvers.iterates import target_fit
+
+    M, B = 5, 4000
+    std = torch.tensor([0.5, 0.4, 0.3, 0.2, 0.0], dtype=torch.float64)  # the last step is deterministic
+    plan = SimpleNamespace(stochastic=torch.arange(4), grid=torch.linspace(1, 0, M + 1, dtype=torch.float64),
+                           shape=(2,), factor=torch.ones(M, dtype=torch.float64), std=std,
+                           weight=torch.ones(M, dtype=torch.float64),
+                           view=lambda v: v.reshape(-1, 1, 1))
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(M + 1, B, 2, generator=g, dtype=torch.float64)
+    identity = lambda x, t: -x  # noqa: E731  (u = -factor (eps_ft - eps_base) = x with eps_base 0)
+    for c, noise in [(1.0, 0.0), (1.3, 0.0), (0.7, 0.5)]:
+        target = c * states[:-1] + noise * torch.randn(M, B, 2, generator=g, dtype=torch.float64)
+        adj = -target / std.clamp(min=1e-12).reshape(-1, 1, 1)  # target = -std a
+        fit, se = target_fit(identity, states, torch.zeros(M, B, 2, dtype=torch.float64), adj, plan)
+        assert abs(fit - c) <= max(1e-12, 3 * se) and (se > 1e-9) == (noise > 0), (c, noise, fit, se)
+    assert target_fit(lambda x, t: torch.zeros_like(x), states, torch.zeros(M, B, 2, dtype=torch.float64),
+                      adj, plan) is None  # no control: nothing to fit

@@ -28,7 +28,8 @@ Fine-tunes a noise predictor towards p_base(x) exp(r(x)). One iteration:
 Convergence (ControlProbe): the tuned control read on fixed probe points over the averaged window
 (the last half of the iterations when averaging is off); converged when the mean of the window's
 second half differs from its first half's by at most convergence_tolerance of its size, or by no
-more than twice that difference's noise (the iterates' scatter), i.e. no drift to tell apart.
+more than twice that difference's noise (the iterates' scatter); and the returned control meets its
+regression target on fresh trajectories (iterates.target_fit within convergence_tolerance of 1).
 
 Contract: adjoint_matching(model_ft, model_base, reward_grad, config, ...) changes model_ft's
 trainable parameters in place and returns a SolverResult (losses, timings, health, convergence).
@@ -36,9 +37,8 @@ trainable parameters in place and returns a SolverResult (losses, timings, healt
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -50,9 +50,11 @@ from ..sampling import FixedNoise, sample_ddpm, time_grid
 from .base import (CancelFlag, IterationFn, RewardGrad, RewardValue, SolverDivergedError, SolverError,
                    SolverResult, check_finite_params, is_cancelled, model_dtype_device, optimiser_step,
                    trainable_parameters)
-from .iterates import ControlProbe, WeightAverage
-from .lean_adjoint import LeanAdjoint, base_mean_vjp, step_coefficients
-from .likelihood_ratio import cap_reward, likelihood_ratio_loss, likelihood_ratio_targets
+from .iterates import ControlProbe, WeightAverage, target_fit
+from .lean_adjoint import LeanAdjoint, base_mean_vjp, lean_adjoint, step_coefficients
+from .likelihood_ratio import cap_reward, likelihood_ratio_loss, likelihood_ratio_targets, weights_health
+
+FIT_TRAJECTORIES = 256  # trajectories of the returned control's fixed-point test (returned_target_fit)
 
 
 @dataclass
@@ -113,7 +115,8 @@ class AdjointMatchingConfig(ConfigBase):
             VJP per selected step) or `"next"` E*[zeta_i | x_i] (off by J_i^-T).
         convergence_tolerance (`float`, defaults to 0.1):
             The solve counts as converged when the tuned control, read on fixed probe points, moved by at most this
-            share of its size (or within twice its noise) between the first and second half of the averaged window.
+            share of its size (or within twice its noise) between the first and second half of the averaged window,
+            and the returned control's target fit (module docstring, "Convergence") is within this of 1.
     """
     config_error, config_label = SolverError, "Adjoint Matching"
     iterations: int = 20
@@ -437,14 +440,17 @@ def regression_phase(model_ft, model_base, opt, params, data: IterationData, pla
     return first_loss
 
 
-def weights_health(history: dict) -> dict:
-    """The likelihood-ratio weights' effective sample share (min, median over iterations) and tempering."""
-    ess, beta = history.get("ess"), history.get("beta")
-    if not ess:
-        return {}
-    return {"lr_ess_min": min(ess), "lr_ess_median": float(statistics.median(ess)),
-            "lr_tempered_iterations": sum(b < 1 for b in beta), "lr_beta_min": min(beta),
-            "lr_steps_kept_mean": float(statistics.fmean(history["kept"]))}
+def returned_target_fit(model_ft, sampler, model_base, reward_grad, plan: StepPlan, cfg: AdjointMatchingConfig,
+                        dtype, device) -> tuple[float, float] | None:
+    """The returned control's fixed-point test (iterates.target_fit) on up to FIT_TRAJECTORIES fresh
+    trajectories of the tuned model and their lean adjoints down to the adjoint term's first step."""
+    check = replace(cfg, trajectories=min(cfg.trajectories, FIT_TRAJECTORIES))
+    _, states = sample_trajectories(sampler, check, plan, cfg.iterations, dtype, device)
+    with torch.no_grad():
+        a_last = -reward_grad(states[-1]).to(states.dtype)
+    adj, eps_base = lean_adjoint(model_base, states, plan.grid, a_last, plan.c_x, plan.c_eps,
+                                 plan.first_adjoint, cfg.adjoint_chunk)
+    return target_fit(model_ft, states, eps_base, adj[1:] if plan.pairing == "next" else adj[:-1], plan)
 
 
 def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, reward_grad: RewardGrad,
@@ -492,8 +498,13 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
             on_iteration(it + 1, cfg.iterations, losses[-1])
     if losses:
         average.apply()
-    summary = probe.summary()
+    t0, summary = time.perf_counter(), probe.summary()
+    fit = returned_target_fit(model_ft, sampler, model_base, reward_grad, plan, cfg, dtype, device) if losses else None
+    timings["convergence"] += time.perf_counter() - t0
     change, noise = summary if summary is not None else (None, None)
     converged = None if summary is None else change <= max(cfg.convergence_tolerance, 2 * noise)
+    if converged and fit is not None:  # and the returned control meets its own target (within noise)
+        converged = abs(fit[0] - 1) <= max(cfg.convergence_tolerance, 2 * fit[1])
     return SolverResult(model=model_ft, losses=losses, timings=timings, health=weights_health(history),
-                        converged=converged, control_change=change, control_noise=noise)
+                        converged=converged, control_change=change, control_noise=noise,
+                        target_fit=None if fit is None else fit[0], target_fit_se=None if fit is None else fit[1])

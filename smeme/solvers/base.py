@@ -75,8 +75,8 @@ class SolverResult:
 
     losses: one loss per finished iteration; timings: seconds per phase; health: how the
     solve went (for Adjoint Matching with the likelihood-ratio term, its weights' effective
-    sample size and tempering); converged / control_change / control_noise: the convergence
-    signal (None where the solver does not measure it; solvers/iterates.py)."""
+    sample size and tempering); converged / control_change / control_noise / target_fit: the
+    convergence signal (None where the solver does not measure it; solvers/iterates.py)."""
     model: nn.Module
     losses: list[float]
     timings: dict = field(default_factory=dict)
@@ -84,6 +84,8 @@ class SolverResult:
     converged: bool | None = None
     control_change: float | None = None  # share of the control's size it moved over the averaged window
     control_noise: float | None = None  # the noise of that share (iterate scatter)
+    target_fit: float | None = None  # the returned control's fixed-point test: 1 at the fixed point (iterates.target_fit)
+    target_fit_se: float | None = None  # its standard error
 
     @property
     def iterations(self) -> int:
@@ -96,6 +98,8 @@ class SolverResult:
         if self.converged is not None:
             out.update({"solver_converged": bool(self.converged), "solver_control_change": self.control_change,
                         "solver_control_noise": self.control_noise})
+        if self.target_fit is not None:
+            out.update({"solver_target_fit": self.target_fit, "solver_target_fit_se": self.target_fit_se})
         return out
 
 

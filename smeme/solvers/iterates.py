@@ -85,3 +85,32 @@ class ControlProbe:
         drift = float((halves[1].mean(0) - halves[0].mean(0)).norm())
         var = sum(h.var(0, unbiased=True).sum() / len(h) if len(h) > 1 else 0.0 for h in halves)
         return drift / size, float(var) ** 0.5 / size
+
+
+def target_fit(model_ft: NoisePredictor, states: Tensor, eps_base: Tensor, target_adj: Tensor,
+               plan) -> tuple[float, float] | None:
+    """The fixed-point test of a tuned control (adjoint_matching's StepPlan `plan`): at the solver's fixed
+    point each adjoint-term step's regression target -std_i a has the control as its mean given the state,
+    so along the control itself
+        fit = sum_b sum_i w_i (-std_i a_i) . u_i / sum_b sum_i w_i |u_i|^2 = 1;
+    > 1: the control falls short of its target (the round under-tilts); < 1: it goes beyond it, or it is
+    mostly noise the target does not share. Steps weigh as in the adjoint term (plan.weight: 0 where the
+    likelihood-ratio term regresses alone), and directions and steps by the control's size, so a
+    shortfall where the control is small weighs little. Returns (fit, its standard error over the
+    trajectories, delta method), or None for a zero control. states, eps_base, target_adj: fresh trajectories of the
+    tuned model, the base's eps on them and the adjoint each step is paired with."""
+    steps = plan.stochastic.to(states.device)
+    x = states[steps]
+    K, B = x.shape[:2]
+    with torch.no_grad():
+        eps_ft = model_ft(x.reshape(K * B, *plan.shape), plan.grid[steps].repeat_interleave(B)).reshape(x.shape)
+    u = -plan.view(plan.factor[steps]) * (eps_ft - eps_base[steps])
+    target = -plan.view(plan.std[steps]) * target_adj[steps]
+    w = plan.weight[steps].reshape(K, 1).double()
+    fit = ((target * u).reshape(K, B, -1).sum(-1).double() * w).sum(0)
+    size = (u.pow(2).reshape(K, B, -1).sum(-1).double() * w).sum(0)
+    mean_size = float(size.mean())
+    if not mean_size > 0 or B < 2:
+        return None
+    ratio = float(fit.mean()) / mean_size
+    return ratio, float((fit - ratio * size).std()) / (B ** 0.5 * mean_size)

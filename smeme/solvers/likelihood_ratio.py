@@ -16,6 +16,8 @@ calls); AdjointMatchingConfig.likelihood_ratio_share turns the term on.
 """
 from __future__ import annotations
 
+import statistics
+
 import torch
 from torch import Tensor
 
@@ -138,3 +140,13 @@ def likelihood_ratio_targets(states: Tensor, eps_base: Tensor, z: Tensor, reward
 
 __all__ = ["cap_reward", "likelihood_ratio_terms", "sampled_controls", "effective_sample_share", "path_weights",
            "likelihood_ratio_pull", "likelihood_ratio_loss", "likelihood_ratio_targets"]
+
+
+def weights_health(history: dict) -> dict:
+    """The likelihood-ratio weights' effective sample share (min, median over iterations) and tempering."""
+    ess, beta = history.get("ess"), history.get("beta")
+    if not ess:
+        return {}
+    return {"lr_ess_min": min(ess), "lr_ess_median": float(statistics.median(ess)),
+            "lr_tempered_iterations": sum(b < 1 for b in beta), "lr_beta_min": min(beta),
+            "lr_steps_kept_mean": float(statistics.fmean(history["kept"]))}
