@@ -87,12 +87,8 @@ class ExploreConfig(ConfigBase):
             PF-ODE solve of the reward's values per iteration); 0 turns the term off (Adjoint Matching alone).
             A round turns it off where its weights cannot be healthy: exp(-lam_k^2 D / 2) below ess_fallback for
             a model of D features (`likelihood_ratio_share_at`; e.g. D >= 16 at lam 0.3).
-        alone_iterations (`float`, defaults to 1.5):
-            Factor on `iterations` (rounded up) for a round that runs Adjoint Matching alone because its dimension
-            turned the likelihood-ratio term off (`likelihood_ratio_share_at`); 1 keeps the budget as set.
-        alone_adam_steps (`int`, defaults to 6):
-            Adam steps per iteration (at least `adam_steps`) in such a round. The adjoint term alone is slow to tilt
-            the widest directions, in optimiser steps rather than learning rate (`budget_at`).
+        alone_iterations (`float`, defaults to 1.5): Factor on `iterations` (rounded up) where `budget_at` raises it.
+        alone_adam_steps (`int`, defaults to 6): Adam steps per iteration (at least `adam_steps`) there.
         reward_ode_steps (`int`, defaults to 8): RK4 steps of the PF-ODE that gives the reward's values (at least 2).
         adjoint_weight_on_lr_steps (`float`, defaults to 0.0):
             Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers; 0 leaves those steps to
@@ -193,8 +189,7 @@ class ExploreConfig(ConfigBase):
         if self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1 or (self.lr is not None and not self.lr > 0):
             raise ExploreError("Explore needs trajectories >= 2, steps >= 2, adam_steps >= 1 and lr > 0 (or None).")
         if not (self.alone_iterations >= 1 and isinstance(self.alone_adam_steps, int) and self.alone_adam_steps >= 1):
-            raise ExploreError("alone_iterations must be >= 1 and alone_adam_steps an integer >= 1, got "
-                               f"{self.alone_iterations} and {self.alone_adam_steps!r}.")
+            raise ExploreError(f"Need alone_iterations, alone_adam_steps >= 1: {self.alone_iterations}, {self.alone_adam_steps}")
         if not 0 < self.t_r < 1:
             raise ExploreError(f"t_r must lie in (0, 1), got {self.t_r}.")
         if not isinstance(self.reward_ode_steps, int) or self.reward_ode_steps < 2:
@@ -233,16 +228,10 @@ class ExploreConfig(ConfigBase):
         return 0.0 if math.exp(-self.lam_at(k) ** 2 * dim / 2) < self.ess_fallback else share
 
     def budget_at(self, k: int, dim: int | None) -> tuple[int, int]:
-        """(iterations, adam_steps) of round k of a `dim`-dimensional model: raised by alone_iterations and
-        alone_adam_steps where likelihood_ratio_share_at turns the term off. With the adjoint term alone,
-        trained 16-D Gaussian rounds under-tilt their widest whitened direction (the lowest direction's
-        share of the exact gain 0.81-0.89 over five solver seeds at the CSV defaults); more optimiser steps
-        close the gap, while a 2x or 0.5x learning rate or 2x trajectories do not (1.5x the iterations of 6
-        Adam steps: 0.91-0.94, about twice the round's time; BENCHMARKS.md, "Solver fidelity in 16-64
-        dimensions")."""
-        alone = (self.solver == "adjoint" and self.likelihood_ratio_share and not self.likelihood_ratio_share_at(k, dim)
-                 and "likelihood_ratio_share" not in self.solver_options)  # a forced share runs the term
-        if not alone:
+        """(iterations, adam_steps) of round k of a `dim`-D model, raised where likelihood_ratio_share_at turns the term off:
+        Adjoint Matching alone tilts the widest directions in optimiser steps, not lr or trajectories (README)."""
+        if (self.solver != "adjoint" or not self.likelihood_ratio_share or self.likelihood_ratio_share_at(k, dim)
+                or "likelihood_ratio_share" in self.solver_options):  # a forced share runs the term
             return self.iterations, self.adam_steps
         return math.ceil(self.iterations * self.alone_iterations), max(self.adam_steps, self.alone_adam_steps)
 
@@ -250,8 +239,7 @@ class ExploreConfig(ConfigBase):
         """The solver's settings for round `round_index` (its seed, lr and explore's solver fields) of a
         model of `dim` features (likelihood_ratio_share_at and budget_at; None: the share and budget as set)."""
         seed = self.seed * 10_007 + round_index
-        iterations, adam_steps = self.budget_at(round_index, dim)
-        common = dict(iterations=iterations, steps=self.steps, adam_steps=adam_steps, seed=seed)
+        common = dict(zip(("iterations", "adam_steps"), self.budget_at(round_index, dim)), steps=self.steps, seed=seed)
         try:
             if self.solver != "adjoint":
                 return StudentTeacherConfig.from_dict({**common, **self.solver_options})
