@@ -11,7 +11,8 @@ covariance has exactly that spectrum (spread_gaussian_csv). Covariances from 8,0
 per round: the whitened variance ratios (eigenvalues of C0^-1/2 C1 C0^-1/2) min / median / max
 against the exact ones, the share of the exact log-variance gain per direction (min / median /
 max) and of the log-determinant, the likelihood-ratio weights' health and the round's seconds,
-and the same shares against the reward's own exact round (below). Variants are ExploreConfig fields, ';'-separated, ','-joined within.
+and the same shares against the reward's own exact round (below). Variants are ExploreConfig
+fields, ';'-separated, ','-joined within.
 
 'reward_implied' judges the same round against the exact round of the reward the solver is given:
 a trained MLP is not a consistent diffusion model, so its score at t_r need not be that of its own
@@ -118,16 +119,18 @@ def record_row(rec: Recording, args: argparse.Namespace, rows: list[dict]) -> No
     key = "smoothed_target" if "smoothed_target" in rows[0] else "paper_target"
     shares = [r[key]["logdet_share"] for r in rows]
     lowest = min(r[key]["share_min_med_max"][0] for r in rows)
+    highest = max(r[key]["share_min_med_max"][2] for r in rows)
     median = float(np.median(shares))
     implied = [r["reward_implied"]["share_min_med_max"] for r in rows]
     rec.row(f"one round at lam {rows[0]['lam']:.3g}, explore defaults, d = {args.d}"
             + (", independent columns" if args.independent else "") + (f", spectrum {args.eigenvalues}" if args.eigenvalues else "")
             + f": share of the exact log-det gain ({key.replace('_', ' ')})",
-            " / ".join(f"{v:.3f}" for v in shares) + f" (seeds {args.seeds}); lowest direction {lowest:.2f}; "
+            " / ".join(f"{v:.3f}" for v in shares)
+            + f" (seeds {args.seeds}); lowest direction {lowest:.2f}, highest {highest:.2f}; "
             + ", ".join(f"{r['round_s']} s" for r in rows) + " a round; against the reward's own exact round "
             + " / ".join(f"{lo:.2f}-{hi:.2f}" for lo, _, hi in implied),
             f">= {SHARE_TARGET} median (tests/test_fidelity.py)", met=median >= SHARE_TARGET,
-            median_logdet_share=median, lowest_direction_share=lowest,
+            median_logdet_share=median, lowest_direction_share=lowest, highest_direction_share=highest,
             reward_implied_lowest=min(v[0] for v in implied), reward_implied_highest=max(v[2] for v in implied))
 
 
