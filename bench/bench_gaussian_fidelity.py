@@ -10,8 +10,16 @@ covariance has exactly that spectrum (spread_gaussian_csv). Covariances from 8,0
 (Cov_0^-1 - lam S_r^-1)^-1 with S_r = ab(t_r) Cov_0 + (1 - ab) I for the smoothed one. Printed
 per round: the whitened variance ratios (eigenvalues of C0^-1/2 C1 C0^-1/2) min / median / max
 against the exact ones, the share of the exact log-variance gain per direction (min / median /
-max) and of the log-determinant, the likelihood-ratio weights' health and the round's seconds.
-Variants are ExploreConfig fields, ';'-separated, ','-joined within.
+max) and of the log-determinant, the likelihood-ratio weights' health and the round's seconds,
+and the same shares against the reward's own exact round (below). Variants are ExploreConfig
+fields, ';'-separated, ','-joined within.
+
+'reward_implied' judges the same round against the exact round of the reward the solver is given:
+a trained MLP is not a consistent diffusion model, so its score at t_r need not be that of its own
+samples' covariance diffused to t_r. The round's reward gradient (explore's RoundReward) on the
+round-0 samples, fitted linearly, g(x) ~ H x + b, tilts a Gaussian N(., C0) to (C0^-1 - H)^-1,
+which is the formula's truth exactly when the score is consistent (H = lam S_r^-1). Its gap to the
+formula's truth is the model's share of the error, the rest is the solver's.
 """
 from __future__ import annotations
 
@@ -111,14 +119,19 @@ def record_row(rec: Recording, args: argparse.Namespace, rows: list[dict]) -> No
     key = "smoothed_target" if "smoothed_target" in rows[0] else "paper_target"
     shares = [r[key]["logdet_share"] for r in rows]
     lowest = min(r[key]["share_min_med_max"][0] for r in rows)
+    highest = max(r[key]["share_min_med_max"][2] for r in rows)
     median = float(np.median(shares))
+    implied = [r["reward_implied"]["share_min_med_max"] for r in rows]
     rec.row(f"one round at lam {rows[0]['lam']:.3g}, explore defaults, d = {args.d}"
             + (", independent columns" if args.independent else "") + (f", spectrum {args.eigenvalues}" if args.eigenvalues else "")
             + f": share of the exact log-det gain ({key.replace('_', ' ')})",
-            " / ".join(f"{v:.3f}" for v in shares) + f" (seeds {args.seeds}); lowest direction {lowest:.2f}; "
-            + ", ".join(f"{r['round_s']} s" for r in rows) + " a round",
+            " / ".join(f"{v:.3f}" for v in shares)
+            + f" (seeds {args.seeds}); lowest direction {lowest:.2f}, highest {highest:.2f}; "
+            + ", ".join(f"{r['round_s']} s" for r in rows) + " a round; against the reward's own exact round "
+            + " / ".join(f"{lo:.2f}-{hi:.2f}" for lo, _, hi in implied),
             f">= {SHARE_TARGET} median (tests/test_fidelity.py)", met=median >= SHARE_TARGET,
-            median_logdet_share=median, lowest_direction_share=lowest)
+            median_logdet_share=median, lowest_direction_share=lowest, highest_direction_share=highest,
+            reward_implied_lowest=min(v[0] for v in implied), reward_implied_highest=max(v[2] for v in implied))
 
 
 def run_variant(src, cov0, variant: str, args: argparse.Namespace) -> list[dict]:
@@ -128,7 +141,7 @@ def run_variant(src, cov0, variant: str, args: argparse.Namespace) -> list[dict]
     from smeme.explore import ExploreConfig, run_rounds
     from smeme.store import Run
 
-    out = []
+    out, implied = [], {}
     for seed in (int(s) for s in args.seeds.split(",")):
         work = Path(tempfile.mkdtemp()) / "run"
         shutil.copytree(src.folder, work)
@@ -145,11 +158,33 @@ def run_variant(src, cov0, variant: str, args: argparse.Namespace) -> list[dict]
                "paper_target": shape_row(c1, exact_covs(run, cov0, 1, 0.0)[1], cov0)}
         if target_t_r(config) > 0:
             row["smoothed_target"] = shape_row(c1, exact_covs(run, cov0, 1, config.t_r)[1], cov0)
+        key = (config.lam_at(1), config.t_r, config.reward_target, config.reward, config.score_clip)
+        if key not in implied:  # the same for every seed
+            implied[key] = reward_implied_cov(src, cov0, config)
+        row["reward_implied"] = shape_row(c1, implied[key], cov0)
         print(json.dumps({**row, **health}), flush=True)
         shutil.rmtree(work.parent, ignore_errors=True)
         if not variant:
             out.append({**row, "lam": LAM})
     return out
+
+
+def reward_implied_cov(src, cov0: np.ndarray, config) -> np.ndarray:
+    """The exact round-1 covariance under the reward the solver is given (module docstring): the
+    reward gradient on round 0's samples (model_cov's) fitted linearly, H the fit's symmetric slope."""
+    import torch
+    from test_fidelity import EVAL_STEPS, N_EVAL
+
+    from smeme.explore import RoundReward, _frozen
+    from smeme.sampling import sample
+
+    model = src.load_model(0)
+    x = sample(model, N_EVAL, steps=EVAL_STEPS, seed=99)  # model_cov's samples
+    reward = RoundReward(_frozen(model), config.lam_at(1), config)
+    g = torch.cat([reward.grad(chunk).detach() for chunk in x.split(2048)]).double().numpy()
+    xs = np.hstack([x.double().numpy(), np.ones((len(x), 1))])
+    slope = np.linalg.lstsq(xs, g, rcond=None)[0][:-1].T
+    return np.linalg.inv(np.linalg.inv(cov0) - (slope + slope.T) / 2)
 
 
 if __name__ == "__main__":

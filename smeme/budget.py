@@ -123,7 +123,9 @@ def budget_sweep(run_folder, iterations: int, ks: list[int], config: ExploreConf
         if cancel is not None and cancel.is_set():
             break
         per_round = iterations // k
-        k_config = ExploreConfig(**{**config.to_dict(), "iterations": per_round})
+        # exactly per_round iterations: a high-dimensional round's larger budget (ExploreConfig.budget_at)
+        # would break the sweep's equal total
+        k_config = ExploreConfig(**{**config.to_dict(), "iterations": per_round, "alone_iterations": 1.0})
         branch = branch_run(run, folders[k], force=force)
         on_iteration = ((lambda r, i, total, loss, index=index, k=k: progress(index, k, r, i, total))
                         if progress else None)

@@ -87,6 +87,8 @@ class ExploreConfig(ConfigBase):
             PF-ODE solve of the reward's values per iteration); 0 turns the term off (Adjoint Matching alone).
             A round turns it off where its weights cannot be healthy: exp(-lam_k^2 D / 2) below ess_fallback for
             a model of D features (`likelihood_ratio_share_at`; e.g. D >= 16 at lam 0.3).
+        alone_iterations (`float`, defaults to 1.5): Factor on `iterations` (rounded up) where `budget_at` raises it.
+        alone_adam_steps (`int`, defaults to 6): Adam steps per iteration (at least `adam_steps`) there.
         reward_ode_steps (`int`, defaults to 8):
             The most RK4 steps of the PF-ODE that gives the reward's values (at least 2).
         reward_values_tolerance (`float`, *optional*, defaults to 0.002):
@@ -153,6 +155,8 @@ class ExploreConfig(ConfigBase):
     adam_steps: int = 2
     lr: float | None = None
     likelihood_ratio_share: float = 0.8
+    alone_iterations: float = 1.5
+    alone_adam_steps: int = 6
     reward_ode_steps: int = 8
     reward_values_tolerance: float | None = 0.002
     adjoint_weight_on_lr_steps: float = 0.0
@@ -191,6 +195,9 @@ class ExploreConfig(ConfigBase):
             raise ExploreError(f"The budget must be at least 1 solver iteration per round, got {self.iterations}.")
         if self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1 or (self.lr is not None and not self.lr > 0):
             raise ExploreError("Explore needs trajectories >= 2, steps >= 2, adam_steps >= 1 and lr > 0 (or None).")
+        if not (self.alone_iterations >= 1 and isinstance(self.alone_adam_steps, int) and self.alone_adam_steps >= 1):
+            raise ExploreError("alone_iterations must be >= 1 and alone_adam_steps an integer >= 1, got "
+                               f"{self.alone_iterations!r} and {self.alone_adam_steps!r}.")
         if not 0 < self.t_r < 1:
             raise ExploreError(f"t_r must lie in (0, 1), got {self.t_r}.")
         if not isinstance(self.reward_ode_steps, int) or self.reward_ode_steps < 2:
@@ -231,11 +238,22 @@ class ExploreConfig(ConfigBase):
             return share
         return 0.0 if math.exp(-self.lam_at(k) ** 2 * dim / 2) < self.ess_fallback else share
 
+    def budget_at(self, k: int, dim: int | None) -> tuple[int, int]:
+        """(iterations, adam_steps) of round k of a `dim`-feature model: raised by alone_iterations and
+        alone_adam_steps where likelihood_ratio_share_at turns the term off. Adjoint Matching alone tilts
+        the widest whitened directions in optimiser steps, not with a larger lr or more trajectories
+        (README, "Known limits"; BENCHMARKS.md, "Solver fidelity in 16-64 dimensions")."""
+        if (self.solver != "adjoint" or not self.likelihood_ratio_share or self.likelihood_ratio_share_at(k, dim)
+                or "likelihood_ratio_share" in self.solver_options):  # a forced share runs the term
+            return self.iterations, self.adam_steps
+        return math.ceil(self.iterations * self.alone_iterations), max(self.adam_steps, self.alone_adam_steps)
+
     def solver_config(self, round_index: int, dim: int | None = None):
         """The solver's settings for round `round_index` (its seed, lr and explore's solver fields) of a
-        model of `dim` features (likelihood_ratio_share_at; None: the share as set)."""
+        model of `dim` features (likelihood_ratio_share_at and budget_at; None: the share and budget as set)."""
         seed = self.seed * 10_007 + round_index
-        common = dict(iterations=self.iterations, steps=self.steps, adam_steps=self.adam_steps, seed=seed)
+        iterations, adam_steps = self.budget_at(round_index, dim)
+        common = dict(iterations=iterations, adam_steps=adam_steps, steps=self.steps, seed=seed)
         try:
             if self.solver != "adjoint":
                 return StudentTeacherConfig.from_dict({**common, **self.solver_options})

@@ -102,6 +102,23 @@ def test_the_likelihood_ratio_term_is_off_where_its_weights_cannot_be_healthy():
     assert [decaying.solver_config(k, dim=3).likelihood_ratio_share for k in (1, 2)] == [0.0, 0.8]
 
 
+def test_a_round_without_the_likelihood_ratio_term_by_dimension_gets_the_larger_budget():
+    """Where likelihood_ratio_share_at turns the term off (lam 0.3: D >= 16) the round runs
+    ceil(iterations x alone_iterations) iterations of max(adam_steps, alone_adam_steps) Adam steps;
+    elsewhere, and where the term is off by setting or forced on by a solver option, the budget as set."""
+    config = ExploreConfig(lam=0.3, iterations=30, adam_steps=2)
+    budgets = [(c.iterations, c.adam_steps) for c in (config.solver_config(1, dim=d) for d in (2, 15, 16, 64))]
+    assert budgets == [(30, 2), (30, 2), (45, 6), (45, 6)]
+    assert config.budget_at(1, None) == (30, 2)
+    assert ExploreConfig(lam=0.3, iterations=7, alone_iterations=1.2, alone_adam_steps=3).budget_at(1, 16) == (9, 3)
+    assert ExploreConfig(lam=0.3, adam_steps=8).budget_at(1, 16)[1] == 8  # never fewer steps than set
+    assert ExploreConfig(lam=0.3, likelihood_ratio_share=0.0).budget_at(1, 64) == (15, 2)
+    assert ExploreConfig(lam=0.3, solver_options={"likelihood_ratio_share": 0.5}).budget_at(1, 64) == (15, 2)
+    assert ExploreConfig(lam=0.3, alone_iterations=1.0, alone_adam_steps=1).budget_at(1, 64) == (15, 2)
+    with pytest.raises(ExploreError):
+        ExploreConfig(alone_iterations=0.5)
+
+
 def test_a_round_records_its_likelihood_ratio_share(tiny_run):
     """The toy (D = 2) keeps the term at lam 0.3 and turns it off at lam 0.9 (exp(-0.81) < 0.5); the round's
     record says so, and the app's solver-health line with it. The round that read reward values records

@@ -164,23 +164,27 @@ def test_per_step_weights_keep_the_healthy_steps_untempered():
 @pytest.mark.slow
 def test_a_trained_16d_round_keeps_every_whitened_direction(tmp_path):
     """A trained CSV MLP on 16 correlated columns whose standardised spectrum spreads 50x, one round
-    as the CLI runs it (CSV defaults, lambda 0.3: Adjoint Matching alone at D = 16), judged per
-    whitened direction against the exact round of the smoothed target (test_fidelity's truth: the
-    pre-trained model's own covariance, read with a fine sampler). Data seed 61 and solver seed 8
-    were never run before this test was written. With the likelihood-ratio term on, tests' data
-    (seed 36, solver seeds 5-7) reached 0.76-0.79 of the exact gain in their narrowest direction and
-    1.13-1.15 in their widest; without it 0.87-0.91 and 1.09-1.11 (BENCHMARKS.md). The bar, 0.8-1.2,
-    fails the first and is still short of the issue's 10% (README, "Known limits"). The measured
-    shares' own sampling error is small (bootstrap sd ~0.007: the rounds share their noise)."""
+    as the CLI runs it (the CSV preset's pre-training, CSV defaults, lambda 0.3: Adjoint Matching
+    alone at D = 16 with ExploreConfig.budget_at's larger budget), judged per whitened direction
+    against the exact round of the smoothed target (test_fidelity's truth: the pre-trained model's
+    own covariance, read with a fine sampler). Data seed 61 and solver seed 8 were never used for
+    tuning (tuned on data seed 36, solver seeds 5-7: 0.91-0.94 of the exact gain in the narrowest
+    direction, 1.04-1.05 in the widest, against 0.81-0.83 / 1.06-1.07 with the budget as set;
+    BENCHMARKS.md). The issue's bar: every direction within 10%. The measured shares' own sampling
+    error is small (bootstrap sd ~0.007: the rounds share their noise). The test's model is trained
+    as the CLI trains it: after test_fidelity's 800 steps the network's score at t_r is not that of
+    its own samples (up to 10-15% of the exact gain per direction; bench_gaussian_fidelity.py's
+    'reward_implied'), which no solver can undo."""
     from test_fidelity import SMOOTHED, run_gaussian_rounds, spread_gaussian_csv
 
     from smeme.pipeline import pretrain_run
 
     eigenvalues = np.geomspace(1, 50, 16)
     csv = spread_gaussian_csv(tmp_path / "data.csv", eigenvalues / eigenvalues.mean(), seed=61)
-    src = pretrain_run(tmp_path / "run", "csv", {"path": str(csv)}, steps=800).folder
+    src = pretrain_run(tmp_path / "run", "csv", {"path": str(csv)}).folder  # the preset's steps, as the CLI
     row = run_gaussian_rounds(src, tmp_path, 1, seed=8, **SMOOTHED)[0]
     shares = row["directions"]
     report = f"direction shares {shares.min():.3f}-{shares.max():.3f}, log-det share {row['logdet']:.3f}"
-    assert 0.8 <= shares.min() and shares.max() <= 1.2, report
+    print(report)
+    assert 0.9 <= shares.min() and shares.max() <= 1.1, report
     assert 0.9 <= row["logdet"] <= 1.1, report
