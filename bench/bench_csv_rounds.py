@@ -3,8 +3,8 @@
     SMEME_THREADS=1 python bench/bench_csv_rounds.py [--dims 2,8,16,32,64] [--seed 5] [--folder /tmp/csvd]
 
 For each d: a Gaussian CSV whose standardised covariance has a geometric spectrum spread 50x
-(tests/test_fidelity.py's spread_gaussian_csv, data seed 20 + d), a CSV preset run pre-trained for
-the test's PRETRAIN_STEPS, then one round at lambda 0.3 with explore's defaults (solver seed
+(tests/test_fidelity.py's spread_gaussian_csv, data seed 20 + d), a CSV preset run pre-trained as
+the CLI pre-trains it (the preset's steps), then one round at lambda 0.3 with explore's defaults (solver seed
 --seed). Per round: wall and CPU seconds of run_rounds, the solver's seconds, whether the
 likelihood-ratio term ran (lr_share), the reward values' ODE steps (RoundReward's choice), and the
 share of the smoothed target's exact log-variance gain per whitened direction (min / median /
@@ -41,16 +41,16 @@ def spectrum(d: int) -> list[float]:
 
 
 def pretrained(root: Path, d: int, case: str) -> Path:
-    from test_fidelity import PRETRAIN_STEPS, correlated_gaussian_csv, spread_gaussian_csv
+    from test_fidelity import correlated_gaussian_csv, spread_gaussian_csv
 
     from smeme.pipeline import pretrain_run
 
-    folder = root / f"d{d}" if case == "spread" else root / f"d{d}_{case}"
+    folder = root / (f"d{d}" if case == "spread" else f"d{d}_{case}") / "preset"
     if not (folder / "run" / "metrics.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
         csv = (spread_gaussian_csv(folder / "data.csv", spectrum(d), 20 + d) if case == "spread"
                else correlated_gaussian_csv(folder / "data.csv", d, seed=20 + d))
-        pretrain_run(folder / "run", "csv", {"path": str(csv)}, steps=PRETRAIN_STEPS)
+        pretrain_run(folder / "run", "csv", {"path": str(csv)})
     return folder / "run"
 
 
