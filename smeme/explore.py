@@ -238,13 +238,18 @@ class ExploreConfig(ConfigBase):
             return share
         return 0.0 if math.exp(-self.lam_at(k) ** 2 * dim / 2) < self.ess_fallback else share
 
+    def lr_off_by_dimension(self, k: int, dim: int | None) -> bool:
+        """Whether likelihood_ratio_share_at turns the term off for round k of a `dim`-feature model
+        though the settings ask for it (a share forced through solver_options runs it)."""
+        return (self.solver == "adjoint" and bool(self.likelihood_ratio_share)
+                and not self.likelihood_ratio_share_at(k, dim) and "likelihood_ratio_share" not in self.solver_options)
+
     def budget_at(self, k: int, dim: int | None) -> tuple[int, int]:
         """(iterations, adam_steps) of round k of a `dim`-feature model: raised by alone_iterations and
-        alone_adam_steps where likelihood_ratio_share_at turns the term off. Adjoint Matching alone tilts
-        the widest whitened directions in optimiser steps, not with a larger lr or more trajectories
+        alone_adam_steps where the term is off by dimension (lr_off_by_dimension). Adjoint Matching alone
+        tilts the widest whitened directions in optimiser steps, not with a larger lr or more trajectories
         (README, "Known limits"; BENCHMARKS.md, "Solver fidelity in 16-64 dimensions")."""
-        if (self.solver != "adjoint" or not self.likelihood_ratio_share or self.likelihood_ratio_share_at(k, dim)
-                or "likelihood_ratio_share" in self.solver_options):  # a forced share runs the term
+        if not self.lr_off_by_dimension(k, dim):
             return self.iterations, self.adam_steps
         return math.ceil(self.iterations * self.alone_iterations), max(self.adam_steps, self.alone_adam_steps)
 
@@ -290,14 +295,13 @@ def _lam_history(run, config: ExploreConfig, k: int) -> list[float]:
     return [float(saved.get(i, {}).get("lam", config.lam_at(i))) for i in range(1, k)] + [config.lam_at(k)]
 
 
-def _likelihood_ratio_record(config: ExploreConfig, solver_cfg) -> dict:
+def _likelihood_ratio_record(config: ExploreConfig, solver_cfg, k: int, dim: int) -> dict:
     """The round's likelihood-ratio share as the solver ran it, and whether explore turned it off
-    (likelihood_ratio_share_at) though the configuration asked for it."""
+    by dimension (ExploreConfig.lr_off_by_dimension)."""
     share = getattr(solver_cfg, "likelihood_ratio_share", None)
     if share is None:
         return {}
-    forced = "likelihood_ratio_share" in config.solver_options
-    return {"lr_share": share, "lr_off_by_dimension": share == 0 < config.likelihood_ratio_share and not forced}
+    return {"lr_share": share, "lr_off_by_dimension": config.lr_off_by_dimension(k, dim)}
 
 
 def _finite(model) -> bool:
@@ -465,7 +469,8 @@ class PointRounds:
                         "iterations": len(losses),
                         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                         "solver_seconds": round(solve_s, 3), "explore": config.to_dict(),
-                        **_likelihood_ratio_record(config, problem.solver_cfg), **result.round_metrics(),
+                        **_likelihood_ratio_record(config, problem.solver_cfg, k, math.prod(model_ft.sample_shape)),
+                        **result.round_metrics(),
                         **(problem.reward_record() if problem.reward_record else {})})
         self.run.save_round(k, model_ft, metrics)
         self.prev, self.prev_metrics = model_ft, metrics

@@ -75,3 +75,21 @@ def test_target_fit_is_the_targets_projection_on_the_control():
         assert abs(fit - c) <= max(1e-12, 3 * se) and (se > 1e-9) == (noise > 0), (c, noise, fit, se)
     assert target_fit(lambda x, t: torch.zeros_like(x), states, torch.zeros(M, B, 2, dtype=torch.float64),
                       adj, plan) is None  # no control: nothing to fit
+
+
+def test_a_stopped_solve_pays_for_no_target_fit():
+    """A solve cancelled mid-way is dropped by the round loop: it reports no fit; a finished one does."""
+    import threading
+
+    base = GaussianModel(torch.zeros(2), torch.eye(2) * 0.5, SCH)
+    cfg = AdjointMatchingConfig(iterations=4, trajectories=16, steps=6, weight_ema=None)
+    results = []
+    for stop_after in (2, None):
+        torch.manual_seed(0)
+        ft = ResidualNoisePredictor(base, MLPNoisePredictor(MLPConfig(2, width=8, depth=1, time_dim=4), SCH).double())
+        stop = threading.Event()
+        on_it = (lambda i, n, loss: stop.set() if i == stop_after else None)
+        results.append(adjoint_matching(ft, base, lambda x: torch.ones_like(x), cfg, on_iteration=on_it, cancel=stop))
+    stopped, finished = results
+    assert stopped.iterations == 2 and stopped.target_fit is None
+    assert finished.iterations == 4 and finished.target_fit is not None and finished.target_fit_se >= 0

@@ -111,7 +111,7 @@ def solver_health(m: dict) -> str | None:
         change = metric_number(m.get("solver_control_change"))
         moved = f" (the control moved {change:.0%} over the averaged window)" if change is not None else ""
         fit = metric_number(m.get("solver_target_fit"))
-        meets = f"; its regression target {fit:.2f}x the control along it (1 at the fixed point)" if fit is not None else ""
+        meets = "" if fit is None else f"; its regression target {fit:.2f}x the control along it (1 at the fixed point)"
         parts.append(("solver converged" if m["solver_converged"] else
                       "solver NOT converged: more iterations per round would move this round further") + moved + meets)
     if metric_number(m.get("tilt_share_closed_form")) is not None:

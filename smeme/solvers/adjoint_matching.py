@@ -499,7 +499,8 @@ def adjoint_matching(model_ft: NoisePredictor, model_base: NoisePredictor, rewar
     if losses:
         average.apply()
     t0, summary = time.perf_counter(), probe.summary()
-    fit = returned_target_fit(model_ft, sampler, model_base, reward_grad, plan, cfg, dtype, device) if losses else None
+    stopped = len(losses) < cfg.iterations  # cancelled mid-way: the round is dropped, so no fit to pay for
+    fit = None if stopped else returned_target_fit(model_ft, sampler, model_base, reward_grad, plan, cfg, dtype, device)
     timings["convergence"] += time.perf_counter() - t0
     change, noise = summary if summary is not None else (None, None)
     converged = None if summary is None else change <= max(cfg.convergence_tolerance, 2 * noise)

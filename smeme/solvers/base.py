@@ -84,7 +84,7 @@ class SolverResult:
     converged: bool | None = None
     control_change: float | None = None  # share of the control's size it moved over the averaged window
     control_noise: float | None = None  # the noise of that share (iterate scatter)
-    target_fit: float | None = None  # the returned control's fixed-point test: 1 at the fixed point (iterates.target_fit)
+    target_fit: float | None = None  # the returned control's fixed-point test (iterates.target_fit): 1 at it
     target_fit_se: float | None = None  # its standard error
 
     @property

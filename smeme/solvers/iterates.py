@@ -97,8 +97,8 @@ def target_fit(model_ft: NoisePredictor, states: Tensor, eps_base: Tensor, targe
     mostly noise the target does not share. Steps weigh as in the adjoint term (plan.weight: 0 where the
     likelihood-ratio term regresses alone), and directions and steps by the control's size, so a
     shortfall where the control is small weighs little. Returns (fit, its standard error over the
-    trajectories, delta method), or None for a zero control. states, eps_base, target_adj: fresh trajectories of the
-    tuned model, the base's eps on them and the adjoint each step is paired with."""
+    trajectories, delta method), or None for a zero control. states, eps_base, target_adj: fresh
+    trajectories of the tuned model, the base's eps on them and the adjoint each step is paired with."""
     steps = plan.stochastic.to(states.device)
     x = states[steps]
     K, B = x.shape[:2]

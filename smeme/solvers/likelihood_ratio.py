@@ -138,10 +138,6 @@ def likelihood_ratio_targets(states: Tensor, eps_base: Tensor, z: Tensor, reward
     return likelihood_ratio_pull(u, z, w), w, ess, beta, torch.ones(len(lr_steps), dtype=torch.bool)
 
 
-__all__ = ["cap_reward", "likelihood_ratio_terms", "sampled_controls", "effective_sample_share", "path_weights",
-           "likelihood_ratio_pull", "likelihood_ratio_loss", "likelihood_ratio_targets"]
-
-
 def weights_health(history: dict) -> dict:
     """The likelihood-ratio weights' effective sample share (min, median over iterations) and tempering."""
     ess, beta = history.get("ess"), history.get("beta")
@@ -150,3 +146,7 @@ def weights_health(history: dict) -> dict:
     return {"lr_ess_min": min(ess), "lr_ess_median": float(statistics.median(ess)),
             "lr_tempered_iterations": sum(b < 1 for b in beta), "lr_beta_min": min(beta),
             "lr_steps_kept_mean": float(statistics.fmean(history["kept"]))}
+
+
+__all__ = ["cap_reward", "likelihood_ratio_terms", "sampled_controls", "effective_sample_share", "path_weights",
+           "likelihood_ratio_pull", "likelihood_ratio_loss", "likelihood_ratio_targets", "weights_health"]
