@@ -36,6 +36,10 @@ def test_solver_health_names_the_steps_left_to_adjoint_matching():
 
 def test_solver_health_says_when_the_likelihood_ratio_term_was_off_by_dimension():
     assert "likelihood-ratio term off for this round" in solver_health({"lr_off_by_dimension": True, "lr_share": 0.0})
+    line = solver_health({"lr_off_by_dimension": True, "lr_share": 0.0, "iterations": 45, "explore": {"iterations": 30}})
+    assert "(Adjoint Matching alone, on a larger budget: 45 iterations, not 30)" in line, line
+    same = solver_health({"lr_off_by_dimension": True, "lr_share": 0.0, "iterations": 30, "explore": {"iterations": 30}})
+    assert "larger budget" not in same, same
     assert solver_health({"lr_off_by_dimension": False, "lr_share": 0.8}) is None
 
 

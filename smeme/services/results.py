@@ -91,8 +91,11 @@ def solver_health(m: dict) -> str | None:
     log-odds shift reached. None when the round has none of them."""
     parts = []
     if m.get("lr_off_by_dimension") is True:
+        ran, asked = m.get("iterations"), (m.get("explore") or {}).get("iterations")
+        budget = (f", on a larger budget: {ran} iterations, not {asked}"
+                  if isinstance(ran, int) and isinstance(asked, int) and ran > asked else "")
         parts.append("likelihood-ratio term off for this round: in this many dimensions at this lambda its "
-                     "weights could not stay even enough (Adjoint Matching alone)")
+                     f"weights could not stay even enough (Adjoint Matching alone{budget})")
     if metric_number(m.get("lr_ess_min")) is not None:
         parts.append(f"likelihood-ratio weights: effective sample size {m['lr_ess_min']:.0%} of the "
                      f"trajectories at worst, {m.get('lr_ess_median', m['lr_ess_min']):.0%} typical")
