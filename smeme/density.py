@@ -57,7 +57,7 @@ def ode_time_grid(steps: int, t_min: float = DEFAULT_T_MIN, power: float = GRID_
 # -- J_eps times probe vectors ----------------------------------------------------------------
 
 def _is_plain_mlp(model) -> bool:
-    return type(model) is MLPNoisePredictor and all(isinstance(m, (nn.Linear, nn.SiLU)) for m in model.net)
+    return isinstance(model, MLPNoisePredictor) and model.is_plain()
 
 
 def _mlp_eps_jvp(model: MLPNoisePredictor, x: Tensor, t: Tensor, probes: Tensor):

@@ -65,16 +65,6 @@ def ddpm_coefficients(ab_i: Tensor, ab_j: Tensor):
     return c_x, c_eps, std
 
 
-def ddpm_mean(model: NoisePredictor, x: Tensor, t_i: Tensor, t_j: Tensor) -> Tensor:
-    """Mean of the DDPM step t_i -> t_j (t_i, t_j of shape (B,))."""
-    c_x, c_eps, _ = ddpm_coefficients(model.schedule.ab(t_i), model.schedule.ab(t_j))
-    return expand_like(c_x, x) * x - expand_like(c_eps, x) * model(x, t_i)
-
-
-def ddpm_std(model: NoisePredictor, t_i: Tensor, t_j: Tensor) -> Tensor:
-    return ddpm_coefficients(model.schedule.ab(t_i), model.schedule.ab(t_j))[2]
-
-
 @torch.no_grad()
 def sample_ddpm(model: NoisePredictor, noise: FixedNoise, grid: Tensor | None = None,
                 return_trajectory: bool = False, progress: ProgressFn | None = None):
@@ -85,14 +75,12 @@ def sample_ddpm(model: NoisePredictor, noise: FixedNoise, grid: Tensor | None = 
     if grid.numel() != steps + 1:
         raise ValueError(f"The time grid has {grid.numel()} points; {steps + 1} expected.")
     n = x.shape[0]
+    ab = model.schedule.ab(grid)
+    c_x, c_eps, std = ddpm_coefficients(ab[:-1], ab[1:])  # every step's, once
     states = [x] if return_trajectory else None
     for k in range(steps):
         rebalance()
-        t_i = grid[k].expand(n)
-        t_j = grid[k + 1].expand(n)
-        mean = ddpm_mean(model, x, t_i, t_j)
-        std = ddpm_std(model, t_i, t_j)
-        x = mean + expand_like(std, x) * noise.z[k]
+        x = c_x[k] * x - c_eps[k] * model(x, grid[k].expand(n)) + std[k] * noise.z[k]
         if states is not None:
             states.append(x)
         if progress is not None:

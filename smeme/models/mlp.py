@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -103,9 +104,10 @@ class MLPNoisePredictor(NoisePredictor):
     def time_embedding(self, t: Tensor, dtype) -> Tensor:
         return sinusoidal_embedding((t * self.config.time_scale).to(dtype), self.config.time_dim)
 
-    def skip(self, v: Tensor, t: Tensor) -> Tensor | None:
+    def skip(self, v: Tensor, t: Tensor, transpose: bool = False) -> Tensor | None:
         """The skip terms applied to v (..., d), linear in v: sqrt(1 - ab) (prior_skip v + ab v L^T);
-        t of shape (B,) or (1,); None when both are off. Also the skip's Jacobian times v."""
+        t of shape (B,) or (1,); None when both are off. Also the skip's Jacobian times v (its transpose
+        times v with `transpose`)."""
         if not (self.config.prior_skip or self.config.linear_skip):
             return None
         ab = self.schedule.ab(t.reshape(-1)).to(v.dtype)[:, None]
@@ -114,11 +116,58 @@ class MLPNoisePredictor(NoisePredictor):
         if self.config.linear_skip:
             n, d = self.skip_matrix.shape[:2]
             powers = ab ** torch.arange(1, n + 1, dtype=v.dtype, device=v.device)  # (B | 1, n)
-            proj = (v @ (LINEAR_SKIP_SCALE * self.skip_matrix).reshape(n * d, d).T).unflatten(-1, (n, d))
+            mats = LINEAR_SKIP_SCALE * self.skip_matrix
+            mats = mats.transpose(1, 2) if transpose else mats
+            proj = (v @ mats.reshape(n * d, d).T).unflatten(-1, (n, d))
             out = out + sigma * (powers[..., None] * proj).sum(-2)
         return out
 
+    def first_layer(self, x: Tensor, t: Tensor) -> Tensor:
+        """Layer 1's pre-activation x W_x^T + (b + emb(t) W_t^T), the time part evaluated once per distinct time:
+        the rows of a sampler's step, or of each step a loss reads, share one t."""
+        first, d = self.net[0], self.config.dim
+        times, index = distinct_times(t.reshape(-1))
+        bias = torch.addmm(first.bias, self.time_embedding(times, x.dtype), first.weight[:, d:].T)
+        return torch.addmm(bias if index is None else bias[index], x, first.weight[:, :d].T)
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.net(torch.cat([x, self.time_embedding(t, x.dtype)], dim=1))
+        out = self.net[1:](self.first_layer(x, t))
         skip = self.skip(x, t)
         return out if skip is None else out + skip
+
+    def eps_and_vjp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """eps(x, t) (no graph) and v -> J_eps(x)^T v by hand (reverse mode through the Linear / SiLU layers,
+        the pre-activations kept from the forward pass); for a net of Linear and SiLU layers only."""
+        with torch.no_grad():
+            pres, h = [], self.first_layer(x, t)
+            for layer in self.net[1:]:
+                if isinstance(layer, nn.SiLU):
+                    pres.append(h)
+                h = layer(h)
+            skip = self.skip(x, t)
+        eps = h if skip is None else h + skip
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+
+        @torch.no_grad()
+        def vjp(v: Tensor) -> Tensor:
+            g = v @ linears[-1].weight
+            for pre, layer in zip(reversed(pres), reversed(linears[:-1])):
+                g = torch.ops.aten.silu_backward(g, pre)
+                g = g @ (layer.weight if layer is not linears[0] else layer.weight[:, :self.config.dim])
+            back = self.skip(v, t, transpose=True)
+            return g if back is None else g + back
+
+        return eps, vjp
+
+    def is_plain(self) -> bool:
+        """Linear and SiLU layers only (what eps_and_vjp and the density's forward-mode path differentiate)."""
+        return type(self) is MLPNoisePredictor and all(isinstance(m, (nn.Linear, nn.SiLU)) for m in self.net)
+
+
+def distinct_times(t: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(times, index) with t = times[index], runs of equal t collapsed; index None when one time serves every
+    row (broadcast) or when the times barely repeat (training's random t: each row its own)."""
+    if t.numel() <= 1 or t.stride(0) == 0 or bool((t == t[0]).all()):  # (stride 0: one time expanded)
+        return t[:1], None
+    times, index = torch.unique_consecutive(t, return_inverse=True)
+    return (times, index) if 4 * times.numel() <= t.numel() else (t, None)

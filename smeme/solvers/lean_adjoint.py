@@ -7,10 +7,13 @@ every product with a Jacobian is a vector-Jacobian product, chunked over rows, n
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
 from ..models.base import NoisePredictor
+from ..models.mlp import MLPNoisePredictor
 from ..sampling import ddpm_coefficients
 
 
@@ -35,15 +38,30 @@ def _row_chunks(n: int, chunk: int | None):
     return [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
 
 
+def linearize(model: NoisePredictor, x: Tensor, t: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """eps(x, t) (no graph) and v -> J_eps(x)^T v, one product per linearisation: by hand for a plain MLP
+    (MLPNoisePredictor.eps_and_vjp, no autograd), else by autograd on a kept graph."""
+    if isinstance(model, MLPNoisePredictor) and model.is_plain():
+        return model.eps_and_vjp(x, t)
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(xr, t)
+
+    def vjp(v: Tensor) -> Tensor:
+        # grad of the scalar <out, v>: the same product as grad_outputs=v, without autograd's grad-shape check
+        # (whose first use imports sympy, ~0.7 s a process)
+        (g,) = torch.autograd.grad((out * v).sum(), xr)
+        return g
+
+    return out.detach(), vjp
+
+
 def _eps_vjp(model: NoisePredictor, x: Tensor, t: Tensor, v: Tensor, chunk: int | None) -> tuple[Tensor, Tensor]:
     """eps(x, t) and J_eps(x)^T v over rows (B, ...), `chunk` rows at a time; no graph kept."""
     eps, vjp = torch.empty_like(x), torch.empty_like(v)
     for rows in _row_chunks(len(x), chunk):
-        xr = x[rows].detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = model(xr, t[rows])
-            (vjp[rows],) = torch.autograd.grad(out, xr, grad_outputs=v[rows])
-        eps[rows] = out.detach()
+        eps[rows], product = linearize(model, x[rows], t[rows])
+        vjp[rows] = product(v[rows])
     return eps, vjp
 
 
@@ -52,9 +70,9 @@ class LeanAdjoint:
     how far down it runs can depend on what eps_base at the lower steps says (the likelihood-ratio weights):
 
     backward_to(k): the adjoints down to a_k, with eps_base on the way (one VJP per step);
-    forward_rest(keep_from): eps_base at every step not evaluated yet, keeping the graphs of the steps >= keep_from
-        (memory: their activations) so that a later backward_to reaches them without evaluating any step twice;
-    release(): drops the kept graphs. Adjoints below the lowest a_k reached stay 0 (never read).
+    forward_rest(keep_from): eps_base at every step not evaluated yet, keeping the linearisations of the steps
+        >= keep_from (memory: their activations) so that a later backward_to reaches them without evaluating any step twice;
+    release(): drops the kept linearisations. Adjoints below the lowest a_k reached stay 0 (never read).
     """
 
     def __init__(self, model_base: NoisePredictor, states: Tensor, grid: Tensor, a_last: Tensor, c_x: Tensor,
@@ -65,7 +83,7 @@ class LeanAdjoint:
         self.adj[-1] = a_last
         self.eps_base = torch.empty_like(states[:-1])
         self.lowest = self.evaluated = states.shape[0] - 1  # a_i known for i >= lowest, eps_base for i >= evaluated
-        self._graphs: dict[int, list] = {}  # step -> [(rows, x rows, eps rows)] with their graphs
+        self._kept: dict[int, list] = {}  # step -> [(rows, their J_eps^T product)], linearisations kept
 
     def _t(self, i: int) -> Tensor:
         return self.grid[i].expand(self.states.shape[1])
@@ -74,10 +92,10 @@ class LeanAdjoint:
         """a_i for every i >= first (from a_{lowest} down)."""
         for i in range(self.lowest - 1, first - 1, -1):
             a = self.adj[i + 1]
-            if i in self._graphs:
+            if i in self._kept:
                 vjp = torch.empty_like(a)
-                for rows, xr, out in self._graphs.pop(i):
-                    (vjp[rows],) = torch.autograd.grad(out, xr, grad_outputs=a[rows])
+                for rows, product in self._kept.pop(i):
+                    vjp[rows] = product(a[rows])
             else:
                 self.eps_base[i], vjp = _eps_vjp(self.model, self.states[i], self._t(i), a, self.chunk)
             self.adj[i] = (self.c_x[i] * a - self.c_eps[i] * vjp).detach()  # a_i = (d mean_i / d x_i)^T a_{i+1}
@@ -85,7 +103,7 @@ class LeanAdjoint:
         self.evaluated = min(self.evaluated, self.lowest)
 
     def forward_rest(self, keep_from: int) -> None:
-        """eps_base at the steps below those evaluated; the graphs of steps >= keep_from are kept."""
+        """eps_base at the steps below those evaluated; the linearisations of steps >= keep_from are kept."""
         for i in range(self.evaluated - 1, -1, -1):
             x, t = self.states[i], self._t(i)
             if i < keep_from:
@@ -94,17 +112,14 @@ class LeanAdjoint:
                 continue
             kept = []
             for rows in _row_chunks(len(x), self.chunk):
-                xr = x[rows].detach().requires_grad_(True)
-                with torch.enable_grad():
-                    out = self.model(xr, t[rows])
-                self.eps_base[i][rows] = out.detach()
-                kept.append((rows, xr, out))
-            self._graphs[i] = kept
+                self.eps_base[i][rows], product = linearize(self.model, x[rows], t[rows])
+                kept.append((rows, product))
+            self._kept[i] = kept
         self.evaluated = 0
 
     def release(self) -> None:
-        """Drop the graphs no backward_to used."""
-        self._graphs.clear()
+        """Drop the linearisations no backward_to used."""
+        self._kept.clear()
 
 
 def lean_adjoint(model_base: NoisePredictor, states: Tensor, grid: Tensor, a_last: Tensor,
