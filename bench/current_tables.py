@@ -55,6 +55,7 @@ RUNNERS = {
     "cli_overhead": (["bench/bench_cli_overhead.py", "--repeats", "3"], "cli_overhead"),
     "triangles_cli": (["bench/bench_triangles_cli.py"], "triangles_cli"),
     "toy_round": (["bench/bench_round.py", "--repeats", "3"], "toy_round"),
+    "toy_round_floor": (["bench/bench_round_floor.py", "--repeats", "3"], "toy_round_floor"),
     "csv_density": (["bench/bench_csv_density.py"], "csv_density"),
     "gaussian_fidelity_d2": (["bench/bench_gaussian_fidelity.py", "--d", "2"], "gaussian_fidelity_d2"),
     "gaussian_fidelity_d3": (["bench/bench_gaussian_fidelity.py", "--d", "3"], "gaussian_fidelity_d3"),

@@ -28,7 +28,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models.base import NoisePredictor
@@ -65,21 +64,18 @@ def _mlp_eps_jvp(model: MLPNoisePredictor, x: Tensor, t: Tensor, probes: Tensor)
 
     Forward-mode differentiation of Linear/SiLU layers: a tangent goes through a Linear as
     tan @ W^T and through SiLU as tan * silu'(pre). All P probes ride in one matmul.
-    `t` is one time for the whole batch: the time embedding becomes a bias of layer 1.
+    `t` is one time for the whole batch: the time features enter layer 1 as a bias (MLPNoisePredictor.first_layer).
     probes: (P, B or 1, d). Returns eps (B, d) and J v (P, B, d).
     """
     linears = [m for m in model.net if isinstance(m, nn.Linear)]
-    d = x.shape[1]
-    emb = model.time_embedding(t.reshape(1), x.dtype)
-    first = linears[0]
-    w_x, w_t = first.weight[:, :d], first.weight[:, d:]
-    pre = torch.addmm(first.bias + emb @ w_t.T, x, w_x.T)  # layer 1; time part is a bias
-    tan = probes @ w_x.T  # (P, B|1, width): d pre / dx applied to the probes
+    pre = model.first_layer(x, t.reshape(1))
+    tan = probes @ linears[0].weight[:, :x.shape[1]].T  # (P, B|1, width): d pre / dx applied to the probes
     for layer in linears[1:]:
-        hidden = F.silu(pre)
-        tan = torch.ops.aten.silu_backward(tan.expand(tan.shape[0], *pre.shape), pre.expand(tan.shape[0], *pre.shape))
+        sig = torch.sigmoid(pre)
+        hidden = pre * sig
+        slope = torch.addcmul(sig, hidden, 1 - sig)  # silu'(pre) = s + pre s (1 - s), once for all P tangents
         pre = torch.addmm(layer.bias, hidden, layer.weight.T)
-        tan = tan @ layer.weight.T
+        tan = (tan * slope) @ layer.weight.T
     skip = model.skip(x, t)  # linear in x: its Jacobian times a probe is the skip of the probe
     if skip is not None:
         pre, tan = pre + skip, tan + model.skip(probes, t)
