@@ -1,12 +1,13 @@
 """A round's reward r_k(x) = -c log p_{k-1}(x): its gradient from the frozen model's score at t_r
 and its values from the model's PF-ODE (smeme.density.log_prob), at the data end (reward_target
 'data', the paper's, deconvolved: density.deconvolved_score) or smoothed to t_r ('smoothed').
-Settings come from smeme.explore.ExploreConfig (t_r, reward_target, score_clip, reward_ode_steps,
-reward_values_tolerance).
+Settings: RewardSettings's fields, which smeme.explore.ExploreConfig carries too (point, CSV and digits
+rounds pass their ExploreConfig; Stable Diffusion rounds a RewardSettings).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -14,6 +15,27 @@ from torch import Tensor
 from .density import deconvolved_score, log_prob
 from .models.base import NoisePredictor, score
 from .solvers.likelihood_ratio import cap_reward
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """How a round reads its reward r_k = -c log p_{k-1} (the fields of ExploreConfig that RoundReward reads).
+
+    Args:
+        t_r (`float`): Diffusion time of the score (and, 'smoothed', of the density) the reward reads.
+        reward_target (`str`, defaults to `"smoothed"`):
+            'smoothed': the model's own score and density at t_r; 'data': deconvolved to the data end (the paper's).
+        score_clip (`float`, *optional*): Caps |s(x, t_r)| per sample at score_clip / sqrt(1 - ab(t_r)); None: off.
+        reward_ode_steps (`int`, defaults to 8): RK4 steps of the values' PF-ODE solve (at most).
+        reward_values_tolerance (`float`, *optional*, defaults to 0.002):
+            Total variation between the full-step and the fewer-step weights below which the values use fewer
+            steps; None: always reward_ode_steps.
+    """
+    t_r: float
+    reward_target: str = "smoothed"
+    score_clip: float | None = None
+    reward_ode_steps: int = 8
+    reward_values_tolerance: float | None = 0.002
 
 
 class RoundReward:

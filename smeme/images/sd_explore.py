@@ -58,9 +58,9 @@ import torch
 from .. import fsio
 from ..config import ConfigBase
 from ..explore import RoundProblem, drive_rounds
+from ..reward import RewardSettings, RoundReward
 from ..fsio import SCHEMA_VERSION, StoreError, folder_lock
 from ..store import RunFolder, run_kind
-from ..models.base import score
 from ..sampling import FixedNoise, sample_ddpm, time_grid
 
 from .sd import (SDConfig, SDError, SDGuidedTunedView, SDGuidedView, SDNoisePredictor, build_sd_model,
@@ -298,12 +298,7 @@ def guided_round_problem(model, w: float, lam: float, t_r: float):
     analytic stand-in).
     """
     tuned, base = SDGuidedTunedView(model, w), SDGuidedView(model, w, adapter=False)
-
-    def reward_grad(x):
-        t = torch.full((x.shape[0],), t_r, dtype=x.dtype, device=x.device)
-        return lam * (-score(base, x, t))  # grad r = -lam * s_{k-1}(x, t_r)
-
-    return tuned, base, reward_grad
+    return tuned, base, RoundReward(base, lam, RewardSettings(t_r=t_r)).grad  # -lam s_{k-1}(x, t_r), explore's
 
 
 # The control SD rounds regress (AdjointMatchingConfig.control): score units, so that the tuned guided
