@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--independent", action="store_true", help="independent columns (the test's other data)")
     ap.add_argument("--manifold", type=float, default=None,
                     help="rank 4 plus this variance in the d - 4 normal directions (standardised; module docstring)")
+    ap.add_argument("--record", help="the record's name (default: record_name's, from the data and pre-training)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds per seed, each judged against the exact recursion")
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="pre-training steps (default: the test's PRETRAIN_STEPS; 0: the CSV preset's, sized to the rows)")
@@ -120,7 +121,7 @@ def main() -> None:
     print(json.dumps({"d": args.d, "cov0_eigenvalues": np.round(np.linalg.eigvalsh(cov0), 3).tolist()}), flush=True)
     capability = "Solver fidelity in 16-64 dimensions" if args.manifold is not None or args.rounds > 1 \
         else "Gaussian fidelity"
-    with Recording(record_name(args), capability=capability) as rec:
+    with Recording(args.record or record_name(args), capability=capability) as rec:
         for variant in args.variants.split(";"):
             rows = run_variant(src, cov0, variant, args)
             if args.manifold is not None:
