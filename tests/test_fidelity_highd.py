@@ -161,30 +161,59 @@ def test_per_step_weights_keep_the_healthy_steps_untempered():
     assert torch.allclose(w[0], torch.softmax(-extra, 0) * m)  # untempered
 
 
-@pytest.mark.slow
-def test_a_trained_16d_round_keeps_every_whitened_direction(tmp_path):
-    """A trained CSV MLP on 16 correlated columns whose standardised spectrum spreads 50x, one round
-    as the CLI runs it (the CSV preset's pre-training, CSV defaults, lambda 0.3: Adjoint Matching
-    alone at D = 16 with ExploreConfig.budget_at's larger budget), judged per whitened direction
-    against the exact round of the smoothed target (test_fidelity's truth: the pre-trained model's
-    own covariance, read with a fine sampler). Data seed 61 and solver seed 8 were never used for
-    tuning (tuned on data seed 36, solver seeds 5-7: 0.91-0.94 of the exact gain in the narrowest
-    direction, 1.04-1.05 in the widest, against 0.81-0.83 / 1.06-1.07 with the budget as set;
-    BENCHMARKS.md). The issue's bar: every direction within 10%. The measured shares' own sampling
-    error is small (bootstrap sd ~0.007: the rounds share their noise). The test's model is trained
-    as the CLI trains it: after test_fidelity's 800 steps the network's score at t_r is not that of
-    its own samples (up to 10-15% of the exact gain per direction; bench_gaussian_fidelity.py's
-    'reward_implied'), which no solver can undo."""
+@pytest.fixture(scope="module")
+def trained_16d_rounds(tmp_path_factory) -> list[dict]:
+    """Three rounds as the CLI runs them (run_rounds: each reads its reward from the previous tuned
+    network) on a trained CSV MLP of 16 correlated columns whose standardised spectrum spreads 50x (the
+    CSV preset's pre-training, CSV defaults, lambda 0.3: Adjoint Matching alone at D = 16 with
+    ExploreConfig.budget_at's larger budget); per round test_fidelity's shares against the exact
+    cumulative round of the smoothed target (the pre-trained model's own covariance, read with a fine
+    sampler, tilted round after round). Round k's solver seed is seed * 10,007 + k, so round 1 is the
+    one-round run's. Data seed 61 and solver seed 8 were never used for tuning. The support guard is off
+    (max_validity_drop 1): in 16 dimensions the exact rounds themselves leave the data's nearest-neighbour
+    support fast (on data seed 36 99% -> 93% -> 71% -> 39% in rounds 0-3), so explore rejects round 3
+    whatever the solver does."""
     from test_fidelity import SMOOTHED, run_gaussian_rounds, spread_gaussian_csv
 
     from smeme.pipeline import pretrain_run
 
+    tmp = tmp_path_factory.mktemp("trained16")
     eigenvalues = np.geomspace(1, 50, 16)
-    csv = spread_gaussian_csv(tmp_path / "data.csv", eigenvalues / eigenvalues.mean(), seed=61)
-    src = pretrain_run(tmp_path / "run", "csv", {"path": str(csv)}).folder  # the preset's steps, as the CLI
-    row = run_gaussian_rounds(src, tmp_path, 1, seed=8, **SMOOTHED)[0]
+    csv = spread_gaussian_csv(tmp / "data.csv", eigenvalues / eigenvalues.mean(), seed=61)
+    src = pretrain_run(tmp / "run", "csv", {"path": str(csv)}).folder  # the preset's steps, as the CLI
+    return run_gaussian_rounds(src, tmp, 3, seed=8, max_validity_drop=1.0, **SMOOTHED)
+
+
+def _shares_report(rows: list[dict]) -> str:
+    return "; ".join(f"round {k}: directions {r['directions'].min():.3f}-{r['directions'].max():.3f}, "
+                     f"log-det {r['logdet']:.3f}" for k, r in enumerate(rows, 1))
+
+
+@pytest.mark.slow
+def test_a_trained_16d_round_keeps_every_whitened_direction(trained_16d_rounds):
+    """Round 1 of trained_16d_rounds, judged per whitened direction. (Tuned on data seed 36, solver
+    seeds 5-7: 0.91-0.94 of the exact gain in the narrowest direction, 1.04-1.05 in the widest, against
+    0.81-0.83 / 1.06-1.07 with the budget as set; BENCHMARKS.md.) The issue's bar: every direction
+    within 10%. The measured shares' own sampling error is small (bootstrap sd ~0.007: the rounds share
+    their noise). The test's model is trained as the CLI trains it: after test_fidelity's 800 steps the
+    network's score at t_r is not that of its own samples (up to 10-15% of the exact gain per direction;
+    bench_gaussian_fidelity.py's 'reward_implied'), which no solver can undo."""
+    row = trained_16d_rounds[0]
     shares = row["directions"]
-    report = f"direction shares {shares.min():.3f}-{shares.max():.3f}, log-det share {row['logdet']:.3f}"
+    report = _shares_report(trained_16d_rounds[:1])
     print(report)
     assert 0.9 <= shares.min() and shares.max() <= 1.1, report
     assert 0.9 <= row["logdet"] <= 1.1, report
+
+
+@pytest.mark.slow
+def test_three_trained_16d_rounds_follow_the_exact_recursion(trained_16d_rounds):
+    """Rounds 2 and 3 of trained_16d_rounds against the exact recursion (round k tilts the exact round
+    k - 1, not the tuned one), so errors that compound over rounds count: the issue's bar over 3 rounds,
+    every whitened direction and the log-det within 15% of the exact cumulative gain. (Measured on data
+    seed 36, solver seeds 11 and 12: BENCHMARKS.md.)"""
+    report = _shares_report(trained_16d_rounds)
+    print(report)
+    for row in trained_16d_rounds[1:]:
+        assert 0.85 <= row["directions"].min() and row["directions"].max() <= 1.15, report
+        assert 0.85 <= row["logdet"] <= 1.15, report
