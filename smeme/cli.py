@@ -94,6 +94,17 @@ def _threads(text: str):
 _threads.__name__ = "threads"
 
 
+def _share(text: str) -> float:
+    """An argparse type: a share in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:  # also nan
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got '{_shown(text)}'")
+    return value
+
+
 def _share_or_none(text: str):
     """An argparse type: a share in (0, 1), or 'none' (returned as the string 'none')."""
     if text.strip().lower() in ("none", "off"):
@@ -171,6 +182,10 @@ def _add_explore(sub, common) -> None:
                    help="a likelihood-ratio step whose weights' effective sample size falls below this share of the "
                         "trajectories goes to the adjoint term in full; 'none' tempers the weights instead "
                         "(default: 0.5)")
+    p.add_argument("--max-validity-drop", type=_share, dest="max_validity_drop", metavar="SHARE",
+                   help="a round whose on-support share falls more than this below the previous round's (0.2: 20 "
+                        "points) is rejected and the previous round stays the latest; 1 turns the guard off "
+                        "(default: 0.2)")
     p.add_argument("--density-metrics", choices=["later", "now"], default="later",
                    help="the PF-ODE cross-entropy and surprise: 'later' (default) leaves them out of the rounds' "
                         "time ('smeme metrics' computes them on request); 'now' computes each before its round is saved")

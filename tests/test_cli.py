@@ -180,6 +180,21 @@ def test_explore_ess_fallback_reaches_the_rounds_and_none_switches_it_off(run_co
     assert snapshot(run_copy) == before
 
 
+def test_explore_max_validity_drop_reaches_the_rounds_and_is_checked(run_copy):
+    """--max-validity-drop sets the support guard's limit of the rounds; a value outside [0, 1] is refused in
+    one sentence naming the option, and nothing is written."""
+    from smeme.store import Run
+
+    proc = smeme("explore", "--run", run_copy, "--rounds", 1, "--iterations", 2, "--max-validity-drop", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert Run.open(run_copy).metrics()[1]["explore"]["max_validity_drop"] == 1.0
+    before = snapshot(run_copy)
+    for bad in ("1.5", "-0.1", "nan"):
+        assert_clean_failure(smeme("explore", "--run", run_copy, "--rounds", 1, "--max-validity-drop", bad),
+                             match="--max-validity-drop")
+    assert snapshot(run_copy) == before
+
+
 def test_tilt_prints_the_exact_rounds_of_a_2d_run(base_run, tmp_path):
     proc = smeme("tilt", "--run", base_run, "--rounds", 2, "--lam", 0.3, "--resolution", 48, "--quiet")
     assert proc.returncode == 0, proc.stderr
