@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from itertools import islice
 from dataclasses import dataclass
 from typing import Callable
 
@@ -131,7 +132,9 @@ class MLPNoisePredictor(NoisePredictor):
         return torch.addmm(bias if index is None else bias[index], x, first.weight[:, :d].T)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.net[1:](self.first_layer(x, t))
+        out = self.first_layer(x, t)
+        for layer in islice(self.net, 1, None):  # (a slice of the Sequential would build a new one per call)
+            out = layer(out)
         skip = self.skip(x, t)
         return out if skip is None else out + skip
 
@@ -140,7 +143,7 @@ class MLPNoisePredictor(NoisePredictor):
         the pre-activations kept from the forward pass); for a net of Linear and SiLU layers only."""
         with torch.no_grad():
             pres, h = [], self.first_layer(x, t)
-            for layer in self.net[1:]:
+            for layer in islice(self.net, 1, None):
                 if isinstance(layer, nn.SiLU):
                     pres.append(h)
                 h = layer(h)
