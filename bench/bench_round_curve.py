@@ -36,8 +36,8 @@ def parse_config(text: str) -> dict:
     for extra in extras:
         if "=" in extra:
             key, value = extra.split("=", 1)
-            try:
-                out[key] = float(value)
+            try:  # an integer field (adam_steps) must stay an int
+                out[key] = float(value) if any(c in value for c in ".e") else int(value)
             except ValueError:  # a word, e.g. likelihood_ratio_target=current, or none (e.g. ess_fallback=none)
                 out[key] = None if value == "none" else value
         elif extra.startswith("o"):
