@@ -37,18 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_gaussian_fidelity import parse_variant  # noqa: E402  (bench/ is this script's folder)
+
 N_CHECK, CHECK_STEPS = 4000, 100  # the iterates' read-out: cheap, same noise every time
-
-
-def parse_variant(text: str) -> dict:
-    out = {}
-    for part in filter(None, text.split(",")):
-        key, value = part.split("=")
-        try:
-            out[key] = float(value) if any(c in value for c in ".e") else int(value)
-        except ValueError:
-            out[key] = value
-    return out
 
 
 def trained_run(d: int, folder: Path):
