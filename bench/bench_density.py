@@ -131,11 +131,11 @@ def measure(args: argparse.Namespace, rec: Recording) -> None:
         med, _ = timed(lambda: density.log_prob(m, pts), 3)
         kind = "exact" if d <= density.EXACT_MAX_DIM else "Hutchinson, 1 probe"
         print(f"dim {d:3d} ({kind}, 1600 points): {med:.3f} s")
-    orig = density._is_plain_mlp
-    density._is_plain_mlp = lambda m: False
+    orig = density.is_plain_mlp
+    density.is_plain_mlp = lambda m: False
     pts = grid_points(40)
     med_ag, _ = timed(lambda: density.log_prob(model, pts), 3)
-    density._is_plain_mlp = orig
+    density.is_plain_mlp = orig
     med_fast, _ = timed(lambda: density.log_prob(model, pts), 3)
     print(f"\n40x40, hand-written forward-mode path {med_fast:.3f} s vs autograd VJPs {med_ag:.3f} s "
           f"(ratio {med_ag / med_fast:.2f})")

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.base import NoisePredictor
-from .models.mlp import MLPNoisePredictor
+from .models.mlp import MLPNoisePredictor, is_plain_mlp
 from .threads import rebalance
 
 DEFAULT_STEPS = 32
@@ -54,10 +54,6 @@ def ode_time_grid(steps: int, t_min: float = DEFAULT_T_MIN, power: float = GRID_
 
 
 # -- J_eps times probe vectors ----------------------------------------------------------------
-
-def _is_plain_mlp(model) -> bool:
-    return isinstance(model, MLPNoisePredictor) and model.is_plain()
-
 
 def _mlp_eps_jvp(model: MLPNoisePredictor, x: Tensor, t: Tensor, probes: Tensor):
     """eps(x, t) and the Jacobian-vector products J_eps v for each probe v, by hand.
@@ -118,7 +114,7 @@ def eps_and_trace(model: NoisePredictor, x: Tensor, t: Tensor, probes: Tensor, e
     Hutchinson on a plain MLP with a linear skip estimates only the network's part: the skip's
     trace is known in closed form (a control variate; on trained CSV models the skip carries the
     data's Gaussian part, whose v^T J v spread would otherwise add to the estimate's)."""
-    if _is_plain_mlp(model):
+    if is_plain_mlp(model):
         if not exact and _skip_trace(model, t, x.dtype) is not None:
             eps, jv = _mlp_eps_jvp(model, x, t, probes)
             jv_skip = model.skip(probes, t)
@@ -327,7 +323,7 @@ def eps_jacobian(model: NoisePredictor, x: Tensor, t: Tensor) -> tuple[Tensor, T
     shape = tuple(x.shape[1:])
     basis = _basis(shape, x.dtype, x.device)
     with torch.no_grad():
-        if _is_plain_mlp(model):
+        if is_plain_mlp(model):
             eps, jv = _mlp_eps_jvp(model, x, t, basis)  # jv[p] = J e_p, column p
             jac = jv.flatten(2).permute(1, 2, 0)
         else:

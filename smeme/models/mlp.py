@@ -162,9 +162,12 @@ class MLPNoisePredictor(NoisePredictor):
 
         return eps, vjp
 
-    def is_plain(self) -> bool:
-        """Linear and SiLU layers only (what eps_and_vjp and the density's forward-mode path differentiate)."""
-        return type(self) is MLPNoisePredictor and all(isinstance(m, (nn.Linear, nn.SiLU)) for m in self.net)
+
+
+def is_plain_mlp(model) -> bool:
+    """An MLPNoisePredictor of Linear and SiLU layers only: what eps_and_vjp and the density's forward-mode
+    path differentiate by hand (anything else goes through autograd)."""
+    return type(model) is MLPNoisePredictor and all(isinstance(m, (nn.Linear, nn.SiLU)) for m in model.net)
 
 
 def distinct_times(t: Tensor) -> tuple[Tensor, Tensor | None]:

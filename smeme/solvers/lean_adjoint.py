@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..models.base import NoisePredictor
-from ..models.mlp import MLPNoisePredictor
+from ..models.mlp import is_plain_mlp
 from ..sampling import ddpm_coefficients
 
 
@@ -40,8 +40,8 @@ def _row_chunks(n: int, chunk: int | None):
 
 def linearize(model: NoisePredictor, x: Tensor, t: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """eps(x, t) (no graph) and v -> J_eps(x)^T v, one product per linearisation: by hand for a plain MLP
-    (MLPNoisePredictor.eps_and_vjp, no autograd), else by autograd on a kept graph."""
-    if isinstance(model, MLPNoisePredictor) and model.is_plain():
+    (models.mlp.is_plain_mlp: MLPNoisePredictor.eps_and_vjp, no autograd), else by autograd on a kept graph."""
+    if is_plain_mlp(model):
         return model.eps_and_vjp(x, t)
     xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
