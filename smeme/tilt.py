@@ -130,11 +130,19 @@ def summarise_rounds(run, xs: np.ndarray, ys: np.ndarray, logp: np.ndarray, lam_
 
 def run_exact_rounds(run, lam_history: Sequence[float], t_r, round_index: int = 0,
                      resolution: int = 200, margin: float = 0.25, progress=None) -> list[dict]:
-    """summarise_rounds on a fresh grid: the run's plane widened by `margin` of its span on
-    each side, `resolution` points a side, with round `round_index`'s PF-ODE log-density."""
+    """summarise_rounds on a fresh grid (exact_round_grid)."""
+    check_t_r([float(t_r)] * len(lam_history) if np.ndim(t_r) == 0 else [float(v) for v in t_r])
+    xs, ys, logp = exact_round_grid(run, round_index, resolution, margin, progress)
+    return summarise_rounds(run, xs, ys, logp, lam_history, t_r, round_index)
+
+
+def exact_round_grid(run, round_index: int = 0, resolution: int = 200, margin: float = 0.25,
+                     progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xs, ys, log-density): the run's plane widened by `margin` of its span on each side,
+    `resolution` points a side, with round `round_index`'s PF-ODE log-density (data units);
+    summarise_rounds reads any number of lambda histories from one grid."""
     from .density import log_prob_raw
 
-    check_t_r([float(t_r)] * len(lam_history) if np.ndim(t_r) == 0 else [float(v) for v in t_r])
     domain = run.domain
     if resolution < 8:
         raise ValueError(f"The grid needs a resolution of at least 8, got {resolution}.")
@@ -147,4 +155,4 @@ def run_exact_rounds(run, lam_history: Sequence[float], t_r, round_index: int = 
     raw = np.column_stack([gx.ravel(), gy.ravel()])
     model = run.load_model(round_index).eval()
     logp = log_prob_raw(model, domain, run.standardizer, raw, progress=progress).reshape(gx.shape)
-    return summarise_rounds(run, xs, ys, logp, lam_history, t_r, round_index)
+    return xs, ys, logp

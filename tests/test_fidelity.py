@@ -193,8 +193,8 @@ def _span(rows: list[dict]) -> str:
                      for r in rows)
 
 
-# These bars were measured with the smoothed reward and are judged against ITS exact rounds
-# (target_t_r); against the paper's target (the default since issue 20) one d = 8 round reached
+# These bars were measured with the smoothed reward (explore's default) and are judged against ITS
+# exact rounds (target_t_r); against the paper's target (reward_target 'data') one d = 8 round reached
 # a log-det share of 0.858 and direction shares 0.66-1.03 (seed 5, BENCHMARKS.md): the solver's
 # fit at small t, not the reward, is what is short there (test_a_narrow_direction_... below).
 SMOOTHED = {"reward_target": "smoothed"}
