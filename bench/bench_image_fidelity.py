@@ -266,7 +266,8 @@ def main() -> None:
     ap.add_argument("--digits-run", default=None, help="a ready digits run: measure its rounds instead")
     ap.add_argument("--seeds", default="0,1,2", help="--digits-run: solver seeds")
     ap.add_argument("--digits-label", default="the digits run", help="--digits-run: what the run is, for the rows")
-    ap.add_argument("--t-r", default=None, help="--digits-run: ','-joined reward times (default DIGITS_T_R); --denoise-runs: the times (default 0.02,0.05,0.1,0.2)")
+    ap.add_argument("--t-r", default=None, help="--digits-run: ','-joined reward times (default DIGITS_T_R); "
+                    "--denoise-runs: the times (default 0.02,0.05,0.1,0.2)")
     ap.add_argument("--lam", type=float, default=None, help="--digits-run: lambda (default DIGITS_LAM)")
     ap.add_argument("--variants", default="",
                     help="--digits-run: ';'-separated solver overrides 'key=value,...' ('' is the defaults)")
