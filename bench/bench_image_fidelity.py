@@ -206,7 +206,8 @@ def digits_setting_rows(rows: list[dict], label: str, rec) -> None:
         rejected = sum(r["rejected"] for r in group)
         text += f"; {rejected} of {len(group)} rejected" if rejected else ""
         what = (f"{label}, {control} control, t_r {t_r:g}, lam {lam:g}" + (f", {variant}" if variant else "")
-                + f": round {k}, solver seeds {seeds}: readable share; rare share; confidence; Vendi (round 0 -> per seed)")
+                + f": round {k}, solver seeds {seeds}: readable share; rare share; confidence; Vendi "
+                "(round 0 -> per seed)")
         before = group[0]
         rec.row(what, text, "rare share and Vendi up (mean), no round rejected",
                 met=not rejected and mean["rare_share"] > before["rare_share_before"]
