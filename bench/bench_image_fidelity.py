@@ -5,7 +5,9 @@
     SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --fixed-point [--trajectories 2048]
     SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --sd [--trajectories 1024]
     SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --digits-run /tmp/hH-dg/digits
-        [--controls ddpm,score] [--seeds 0,1,2]
+        [--controls ddpm,score] [--seeds 0,1,2] [--rounds 1] [--t-r 0.02,0.05] [--lam 0.1]
+        [--variants "lr=1e-4;adam_steps=2"] [--digits-label "the ready run"] [--name RECORD]
+    SMEME_THREADS=1 nice -n 5 python bench/bench_image_fidelity.py --denoise-runs RUN,RUN [--t-r 0.02,0.05]
 
 Closed form (the default): tests/test_image_fidelity.py's round (imported from there): an analytic
 Gaussian image model N(0, S) of the digits' shape (1x8x8; the digits' top 10 principal components plus
@@ -28,8 +30,16 @@ and 8, round 1 and round 2 (from round 1's exact tilt): per eigen-direction, the
 steps with t <= 0.25 (slope: the variance's control; intercept: the mean's), and how many step x
 direction comparisons miss 0.02 + 4.5 se.
 
---digits-run: one round of a ready digits run (a fresh copy per control and seed) through
-run_digits_rounds with that control: rare-class share, confidence, readable share, Vendi score.
+--digits-run: --rounds rounds of a ready digits run (a fresh copy per control, t_r, variant and seed)
+through run_digits_rounds with that control: per round the readable (on-support) share, rare-class
+share, confidence and Vendi score against round 0's. The on-support check is off so that a round
+explore would reject (readable share down more than 20 points) is measured too, and marked. One
+row per setting and round, over the seeds. The test suite's briefly trained model (tests/test_digits.py's
+`pretrained`) is smeme.pipeline.pretrain_run(FOLDER, "digits", steps=300, seed=0,
+train_params={"lr": 3e-3}); its round is --lam 0.2 --variants iterations=5.
+
+--denoise-runs: each run's round-0 eps error on the digits at each reward time (denoising_error): what
+the reward -lam log p(x, t_r) reads, divided by sqrt(1 - ab(t_r)) in score units.
 """
 from __future__ import annotations
 
@@ -135,27 +145,109 @@ def sd_fixed_point(control: str, args, rec) -> None:
                     met=bool(within), **row)
 
 
-def digits_rounds(control: str, seed: int, args, rec) -> None:
-    from smeme.images.digits_rounds import run_digits_rounds
+def parse_variant(text: str) -> dict:
+    """'key=value,...' -> run_digits_rounds' `solver` overrides (numbers where they parse)."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, value = part.split("=")
+        try:
+            out[key] = float(value) if any(c in value for c in ".e") and value[0] in "0123456789.-" else int(value)
+        except ValueError:  # a word, e.g. control=score
+            out[key] = value
+    return out
+
+
+DIGITS_KEYS = ("valid_share", "rare_share", "confidence", "diversity")
+
+
+def digits_rounds(control: str, seed: int, args, variant: str = "", t_r: float | None = None) -> list[dict]:
+    """args.rounds rounds of a copy of the ready run: per round its readable (on-support) share, rare
+    share, confidence and Vendi, with round 0's. The on-support check is off (max_validity_drop 1), so
+    that a round explore would reject is measured too; `rejected` says whether it would have been."""
+    from smeme.images.digits_rounds import DIGITS_LAM, DIGITS_T_R, run_digits_rounds
     from smeme.store import Run
 
+    t_r = DIGITS_T_R if t_r is None else t_r
+    lam = DIGITS_LAM if args.lam is None else args.lam
+    solver = {"control": control, "max_validity_drop": 1.0, **parse_variant(variant)}
     with tempfile.TemporaryDirectory(prefix="smeme-imgfid-") as tmp:
         dest = Path(tmp) / "digits"
         shutil.copytree(args.digits_run, dest)
         run = Run.open(dest)
         start = time.time()
-        run_digits_rounds(run, 1, seed=seed, solver={"control": control})
+        run_digits_rounds(run, args.rounds, lam=lam, t_r=t_r, seed=seed, solver=solver)
         wall = time.time() - start
-        before, after = run.metrics()[0], run.metrics()[1]
-    keys = ("rare_share", "confidence", "valid_share", "diversity")
-    row = {"control": control, "seed": seed, "wall_s": round(wall, 1),
-           **{f"{k}_before": before.get(k) for k in keys}, **{k: after.get(k) for k in keys},
-           "solver_converged": after.get("solver_converged")}
-    print(json.dumps(row), flush=True)
-    rec.row(f"digits round 1, {control} control, seed {seed}: rare share, confidence, readable share, Vendi",
-            " / ".join(f"{after.get(k):.3f}" if isinstance(after.get(k), float) else str(after.get(k))
-                       for k in keys) + f" (before {before.get('rare_share'):.3f})",
-            "rare share up", met=after.get("rare_share", 0) > before.get("rare_share", 1), **row)
+        metrics = run.metrics()
+    out = []
+    for k in range(1, args.rounds + 1):
+        after, prev = metrics[k], metrics[k - 1]
+        row = {"control": control, "t_r": t_r, "lam": lam, "variant": variant, "seed": seed, "round": k,
+               "wall_s": round(wall / args.rounds, 1), **{f"{key}_before": metrics[0].get(key) for key in DIGITS_KEYS},
+               **{key: after.get(key) for key in DIGITS_KEYS},
+               "rejected": after["valid_share"] < prev["valid_share"] - 0.2,
+               "solver_converged": after.get("solver_converged")}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def digits_setting_rows(rows: list[dict], label: str, rec) -> None:
+    """One record row per setting and round over the solver seeds: each metric's round-0 value, then
+    its value per seed and their mean. Met: no seed's round would be rejected and the mean rare share
+    and Vendi are above round 0's."""
+    settings: dict = {}
+    for r in rows:
+        settings.setdefault((r["control"], r["t_r"], r["lam"], r["variant"], r["round"]), []).append(r)
+    for (control, t_r, lam, variant, k), group in settings.items():
+        seeds = ",".join(str(r["seed"]) for r in group)
+        mean = {key: float(np.mean([r[key] for r in group])) for key in DIGITS_KEYS}
+        text = "; ".join(f"{group[0][key + '_before']:.3f} -> " + " / ".join(f"{r[key]:.3f}" for r in group)
+                         + f" (mean {mean[key]:.3f})" for key in DIGITS_KEYS)
+        rejected = sum(r["rejected"] for r in group)
+        text += f"; {rejected} of {len(group)} rejected" if rejected else ""
+        what = (f"{label}, {control} control, t_r {t_r:g}, lam {lam:g}" + (f", {variant}" if variant else "")
+                + f": round {k}, solver seeds {seeds}: readable share; rare share; confidence; Vendi "
+                "(round 0 -> per seed)")
+        before = group[0]
+        rec.row(what, text, "rare share and Vendi up (mean), no round rejected",
+                met=not rejected and mean["rare_share"] > before["rare_share_before"]
+                and mean["diversity"] > before["diversity_before"],
+                control=control, t_r=t_r, lam=lam, variant=variant, round=k, seeds=[r["seed"] for r in group],
+                **{f"{key}_before": before[f"{key}_before"] for key in DIGITS_KEYS},
+                **{key: [r[key] for r in group] for key in DIGITS_KEYS},
+                **{f"{key}_mean": round(mean[key], 4) for key in DIGITS_KEYS},
+                rejected=[r["rejected"] for r in group], wall_s=[r["wall_s"] for r in group],
+                solver_converged=[r["solver_converged"] for r in group])
+
+
+def denoising_error(folder: str, args, rec) -> None:
+    """Round 0's denoising error of a digits run on all 1,797 digits, per reward time: the mean
+    squared eps error per pixel (4 noise draws, seed 0) and that error in score units (its root over
+    sqrt(1 - ab(t)), the reward gradient's error per unit lambda). The optimum's error is not zero (the
+    data's own posterior spread), so two runs' difference bounds the worse one's excess from below."""
+    import torch
+
+    from smeme.images.pixels import load_all_digits, raw_to_images
+    from smeme.store import Run
+
+    raw, _ = load_all_digits()
+    x0 = torch.tensor(raw_to_images(raw), dtype=torch.float32).reshape(-1, 1, 8, 8)
+    model = Run.open(folder).load_model(0).eval()
+    for t in (float(v) for v in (args.t_r or "0.02,0.05,0.1,0.2").split(",")):
+        g = torch.Generator().manual_seed(0)
+        ab = model.schedule.ab(torch.tensor(t))
+        errs = []
+        for _ in range(4):
+            eps = torch.randn(x0.shape, generator=g)
+            with torch.no_grad():
+                pred = model(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, torch.full((len(x0),), t))
+            errs.append(float(((pred - eps) ** 2).mean()))
+        mse, root = float(np.mean(errs)), float((1 - ab).sqrt())
+        row = {"run": Path(folder).name, "t": t, "eps_mse": round(mse, 4), "sqrt_1_minus_ab": round(root, 4),
+               "score_rms": round(mse ** 0.5 / root, 3)}
+        print(json.dumps(row), flush=True)
+        rec.row(f"denoising error of {Path(folder).name}'s round 0 at t = {t:g}: eps mean squared error per pixel; "
+                f"in score units", f"{mse:.3f}; {mse ** 0.5 / root:.2f} (sqrt(1 - ab) = {root:.3f})", **row)
 
 
 def main() -> None:
@@ -174,6 +266,15 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=2048, help="--fixed-point, --sd: trajectories")
     ap.add_argument("--digits-run", default=None, help="a ready digits run: measure its rounds instead")
     ap.add_argument("--seeds", default="0,1,2", help="--digits-run: solver seeds")
+    ap.add_argument("--digits-label", default="the digits run", help="--digits-run: what the run is, for the rows")
+    ap.add_argument("--t-r", default=None, help="--digits-run: ','-joined reward times (default DIGITS_T_R); "
+                    "--denoise-runs: the times (default 0.02,0.05,0.1,0.2)")
+    ap.add_argument("--lam", type=float, default=None, help="--digits-run: lambda (default DIGITS_LAM)")
+    ap.add_argument("--variants", default="",
+                    help="--digits-run: ';'-separated solver overrides 'key=value,...' ('' is the defaults)")
+    ap.add_argument("--denoise-runs", default=None,
+                    help="','-joined digits runs: their round 0's denoising error per --t-r instead")
+    ap.add_argument("--name", default=None, help="the record's name (bench/results/NAME.json)")
     args = ap.parse_args()
 
     from smeme.threads import configure
@@ -182,19 +283,24 @@ def main() -> None:
     from record import Recording
 
     print(json.dumps({"load": [round(v, 2) for v in os.getloadavg()]}), flush=True)
-    name, capability = (("digits_round_controls", "Digits round") if args.digits_run
+    name, capability = (("digits_round_controls", "Digits round") if args.digits_run or args.denoise_runs
                         else ("sd_fixed_point", "Image rounds in closed form") if args.sd
                         else ("image_fixed_point", "Image rounds in closed form") if args.fixed_point
                         else (f"image_fidelity_{args.channels.replace(',', '_')}", "Image rounds in closed form"))
-    with Recording(name, capability=capability) as rec:
-        for control in args.controls.split(","):
+    with Recording(args.name or name, capability=capability) as rec:
+        for folder in (args.denoise_runs.split(",") if args.denoise_runs else []):
+            denoising_error(folder, args, rec)
+        for control in ([] if args.denoise_runs else args.controls.split(",")):
             if args.sd:
                 sd_fixed_point(control, args, rec)
             elif args.fixed_point:
                 fixed_point(control, args, rec)
             elif args.digits_run:
-                for seed in (int(s) for s in args.seeds.split(",")):
-                    digits_rounds(control, seed, args, rec)
+                for t_r in ([None] if args.t_r is None else [float(v) for v in args.t_r.split(",")]):
+                    for variant in args.variants.split(";"):
+                        digits_setting_rows([r for seed in (int(s) for s in args.seeds.split(","))
+                                             for r in digits_rounds(control, seed, args, variant, t_r)],
+                                            args.digits_label, rec)
             else:
                 for budget in args.budgets.split(","):
                     closed_form(control, budget, args, rec)

@@ -18,9 +18,13 @@ def digits_solver_config(**overrides):
 
 
 # Digits rounds use the DDPM-unit control (the 40-step chain's own tilt; the network's score
-# carries kappa_i of it): the score-unit control, whose fixed point is the exact tilt at image size
-# (tests/test_image_fidelity.py), took the suite's briefly trained digits model off its support
-# (README, "Known limits"). And the smoothed reward -lam log p(x, t_r): the deconvolved reward
+# carries kappa_i of it), though the score-unit control's fixed point is the exact tilt at image
+# size (tests/test_image_fidelity.py): at t_r 0.02 the score-unit control took the suite's briefly
+# trained model off its support in 2 of 3 solver seeds (the reward reads that network's eps error
+# over sqrt(1 - ab) = 0.043, and that control carries all of the tilt to the data end); at t_r
+# 0.05-0.1 it stays on the support but, over 3 rounds of the ready model, reads less readable and
+# less diverse than 'ddpm' (README, "Known limits"; BENCHMARKS.md, "Digits round").
+# And the smoothed reward -lam log p(x, t_r): the deconvolved reward
 # sharpens the nearly degenerate directions of the 64 pixels' low-rank data manifold and
 # pushes samples off it; see density.deconvolved_score.
 # DIGITS_ROUND: the AdjointMatchingConfig fields of one digits round; DIGITS_LAM: its lambda;
