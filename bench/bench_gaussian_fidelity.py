@@ -55,6 +55,7 @@ SHARE_TARGET = 0.9  # tests/test_fidelity.py: the median over seeds of the log-d
 
 
 def parse_variant(text: str) -> dict:
+    """'key=value,...' -> settings (numbers where they parse, words as they are)."""
     out = {}
     for part in filter(None, text.split(",")):
         key, value = part.split("=")

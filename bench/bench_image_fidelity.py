@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from bench_gaussian_fidelity import parse_variant  # noqa: E402  (bench/ is this script's folder)
+
 
 def span(v) -> list:
     v = np.asarray(v)
@@ -143,18 +145,6 @@ def sd_fixed_point(control: str, args, rec) -> None:
                     f"{row['intercept_signal']}; {row['misses']} of {row['comparisons']} step x direction "
                     f"comparisons miss", "every direction within 10%, no step beyond 0.02 + 4.5 se",
                     met=bool(within), **row)
-
-
-def parse_variant(text: str) -> dict:
-    """'key=value,...' -> run_digits_rounds' `solver` overrides (numbers where they parse)."""
-    out = {}
-    for part in filter(None, text.split(",")):
-        key, value = part.split("=")
-        try:
-            out[key] = float(value) if any(c in value for c in ".e") and value[0] in "0123456789.-" else int(value)
-        except ValueError:  # a word, e.g. control=score
-            out[key] = value
-    return out
 
 
 DIGITS_KEYS = ("valid_share", "rare_share", "confidence", "diversity")
