@@ -16,6 +16,18 @@ os.environ.setdefault("SMEME_THREADS", "1")
 configure()
 
 
+def pytest_collection_modifyitems(items):
+    """Longest files first (their seconds in file_seconds.json, from a CI run; unlisted files count
+    as short): with `--dist loadfile --no-loadscope-reorder` each worker takes the next file when
+    it is free, so the heavy files start early and the short ones even the workers out at the end.
+    Only the order changes; the order within a file is kept."""
+    import json
+
+    with open(os.path.join(os.path.dirname(__file__), "file_seconds.json")) as f:
+        seconds = json.load(f)
+    items.sort(key=lambda item: -seconds.get(os.path.basename(str(item.path)), 0))
+
+
 # The AppTest files' cache (tests/test_app_*.py): tiny models (SMEME_APP_PRESET=tiny) in a
 # temporary cache (SMEME_CACHE_DIR), so the real cache/ is never touched.
 @pytest.fixture(scope="module")
