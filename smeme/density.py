@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.base import NoisePredictor
+from .models.linearize import linearize
 from .models.mlp import MLPNoisePredictor, is_plain_mlp
 from .threads import rebalance
 
@@ -79,16 +80,9 @@ def _mlp_eps_jvp(model: MLPNoisePredictor, x: Tensor, t: Tensor, probes: Tensor)
 
 
 def _autograd_eps_vjp(model: NoisePredictor, x: Tensor, t: Tensor, probes: Tensor):
-    """eps(x, t) and v^T J_eps for each probe v (one backward pass per probe); any model."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        out = model(xg, t.expand(x.shape[0]))
-        rows = []
-        for p in range(probes.shape[0]):
-            (g,) = torch.autograd.grad(out, xg, grad_outputs=probes[p].expand_as(out),
-                                       retain_graph=p + 1 < probes.shape[0])
-            rows.append(g)
-    return out.detach(), torch.stack(rows)
+    """eps(x, t) and v^T J_eps for each probe v (one vector-Jacobian product per probe); any model."""
+    eps, vjp = linearize(model, x, t.expand(x.shape[0]))
+    return eps, torch.stack([vjp(p.expand_as(eps)) for p in probes])
 
 
 def _skip_trace(model: MLPNoisePredictor, t: Tensor, dtype) -> Tensor | None:

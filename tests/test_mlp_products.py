@@ -9,7 +9,8 @@ from smeme.models.base import NoisePredictor
 from smeme.models.mlp import MLPConfig, MLPNoisePredictor, distinct_times
 from smeme.sampling import time_grid
 from smeme.schedule import VPSchedule
-from smeme.solvers.lean_adjoint import lean_adjoint, linearize, step_coefficients
+from smeme.models.linearize import linearize
+from smeme.solvers.lean_adjoint import lean_adjoint, step_coefficients
 
 SKIPS = [dict(), dict(prior_skip=1.0, linear_skip=3)]
 

@@ -163,7 +163,6 @@ class MLPNoisePredictor(NoisePredictor):
         return eps, vjp
 
 
-
 def is_plain_mlp(model) -> bool:
     """An MLPNoisePredictor of Linear and SiLU layers only: what eps_and_vjp and the density's forward-mode
     path differentiate by hand (anything else goes through autograd)."""

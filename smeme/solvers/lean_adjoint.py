@@ -7,13 +7,11 @@ every product with a Jacobian is a vector-Jacobian product, chunked over rows, n
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from ..models.base import NoisePredictor
-from ..models.mlp import is_plain_mlp
+from ..models.linearize import linearize
 from ..sampling import ddpm_coefficients
 
 
@@ -36,24 +34,6 @@ def _row_chunks(n: int, chunk: int | None):
     if chunk is None or chunk >= n:
         return [slice(0, n)]
     return [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
-
-
-def linearize(model: NoisePredictor, x: Tensor, t: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """eps(x, t) (no graph) and v -> J_eps(x)^T v, one product per linearisation: by hand for a plain MLP
-    (models.mlp.is_plain_mlp: MLPNoisePredictor.eps_and_vjp, no autograd), else by autograd on a kept graph."""
-    if is_plain_mlp(model):
-        return model.eps_and_vjp(x, t)
-    xr = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = model(xr, t)
-
-    def vjp(v: Tensor) -> Tensor:
-        # grad of the scalar <out, v>: the same product as grad_outputs=v, without autograd's grad-shape check
-        # (whose first use imports sympy, ~0.7 s a process)
-        (g,) = torch.autograd.grad((out * v).sum(), xr)
-        return g
-
-    return out.detach(), vjp
 
 
 def _eps_vjp(model: NoisePredictor, x: Tensor, t: Tensor, v: Tensor, chunk: int | None) -> tuple[Tensor, Tensor]:
