@@ -182,6 +182,9 @@ def _add_explore(sub, common) -> None:
                    help="a likelihood-ratio step whose weights' effective sample size falls below this share of the "
                         "trajectories goes to the adjoint term in full; 'none' tempers the weights instead "
                         "(default: 0.5)")
+    p.add_argument("--lr-share", type=_share, dest="likelihood_ratio_share", metavar="SHARE",
+                   help="share of the solver's stochastic steps, the earliest, that carry the likelihood-ratio term; "
+                        "0: Adjoint Matching alone (default: 0.8, off at 16 columns and more)")
     p.add_argument("--max-validity-drop", type=_share, dest="max_validity_drop", metavar="SHARE",
                    help="a round whose on-support share falls more than this below the previous round's (0.2: 20 "
                         "points) is rejected and the previous round stays the latest; 1 turns the guard off "

@@ -193,7 +193,7 @@ def cmd_explore(args) -> int:
     wanted = {"lam": args.lam, "solver": args.solver, "seed": args.seed, "lam_schedule": args.lam_schedule,
               "allow_lam_one": args.allow_lam_one or None, "iterations": args.iterations,
               "reward_target": args.reward_target, "t_r": args.t_r, "ess_fallback": args.ess_fallback,
-              "max_validity_drop": args.max_validity_drop}
+              "max_validity_drop": args.max_validity_drop, "likelihood_ratio_share": args.likelihood_ratio_share}
     kwargs = {}
     for key, value in wanted.items():
         if value is None:

@@ -86,19 +86,22 @@ def _autograd_eps_vjp(model: NoisePredictor, x: Tensor, t: Tensor, probes: Tenso
 
 
 def _skip_trace(model: MLPNoisePredictor, t: Tensor, dtype) -> Tensor | None:
-    """tr of the MLP's linear skip's Jacobian, sqrt(1 - ab) (prior_skip D + sum_k ab^k tr(10 L_k)),
-    in closed form (None when the model has no skip)."""
+    """tr of the MLP's skips' Jacobian, sqrt(1 - ab) (prior_skip D + sum_k ab^k tr(10 L_k)
+    + sum_i (1 / (ab e_i + 1 - ab) - 1)), in closed form (None when the model has no skip)."""
     cfg = model.config
-    if not (cfg.prior_skip or cfg.linear_skip):
+    if not (cfg.prior_skip or cfg.linear_skip or cfg.gaussian_skip):
         return None
     ab = model.schedule.ab(t.reshape(1)).to(dtype)
     out = cfg.prior_skip * cfg.dim * torch.ones_like(ab)
+    if cfg.gaussian_skip:
+        variances = model.gaussian_skip_basis()[1].to(dtype)
+        out = out + (1 / torch.addcmul(1 - ab, ab, variances) - 1).sum(-1)
     if cfg.linear_skip:
-        from .models.mlp import LINEAR_SKIP_SCALE
+        from .models.mlp import SKIP_SCALE
 
         traces = torch.diagonal(model.skip_matrix, dim1=-2, dim2=-1).sum(-1).to(dtype)  # (n,)
         powers = ab[:, None] ** torch.arange(1, len(traces) + 1, dtype=dtype, device=ab.device)
-        out = out + LINEAR_SKIP_SCALE * (powers * traces).sum(-1)
+        out = out + SKIP_SCALE * (powers * traces).sum(-1)
     return (torch.sqrt(1 - ab) * out)[0]
 
 

@@ -41,12 +41,13 @@ PRESETS: dict[str, Preset] = {
                           small_t_power=3.0),
     ),
     # Any numeric CSV (2 to 64 columns); steps scale with the rows (sized_preset), 4,000 at
-    # 20,000 rows. prior_skip makes the untrained net the exact N(0, I), so at large t (where
-    # the PF-ODE weighs score errors by beta ~ 10-20) it has little left to learn; linear_skip
-    # lets rounds change the data linearly along any direction (MLPConfig). The log-density's
-    # accuracy: bench/bench_csv_density.py.
+    # 20,000 rows. prior_skip with gaussian_skip makes the model a Gaussian's exact eps at every t
+    # plus the net: pre-training fits the data's covariance into the skip and rounds move it,
+    # narrow directions included, where the net alone (or linear_skip's series in ab) under-fits
+    # the score change at small t (README "Known limits"). The log-density's accuracy:
+    # bench/bench_csv_density.py.
     "csv": Preset(
-        model={"kind": "mlp", "width": 128, "depth": 3, "time_dim": 32, "prior_skip": 1.0, "linear_skip": 3},
+        model={"kind": "mlp", "width": 128, "depth": 3, "time_dim": 32, "prior_skip": 1.0, "gaussian_skip": True},
         train=TrainConfig(steps=4000, batch_size=1024, lr=5e-3, warmup=50, ema=0.999,
                           small_t_fraction=0.5, small_t_power=2.0),
     ),

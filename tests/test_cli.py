@@ -180,18 +180,20 @@ def test_explore_ess_fallback_reaches_the_rounds_and_none_switches_it_off(run_co
     assert snapshot(run_copy) == before
 
 
-def test_explore_max_validity_drop_reaches_the_rounds_and_is_checked(run_copy):
-    """--max-validity-drop sets the support guard's limit of the rounds; a value outside [0, 1] is refused in
-    one sentence naming the option, and nothing is written."""
+def test_explore_share_options_reach_the_rounds_and_are_checked(run_copy):
+    """--max-validity-drop sets the support guard's limit and --lr-share the likelihood-ratio term's share of the
+    rounds; a value outside [0, 1] is refused in one sentence naming the option, and nothing is written."""
     from smeme.store import Run
 
-    proc = smeme("explore", "--run", run_copy, "--rounds", 1, "--iterations", 2, "--max-validity-drop", "1")
+    proc = smeme("explore", "--run", run_copy, "--rounds", 1, "--iterations", 2, "--max-validity-drop", "1",
+                 "--lr-share", "0")
     assert proc.returncode == 0, proc.stderr
-    assert Run.open(run_copy).metrics()[1]["explore"]["max_validity_drop"] == 1.0
+    settings = Run.open(run_copy).metrics()[1]["explore"]
+    assert settings["max_validity_drop"] == 1.0 and settings["likelihood_ratio_share"] == 0.0
     before = snapshot(run_copy)
-    for bad in ("1.5", "-0.1", "nan"):
-        assert_clean_failure(smeme("explore", "--run", run_copy, "--rounds", 1, "--max-validity-drop", bad),
-                             match="--max-validity-drop")
+    for option in ("--max-validity-drop", "--lr-share"):
+        for bad in ("1.5", "-0.1", "nan"):
+            assert_clean_failure(smeme("explore", "--run", run_copy, "--rounds", 1, option, bad), match=option)
     assert snapshot(run_copy) == before
 
 
@@ -371,6 +373,7 @@ def test_a_read_only_cache_is_named_as_read_only(capsys, base_run, tmp_path, mon
     ("mlp", {"dim": 2, "depth": 10 ** 9}, "depth must lie between 1 and 64, got 1,000,000,000"),
     ("mlp", {"dim": 64, "width": 8192, "depth": 2}, "more than the limit of 67,108,864"),
     ("mlp", {"dim": 2, "linear_skip": 10 ** 12}, "more than the limit of 67,108,864"),
+    ("mlp", {"dim": 2, "gaussian_skip": "yes"}, "gaussian_skip must be true or false"),
     ("mlp", {"dim": 2, "width": float("inf")}, "non-finite size"),
     ("unet2d", {"block_out_channels": [32, 64, 10 ** 6]}, "channel count must lie between 1 and 1,024"),
     ("unet2d", {"sample_size": 10 ** 6}, "sample_size must lie between 1 and 512"),

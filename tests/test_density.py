@@ -44,11 +44,11 @@ def test_gaussian_log_prob_matches_closed_form():
     assert err.mean() < 0.02, err.mean()
 
 
-@pytest.mark.parametrize("prior_skip,linear_skip", [(0.0, 0), (1.0, 0), (1.0, 3), (0.0, 1)])
-def test_mlp_fast_path_matches_autograd(monkeypatch, prior_skip, linear_skip):
+@pytest.mark.parametrize("skips", [{}, {"prior_skip": 1.0}, {"prior_skip": 1.0, "linear_skip": 3}, {"linear_skip": 1},
+                                   {"prior_skip": 1.0, "gaussian_skip": True}])
+def test_mlp_fast_path_matches_autograd(monkeypatch, skips):
     torch.manual_seed(0)
-    model = MLPNoisePredictor(MLPConfig(dim=3, width=32, depth=2, prior_skip=prior_skip, linear_skip=linear_skip),
-                              SCH).double()
+    model = MLPNoisePredictor(MLPConfig(dim=3, width=32, depth=2, **skips), SCH).double()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(50, 3, dtype=torch.float64)

@@ -12,7 +12,7 @@ from smeme.schedule import VPSchedule
 from smeme.models.linearize import linearize
 from smeme.solvers.lean_adjoint import lean_adjoint, step_coefficients
 
-SKIPS = [dict(), dict(prior_skip=1.0, linear_skip=3)]
+SKIPS = [dict(), dict(prior_skip=1.0, linear_skip=3), dict(prior_skip=1.0, gaussian_skip=True)]
 
 
 def random_mlp(seed: int, **skips) -> MLPNoisePredictor:
@@ -93,3 +93,25 @@ def test_the_lean_adjoint_by_hand_equals_the_autograd_one(skips):
     ref_adj, ref_eps = lean_adjoint(Wrapped(model), states, grid, a_last, c_x, c_eps, first=3, chunk=20)
     assert (fast_eps - ref_eps).abs().max() <= 1e-5 * ref_eps.abs().max()
     assert (fast_adj - ref_adj).abs().max() <= 1e-4 * ref_adj.abs().max()
+
+
+def test_gaussian_skip_is_its_gaussians_exact_eps_at_every_time():
+    """With prior_skip 1 and the net silent (its output layer starts at 0), the Gaussian skip is the exact eps
+    of N(0, S), S = Q diag(e) Q^T, at every t: narrow directions (e = 0.02) and t near 0 included."""
+    from smeme.models import GaussianModel
+    from smeme.models.mlp import SKIP_SCALE
+
+    torch.manual_seed(3)
+    model = MLPNoisePredictor(MLPConfig(dim=4, width=16, depth=2, prior_skip=1.0, gaussian_skip=True),
+                              VPSchedule()).double()
+    with torch.no_grad():
+        model.gauss_rotation.normal_(std=0.1)
+        model.gauss_log_var.copy_(torch.tensor([0.02, 0.5, 1.0, 3.0]).log() / SKIP_SCALE)
+    rotation, variances = model.gaussian_skip_basis()
+    assert torch.allclose(rotation @ rotation.T, torch.eye(4, dtype=torch.float64), atol=1e-12)
+    exact = GaussianModel(torch.zeros(4), rotation @ torch.diag(variances) @ rotation.T, VPSchedule())
+    x = torch.randn(32, 4, dtype=torch.float64)
+    t = torch.tensor([1e-4, 0.003, 0.05, 0.3, 0.9, 1.0], dtype=torch.float64).repeat_interleave(32 // 6 + 1)[:32]
+    with torch.no_grad():
+        assert torch.allclose(model(x, t), exact(x, t), atol=1e-10, rtol=1e-10)
+    assert MLPConfig(dim=4, gaussian_skip=True).parameter_count() == MLPConfig(dim=4).parameter_count() + 4 * 4 + 4

@@ -91,17 +91,21 @@ def test_round_reward_targets_and_config():
         ExploreConfig(reward_target="sharp")
 
 
-def test_hutchinson_reads_the_linear_skip_exactly():
-    """Above 16 columns the reward values use Hutchinson's trace; the MLP's linear skip (which
-    carries a Gaussian's structure on trained CSV models) enters in closed form: with the network
-    part silent the estimate is exact from one probe, and with it on the estimate stays unbiased."""
+@pytest.mark.parametrize("skip", ["linear_skip", "gaussian_skip"])
+def test_hutchinson_reads_the_skip_exactly(skip):
+    """Above 16 columns the reward values use Hutchinson's trace; the MLP's skips (which carry a
+    Gaussian's structure on trained CSV models) enter in closed form: with the network part
+    silent the estimate is exact from one probe, and with it on the estimate stays unbiased."""
     from smeme.density import _rademacher, eps_and_trace
 
     torch.manual_seed(1)
     d = 20
-    net = MLPNoisePredictor(MLPConfig(d, width=16, depth=2, time_dim=8, linear_skip=3, prior_skip=1.0), SCH).double()
+    net = MLPNoisePredictor(MLPConfig(d, width=16, depth=2, time_dim=8, prior_skip=1.0,
+                                      **({"linear_skip": 3} if skip == "linear_skip" else {"gaussian_skip": True})),
+                            SCH).double()
     with torch.no_grad():
-        net.skip_matrix.normal_(std=0.05)
+        for p in ([net.skip_matrix] if skip == "linear_skip" else [net.gauss_rotation, net.gauss_log_var]):
+            p.normal_(std=0.05)
     net.requires_grad_(False)
     x, t = torch.randn(6, d, dtype=F64), torch.tensor(0.3, dtype=F64)
     basis = torch.eye(d, dtype=F64).reshape(d, 1, d)

@@ -33,6 +33,11 @@ class MLPConfig(ConfigBase):
             n > 0 adds sqrt(1 - ab) sum_{k=1..n} ab^k x L_k^T with trainable d x d matrices L_k starting at 0: a power
             series in ab of the change of a Gaussian's exact eps around N(0, I), so a round can change the data
             linearly along any direction, including those where the net's output is ~0 under `prior_skip`.
+        gaussian_skip (`bool`, defaults to `False`):
+            Adds sqrt(1 - ab) ((ab S + (1 - ab) I)^-1 - I) x with S = Q diag(e) Q^T trainable (Q a rotation, e > 0;
+            S = I at the start, where the term is 0): with `prior_skip` 1 the skip is the exact eps of N(0, S) at
+            every t, narrow directions (small e) included, which `linear_skip`'s series in ab reaches only slowly
+            (for a direction of variance v its terms shrink like (1 - v)^k).
     """
     config_error, config_label = ValueError, "MLP model"
     dim: int
@@ -42,23 +47,27 @@ class MLPConfig(ConfigBase):
     time_scale: float = 100.0
     prior_skip: float = 0.0
     linear_skip: int = 0
+    gaussian_skip: bool = False
 
     def __post_init__(self):
         for name, high in MLP_LIMITS.items():
             value = getattr(self, name)
             if not 1 <= value <= high:
                 raise ValueError(f"The MLP model's {name} must lie between 1 and {high:,}, got {value:,}.")
+        if not isinstance(self.gaussian_skip, bool):
+            raise ValueError(f"The MLP model's gaussian_skip must be true or false, got {self.gaussian_skip!r}.")
         if self.parameter_count() > MAX_MLP_PARAMETERS:
             raise ValueError(f"The MLP model (width {self.width:,}, depth {self.depth}) would have "
                              f"{self.parameter_count():,} weights, more than the limit of {MAX_MLP_PARAMETERS:,}.")
 
     def parameter_count(self) -> int:
-        """Weights of the net (biases included) and of the linear skip's matrices."""
+        """Weights of the net (biases included) and of the skips' matrices."""
         inp, total = self.dim + self.time_dim, 0
         for _ in range(self.depth):
             total += (inp + 1) * self.width
             inp = self.width
-        return total + (inp + 1) * self.dim + max(int(self.linear_skip), 0) * self.dim ** 2
+        skips = max(int(self.linear_skip), 0) * self.dim ** 2 + (self.dim ** 2 + self.dim if self.gaussian_skip else 0)
+        return total + (inp + 1) * self.dim + skips
 
 
 # Caps on a stored model's size (config.json may come from a bundle): far above the presets
@@ -67,9 +76,11 @@ MLP_LIMITS = {"dim": 4096, "width": 8192, "depth": 64, "time_dim": 4096}
 MAX_MLP_PARAMETERS = 2 ** 26  # 256 MiB of float32 weights
 
 
-# L_k = LINEAR_SKIP_SCALE x L_k,raw: Adam moves a weight by about lr a step, so at lr 2e-3 a
-# round's steps move L_raw by <= 0.06, while a 1.43x variance change needs |L| ~ 0.4.
-LINEAR_SKIP_SCALE = 10.0
+# The skips' matrices are SKIP_SCALE x their raw parameters: Adam moves a weight by about lr a step,
+# so at lr 2e-3 a round's steps move a raw weight by <= 0.06, while a 1.43x variance change needs
+# |L_k| ~ 0.4 (linear skip) or a log-variance change of 0.36 (Gaussian skip). At 3 rather than 10,
+# a trained 5-D round reached 0.68-0.71 of the narrowest direction's gain (0.98-0.99 at 10).
+SKIP_SCALE = 10.0
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
@@ -101,6 +112,9 @@ class MLPNoisePredictor(NoisePredictor):
         self.net = nn.Sequential(*layers, out)
         if config.linear_skip:
             self.skip_matrix = nn.Parameter(torch.zeros(int(config.linear_skip), config.dim, config.dim))
+        if config.gaussian_skip:  # S = Q diag(e) Q^T, Q = exp(skew part of R), e = exp(log_e); both 0 at the start
+            self.gauss_rotation = nn.Parameter(torch.zeros(config.dim, config.dim))
+            self.gauss_log_var = nn.Parameter(torch.zeros(config.dim))
 
     def time_embedding(self, t: Tensor, dtype) -> Tensor:
         return sinusoidal_embedding((t * self.config.time_scale).to(dtype), self.config.time_dim)
@@ -109,19 +123,28 @@ class MLPNoisePredictor(NoisePredictor):
         """The skip terms applied to v (..., d), linear in v: sqrt(1 - ab) (prior_skip v + ab v L^T);
         t of shape (B,) or (1,); None when both are off. Also the skip's Jacobian times v (its transpose
         times v with `transpose`)."""
-        if not (self.config.prior_skip or self.config.linear_skip):
+        if not (self.config.prior_skip or self.config.linear_skip or self.config.gaussian_skip):
             return None
         ab = self.schedule.ab(t.reshape(-1)).to(v.dtype)[:, None]
         sigma = torch.sqrt(1 - ab)
         out = self.config.prior_skip * sigma * v
+        if self.config.gaussian_skip:  # symmetric, so its transpose is itself
+            rotation, variances = self.gaussian_skip_basis()
+            gain = 1 / torch.addcmul(1 - ab, ab, variances.to(v.dtype)) - 1  # (B | 1, d): eigenvalues of M^-1 - I
+            out = out + sigma * (((v @ rotation) * gain) @ rotation.T)
         if self.config.linear_skip:
             n, d = self.skip_matrix.shape[:2]
             powers = ab ** torch.arange(1, n + 1, dtype=v.dtype, device=v.device)  # (B | 1, n)
-            mats = LINEAR_SKIP_SCALE * self.skip_matrix
+            mats = SKIP_SCALE * self.skip_matrix
             mats = mats.transpose(1, 2) if transpose else mats
             proj = (v @ mats.reshape(n * d, d).T).unflatten(-1, (n, d))
             out = out + sigma * (powers[..., None] * proj).sum(-2)
         return out
+
+    def gaussian_skip_basis(self) -> tuple[Tensor, Tensor]:
+        """(Q, e) of the Gaussian skip's S = Q diag(e) Q^T: Q = exp(A - A^T) (a rotation), e = exp(log_e)."""
+        raw = SKIP_SCALE * self.gauss_rotation
+        return torch.linalg.matrix_exp(0.5 * (raw - raw.T)), torch.exp(SKIP_SCALE * self.gauss_log_var)
 
     def first_layer(self, x: Tensor, t: Tensor) -> Tensor:
         """Layer 1's pre-activation x W_x^T + (b + emb(t) W_t^T), the time part evaluated once per distinct time:

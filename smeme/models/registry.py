@@ -27,11 +27,12 @@ def build_model(model_cfg: dict, schedule: Schedule) -> NoisePredictor:
         if "dim" not in params:
             raise ValueError("The MLP model configuration has no 'dim'.")
         types = {name: f.type for name, f in MLPConfig.__dataclass_fields__.items()}
+        flags = [k for k in params if types[k] in (bool, "bool")]
         try:
-            values = {k: float(v) if types[k] in (float, "float") else int(v) for k, v in params.items()}
+            values = {k: float(v) if types[k] in (float, "float") else int(v) for k, v in params.items() if k not in flags}
         except OverflowError as exc:  # int(inf)
             raise ValueError(f"The MLP model configuration holds a non-finite size ({exc}).") from None
-        return MLPNoisePredictor(MLPConfig(**values), schedule)
+        return MLPNoisePredictor(MLPConfig(**values, **{k: params[k] for k in flags}), schedule)
     if kind in MODEL_KINDS:
         return MODEL_KINDS[kind](params, schedule)
     known = ", ".join(repr(k) for k in ("mlp", *sorted(MODEL_KINDS)))
