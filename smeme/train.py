@@ -173,6 +173,8 @@ def pretrain(dataset: Dataset, train_config: TrainConfig, model_config, run_fold
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
         torch.manual_seed(int(train_config.seed))
         model = build_model(cfg, schedule or VPSchedule())
+    if getattr(model, "config", None) is not None and getattr(model.config, "gaussian_skip", False):
+        model.init_gaussian_skip(torch.cov(data.T.double()).reshape(data.shape[1], data.shape[1]))
     history = train_model(model, data, train_config, progress=progress, cancel=cancel)
     history["model_config"] = cfg
     return model, standardizer, history

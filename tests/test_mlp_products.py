@@ -115,3 +115,25 @@ def test_gaussian_skip_is_its_gaussians_exact_eps_at_every_time():
     with torch.no_grad():
         assert torch.allclose(model(x, t), exact(x, t), atol=1e-10, rtol=1e-10)
     assert MLPConfig(dim=4, gaussian_skip=True).parameter_count() == MLPConfig(dim=4).parameter_count() + 4 * 4 + 4
+
+
+def test_pretraining_starts_the_gaussian_skip_at_the_datas_covariance(tmp_path):
+    """pretrain() starts a Gaussian skip at the standardised data's covariance (init_gaussian_skip), so the
+    untrained model is that Gaussian's exact eps: correlated columns need no rotation found from noise."""
+    import numpy as np
+    from smeme.data import make_dataset
+    from smeme.models import GaussianModel
+    from smeme.train import TrainConfig, pretrain
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(3, 3))
+    rows = rng.multivariate_normal([1.0, -2.0, 0.5], a @ a.T + 0.05 * np.eye(3), size=4000)
+    path = tmp_path / "data.csv"
+    np.savetxt(path, rows, delimiter=",", header="a,b,c", comments="")
+    model, standardizer, _ = pretrain(make_dataset("csv", path=str(path)), TrainConfig(steps=0),
+                                      {"kind": "mlp", "width": 16, "depth": 2, "prior_skip": 1.0, "gaussian_skip": True})
+    cov = torch.cov(torch.as_tensor(standardizer.forward(rows)).T)
+    exact = GaussianModel(torch.zeros(3), cov, VPSchedule())
+    x, t = torch.randn(16, 3), torch.linspace(1e-3, 1.0, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x, t), exact(x.double(), t.double()).float(), atol=1e-4, rtol=1e-4)

@@ -112,7 +112,8 @@ class MLPNoisePredictor(NoisePredictor):
         self.net = nn.Sequential(*layers, out)
         if config.linear_skip:
             self.skip_matrix = nn.Parameter(torch.zeros(int(config.linear_skip), config.dim, config.dim))
-        if config.gaussian_skip:  # S = Q diag(e) Q^T, Q = exp(skew part of R), e = exp(log_e); both 0 at the start
+        if config.gaussian_skip:  # S = Q diag(e) Q^T, Q = B exp(skew part of R), e = exp(log_e); S = I at the start
+            self.register_buffer("gauss_basis", torch.eye(config.dim))
             self.gauss_rotation = nn.Parameter(torch.zeros(config.dim, config.dim))
             self.gauss_log_var = nn.Parameter(torch.zeros(config.dim))
 
@@ -142,9 +143,21 @@ class MLPNoisePredictor(NoisePredictor):
         return out
 
     def gaussian_skip_basis(self) -> tuple[Tensor, Tensor]:
-        """(Q, e) of the Gaussian skip's S = Q diag(e) Q^T: Q = exp(A - A^T) (a rotation), e = exp(log_e)."""
+        """(Q, e) of the Gaussian skip's S = Q diag(e) Q^T: Q = B exp(A - A^T) (B a fixed rotation, the
+        data's eigenbasis after init_gaussian_skip), e = exp(log_e)."""
         raw = SKIP_SCALE * self.gauss_rotation
-        return torch.linalg.matrix_exp(0.5 * (raw - raw.T)), torch.exp(SKIP_SCALE * self.gauss_log_var)
+        return self.gauss_basis @ torch.linalg.matrix_exp(0.5 * (raw - raw.T)), torch.exp(SKIP_SCALE * self.gauss_log_var)
+
+    @torch.no_grad()
+    def init_gaussian_skip(self, covariance: Tensor) -> None:
+        """Start the Gaussian skip at N(0, covariance): its eigenbasis becomes B, its eigenvalues e (at least
+        1e-4). The skew part's gradient vanishes where e is isotropic (S = I), so a skip started at I must
+        find correlated data's basis from noise first: in 64 dimensions 4,000 steps left a tangent direction
+        of variance 5.8 at 0.12."""
+        values, vectors = torch.linalg.eigh(covariance.double())
+        self.gauss_basis.copy_(vectors)
+        self.gauss_log_var.copy_(values.clamp(min=1e-4).log() / SKIP_SCALE)
+        self.gauss_rotation.zero_()
 
     def first_layer(self, x: Tensor, t: Tensor) -> Tensor:
         """Layer 1's pre-activation x W_x^T + (b + emb(t) W_t^T), the time part evaluated once per distinct time:
