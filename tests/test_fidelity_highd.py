@@ -162,7 +162,21 @@ def test_per_step_weights_keep_the_healthy_steps_untempered():
 
 
 @pytest.fixture(scope="module")
-def trained_16d_rounds(tmp_path_factory) -> list[dict]:
+def trained_16d_run(tmp_path_factory):
+    """A CSV MLP trained as the CLI trains it (the preset's steps) on 16 correlated columns whose
+    standardised spectrum spreads 50x (data seed 61, never used for tuning): (run folder, work folder)."""
+    from test_fidelity import spread_gaussian_csv
+
+    from smeme.pipeline import pretrain_run
+
+    tmp = tmp_path_factory.mktemp("trained16")
+    eigenvalues = np.geomspace(1, 50, 16)
+    csv = spread_gaussian_csv(tmp / "data.csv", eigenvalues / eigenvalues.mean(), seed=61)
+    return pretrain_run(tmp / "run", "csv", {"path": str(csv)}).folder, tmp
+
+
+@pytest.fixture(scope="module")
+def trained_16d_rounds(trained_16d_run) -> list[dict]:
     """Three rounds as the CLI runs them (run_rounds: each reads its reward from the previous tuned
     network) on a trained CSV MLP of 16 correlated columns whose standardised spectrum spreads 50x (the
     CSV preset's pre-training, CSV defaults, lambda 0.3: Adjoint Matching alone at D = 16 with
@@ -173,14 +187,9 @@ def trained_16d_rounds(tmp_path_factory) -> list[dict]:
     (max_validity_drop 1): in 16 dimensions the exact rounds themselves leave the data's nearest-neighbour
     support fast (on data seed 36 99% -> 93% -> 71% -> 39% in rounds 0-3), so explore rejects round 3
     whatever the solver does."""
-    from test_fidelity import SMOOTHED, run_gaussian_rounds, spread_gaussian_csv
+    from test_fidelity import SMOOTHED, run_gaussian_rounds
 
-    from smeme.pipeline import pretrain_run
-
-    tmp = tmp_path_factory.mktemp("trained16")
-    eigenvalues = np.geomspace(1, 50, 16)
-    csv = spread_gaussian_csv(tmp / "data.csv", eigenvalues / eigenvalues.mean(), seed=61)
-    src = pretrain_run(tmp / "run", "csv", {"path": str(csv)}).folder  # the preset's steps, as the CLI
+    src, tmp = trained_16d_run
     return run_gaussian_rounds(src, tmp, 3, seed=8, max_validity_drop=1.0, **SMOOTHED)
 
 
@@ -217,3 +226,20 @@ def test_three_trained_16d_rounds_follow_the_exact_recursion(trained_16d_rounds)
     for row in trained_16d_rounds[1:]:
         assert 0.85 <= row["directions"].min() and row["directions"].max() <= 1.15, report
         assert 0.85 <= row["logdet"] <= 1.15, report
+
+
+@pytest.mark.slow
+def test_a_trained_16d_round_reaches_the_papers_target_in_every_direction(trained_16d_run, tmp_path):
+    """The same trained model, one round with the paper's reward (reward_target 'data'), judged per
+    whitened direction against the exact gain of p_0^(1 - lam), where the smoothed target gives the
+    narrowest directions (standardised variance ~0.07) about 0.7 of it: the bar is every direction and
+    the log-det within 10%. (Measured on this data with solver seed 11: 0.97-1.05; on data seed 36 with
+    seed 5 0.96-1.04, in 32 and 64 dimensions 0.94-1.06 and 0.93-1.08; BENCHMARKS.md.)"""
+    from test_fidelity import run_gaussian_rounds
+
+    src, _ = trained_16d_run
+    rows = run_gaussian_rounds(src, tmp_path, 1, seed=8, max_validity_drop=1.0, reward_target="data")
+    report = _shares_report(rows)
+    print(report)
+    assert 0.9 <= rows[0]["directions"].min() and rows[0]["directions"].max() <= 1.1, report
+    assert 0.9 <= rows[0]["logdet"] <= 1.1, report
