@@ -158,6 +158,7 @@ def pretrain(dataset: Dataset, train_config: TrainConfig, model_config, run_fold
     Returns (model, standardizer, history). `run_folder` is accepted for the contract;
     saving is the caller's job (see smeme.pipeline.pretrain_run).
     """
+    from .models.mlp import MLPNoisePredictor
     from .models.registry import build_model
 
     feat = np.asarray(dataset.features(), dtype=np.float64)
@@ -173,7 +174,7 @@ def pretrain(dataset: Dataset, train_config: TrainConfig, model_config, run_fold
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
         torch.manual_seed(int(train_config.seed))
         model = build_model(cfg, schedule or VPSchedule())
-    if getattr(model, "config", None) is not None and getattr(model.config, "gaussian_skip", False):
+    if isinstance(model, MLPNoisePredictor) and model.config.gaussian_skip:  # start at the data's Gaussian
         model.init_gaussian_skip(torch.cov(data.T.double()).reshape(data.shape[1], data.shape[1]))
     history = train_model(model, data, train_config, progress=progress, cancel=cancel)
     history["model_config"] = cfg
