@@ -35,9 +35,10 @@ class MLPConfig(ConfigBase):
             linearly along any direction, including those where the net's output is ~0 under `prior_skip`.
         gaussian_skip (`bool`, defaults to `False`):
             Adds sqrt(1 - ab) ((ab S + (1 - ab) I)^-1 - I) x with S = Q diag(e) Q^T trainable (Q a rotation, e > 0;
-            S = I at the start, where the term is 0): with `prior_skip` 1 the skip is the exact eps of N(0, S) at
-            every t, narrow directions (small e) included, which `linear_skip`'s series in ab reaches only slowly
-            (for a direction of variance v its terms shrink like (1 - v)^k).
+            S = I when built, where the term is 0; pre-training starts it at the data's covariance,
+            init_gaussian_skip): with `prior_skip` 1 the skip is the exact eps of N(0, S) at every t, narrow
+            directions (small e) included, which `linear_skip`'s series in ab reaches only slowly (for a direction
+            of variance v its terms shrink like (1 - v)^k).
     """
     config_error, config_label = ValueError, "MLP model"
     dim: int
@@ -121,8 +122,8 @@ class MLPNoisePredictor(NoisePredictor):
         return sinusoidal_embedding((t * self.config.time_scale).to(dtype), self.config.time_dim)
 
     def skip(self, v: Tensor, t: Tensor, transpose: bool = False) -> Tensor | None:
-        """The skip terms applied to v (..., d), linear in v: sqrt(1 - ab) (prior_skip v + ab v L^T);
-        t of shape (B,) or (1,); None when both are off. Also the skip's Jacobian times v (its transpose
+        """The skip terms applied to v (..., d), linear in v: sqrt(1 - ab) (prior_skip v + sum_k ab^k v L_k^T
+        + ((ab S + (1 - ab) I)^-1 - I) v); t of shape (B,) or (1,); None when all are off. Also the skip's Jacobian times v (its transpose
         times v with `transpose`)."""
         if not (self.config.prior_skip or self.config.linear_skip or self.config.gaussian_skip):
             return None
