@@ -70,7 +70,7 @@ def one_round(src: Path, seed: int, **overrides) -> dict:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     m = run.metrics()[1]
     cov0 = model_cov(run, 0)
-    shape = shape_row(model_cov(run, 1), exact_covs(run, cov0, 1, config.t_r)[1], cov0)
+    shape = shape_row(model_cov(run, 1), exact_covs(run, cov0, 1, config.target_t_r)[1], cov0)
     shutil.rmtree(work.parent, ignore_errors=True)
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "solver_s": m["solver_seconds"],
             "lr_share": m.get("lr_share"), "reward_ode_steps": m.get("reward_ode_steps"),

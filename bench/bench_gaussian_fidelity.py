@@ -171,7 +171,7 @@ def record_row(rec: Recording, args: argparse.Namespace, rows: list[dict]) -> No
 
 def run_variant(src, cov0, variant: str, args: argparse.Namespace) -> list[dict]:
     """args.rounds rounds per seed of ExploreConfig defaults plus `variant`: one row per seed and round."""
-    from test_fidelity import LAM, exact_covs, model_cov, target_t_r
+    from test_fidelity import LAM, exact_covs, model_cov
 
     from smeme.explore import ExploreConfig, run_rounds
     from smeme.store import Run
@@ -196,7 +196,7 @@ def run_variant(src, cov0, variant: str, args: argparse.Namespace) -> list[dict]
                       for h, v in run.metrics()[k].items() if h.startswith("lr_") or h == "solver_seconds"}
             row = {"variant": variant, "seed": seed, "round": k, "round_s": round(seconds / args.rounds, 1),
                    "lam": LAM, "paper_target": shape_row(ck, paper[k], cov0)}
-            if target_t_r(config) > 0:
+            if config.target_t_r > 0:
                 row["smoothed_target"] = shape_row(ck, smoothed[k], cov0)
             if k == 1:  # the reward's own exact round: round 1's reward only
                 row["reward_implied"] = shape_row(ck, implied[key], cov0)

@@ -2,7 +2,7 @@
 the exact rounds of the model's own density, and the entropy gain.
 
     SMEME_THREADS=1 python bench/bench_mode_rounds.py [--seeds 11,12] [--rounds 3] [--lam 0.3]
-        [--reward-target smoothed|data] [--folder DIR]
+        [--reward-target smoothed|data] [--set likelihood_ratio_target=current ...] [--folder DIR]
 
 Data (data seed 41, never used for tuning): 20,000 rows in 2-D, 62% in a broad Gaussian mode, 31%
 in a second one, 7% on a thin arc (radius 1, width 0.06, a third of a circle): light, narrow and
@@ -12,7 +12,7 @@ network, as users run it). The truth is the exact rounds of the pre-trained mode
 density on a 240^2 grid (smeme.tilt), for the target the rounds ran (smoothed at t_r) and the
 paper's (t_r = 0). Per round and mode (a point belongs to the mode whose component of the data's
 mixture is most likely there): the log-odds shift of the mode's share over round 0, measured on
-16,384 samples under fixed noise, over the exact one; the entropy gain (k-NN on the samples)
+65,536 samples under fixed noise (N_SAMPLES), over the exact one; the entropy gain (k-NN on the samples)
 over the exact grid's; the off-support share (the data mixture's density below 1% of the lowest
 mode peak) against the exact rounds'.
 """
@@ -36,6 +36,8 @@ WEIGHTS = (0.62, 0.31, 0.07)
 CENTRES = ((-1.2, -0.4), (1.3, -0.6))
 SCALES = ((0.45, 0.3), (0.3, 0.45))
 ARC = dict(centre=(0.0, 0.6), radius=1.0, width=0.06, start=0.35 * math.pi, span=2 * math.pi / 3)
+
+N_SAMPLES = 65536  # per round, on the same fixed noise (each ratio's sampling sd is printed)
 
 
 def arc_points(rng, n):
@@ -80,12 +82,23 @@ def logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def paired_logodds_sd(flags0: np.ndarray, flags_k: np.ndarray) -> float:
+    """Sampling sd of logit(share_k) - logit(share_0) read on the same fixed noise (the delta method on the
+    paired indicators)."""
+    def scaled(flags):
+        p = flags.mean()
+        return flags / (p * (1 - p))
+    return float((scaled(flags_k) - scaled(flags0)).std() / math.sqrt(len(flags0)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="11,12")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lam", type=float, default=0.3)
     ap.add_argument("--reward-target", default=None, help="explore's reward_target (default: explore's default)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="any other ExploreConfig field (a number, or a word), e.g. likelihood_ratio_target=current")
     ap.add_argument("--folder", help="keeps the pre-trained run (default: a temporary folder)")
     args = ap.parse_args()
     from smeme.density import knn_entropy, log_prob_raw
@@ -114,6 +127,8 @@ def main() -> None:
     cell = (xs[1] - xs[0]) * (ys[1] - ys[0])
     logp = log_prob_raw(src.load_model(0).eval(), src.domain, src.standardizer, grid).reshape(gx.shape)
     chosen = {} if args.reward_target is None else {"reward_target": args.reward_target}
+    for field, value in (item.split("=", 1) for item in args.set):
+        chosen[field] = json.loads(value) if value[:1].isdigit() or value in ("true", "false", "null") else value
     config = ExploreConfig(**{**src.domain.explore_defaults(), "lam": args.lam, "metrics_logp": False, **chosen})
     ab = lambda t: float(src.schedule.ab(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
     truths = {name: exact_rounds(logp, xs, ys, [args.lam] * args.rounds, t_r, ab, src.standardizer.mean,
@@ -136,16 +151,20 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         run_rounds(run, args.rounds, ExploreConfig(**{**config.to_dict(), "seed": seed}))
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        rows = []
+        rows, labels_by_round = [], []
         for k in range(args.rounds + 1):
-            raw = round_samples(run, run.load_model(k).eval(), 16384)
+            raw = round_samples(run, run.load_model(k).eval(), N_SAMPLES)
             labels, support = labels_and_support(raw, peak_floor)
+            labels_by_round.append(labels)
             rows.append(([float((labels == m).mean()) for m in range(3)], float(knn_entropy(raw)),
                          float(1 - support.mean())))
-        per_seed.append({"seed": seed, "rows": rows, "round_cpu_s": cpu / args.rounds, "wall_s": wall})
+        sds = [[paired_logodds_sd(labels_by_round[0] == m, labels_by_round[k] == m) for m in range(3)]
+               for k in range(args.rounds + 1)]
+        per_seed.append({"seed": seed, "rows": rows, "sds": sds, "round_cpu_s": cpu / args.rounds, "wall_s": wall})
         print(json.dumps({"seed": seed, "rows": rows, "cpu_per_round": round(cpu / args.rounds, 1)}))
     load = os.getloadavg()[0]
-    with Recording(f"mode_rounds_{config.reward_target}", capability="Gaussian fidelity") as rec:
+    suffix = "".join(f"_{item.replace('=', '_')}" for item in args.set)
+    with Recording(f"mode_rounds_{config.reward_target}{suffix}", capability="Gaussian fidelity") as rec:
         for target in ("smoothed", "paper"):
             ex = exact[target]
             for k in range(1, args.rounds + 1):
@@ -154,15 +173,17 @@ def main() -> None:
                 gain = [(s["rows"][k][1] - s["rows"][0][1]) / (ex[k][1] - ex[0][1]) for s in per_seed]
                 off = [s["rows"][k][2] for s in per_seed]
                 flat = [r for seed_rows in mode_ratio for r in seed_rows]
+                sd = max(s["sds"][k][m] / abs(logit(ex[k][0][m]) - logit(ex[0][0][m])) for s in per_seed for m in range(3))
                 text = (f"log-odds shift over the exact per mode (heavy, second, arc), seeds {args.seeds}: "
                         + "; ".join("/".join(f"{r:.2f}" for r in seed_rows) for seed_rows in mode_ratio)
+                        + f" (sampling sd of a ratio at most {sd:.2f})"
                         + f"; entropy gain {'/'.join(f'{g:.2f}' for g in gain)} of exact; off-support "
                         + f"{'/'.join(f'{o:.3f}' for o in off)} (exact {ex[k][2]:.3f}); "
                         + f"{np.median([s['round_cpu_s'] for s in per_seed]):.1f} CPU s a round; load {load:.2f}")
                 met = (all(abs(r - 1) <= 0.10 for r in flat) and min(gain) >= 0.9
                        and max(off) <= ex[k][2] + 0.005)
                 rec.row(f"round {k} of {args.rounds} at lam {args.lam:g} on a trained 3-mode mixture with a light "
-                        f"narrow arc (7%), reward_target '{config.reward_target}', against the {target} target's "
+                        f"narrow arc (7%), reward_target '{config.reward_target}'{''.join(', ' + i for i in args.set)}, against the {target} target's "
                         f"exact rounds", text,
                         "every mode within 10%, entropy gain >= 0.9, off-support <= exact's (issue 20)", met=met,
                         min_mode_ratio=min(flat), max_mode_ratio=max(flat), min_gain=min(gain), max_off=max(off),

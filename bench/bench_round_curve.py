@@ -59,7 +59,7 @@ def main() -> None:
     from smeme.store import Run
 
     src = Run.open(args.run)
-    exact_shift = exact_logodds_shift(src, args.lam, ExploreConfig().t_r)
+    exact_shift = exact_logodds_shift(src, args.lam, ExploreConfig().target_t_r)
     share0 = round0_sparse_share(src, METRICS_N)
     print(json.dumps({"torch_threads": torch.get_num_threads(), "lam": args.lam, "exact_logodds_shift": exact_shift,
                       "load_avg_1min": os.getloadavg()[0]}), flush=True)

@@ -35,7 +35,7 @@ def main() -> None:
 
     src = Run.open(args.run)
     settings = json.loads(args.settings)
-    exact_shift = exact_logodds_shift(src, args.lam, ExploreConfig(**settings).t_r)
+    exact_shift = exact_logodds_shift(src, args.lam, ExploreConfig(**settings).target_t_r)
     solver = explore.adjoint_matching
     for seed in (int(s) for s in args.seeds.split(",")):
         work = Path(tempfile.mkdtemp(prefix="bench_iterates_")) / "run"

@@ -2,10 +2,11 @@
 
     SMEME_THREADS=1 python bench/bench_round_reference.py --run <run with rounds> [--n 8192]
 
-Round k's target is p_{k-1}(x) exp(r_k(x)) with r_k = -lam_k log p_{k-1}(x, t_r), read from the
-tuned round k-1 as the solver reads it. On samples x_i of round k-1 the self-normalised
-weights w_i ~ exp(r_k(x_i)) turn any average into the exact round k's (r_k by a fine PF-ODE
-solve from t_r, `--ode-steps`). Per round this prints the exact and the measured (round k's
+Round k's target is p_{k-1}(x) exp(r_k(x)) with r_k = -lam_k log p_{k-1}(x) (the round's recorded
+reward_target: the paper's, deconvolved from t_r, or the smoothed -lam_k log p_{k-1}(x, t_r)), read
+from the tuned round k-1 as the solver reads it (smeme.reward.RoundReward). On samples x_i of round
+k-1 the self-normalised weights w_i ~ exp(r_k(x_i)) turn any average into the exact round k's (r_k
+by a fine PF-ODE solve from t_r, `--ode-steps`). Per round this prints the exact and the measured (round k's
 own samples, same seed) mean reward and validity (triangles; on-support share otherwise),
 the share of the exact reward gain reached, (E_k r - E_{k-1} r) / (E_w r - E_{k-1} r), and the
 weights' effective sample size as a share of n (how far to trust the reference). Both sides
@@ -33,8 +34,8 @@ def main() -> None:
     p.add_argument("--ode-steps", type=int, default=32, help="PF-ODE steps of the reference reward values")
     args = p.parse_args()
     configure()
-    from smeme.density import log_prob
     from smeme.explore import ExploreConfig
+    from smeme.reward import RewardSettings, RoundReward
     from smeme.sampling import sample
     from smeme.store import Run
 
@@ -64,8 +65,11 @@ def main() -> None:
         prev = run.load_model(k - 1)
         z_k = samples_of(k)
 
-        def reward(z, lam=lams[k - 1], t_r=t_rs[k - 1]):
-            return -lam * log_prob(prev, z, steps=args.ode_steps, t_min=t_r).detach().double().numpy()
+        settings = RewardSettings(t_r=t_rs[k - 1], reward_ode_steps=args.ode_steps, reward_values_tolerance=None,
+                                  reward_target=recorded.get(k, {}).get("reward_target", "smoothed"))
+
+        def reward(z, lam=lams[k - 1], settings=settings):  # the round's own reward, fresh per batch
+            return RoundReward(prev, lam, settings).value(z).detach().double().numpy()
 
         r_prev, r_k = reward(z_prev), reward(z_k)
         w = np.exp(r_prev - r_prev.max())

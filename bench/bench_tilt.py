@@ -51,7 +51,7 @@ def toy_part(run_folder: Path | None, resolution: int) -> None:
         run_folder = Path(tempfile.mkdtemp(prefix="bench_tilt_")) / "toy"
         pretrain_run(run_folder, "toy")
     run = Run.open(run_folder)
-    t_r = ExploreConfig().t_r
+    t_r = ExploreConfig().target_t_r  # the default rounds' target (0: the paper's)
     for lam in LAMS:
         t0 = time.perf_counter()
         rows = run_exact_rounds(run, [lam] * ROUNDS, t_r, 0, resolution=resolution)

@@ -105,6 +105,13 @@ def _share(text: str) -> float:
     return value
 
 
+def _features_or_none(text: str):
+    """An argparse type: a number of features >= 1, or 'none' (returned as the string 'none')."""
+    if text.strip().lower() in ("none", "off"):
+        return "none"
+    return _int_in(1, 1_000_000)(text)
+
+
 def _share_or_none(text: str):
     """An argparse type: a share in (0, 1), or 'none' (returned as the string 'none')."""
     if text.strip().lower() in ("none", "off"):
@@ -175,8 +182,8 @@ def _add_explore(sub, common) -> None:
                    help="lambda from round to round: the same, or lambda / k^0.6 in round k (default: constant)")
     p.add_argument("--allow-lam-one", action="store_true", help="allow lambda = 1 (Theorem 5.2's one-step case)")
     p.add_argument("--reward-target", choices=["data", "smoothed"], dest="reward_target",
-                   help="'data': the paper's reward -lam log p at the data end (score at t_r, deconvolved); "
-                        "'smoothed' (default): -lam log p(x, t_r), a different, smoothed target")
+                   help="'data' (default): the paper's reward -lam log p at the data end (score at t_r, deconvolved); "
+                        "'smoothed': -lam log p(x, t_r), a different, smoothed target")
     p.add_argument("--t-r", type=float, dest="t_r", help="noise level the reward's score is read at (default: 0.05)")
     p.add_argument("--ess-fallback", type=_share_or_none, dest="ess_fallback", metavar="SHARE",
                    help="a likelihood-ratio step whose weights' effective sample size falls below this share of the "
@@ -184,7 +191,10 @@ def _add_explore(sub, common) -> None:
                         "(default: 0.5)")
     p.add_argument("--lr-share", type=_share, dest="likelihood_ratio_share", metavar="SHARE",
                    help="share of the solver's stochastic steps, the earliest, that carry the likelihood-ratio term; "
-                        "0: Adjoint Matching alone (default: 0.8, off at 16 columns and more)")
+                        "0: Adjoint Matching alone (default: 0.8, off above --lr-max-features columns)")
+    p.add_argument("--lr-max-features", type=_features_or_none, dest="likelihood_ratio_max_features", metavar="N",
+                   help="the most columns whose rounds run the likelihood-ratio term; 'none': any number "
+                        "(default: 3)")
     p.add_argument("--max-validity-drop", type=_share, dest="max_validity_drop", metavar="SHARE",
                    help="a round whose on-support share falls more than this below the previous round's (0.2: 20 "
                         "points) is rejected and the previous round stays the latest; 1 turns the guard off "

@@ -193,7 +193,8 @@ def cmd_explore(args) -> int:
     wanted = {"lam": args.lam, "solver": args.solver, "seed": args.seed, "lam_schedule": args.lam_schedule,
               "allow_lam_one": args.allow_lam_one or None, "iterations": args.iterations,
               "reward_target": args.reward_target, "t_r": args.t_r, "ess_fallback": args.ess_fallback,
-              "max_validity_drop": args.max_validity_drop, "likelihood_ratio_share": args.likelihood_ratio_share}
+              "max_validity_drop": args.max_validity_drop, "likelihood_ratio_share": args.likelihood_ratio_share,
+              "likelihood_ratio_max_features": args.likelihood_ratio_max_features}
     kwargs = {}
     for key, value in wanted.items():
         if value is None:
@@ -201,8 +202,9 @@ def cmd_explore(args) -> int:
         if key not in names:
             raise CliError(f"This smeme's explore has no setting '{key}'.")
         kwargs[key] = value
-    if kwargs.get("ess_fallback") == "none":  # switched off: ExploreConfig's None (temper the weights)
-        kwargs["ess_fallback"] = None
+    for key in ("ess_fallback", "likelihood_ratio_max_features"):
+        if kwargs.get(key) == "none":  # switched off: ExploreConfig's None
+            kwargs[key] = None
     if args.density_metrics == "now":
         kwargs["metrics_logp"] = True
     config = ExploreConfig(**{**run.domain.explore_defaults(), **kwargs})

@@ -10,19 +10,17 @@ lam schedule: 'constant' lam_k = lam, or 'decreasing' lam_k = lam / k^lam_power 
 0.5 < lam_power <= 1, so sum lam_k = inf and sum lam_k^2 < inf (Robbins-Monro, paper s.6).
 
 The score is read from the network at t_r (0.05 by default), where it is accurate:
-- reward_target 'smoothed' (default) uses s(x, t_r) as it is: the reward is
-  -lam log p_{k-1}(x, t_r), whose exact round is p_{k-1} p_{k-1}(., t_r)^-lam;
-- reward_target 'data' deconvolves it to the data end (density.deconvolved_score), giving
-  the paper's reward -lam log p_{k-1}(x), exact wherever p_{k-1} is locally Gaussian.
-The solver's likelihood-ratio term also needs the reward's values: r_k(x) from the frozen
-previous model's PF-ODE at t_r (smeme.density.log_prob), plus the deconvolution's local
-correction for 'data' (RoundReward).
+- reward_target 'data' (default) deconvolves it to the data end (density.deconvolved_score),
+  giving the paper's reward -lam log p_{k-1}(x), exact wherever p_{k-1} is locally Gaussian;
+- reward_target 'smoothed' uses s(x, t_r) as it is: the reward is -lam log p_{k-1}(x, t_r),
+  whose exact round is p_{k-1} p_{k-1}(., t_r)^-lam, a different target (image rounds, whose
+  deconvolution would need the score's Jacobian over every pixel, use it).
+The likelihood-ratio term also needs the reward's values: the frozen previous model's PF-ODE
+density at t_r, plus the deconvolution's local correction for 'data' (smeme.reward.RoundReward).
 
-The tuned network is itself a model of the round's tilt (the solver regresses in score
-units), so the next round reads its reward from that network's score, and its samples,
-PF-ODE density and heatmaps all show the same model. Each round's metrics carry the
-solver's result beside its solver seconds: the likelihood-ratio weights' health and whether
-the control converged (SolverResult.round_metrics).
+The tuned network models the round's tilt (the solver regresses in score units), so the next
+round reads its reward from that network's score. Each round's metrics carry the solver's
+result (SolverResult.round_metrics): the likelihood-ratio weights' health, convergence.
 
 Contract: each finished round is checked (finite weights, on-support share not down by more
 than max_validity_drop against the previous round) and saved at once with the metrics that define it
@@ -85,8 +83,11 @@ class ExploreConfig(ConfigBase):
         likelihood_ratio_share (`float`, defaults to 0.8):
             Share of the stochastic steps, the earliest, that also regress onto the likelihood-ratio target (one
             PF-ODE solve of the reward's values per iteration); 0 turns the term off (Adjoint Matching alone).
-            A round turns it off where its weights cannot be healthy: exp(-lam_k^2 D / 2) below ess_fallback for
-            a model of D features (`likelihood_ratio_share_at`; e.g. D >= 16 at lam 0.3).
+            A round turns it off above likelihood_ratio_max_features.
+        likelihood_ratio_max_features (`int`, *optional*, defaults to 3):
+            The most features D of a model whose rounds run the likelihood-ratio term, which also needs
+            exp(-lam_k^2 D / 2), its weights' effective sample share at a Gaussian round's exact control, to be at
+            least ess_fallback (`likelihood_ratio_share_at`). None: any D.
         alone_iterations (`float`, defaults to 1.5): Factor on `iterations` (rounded up) where `budget_at` raises it.
         alone_adam_steps (`int`, defaults to 6): Adam steps per iteration (at least `adam_steps`) there.
         reward_ode_steps (`int`, defaults to 8):
@@ -99,10 +100,9 @@ class ExploreConfig(ConfigBase):
         adjoint_weight_on_lr_steps (`float`, defaults to 0.0):
             Weight of the Adjoint Matching term on the steps the likelihood-ratio term covers; 0 leaves those steps to
             the likelihood-ratio term (the lean adjoint is heavy-tailed there) and skips their backward pass.
-        likelihood_ratio_target (`str`, defaults to `"next"`):
-            The likelihood-ratio term's target: `"next"` E*[zeta_i | x_i], or `"current"` J_i^T E*[zeta_i | x_i] =
-            std_i grad V_i (exact in closed form, one base VJP per selected step); README, "Known limits", says why
-            `"next"` is the default.
+        likelihood_ratio_target (`str`, defaults to `"current"`):
+            The likelihood-ratio term's target: `"current"` J_i^T E*[zeta_i | x_i] = std_i grad V_i (exact in closed
+            form, one base VJP per selected step), or `"next"` E*[zeta_i | x_i] (off by J_i^-T; no VJP).
         ess_fallback (`float`, *optional*, defaults to 0.5):
             A likelihood-ratio step whose weights' effective sample size is below this share of the trajectories
             (in (0, 1)) leaves that term in that iteration and the Adjoint Matching term takes the step in full,
@@ -119,11 +119,11 @@ class ExploreConfig(ConfigBase):
         t_r (`float`, defaults to 0.05):
             Diffusion time, in (0, 1), at which the previous round's score gives the reward; the solver's loss fits
             the tuned score well only from t ~ 0.03 up.
-        reward_target (`str`, defaults to `"smoothed"`):
-            `"smoothed"`: r = -lam log p_{k-1}(x, t_r), whose target p_{k-1} p_{k-1}(., t_r)^-lam is the paper's only
-            where every direction and mode is much wider than sqrt(1 - ab(t_r)) (0.17 at t_r = 0.05); `"data"`: the
-            paper's -lam log p_{k-1}(x), read at t_r and deconvolved (exact where p_{k-1} is locally Gaussian).
-            README, "Known limits", says why `"smoothed"` is the default.
+        reward_target (`str`, defaults to `"data"`):
+            `"data"`: the paper's r = -lam log p_{k-1}(x), read at t_r and deconvolved (exact where p_{k-1} is locally
+            Gaussian); `"smoothed"`: r = -lam log p_{k-1}(x, t_r), a different target, p_{k-1} p_{k-1}(., t_r)^-lam,
+            which is the paper's only where every direction and mode is much wider than sqrt(1 - ab(t_r)) (0.17 at
+            t_r = 0.05).
         reward (`str`, defaults to `"previous"`):
             `"previous"`: the gradient from round k-1's score (the paper's); `"pretrained"`: from round 0's, scaled by
             prod_{i<k}(1 - lam_i) (module docstring).
@@ -155,18 +155,19 @@ class ExploreConfig(ConfigBase):
     adam_steps: int = 2
     lr: float | None = None
     likelihood_ratio_share: float = 0.8
+    likelihood_ratio_max_features: int | None = 3
     alone_iterations: float = 1.5
     alone_adam_steps: int = 6
     reward_ode_steps: int = 8
     reward_values_tolerance: float | None = 0.002
     adjoint_weight_on_lr_steps: float = 0.0
-    likelihood_ratio_target: str = "next"
+    likelihood_ratio_target: str = "current"
     ess_fallback: float | None = 0.5
     outlier_mode: str = "off"
     weight_ema: float | None = 0.9
     average_start: float = 0.5
     t_r: float = 0.05
-    reward_target: str = "smoothed"
+    reward_target: str = "data"
     reward: str = "previous"
     score_clip: float | None = None
     seed: int = 0
@@ -195,6 +196,9 @@ class ExploreConfig(ConfigBase):
             raise ExploreError(f"The budget must be at least 1 solver iteration per round, got {self.iterations}.")
         if self.trajectories < 2 or self.steps < 2 or self.adam_steps < 1 or (self.lr is not None and not self.lr > 0):
             raise ExploreError("Explore needs trajectories >= 2, steps >= 2, adam_steps >= 1 and lr > 0 (or None).")
+        most = self.likelihood_ratio_max_features
+        if most is not None and not (isinstance(most, int) and not isinstance(most, bool) and most >= 1):
+            raise ExploreError(f"likelihood_ratio_max_features must be an integer >= 1 (or None), got {most!r}.")
         if not (self.alone_iterations >= 1 and isinstance(self.alone_adam_steps, int) and self.alone_adam_steps >= 1):
             raise ExploreError("alone_iterations must be >= 1 and alone_adam_steps an integer >= 1, got "
                                f"{self.alone_iterations!r} and {self.alone_adam_steps!r}.")
@@ -221,22 +225,27 @@ class ExploreConfig(ConfigBase):
             return float(self.lam)
         return float(self.lam) / k ** self.lam_power  # sum = inf, sum of squares < inf
 
+    @property
+    def target_t_r(self) -> float:
+        """The smoothing of each round's exact target (smeme.tilt's t_r): 0 for the paper's (reward_target
+        'data'), t_r for the smoothed reward's."""
+        return 0.0 if self.reward_target == "data" else float(self.t_r)
+
     def lr_at(self, k: int) -> float:
         """The solver's learning rate in round k >= 1."""
         return float(self.lr) if self.lr is not None else 2e-3 * math.sqrt(self.lam_at(k) / 0.3)
 
     def likelihood_ratio_share_at(self, k: int, dim: int | None) -> float:
-        """likelihood_ratio_share for round k of a `dim`-dimensional model: 0 where the term's weights
-        cannot reach ess_fallback. At the exact control the path weights of a Gaussian round are
-        log-normal with variance ~lam^2 dim, so their effective sample share is at most
-        exp(-lam^2 dim / 2) (0.49 at lam 0.3, dim 16); below ess_fallback the round would hand most of
-        the term's steps back to the adjoint term iteration by iteration, which measured worse than
-        the adjoint term alone (BENCHMARKS.md, "Solver fidelity in 16-64 dimensions"), and costs a
-        PF-ODE solve per iteration. None for dim, or ess_fallback None: the setting as it is."""
+        """likelihood_ratio_share for round k of a `dim`-feature model (None: as set): 0 above
+        likelihood_ratio_max_features, where the term's noisy gradient lands Gaussian rounds further from
+        their target than the adjoint term alone (README, "Known limits"), or where its weights cannot reach
+        ess_fallback: at the exact control their effective share is at most exp(-lam^2 dim / 2)."""
         share = self.likelihood_ratio_share
-        if dim is None or self.ess_fallback is None or not share:
+        if dim is None or not share:
             return share
-        return 0.0 if math.exp(-self.lam_at(k) ** 2 * dim / 2) < self.ess_fallback else share
+        most = self.likelihood_ratio_max_features
+        healthy = self.ess_fallback is None or math.exp(-self.lam_at(k) ** 2 * dim / 2) >= self.ess_fallback
+        return share if healthy and (most is None or dim <= most) else 0.0
 
     def lr_off_by_dimension(self, k: int, dim: int | None) -> bool:
         """Whether likelihood_ratio_share_at turns the term off for round k of a `dim`-feature model

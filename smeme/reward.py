@@ -23,8 +23,8 @@ class RewardSettings:
 
     Args:
         t_r (`float`): Diffusion time of the score (and, 'smoothed', of the density) the reward reads.
-        reward_target (`str`, defaults to `"smoothed"`):
-            'smoothed': the model's own score and density at t_r; 'data': deconvolved to the data end (the paper's).
+        reward_target (`str`, defaults to `"data"`):
+            'data': deconvolved to the data end (the paper's); 'smoothed': the model's own score and density at t_r.
         score_clip (`float`, *optional*): Caps |s(x, t_r)| per sample at score_clip / sqrt(1 - ab(t_r)); None: off.
         reward_ode_steps (`int`, defaults to 8): RK4 steps of the values' PF-ODE solve (at most).
         reward_values_tolerance (`float`, *optional*, defaults to 0.002):
@@ -32,7 +32,7 @@ class RewardSettings:
             steps; None: always reward_ode_steps.
     """
     t_r: float
-    reward_target: str = "smoothed"
+    reward_target: str = "data"
     score_clip: float | None = None
     reward_ode_steps: int = 8
     reward_values_tolerance: float | None = 0.002

@@ -181,19 +181,24 @@ def test_explore_ess_fallback_reaches_the_rounds_and_none_switches_it_off(run_co
 
 
 def test_explore_share_options_reach_the_rounds_and_are_checked(run_copy):
-    """--max-validity-drop sets the support guard's limit and --lr-share the likelihood-ratio term's share of the
-    rounds; a value outside [0, 1] is refused in one sentence naming the option, and nothing is written."""
+    """--max-validity-drop sets the support guard's limit, --lr-share the likelihood-ratio term's share of the
+    rounds and --lr-max-features its bound on the columns; a value outside [0, 1] (or a bound not a whole number
+    >= 1 or 'none') is refused in one sentence naming the option, and nothing is written."""
     from smeme.store import Run
 
     proc = smeme("explore", "--run", run_copy, "--rounds", 1, "--iterations", 2, "--max-validity-drop", "1",
-                 "--lr-share", "0")
+                 "--lr-share", "0", "--lr-max-features", "none")
     assert proc.returncode == 0, proc.stderr
     settings = Run.open(run_copy).metrics()[1]["explore"]
     assert settings["max_validity_drop"] == 1.0 and settings["likelihood_ratio_share"] == 0.0
+    assert settings["likelihood_ratio_max_features"] is None
     before = snapshot(run_copy)
     for option in ("--max-validity-drop", "--lr-share"):
         for bad in ("1.5", "-0.1", "nan"):
             assert_clean_failure(smeme("explore", "--run", run_copy, "--rounds", 1, option, bad), match=option)
+    for bad in ("0", "2.5", "many"):
+        assert_clean_failure(smeme("explore", "--run", run_copy, "--rounds", 1, "--lr-max-features", bad),
+                             match="--lr-max-features")
     assert snapshot(run_copy) == before
 
 

@@ -86,28 +86,38 @@ def test_ess_fallback_is_explores_default_and_reaches_each_round():
 
 
 def test_the_likelihood_ratio_term_is_off_where_its_weights_cannot_be_healthy():
-    """exp(-lam^2 D / 2) < ess_fallback turns the term off for that round (lam 0.3: D >= 16); it stays
-    on below, with ess_fallback None, and a solver option or an unknown D keep the setting."""
+    """Above likelihood_ratio_max_features (3), or where exp(-lam^2 D / 2) < ess_fallback (lam 0.9:
+    D >= 2), the term is off for that round; it stays on below, with the bounds None, and a solver
+    option or an unknown D keep the setting."""
     import math
 
     config = ExploreConfig(lam=0.3)
-    assert math.exp(-0.09 * 15 / 2) > 0.5 > math.exp(-0.09 * 16 / 2)
-    assert [config.solver_config(1, dim=d).likelihood_ratio_share for d in (2, 8, 15, 16, 64)] == [0.8] * 3 + [0.0] * 2
+    assert [config.solver_config(1, dim=d).likelihood_ratio_share for d in (1, 2, 3, 4, 8, 64)] == [0.8] * 3 + [0.0] * 3
     assert config.solver_config(1).likelihood_ratio_share == 0.8
-    assert ExploreConfig(lam=0.3, ess_fallback=None).solver_config(1, dim=64).likelihood_ratio_share == 0.8
+    unbounded = ExploreConfig(lam=0.3, likelihood_ratio_max_features=None)
+    assert math.exp(-0.09 * 15 / 2) > 0.5 > math.exp(-0.09 * 16 / 2)
+    assert [unbounded.solver_config(1, dim=d).likelihood_ratio_share for d in (8, 15, 16)] == [0.8, 0.8, 0.0]
+    assert ExploreConfig(lam=0.3, ess_fallback=None, likelihood_ratio_max_features=None).solver_config(
+        1, dim=64).likelihood_ratio_share == 0.8
+    assert ExploreConfig(lam=0.3, likelihood_ratio_max_features=8).solver_config(1, dim=8).likelihood_ratio_share == 0.8
     forced = ExploreConfig(lam=0.3, solver_options={"likelihood_ratio_share": 0.5})
     assert forced.solver_config(1, dim=64).likelihood_ratio_share == 0.5
-    assert ExploreConfig(lam=0.1).solver_config(1, dim=64).likelihood_ratio_share == 0.8  # 0.73 > 0.5
+    assert unbounded.solver_config(1, dim=64).likelihood_ratio_share == 0.0
+    assert ExploreConfig(lam=0.1, likelihood_ratio_max_features=None).solver_config(
+        1, dim=64).likelihood_ratio_share == 0.8  # exp(-0.32) = 0.73 > 0.5
     decaying = ExploreConfig(lam=0.9, lam_schedule="decreasing", lam_power=1.0)  # lam_k = 0.9 / k
     assert [decaying.solver_config(k, dim=3).likelihood_ratio_share for k in (1, 2)] == [0.0, 0.8]
+    for bad in (0, 2.5, True, "3"):
+        with pytest.raises(ExploreError, match="likelihood_ratio_max_features"):
+            ExploreConfig(likelihood_ratio_max_features=bad)
 
 
 def test_a_round_without_the_likelihood_ratio_term_by_dimension_gets_the_larger_budget():
-    """Where likelihood_ratio_share_at turns the term off (lam 0.3: D >= 16) the round runs
+    """Where likelihood_ratio_share_at turns the term off (lam 0.3: D >= 4) the round runs
     ceil(iterations x alone_iterations) iterations of max(adam_steps, alone_adam_steps) Adam steps;
     elsewhere, and where the term is off by setting or forced on by a solver option, the budget as set."""
     config = ExploreConfig(lam=0.3, iterations=30, adam_steps=2)
-    budgets = [(c.iterations, c.adam_steps) for c in (config.solver_config(1, dim=d) for d in (2, 15, 16, 64))]
+    budgets = [(c.iterations, c.adam_steps) for c in (config.solver_config(1, dim=d) for d in (2, 3, 4, 64))]
     assert budgets == [(30, 2), (30, 2), (45, 6), (45, 6)]
     assert config.budget_at(1, None) == (30, 2)
     assert ExploreConfig(lam=0.3, iterations=7, alone_iterations=1.2, alone_adam_steps=3).budget_at(1, 16) == (9, 3)

@@ -26,10 +26,9 @@ from smeme.store import Run
 
 pytestmark = pytest.mark.slow
 
-# the rounds below run the smoothed reward (explore's default, named so the test keeps its target)
-# and are judged against its exact rounds; on the toy the paper's target differs from it by < 0.2%
-# of the sparse share (BENCHMARKS.md)
-METRICS = dict(metrics_n=16384, metrics_logp=False, reward_target="smoothed")
+# the rounds below run explore's defaults (the paper's reward) and are judged against their exact
+# rounds (ExploreConfig.target_t_r)
+METRICS = dict(metrics_n=16384, metrics_logp=False)
 KNN_SD = 0.006  # sd of one k-NN entropy estimate at 16,384 samples (measured over seeds)
 SEEDS = (5, 6, 7)  # the defaults were tuned on seeds 0-3
 
@@ -81,7 +80,7 @@ def toy_exact(toy_src):
     from smeme.tilt import exact_round_grid, summarise_rounds
 
     run = Run.open(toy_src)
-    t_r = ExploreConfig().t_r  # the smoothed reward's target (METRICS)
+    t_r = ExploreConfig(**METRICS).target_t_r  # the target the rounds run (0: the paper's)
     xs, ys, logp = exact_round_grid(run, 0, resolution=200)  # one PF-ODE grid serves both lambdas
     return {lam: summarise_rounds(run, xs, ys, logp, [lam] * 3, t_r, 0) for lam in (0.1, 0.3)}
 
@@ -194,8 +193,11 @@ def test_toy_one_default_round_reaches_the_closed_form_gain(toy_seeded):
 
 
 def test_student_teacher_raises_the_toy_entropy(toy_src, tmp_path):
+    """The blog's solver on the smoothed reward it was built for: it adds grad r to the score at every
+    t <= t_near, and the paper's reward (deconvolved, steep at the squares' edges) makes it leak 11% off
+    the support at lam 0.3, where the exact round leaks 5.4% (2026-12-07; README, "Known limits")."""
     run = _copy(toy_src, tmp_path)
-    run_rounds(run, 1, ExploreConfig(lam=0.3, solver="student-teacher", **METRICS))
+    run_rounds(run, 1, ExploreConfig(lam=0.3, solver="student-teacher", **{**METRICS, "reward_target": "smoothed"}))
     m = run.metrics()
     assert m[1]["solver"] == "student-teacher"
     assert m[1]["entropy_knn"] > m[0]["entropy_knn"] + 0.01, (m[0]["entropy_knn"], m[1]["entropy_knn"])

@@ -1,9 +1,11 @@
 """Solver fidelity on trained models, as users run them: every round reaches its exact tilt.
 
 A trained MLP on Gaussian data is, to a good approximation, a Gaussian model N(mu, S_hat) in
-its standardised features, and for a Gaussian model every S-MEME round has a closed form
-with the reward -lam log p(x, t_r),
-    Cov_k = (Cov_{k-1}^-1 - lam S_{r,k-1}^-1)^-1,  S_{r,k-1} = ab(t_r) Cov_{k-1} + (1 - ab(t_r)) I.
+its standardised features, and for a Gaussian model every S-MEME round has a closed form:
+with the paper's reward -lam log p(x) (explore's default) Cov_k = Cov_{k-1} / (1 - lam), and with
+the smoothed reward -lam log p(x, t_r)
+    Cov_k = (Cov_{k-1}^-1 - lam S_{r,k-1}^-1)^-1,  S_{r,k-1} = ab(t_r) Cov_{k-1} + (1 - ab(t_r)) I
+(exact_covs with t_r = ExploreConfig.target_t_r; t_r = 0 gives the former).
 S_hat is the pre-trained model's own covariance, read from its samples with a fine sampler
 (400 DDPM steps, where the chain's shrinkage is below 1%), and the tuned rounds are read the
 same way, so the share of the exact entropy gain reached,
@@ -13,7 +15,7 @@ defaults of CSV runs (ExploreConfig with CsvDomain.explore_defaults()) except la
 k+1 reads its reward from round k's tuned network (run_rounds, as the CLI and the app do).
 
 Bars: the issue asks for >= 90% of the exact tilt in one round (median of 3 seeds) and within
-10% of the exact 3-round result. The estimator's own spread: the log-det of a covariance from
+10% of the exact 3-round result, per whitened direction (DIRECTION_TOL) as well as in volume. The estimator's own spread: the log-det of a covariance from
 n = 8,000 samples has a standard error of about sqrt(2 d / n) nats (0.03-0.06 here) against
 gains of 0.3-1.4 nats, and rounds share their fixed noise, so the bars leave it no room to
 decide. Data and solver seeds (data 21-23, solver 5-7) were never used for tuning.
@@ -39,9 +41,9 @@ LAM = 0.3
 N_EVAL, EVAL_STEPS = 8000, 400
 PRETRAIN_STEPS = 800  # the truth is the trained model's own covariance, so a short fit will do
 SOLVER_SEEDS = (5, 6, 7)
-# per whitened direction, share of the exact log-variance gain: a loose bound (not measured over
-# seeds here, load 20) that still fails a direction that shrinks or runs to twice its gain
-DIRECTION_TOL = 0.5
+# per whitened direction, share of the exact log-variance gain: the issue's bars, 10% for one round
+# and 15% over three (the rounds' exact recursion)
+DIRECTION_TOL, DIRECTION_TOL_3 = 0.10, 0.15
 
 
 def correlated_gaussian_csv(path, d: int, seed: int, rows: int = 20000):
@@ -159,11 +161,6 @@ def exact_covs(run: Run, cov0: np.ndarray, rounds: int, t_r: float) -> list[np.n
     return covs
 
 
-def target_t_r(config) -> float:
-    """The smoothing of a round's target: 0 for the paper's (reward_target 'data'), else t_r."""
-    return 0.0 if config.reward_target == "data" else config.t_r
-
-
 def logdet_gain(c: np.ndarray, c0: np.ndarray) -> float:
     return float(np.linalg.slogdet(c)[1] - np.linalg.slogdet(c0)[1])
 
@@ -179,7 +176,7 @@ def run_gaussian_rounds(src, tmp_path, rounds: int, seed: int, **overrides) -> l
                               "metrics_n": 1024, **overrides})  # the CLI's and the app's CSV defaults
     run_rounds(run, rounds, config)
     cov0 = base_cov(str(src))
-    exact = exact_covs(run, cov0, rounds, target_t_r(config))
+    exact = exact_covs(run, cov0, rounds, config.target_t_r)
     out = []
     for k in range(1, rounds + 1):
         cov = model_cov(run, k)
@@ -193,13 +190,6 @@ def _span(rows: list[dict]) -> str:
                      for r in rows)
 
 
-# These bars were measured with the smoothed reward (explore's default) and are judged against ITS
-# exact rounds (target_t_r); against the paper's target (reward_target 'data') one d = 8 round reached
-# a log-det share of 0.858 and direction shares 0.66-1.03 (seed 5, BENCHMARKS.md): the solver's
-# fit at small t, not the reward, is what is short there (test_a_narrow_direction_... below).
-SMOOTHED = {"reward_target": "smoothed"}
-
-
 # The one-round cases are split over this file and test_fidelity_wide.py (d = 8, independent
 # columns, the narrow direction), so that two test workers share them (CI distributes by file).
 @pytest.mark.parametrize("d,independent", [(2, False), (3, False)])
@@ -210,7 +200,7 @@ def test_one_round_reaches_the_exact_gaussian_tilt(gaussian_runs, tmp_path, d, i
 def check_one_round(gaussian_runs, tmp_path, d: int, independent: bool) -> None:
     """The median over solver seeds of the log-determinant share within 10%, and of the smallest
     and largest per-direction share within DIRECTION_TOL (the shape, not only the volume)."""
-    rows = [run_gaussian_rounds(gaussian_runs(d, independent), tmp_path, 1, seed, **SMOOTHED)[0]
+    rows = [run_gaussian_rounds(gaussian_runs(d, independent), tmp_path, 1, seed)[0]
             for seed in SOLVER_SEEDS]
     report = f"d={d}: {_span(rows)}"
     assert 0.90 <= statistics.median(r["logdet"] for r in rows) <= 1.10, report
@@ -219,9 +209,9 @@ def check_one_round(gaussian_runs, tmp_path, d: int, independent: bool) -> None:
 
 
 def test_three_rounds_follow_the_exact_gaussian_recursion(gaussian_runs, tmp_path):
-    rows = run_gaussian_rounds(gaussian_runs(3), tmp_path, 3, SOLVER_SEEDS[0], **SMOOTHED)
+    rows = run_gaussian_rounds(gaussian_runs(3), tmp_path, 3, SOLVER_SEEDS[0])
     assert all(abs(r["logdet"] - 1) <= 0.10 for r in rows), f"cumulative, by round: {_span(rows)}"
-    assert all(abs(r["directions"] - 1).max() <= DIRECTION_TOL for r in rows), f"cumulative, by round: {_span(rows)}"
+    assert all(abs(r["directions"] - 1).max() <= DIRECTION_TOL_3 for r in rows), f"cumulative, by round: {_span(rows)}"
 
 
 def test_ess_health_is_reported_per_round(gaussian_runs, tmp_path):

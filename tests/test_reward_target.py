@@ -82,7 +82,8 @@ def test_round_reward_targets_and_config():
     mu, S = narrow_gaussian()
     model = GaussianModel(mu, S, SCH)
     x = mu + 0.3 * torch.randn(64, 5, dtype=F64)
-    assert ExploreConfig().reward_target == "smoothed"  # until trained rounds reach 'data' (explore.py)
+    assert ExploreConfig().reward_target == "data" and ExploreConfig().target_t_r == 0.0  # the paper's
+    assert ExploreConfig(reward_target="smoothed", t_r=0.04).target_t_r == 0.04
     paper = RoundReward(model, 0.3, ExploreConfig(lam=0.3, reward_target="data"))
     torch.testing.assert_close(paper.grad(x), 0.3 * torch.linalg.solve(S, (x - mu).T).T)  # -lam grad log p_0
     smoothed = RoundReward(model, 0.3, ExploreConfig(lam=0.3, reward_target="smoothed"))

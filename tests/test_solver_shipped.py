@@ -60,15 +60,12 @@ def linear_round(config: ExploreConfig, w: torch.Tensor, shape=None, seed=0, cov
 @pytest.mark.parametrize("target", [
     "current",
     pytest.param("next", marks=pytest.mark.xfail(strict=True, reason=(
-        "explore's default target 'next' is off by J_i^-T: 1.052 / 1.026 here (2026-12-06); it stays the "
-        "default because 'current' lands trained Gaussian rounds lower (d = 2: 0.86-0.92 of the exact "
-        "gain against 0.89-0.95 with 'next'): the term's noisy gradient under-tilts both at the shipped "
-        "budget and J_i^-T offsets part of it (README, 'Known limits')"))),
+        "the option 'next' is off by J_i^-T: 1.052 / 1.026 here (2026-12-06); explore's default is 'current'"))),
 ])
 def test_shipped_solver_lands_a_linear_reward_per_axis(target):
     """A reward of a default round's size (lam = 0.1 times LIN_W; an entropy round's gradient is
     lam S_r^-1 x, ~0.1-0.15 at one standard deviation here) and explore's defaults, with each
-    likelihood-ratio target. Measured 2026-12-06: 'current' 0.990 / 0.973, 'next' 1.052 / 1.026."""
+    likelihood-ratio target ('current' the default). Measured 2026-12-06: 'current' 0.990 / 0.973, 'next' 1.052 / 1.026."""
     config = ExploreConfig(likelihood_ratio_target=target)
     share, result = linear_round(config, config.lam * LIN_W)
     assert torch.all((share - 1).abs() < 0.05), f"mean shift / exact per axis: {share.tolist()}"

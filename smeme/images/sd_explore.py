@@ -298,7 +298,7 @@ def guided_round_problem(model, w: float, lam: float, t_r: float):
     analytic stand-in).
     """
     tuned, base = SDGuidedTunedView(model, w), SDGuidedView(model, w, adapter=False)
-    return tuned, base, RoundReward(base, lam, RewardSettings(t_r=t_r)).grad  # -lam s_{k-1}(x, t_r), explore's
+    return tuned, base, RoundReward(base, lam, RewardSettings(t_r=t_r, reward_target="smoothed")).grad  # -lam s_{k-1}(x, t_r)
 
 
 # The control SD rounds regress (AdjointMatchingConfig.control): score units, so that the tuned guided

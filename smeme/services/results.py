@@ -94,8 +94,8 @@ def solver_health(m: dict) -> str | None:
         ran, asked = m.get("iterations"), (m.get("explore") or {}).get("iterations")
         budget = (f", on a larger budget: {ran} iterations, not {asked}"
                   if isinstance(ran, int) and isinstance(asked, int) and ran > asked else "")
-        parts.append("likelihood-ratio term off for this round: in this many dimensions at this lambda its "
-                     f"weights could not stay even enough (Adjoint Matching alone{budget})")
+        parts.append("likelihood-ratio term off for this round: with this many columns, or at this lambda, its "
+                     f"gradient would be mostly noise (Adjoint Matching alone{budget})")
     if metric_number(m.get("lr_ess_min")) is not None:
         parts.append(f"likelihood-ratio weights: effective sample size {m['lr_ess_min']:.0%} of the "
                      f"trajectories at worst, {m.get('lr_ess_median', m['lr_ess_min']):.0%} typical")
