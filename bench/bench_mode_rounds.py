@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from record import Recording  # (bench/ is this script's folder)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from helpers import paired_logodds_sd  # noqa: E402  (tests/helpers.py, shared with the toy tests)
+from record import Recording  # noqa: E402  (bench/ is this script's folder)
 
 WEIGHTS = (0.62, 0.31, 0.07)
 CENTRES = ((-1.2, -0.4), (1.3, -0.6))
@@ -80,15 +84,6 @@ def labels_and_support(points: np.ndarray, floor: float) -> tuple[np.ndarray, np
 def logit(p: float) -> float:
     p = min(max(p, 1e-9), 1 - 1e-9)
     return math.log(p / (1 - p))
-
-
-def paired_logodds_sd(flags0: np.ndarray, flags_k: np.ndarray) -> float:
-    """Sampling sd of logit(share_k) - logit(share_0) read on the same fixed noise (the delta method on the
-    paired indicators)."""
-    def scaled(flags):
-        p = flags.mean()
-        return flags / (p * (1 - p))
-    return float((scaled(flags_k) - scaled(flags0)).std() / math.sqrt(len(flags0)))
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 """Test references shared by the solver tests and benches: a residual model (frozen analytic
 base + trainable correction), SD's predictor interface over stand-in branches, and the exact
-moments of a Gaussian DDPM chain."""
+moments of a Gaussian DDPM chain, and the sampling spread of a paired log-odds shift."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import Tensor
@@ -85,3 +86,12 @@ def gaussian_sampler_moments(mean, cov, schedule, grid: Tensor | None = None, st
         m = A @ m + b
         P = A @ P @ A.T + std**2 * eye
     return m, P
+
+
+def paired_logodds_sd(flags0, flags_k) -> float:
+    """Sampling sd of logit(share_k) - logit(share_0) read on the same fixed noise: the delta method on
+    the paired indicators, sd(I_k / (p_k (1 - p_k)) - I_0 / (p_0 (1 - p_0))) / sqrt(n)."""
+    def scaled(flags):
+        p = flags.mean()
+        return flags / (p * (1 - p))
+    return float((scaled(flags_k) - scaled(flags0)).std() / math.sqrt(len(flags0)))

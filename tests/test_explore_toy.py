@@ -21,6 +21,7 @@ import statistics
 
 import pytest
 
+from helpers import paired_logodds_sd
 from smeme.explore import ExploreConfig, run_rounds
 from smeme.store import Run
 
@@ -140,15 +141,6 @@ def _median_round(runs, k):
             med(lambda m: 1 - m[k]["on_support"]))
 
 
-def _paired_logodds_sd(flags0, flags_k) -> float:
-    """Sampling sd of logit(share_k) - logit(share_0) read on the same fixed noise: the delta
-    method on the paired indicators, sd(I_k / (p_k (1 - p_k)) - I_0 / (p_0 (1 - p_0))) / sqrt(n)."""
-    def scaled(flags):
-        p = flags.mean()
-        return flags / (p * (1 - p))
-    return float((scaled(flags_k) - scaled(flags0)).std() / math.sqrt(len(flags0)))
-
-
 @pytest.mark.parametrize("lam", [0.1, 0.3])
 def test_toy_rounds_follow_the_exact_tilt(toy_seeded, toy_exact, lam):
     """Each round's log-odds shift of the sparse square, median of 3 unseen seeds, against the
@@ -162,7 +154,7 @@ def test_toy_rounds_follow_the_exact_tilt(toy_seeded, toy_exact, lam):
         s0 = runs[0][0]["sparse_share"]
         want = _logit(exact[k]["shares"]["region"]["sparse"]) - _logit(s0_exact)
         got = _logit(sparse) - _logit(s0)
-        spread = statistics.median(_paired_logodds_sd(m[0]["sparse_flags"], m[k]["sparse_flags"]) for m in runs)
+        spread = statistics.median(paired_logodds_sd(m[0]["sparse_flags"], m[k]["sparse_flags"]) for m in runs)
         tol = 0.10 + 2 * spread / abs(want)
         assert abs(got / want - 1) <= tol, f"round {k}: log-odds shift {got:.3f} vs exact {want:.3f} (tol {tol:.2f})"
         off_exact = 1 - exact[k]["on_support"]

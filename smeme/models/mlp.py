@@ -123,8 +123,8 @@ class MLPNoisePredictor(NoisePredictor):
 
     def skip(self, v: Tensor, t: Tensor, transpose: bool = False) -> Tensor | None:
         """The skip terms applied to v (..., d), linear in v: sqrt(1 - ab) (prior_skip v + sum_k ab^k v L_k^T
-        + ((ab S + (1 - ab) I)^-1 - I) v); t of shape (B,) or (1,); None when all are off. Also the skip's Jacobian times v (its transpose
-        times v with `transpose`)."""
+        + ((ab S + (1 - ab) I)^-1 - I) v); t of shape (B,) or (1,); None when all are off. Also the skip's
+        Jacobian times v (its transpose times v with `transpose`)."""
         if not (self.config.prior_skip or self.config.linear_skip or self.config.gaussian_skip):
             return None
         ab = self.schedule.ab(t.reshape(-1)).to(v.dtype)[:, None]
